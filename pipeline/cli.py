@@ -1,0 +1,386 @@
+"""The ``worldline`` command line.
+
+Every command reads settings the same way (defaults < config file < environment < flags) and
+fails at start with one line naming a wrong setting. Commands that talk to Kafka use
+``bootstrap_servers`` when set, else the embedded platform started by ``worldline up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+import schemas
+from pipeline import kafka, otlp, topics
+from pipeline.broker import BrokerError
+from pipeline.platform import NoBrokerError, Platform, find_bootstrap
+from pipeline.settings import Settings, SettingsError, describe, load, parse_assignments
+
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+class Context:
+    def __init__(self, settings: Settings, sources: dict[str, str]) -> None:
+        self.settings = settings
+        self.sources = sources
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}")
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML config file (default: $WORLDLINE_CONFIG, else ./worldline.toml if present).",
+)
+@click.option(
+    "--bootstrap-servers",
+    metavar="HOST:PORT[,...]",
+    help="Use this Kafka cluster instead of the embedded broker.",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), help="Where worldline keeps its data.")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override any setting, e.g. --set broker_port=9092 or --set topics.alerts=am-alerts. Repeatable.",
+)
+@click.version_option(package_name="worldline")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_file: Path | None,
+    bootstrap_servers: str | None,
+    data_dir: Path | None,
+    assignments: tuple[str, ...],
+) -> None:
+    """worldline: a root-cause engine for production incidents.
+
+    It consumes telemetry from Kafka (OTLP spans, metrics and logs, Alertmanager alerts and change
+    events), keeps a compressed columnar copy and a world model of the system, and publishes
+    ranked, evidence-backed causes to the `causes.ranked` topic.
+
+    \b
+    Start here:
+      worldline up          start the embedded platform (broker + topics) and watch it
+      worldline status      topics, partitions, high-water marks and consumer groups
+      worldline topics      the topic registry: what each topic carries and who uses it
+      worldline config      the effective settings and where each value came from
+
+    Settings come from defaults, then a TOML config file, then WORLDLINE_* environment
+    variables, then flags; `worldline config` shows the result.
+    """
+    if ctx.resilient_parsing:
+        return
+    try:
+        layer: dict[str, Any] = parse_assignments(assignments)
+        if bootstrap_servers is not None:
+            layer["bootstrap_servers"] = bootstrap_servers
+        if data_dir is not None:
+            layer["data_dir"] = data_dir
+        settings, sources = load(config_file=config_file, cli=layer)
+    except SettingsError as e:
+        fail(str(e))
+    ctx.obj = Context(settings, sources)
+
+
+def _bootstrap(ctx: Context) -> str:
+    try:
+        return find_bootstrap(ctx.settings)
+    except NoBrokerError as e:
+        fail(str(e))
+
+
+@cli.command()
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Stop by itself after this many seconds (default: run until Ctrl-C).",
+)
+@click.option(
+    "--status-every",
+    type=float,
+    default=0.0,
+    metavar="SECONDS",
+    help="Reprint the status table this often (0: only once at start).",
+)
+@click.pass_obj
+def up(ctx: Context, duration: float | None, status_every: float) -> None:
+    """Start the platform and keep it running until Ctrl-C.
+
+    With no bootstrap_servers set, starts the embedded broker on a free loopback port (or
+    broker_port), creates every registry topic with its partition count and prints the status.
+    Ctrl-C or SIGTERM stops everything it started; nothing is left running.
+    """
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    platform = Platform(ctx.settings)
+    try:
+        with console.status("starting worldline") as status:
+            platform.on_step = lambda msg: status.update(msg)
+            platform.start()
+        platform.on_step = lambda msg: console.print(f"[dim]{msg}[/]")
+        where = "embedded broker" if platform.broker else "external Kafka"
+        console.print(f"[green]worldline is up[/] on {where} {platform.bootstrap_servers}")
+        _print_status(ctx.settings, platform.bootstrap_servers)
+        console.print("press Ctrl-C to stop" if duration is None else f"stopping in {duration:g}s")
+        started = time.monotonic()
+        last_status = started
+        while duration is None or time.monotonic() - started < duration:
+            time.sleep(0.2)
+            if status_every > 0 and time.monotonic() - last_status >= status_every:
+                _print_status(ctx.settings, platform.bootstrap_servers)
+                last_status = time.monotonic()
+    except KeyboardInterrupt:
+        console.print("stopping")
+    except (BrokerError, kafka.TopicLayoutError) as e:
+        fail(str(e), code=1)
+    finally:
+        platform.stop()
+    console.print("stopped")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_status(settings: Settings, bootstrap: str) -> None:
+    status = asyncio.run(kafka.cluster_status(settings, bootstrap))
+    table = Table(title=f"topics on {status.bootstrap_servers}", title_justify="left")
+    table.add_column("topic")
+    table.add_column("registry")
+    table.add_column("partitions", justify="right")
+    table.add_column("high-water marks", justify="right")
+    table.add_column("records", justify="right")
+    for t in status.topics:
+        table.add_row(
+            t.name,
+            t.logical or "-",
+            str(len(t.partitions)),
+            " ".join(str(p.high_water) for p in t.partitions),
+            str(t.records),
+        )
+    out.print(table)
+    if status.groups:
+        groups = Table(title="consumer groups", title_justify="left")
+        groups.add_column("group")
+        groups.add_column("state")
+        groups.add_column("members", justify="right")
+        groups.add_column("lag by topic")
+        for g in status.groups:
+            groups.add_row(
+                g.group, g.state, str(g.members), ", ".join(f"{k}={v}" for k, v in sorted(g.lag.items())) or "-"
+            )
+        out.print(groups)
+    else:
+        out.print("consumer groups: none")
+
+
+@cli.command()
+@click.pass_obj
+def status(ctx: Context) -> None:
+    """Show topics (partitions, high-water marks) and consumer groups (state, lag).
+
+    High-water marks are read from fetch responses, which are right on the embedded broker too.
+    """
+    _print_status(ctx.settings, _bootstrap(ctx))
+
+
+@cli.command(name="topics")
+@click.pass_obj
+def topics_cmd(ctx: Context) -> None:
+    """List the topic registry: names, keys, partitions, schemas, producers and consumers."""
+    table = Table(title="topic registry", title_justify="left")
+    for col in ("topic", "partitions", "encoding", "value schema", "key", "producers", "consumers"):
+        table.add_column(col)
+    for t in topics.REGISTRY:
+        name = ctx.settings.topic(t.name)
+        shown = name if name == t.name else f"{name} ({t.name})"
+        table.add_row(
+            shown + (" [dim](internal)[/]" if t.internal else ""),
+            str(t.partitions),
+            t.encoding,
+            t.value_schema.rsplit(".", 1)[-1] if t.encoding == "otlp_proto" else t.value_schema,
+            t.key,
+            ", ".join(t.producers),
+            ", ".join(t.consumers),
+        )
+    out.print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as a JSON object.")
+@click.pass_obj
+def config(ctx: Context, as_json: bool) -> None:
+    """Print the effective settings and where each value came from."""
+    rows = describe(ctx.settings, ctx.sources)
+    if as_json:
+        out.print_json(orjson.dumps({name: value for name, value, _ in rows}).decode())
+        return
+    table = Table(title="effective settings", title_justify="left")
+    table.add_column("setting")
+    table.add_column("value")
+    table.add_column("source")
+    for name, value, source in rows:
+        table.add_row(name, value or "[dim](unset)[/]", source)
+    out.print(table)
+
+
+def _topic_spec(ctx: Context, topic: str) -> tuple[str, topics.TopicSpec | None]:
+    """Accept a registry name or an actual (renamed) topic name."""
+    logical = topic if topic in topics.BY_NAME else topics.logical_name(topic, ctx.settings.topics)
+    if logical is None:
+        return topic, None
+    return ctx.settings.topic(logical), topics.spec(logical)
+
+
+def decode_value(spec: topics.TopicSpec | None, value: bytes | None) -> Any:
+    """A record value as JSON-able data: OTLP decoded to OTLP/JSON, JSON parsed, else base64."""
+    if value is None:
+        return None
+    if spec is not None and spec.encoding == "otlp_proto":
+        try:
+            return otlp.to_json(otlp.from_proto(value, spec.value_schema))
+        except otlp.OtlpDecodeError as e:
+            return {"undecodable": str(e), "base64": base64.b64encode(value[:1024]).decode()}
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return {"undecodable": "not JSON", "base64": base64.b64encode(value[:1024]).decode()}
+
+
+@cli.command()
+@click.argument("topic")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of new ones.")
+@click.option("-n", "--max-records", type=click.IntRange(min=1), help="Stop after this many records.")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    metavar="SECONDS",
+    help="Stop when nothing arrived for this long (default: follow forever).",
+)
+@click.pass_obj
+def tail(
+    ctx: Context, topic: str, from_beginning: bool, max_records: int | None, idle_timeout: float | None
+) -> None:
+    """Print the records of TOPIC decoded, one JSON document per line.
+
+    OTLP topics are decoded to OTLP/JSON (hex ids), JSON topics are printed as they are.
+    Reads every partition without joining a consumer group, so it never disturbs workers.
+    """
+    bootstrap = _bootstrap(ctx)
+    name, spec = _topic_spec(ctx, topic)
+
+    async def run() -> None:
+        async for record in kafka.tail(
+            bootstrap, name, from_beginning=from_beginning, limit=max_records, idle_timeout_s=idle_timeout
+        ):
+            doc = {
+                "partition": record.partition,
+                "offset": record.offset,
+                "timestamp": record.timestamp,
+                "key": record.key.decode("utf-8", "replace") if record.key else None,
+                "value": decode_value(spec, record.value),
+            }
+            sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(run())
+    except KeyError as e:
+        fail(str(e.args[0]))
+    except KeyboardInterrupt:
+        pass
+
+
+def _read_records(source: str) -> Iterator[Any]:
+    """JSON records from a file or '-': one object, an array of objects, or JSON lines."""
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    stripped = text.strip()
+    if not stripped:
+        return
+    try:
+        doc = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        for n, line in enumerate(stripped.splitlines(), 1):
+            if line.strip():
+                try:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    raise click.BadParameter(f"line {n} is not JSON: {e}") from None
+        return
+    if isinstance(doc, list):
+        yield from doc
+    else:
+        yield doc
+
+
+@cli.command()
+@click.argument("topic")
+@click.argument("source", default="-", metavar="[FILE|-]")
+@click.option("--key", help="Record key (default: none).")
+@click.option("--no-validate", is_flag=True, help="Send even if a record does not follow the topic's schema.")
+@click.pass_obj
+def produce(ctx: Context, topic: str, source: str, key: str | None, no_validate: bool) -> None:
+    """Send JSON records to TOPIC from FILE or standard input.
+
+    FILE holds one JSON object, an array of objects or JSON lines. For JSON topics each record is
+    checked against the topic's schema first (nothing is sent if one fails); for OTLP topics the
+    records are OTLP/JSON and are sent as otlp_proto, the way the Collector writes them.
+
+    \b
+    Example:
+      worldline produce alerts alert.json
+    """
+    bootstrap = _bootstrap(ctx)
+    name, spec = _topic_spec(ctx, topic)
+    if spec is None:
+        fail(f"{topic!r} is not a registry topic (see `worldline topics`)")
+    try:
+        records = list(_read_records(source))
+    except (OSError, click.BadParameter) as e:
+        fail(str(e))
+    payloads: list[bytes] = []
+    for i, record in enumerate(records):
+        try:
+            if spec.encoding == "otlp_proto":
+                payloads.append(otlp.from_json(record, spec.value_schema).SerializeToString())
+            else:
+                if not no_validate:
+                    schemas.validate(spec.value_schema, record)
+                payloads.append(orjson.dumps(record))
+        except (schemas.SchemaViolation, otlp.OtlpDecodeError) as e:
+            fail(f"record {i}: {e}; nothing was sent")
+    if not payloads:
+        fail("no records to send")
+    k = key.encode() if key is not None else None
+    placed = asyncio.run(kafka.produce(bootstrap, name, [(k, p) for p in payloads]))
+    for partition, offset in placed:
+        out.print(f"{name} partition {partition} offset {offset}")
+
+
+def main() -> None:
+    cli(prog_name="worldline")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Thin Kafka operations over aiokafka: create the registry's topics, read status, tail, produce.
+
+Works the same on the embedded broker and on a real Kafka cluster. Where the embedded broker is
+known to answer wrongly (``ListOffsets`` after multi-record batches), the high-water mark is read
+from a fetch response instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pipeline import topics
+from pipeline.settings import Settings
+
+
+class TopicLayoutError(RuntimeError):
+    """A topic exists with fewer partitions than the registry needs."""
+
+
+@dataclass
+class PartitionStatus:
+    partition: int
+    high_water: int
+
+
+@dataclass
+class TopicStatus:
+    logical: str | None
+    name: str
+    partitions: list[PartitionStatus]
+
+    @property
+    def records(self) -> int:
+        return sum(p.high_water for p in self.partitions)
+
+
+@dataclass
+class GroupStatus:
+    group: str
+    state: str
+    members: int
+    lag: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ClusterStatus:
+    bootstrap_servers: str
+    topics: list[TopicStatus]
+    groups: list[GroupStatus]
+
+
+def admin_client(bootstrap: str) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+
+
+async def ensure_topics(
+    settings: Settings,
+    bootstrap: str,
+    on_topic: Callable[[str, int, bool], None] | None = None,
+) -> dict[str, int]:
+    """Create every registry topic with its partition count; return name -> partitions.
+
+    An existing topic with at least as many partitions is kept; one with fewer is an error
+    (partition counts are part of the contract: keyed state depends on them).
+    """
+    admin = admin_client(bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [(settings.topic(t.name), t.partitions) for t in topics.REGISTRY]
+        missing = [NewTopic(name, parts, 1) for name, parts in wanted if name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing, timeout_ms=10000)
+            except TopicAlreadyExistsError:
+                pass
+        described = await admin.describe_topics([name for name, _ in wanted])
+        counts = {d["topic"]: len(d["partitions"]) for d in described if d["error_code"] == 0}
+        created = {n.name for n in missing}
+        for name, parts in wanted:
+            have = counts.get(name, 0)
+            if have < parts:
+                raise TopicLayoutError(
+                    f"topic {name} has {have} partitions, the registry needs {parts};"
+                    " add partitions or rename the topic in settings"
+                )
+            if on_topic:
+                on_topic(name, have, name in created)
+        return counts
+    finally:
+        await admin.close()
+
+
+async def high_water_marks(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """High-water marks read from fetch responses (correct on the embedded broker too)."""
+    if not tps:
+        return {}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=1024,
+        fetch_max_bytes=64 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        hint = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, hint.get(tp, 0) - 1))
+        result: dict[TopicPartition, int] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while loop.time() < deadline:
+            await consumer.getmany(timeout_ms=200)
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    result[tp] = hw
+            if len(result) == len(tps):
+                break
+        for tp in tps:
+            result.setdefault(tp, hint.get(tp, 0))
+        return result
+    finally:
+        await consumer.stop()
+
+
+async def cluster_status(settings: Settings, bootstrap: str) -> ClusterStatus:
+    """Topics with partitions and high-water marks, consumer groups with their lag."""
+    admin = admin_client(bootstrap)
+    await admin.start()
+    try:
+        names = sorted(await admin.list_topics())
+        described = await admin.describe_topics(names) if names else []
+        parts = {
+            d["topic"]: sorted(p["partition"] for p in d["partitions"])
+            for d in described
+            if d["error_code"] == 0
+        }
+        group_ids = sorted(g[0] for g in await admin.list_consumer_groups())
+        group_desc = await admin.describe_consumer_groups(group_ids) if group_ids else []
+    finally:
+        await admin.close()
+    tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
+    hws = await high_water_marks(bootstrap, tps)
+    topic_rows = [
+        TopicStatus(
+            logical=topics.logical_name(t, settings.topics),
+            name=t,
+            partitions=[PartitionStatus(p, hws[TopicPartition(t, p)]) for p in ps],
+        )
+        for t, ps in parts.items()
+    ]
+    groups: list[GroupStatus] = []
+    states: dict[str, tuple[str, int]] = {}
+    for resp in group_desc:
+        for g in resp.groups:
+            states[g[1]] = (g[2], len(g[5]))
+    for gid in group_ids:
+        state, members = states.get(gid, ("Unknown", 0))
+        lag = await _group_lag(bootstrap, gid, hws)
+        groups.append(GroupStatus(gid, state, members, lag))
+    return ClusterStatus(bootstrap, topic_rows, groups)
+
+
+async def _group_lag(bootstrap: str, group: str, hws: dict[TopicPartition, int]) -> dict[str, int]:
+    """Per-topic lag of a group: high-water mark minus committed offset, where committed."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    lag: dict[str, int] = {}
+    try:
+        for tp, hw in hws.items():
+            try:
+                committed = await consumer.committed(tp)
+            except KafkaError:
+                continue
+            if committed is not None:
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, hw - committed)
+    finally:
+        await consumer.stop()
+    return lag
+
+
+async def tail(
+    bootstrap: str,
+    topic: str,
+    *,
+    from_beginning: bool,
+    limit: int | None,
+    idle_timeout_s: float | None,
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Yield records of every partition of a topic, without joining a consumer group."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise KeyError(f"topic {topic!r} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        if from_beginning:
+            for tp in tps:
+                consumer.seek(tp, 0)
+        else:
+            hws = await high_water_marks(bootstrap, tps)
+            for tp in tps:
+                consumer.seek(tp, hws[tp])
+        seen = 0
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while limit is None or seen < limit:
+            batch = await consumer.getmany(timeout_ms=250)
+            records = sorted(
+                (r for rs in batch.values() for r in rs), key=lambda r: (r.timestamp, r.partition, r.offset)
+            )
+            if records:
+                last = loop.time()
+            for record in records:
+                yield record
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+            if idle_timeout_s is not None and loop.time() - last > idle_timeout_s:
+                return
+    finally:
+        await consumer.stop()
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[tuple[bytes | None, bytes]],
+    max_request_size: int = 4 * 1024 * 1024,
+) -> list[tuple[int, int]]:
+    """Send (key, value) records and wait until the broker has them; return (partition, offset)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", max_request_size=max_request_size, linger_ms=5
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in values]
+        out = []
+        for fut in futures:
+            md = await fut
+            out.append((md.partition, md.offset))
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            await producer.stop()

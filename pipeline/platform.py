@@ -1,0 +1,118 @@
+"""The running platform: a broker (embedded or external) with every registry topic in place.
+
+``Platform`` is what ``worldline up`` runs and what the test harness starts. When it owns an
+embedded broker it records the broker address in ``<data_dir>/runtime/broker.json`` so that other
+commands (``status``, ``tail``, ``produce``) in another terminal find it; the file is removed on
+a clean stop and ignored when the process it names is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import orjson
+
+from pipeline import kafka
+from pipeline.broker import EmbeddedBroker
+from pipeline.settings import Settings
+
+
+class NoBrokerError(RuntimeError):
+    """No broker is configured and no embedded platform is running."""
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    on_step: Callable[[str], None] = field(default=lambda _msg: None)
+    broker: EmbeddedBroker | None = field(default=None, init=False)
+    bootstrap_servers: str = field(default="", init=False)
+    partitions: dict[str, int] = field(default_factory=dict, init=False)
+
+    def start(self) -> Platform:
+        s = self.settings
+        try:
+            if s.embedded:
+                self.on_step("starting the embedded broker")
+                self.broker = EmbeddedBroker(
+                    host=s.broker_host,
+                    port=s.broker_port,
+                    binary=s.broker_bin,
+                    start_timeout_s=s.broker_start_timeout_s,
+                ).start()
+                self.bootstrap_servers = self.broker.bootstrap_servers
+            else:
+                assert s.bootstrap_servers is not None
+                self.bootstrap_servers = s.bootstrap_servers
+            self.on_step(f"creating registry topics on {self.bootstrap_servers}")
+            self.partitions = asyncio.run(kafka.ensure_topics(s, self.bootstrap_servers))
+            if self.broker is not None:
+                write_runtime_file(s.runtime_file, self.bootstrap_servers, os.getpid())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.broker is not None:
+            self.on_step("stopping the embedded broker")
+            self.broker.stop()
+            self.broker = None
+            remove_runtime_file(self.settings.runtime_file, os.getpid())
+
+    def __enter__(self) -> Platform:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def write_runtime_file(path: Path, bootstrap: str, pid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps({"bootstrap_servers": bootstrap, "pid": pid}))
+    os.replace(tmp, path)
+
+
+def remove_runtime_file(path: Path, pid: int) -> None:
+    with contextlib.suppress(FileNotFoundError, ValueError, orjson.JSONDecodeError):
+        if orjson.loads(path.read_bytes()).get("pid") == pid:
+            path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_bootstrap(settings: Settings) -> str:
+    """The broker to talk to: configured servers, else a running embedded platform."""
+    if settings.bootstrap_servers:
+        return settings.bootstrap_servers
+    path = settings.runtime_file
+    try:
+        info = orjson.loads(path.read_bytes())
+        if _alive(int(info["pid"])):
+            return str(info["bootstrap_servers"])
+    except (FileNotFoundError, KeyError, ValueError, orjson.JSONDecodeError):
+        pass
+    raise NoBrokerError(
+        f"no broker to talk to: start the platform with `worldline up` (data_dir={settings.data_dir})"
+        " or set bootstrap_servers (--bootstrap-servers / WORLDLINE_BOOTSTRAP_SERVERS)"
+    )
