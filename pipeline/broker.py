@@ -72,10 +72,17 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def wait_until_answers(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None) -> None:
+def wait_until_answers(
+    host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None
+) -> None:
     """Block until a Kafka ApiVersions request gets an answer, or raise BrokerError."""
     # ApiVersions v0: size, api_key=18, api_version=0, correlation_id=1, client_id=""
-    body = (18).to_bytes(2, "big") + (0).to_bytes(2, "big") + (1).to_bytes(4, "big") + (0).to_bytes(2, "big")
+    body = (
+        (18).to_bytes(2, "big")
+        + (0).to_bytes(2, "big")
+        + (1).to_bytes(4, "big")
+        + (0).to_bytes(2, "big")
+    )
     request = len(body).to_bytes(4, "big") + body
     deadline = time.monotonic() + timeout_s
     last_error = "no attempt"
@@ -92,7 +99,9 @@ def wait_until_answers(host: str, port: int, timeout_s: float, proc: subprocess.
         except OSError as e:
             last_error = str(e)
         time.sleep(0.05)
-    raise BrokerError(f"the broker at {host}:{port} did not answer within {timeout_s:g}s ({last_error})")
+    raise BrokerError(
+        f"the broker at {host}:{port} did not answer within {timeout_s:g}s ({last_error})"
+    )
 
 
 @dataclass
@@ -140,7 +149,7 @@ class EmbeddedBroker:
 
     def _spawn(self, binary: str, port: int) -> None:
         url = f"tcp://{self.host}:{port}"
-        self._log = tempfile.NamedTemporaryFile(prefix="worldline-broker-", suffix=".log")
+        self._log = tempfile.NamedTemporaryFile(prefix="worldline-broker-", suffix=".log")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ)
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         try:

@@ -28,7 +28,11 @@ from pipeline.platform import NoBrokerError, Platform, find_bootstrap
 from pipeline.settings import Settings, SettingsError, describe, load, parse_assignments
 
 console = Console(stderr=True, highlight=False)
-out = Console(highlight=False, soft_wrap=True)
+
+
+def _stdout() -> Console:
+    """A console for results, made per call so COLUMNS and redirections are honoured."""
+    return Console(highlight=False)
 
 
 class Context:
@@ -38,7 +42,7 @@ class Context:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     sys.exit(code)
 
 
@@ -54,7 +58,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
     metavar="HOST:PORT[,...]",
     help="Use this Kafka cluster instead of the embedded broker.",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), help="Where worldline keeps its data.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where worldline keeps its data.",
+)
 @click.option(
     "--set",
     "assignments",
@@ -179,7 +187,7 @@ def _print_status(settings: Settings, bootstrap: str) -> None:
             " ".join(str(p.high_water) for p in t.partitions),
             str(t.records),
         )
-    out.print(table)
+    _stdout().print(table)
     if status.groups:
         groups = Table(title="consumer groups", title_justify="left")
         groups.add_column("group")
@@ -188,11 +196,33 @@ def _print_status(settings: Settings, bootstrap: str) -> None:
         groups.add_column("lag by topic")
         for g in status.groups:
             groups.add_row(
-                g.group, g.state, str(g.members), ", ".join(f"{k}={v}" for k, v in sorted(g.lag.items())) or "-"
+                g.group,
+                g.state,
+                str(g.members),
+                ", ".join(f"{k}={v}" for k, v in sorted(g.lag.items())) or "-",
             )
-        out.print(groups)
+        _stdout().print(groups)
     else:
-        out.print("consumer groups: none")
+        _stdout().print("consumer groups: none")
+
+
+@cli.command(name="create-topics")
+@click.pass_obj
+def create_topics(ctx: Context) -> None:
+    """Create every registry topic with its partition count on the configured Kafka.
+
+    For clusters you run yourself (the embedded platform does this at start). Existing topics
+    with enough partitions are kept; one with fewer partitions is an error.
+    """
+    bootstrap = _bootstrap(ctx)
+
+    def report(name: str, partitions: int, created: bool) -> None:
+        _stdout().print(f"{'created' if created else 'exists '} {name} ({partitions} partitions)")
+
+    try:
+        asyncio.run(kafka.ensure_topics(ctx.settings, bootstrap, on_topic=report))
+    except kafka.TopicLayoutError as e:
+        fail(str(e), code=1)
 
 
 @cli.command()
@@ -224,7 +254,7 @@ def topics_cmd(ctx: Context) -> None:
             ", ".join(t.producers),
             ", ".join(t.consumers),
         )
-    out.print(table)
+    _stdout().print(table)
 
 
 @cli.command()
@@ -234,7 +264,7 @@ def config(ctx: Context, as_json: bool) -> None:
     """Print the effective settings and where each value came from."""
     rows = describe(ctx.settings, ctx.sources)
     if as_json:
-        out.print_json(orjson.dumps({name: value for name, value, _ in rows}).decode())
+        _stdout().print_json(orjson.dumps({name: value for name, value, _ in rows}).decode())
         return
     table = Table(title="effective settings", title_justify="left")
     table.add_column("setting")
@@ -242,7 +272,7 @@ def config(ctx: Context, as_json: bool) -> None:
     table.add_column("source")
     for name, value, source in rows:
         table.add_row(name, value or "[dim](unset)[/]", source)
-    out.print(table)
+    _stdout().print(table)
 
 
 def _topic_spec(ctx: Context, topic: str) -> tuple[str, topics.TopicSpec | None]:
@@ -270,8 +300,12 @@ def decode_value(spec: topics.TopicSpec | None, value: bytes | None) -> Any:
 
 @cli.command()
 @click.argument("topic")
-@click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of new ones.")
-@click.option("-n", "--max-records", type=click.IntRange(min=1), help="Stop after this many records.")
+@click.option(
+    "--from-beginning", is_flag=True, help="Start at the oldest record instead of new ones."
+)
+@click.option(
+    "-n", "--max-records", type=click.IntRange(min=1), help="Stop after this many records."
+)
 @click.option(
     "--idle-timeout",
     type=float,
@@ -280,7 +314,11 @@ def decode_value(spec: topics.TopicSpec | None, value: bytes | None) -> Any:
 )
 @click.pass_obj
 def tail(
-    ctx: Context, topic: str, from_beginning: bool, max_records: int | None, idle_timeout: float | None
+    ctx: Context,
+    topic: str,
+    from_beginning: bool,
+    max_records: int | None,
+    idle_timeout: float | None,
 ) -> None:
     """Print the records of TOPIC decoded, one JSON document per line.
 
@@ -292,7 +330,11 @@ def tail(
 
     async def run() -> None:
         async for record in kafka.tail(
-            bootstrap, name, from_beginning=from_beginning, limit=max_records, idle_timeout_s=idle_timeout
+            bootstrap,
+            name,
+            from_beginning=from_beginning,
+            limit=max_records,
+            idle_timeout_s=idle_timeout,
         ):
             doc = {
                 "partition": record.partition,
@@ -338,7 +380,9 @@ def _read_records(source: str) -> Iterator[Any]:
 @click.argument("topic")
 @click.argument("source", default="-", metavar="[FILE|-]")
 @click.option("--key", help="Record key (default: none).")
-@click.option("--no-validate", is_flag=True, help="Send even if a record does not follow the topic's schema.")
+@click.option(
+    "--no-validate", is_flag=True, help="Send even if a record does not follow the topic's schema."
+)
 @click.pass_obj
 def produce(ctx: Context, topic: str, source: str, key: str | None, no_validate: bool) -> None:
     """Send JSON records to TOPIC from FILE or standard input.
@@ -375,7 +419,7 @@ def produce(ctx: Context, topic: str, source: str, key: str | None, no_validate:
     k = key.encode() if key is not None else None
     placed = asyncio.run(kafka.produce(bootstrap, name, [(k, p) for p in payloads]))
     for partition, offset in placed:
-        out.print(f"{name} partition {partition} offset {offset}")
+        _stdout().print(f"{name} partition {partition} offset {offset}")
 
 
 def main() -> None:

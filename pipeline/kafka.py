@@ -77,10 +77,8 @@ async def ensure_topics(
         wanted = [(settings.topic(t.name), t.partitions) for t in topics.REGISTRY]
         missing = [NewTopic(name, parts, 1) for name, parts in wanted if name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing, timeout_ms=10000)
-            except TopicAlreadyExistsError:
-                pass
         described = await admin.describe_topics([name for name, _ in wanted])
         counts = {d["topic"]: len(d["partitions"]) for d in described if d["error_code"] == 0}
         created = {n.name for n in missing}
@@ -172,7 +170,9 @@ async def cluster_status(settings: Settings, bootstrap: str) -> ClusterStatus:
 
 async def _group_lag(bootstrap: str, group: str, hws: dict[TopicPartition, int]) -> dict[str, int]:
     """Per-topic lag of a group: high-water mark minus committed offset, where committed."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     lag: dict[str, int] = {}
     try:
@@ -221,7 +221,8 @@ async def tail(
         while limit is None or seen < limit:
             batch = await consumer.getmany(timeout_ms=250)
             records = sorted(
-                (r for rs in batch.values() for r in rs), key=lambda r: (r.timestamp, r.partition, r.offset)
+                (r for rs in batch.values() for r in rs),
+                key=lambda r: (r.timestamp, r.partition, r.offset),
             )
             if records:
                 last = loop.time()

@@ -71,7 +71,11 @@ def _hex_id_to_b64(key: str, value: str) -> str:
 def _ids_b64_to_hex(node: Any) -> Any:
     if isinstance(node, dict):
         return {
-            k: (base64.b64decode(v).hex() if k in ID_FIELDS and isinstance(v, str) else _ids_b64_to_hex(v))
+            k: (
+                base64.b64decode(v).hex()
+                if k in ID_FIELDS and isinstance(v, str)
+                else _ids_b64_to_hex(v)
+            )
             for k, v in node.items()
         }
     if isinstance(node, list):

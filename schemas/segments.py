@@ -73,7 +73,10 @@ LOG_TEMPLATES = pa.schema(
         pa.field("template", pa.string(), nullable=False),
         pa.field("first_seen_unix_nano", pa.int64(), nullable=False),
     ],
-    metadata={"worldline.signal": "log_templates", "worldline.schema_version": str(ARROW_SCHEMA_VERSION)},
+    metadata={
+        "worldline.signal": "log_templates",
+        "worldline.schema_version": str(ARROW_SCHEMA_VERSION),
+    },
 )
 
 METRIC_SERIES = pa.schema(
@@ -88,7 +91,10 @@ METRIC_SERIES = pa.schema(
         pa.field("attributes", pa.string(), metadata={"encoding": "json"}),
         pa.field("resource_attributes", pa.string(), metadata={"encoding": "json"}),
     ],
-    metadata={"worldline.signal": "metric_series", "worldline.schema_version": str(ARROW_SCHEMA_VERSION)},
+    metadata={
+        "worldline.signal": "metric_series",
+        "worldline.schema_version": str(ARROW_SCHEMA_VERSION),
+    },
 )
 
 METRIC_POINTS = pa.schema(

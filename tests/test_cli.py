@@ -1,0 +1,186 @@
+"""The `worldline` command line, run as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from pipeline import topics
+from pipeline.cli import cli
+from tests.conftest import pid_alive, worldline_cmd
+
+COMMANDS = ["up", "status", "topics", "config", "tail", "produce"]
+
+
+def test_every_command_explains_itself() -> None:
+    runner = CliRunner()
+    top = runner.invoke(cli, ["--help"])
+    assert top.exit_code == 0
+    for name in COMMANDS:
+        assert name in top.output
+        sub = runner.invoke(cli, [name, "--help"])
+        assert sub.exit_code == 0, sub.output
+        assert len(sub.output.splitlines()) >= 5
+    assert set(COMMANDS) <= set(cli.commands)  # type: ignore[attr-defined]
+
+
+def test_wrong_setting_is_one_line_naming_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDLINE_")}
+    env["WORLDLINE_BROKER_PORT"] = "ninety"
+    env["COLUMNS"] = "80"
+    proc = subprocess.run(
+        [*worldline_cmd(), "config"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "broker_port='ninety'" in lines[0] and "environment" in lines[0]
+
+
+def test_config_prints_effective_settings(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["--set", "http_port=5555", "--set", "topics.alerts=am", "config", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["http_port"] == "5555"
+    assert data["topics.alerts"] == "am"
+    assert data["broker_host"] == "127.0.0.1"
+
+
+def test_topics_lists_the_registry() -> None:
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(cli, ["topics"])
+    assert result.exit_code == 0
+    for t in topics.REGISTRY:
+        assert t.name in result.output
+
+
+@pytest.mark.integration
+def test_produce_validates_then_tail_decodes(cli_env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"version": "4"}))
+    proc = subprocess.run(
+        [*worldline_cmd(), "produce", "alerts", str(bad)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "nothing was sent" in proc.stderr
+
+    examples = Path(__file__).resolve().parents[1] / "schemas" / "examples"
+    for topic in ("causes.ranked", "otlp_metrics"):
+        proc = subprocess.run(
+            [*worldline_cmd(), "produce", topic, str(examples / f"{topic}.json")],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert f"{topic} partition" in proc.stdout
+
+    proc = subprocess.run(
+        [
+            *worldline_cmd(),
+            "tail",
+            "causes.ranked",
+            "--from-beginning",
+            "-n",
+            "2",
+            "--idle-timeout",
+            "5",
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    docs = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert [d["value"]["incident_id"] for d in docs] == [
+        "inc-20261120-140300-frontend",
+        "inc-20261120-150000-cart",
+    ]
+
+    proc = subprocess.run(
+        [
+            *worldline_cmd(),
+            "tail",
+            "otlp_metrics",
+            "--from-beginning",
+            "-n",
+            "1",
+            "--idle-timeout",
+            "5",
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    doc = orjson.loads(proc.stdout.splitlines()[0])
+    metric = doc["value"]["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]
+    assert metric["name"] == "process.cpu.utilization"
+
+    proc = subprocess.run(
+        [*worldline_cmd(), "status"], env=cli_env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if "causes.ranked" in line)
+    assert row.split("│")[5].strip() == "2"  # records column: the two records produced
+
+
+def test_status_without_a_broker_says_what_to_do(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDLINE_")}
+    env["WORLDLINE_DATA_DIR"] = str(tmp_path)
+    proc = subprocess.run(
+        [*worldline_cmd(), "status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "worldline up" in proc.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_up_shows_every_topic_and_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDLINE_")}
+    env["WORLDLINE_DATA_DIR"] = str(tmp_path)
+    env["COLUMNS"] = "200"
+    proc = subprocess.Popen(
+        [*worldline_cmd(), "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    runtime = tmp_path / "runtime" / "broker.json"
+    deadline = time.monotonic() + 60
+    while not runtime.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert runtime.exists(), proc.stderr.read() if proc.stderr else ""
+    info = orjson.loads(runtime.read_bytes())
+    # find the broker's pid: the only child of `worldline up`
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1
+    broker_pid = int(children[0])
+    time.sleep(3)  # let it print the status table
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    for t in topics.REGISTRY:
+        row = next(line for line in stdout.splitlines() if line.startswith(f"│ {t.name} "))
+        assert row.split("│")[3].strip() == str(t.partitions)
+    assert "stopped" in stderr
+    assert info["pid"] == proc.pid
+    assert not pid_alive(broker_pid)
+    assert not runtime.exists()
