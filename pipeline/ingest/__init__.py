@@ -1,0 +1,1 @@
+"""Ingest: decode OTLP export requests into Arrow tables that follow ``schemas.segments``."""

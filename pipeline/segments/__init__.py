@@ -1,0 +1,1 @@
+"""Sealed columnar segments: where ingest writes and queries read."""
