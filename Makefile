@@ -25,8 +25,8 @@ run: $(STAMP)
 	$(BIN)/worldline up
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline jobs schemas tests
-	$(BIN)/ruff format --check pipeline jobs schemas tests
+	$(BIN)/ruff check pipeline jobs schemas tests benchmarks
+	$(BIN)/ruff format --check pipeline jobs schemas tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

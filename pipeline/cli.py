@@ -24,6 +24,7 @@ from rich.table import Table
 import schemas
 from pipeline import kafka, otlp, topics
 from pipeline.broker import BrokerError
+from pipeline.ingest.worker import STAGES as INGEST_STAGES
 from pipeline.platform import NoBrokerError, Platform, find_bootstrap
 from pipeline.settings import Settings, SettingsError, describe, load, parse_assignments
 
@@ -223,6 +224,24 @@ def create_topics(ctx: Context) -> None:
         asyncio.run(kafka.ensure_topics(ctx.settings, bootstrap, on_topic=report))
     except kafka.TopicLayoutError as e:
         fail(str(e), code=1)
+
+
+@cli.command()
+@click.argument("stage", type=click.Choice(sorted(INGEST_STAGES)))
+@click.pass_obj
+def worker(ctx: Context, stage: str) -> None:
+    """Run one pipeline stage as its own process, until Ctrl-C or SIGTERM.
+
+    \b
+    Stages:
+      ingest-spans     otlp_spans   -> span segments
+      ingest-metrics   otlp_metrics -> metric series and point segments
+    Run as many replicas of a stage as its topic has partitions; they share the work through
+    their consumer group. Segments go under <data_dir>/segments; refused records to `deadletter`.
+    """
+    from pipeline.ingest.worker import run_worker
+
+    run_worker(ctx.settings, stage, _bootstrap(ctx))
 
 
 @cli.command()

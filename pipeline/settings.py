@@ -74,6 +74,18 @@ class Settings(BaseModel):
     max_record_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest record accepted on any topic."
     )
+    segment_max_records: int = Field(
+        default=500,
+        ge=1,
+        le=1_000_000,
+        description="Seal a segment after this many Kafka records (each an OTLP export request).",
+    )
+    segment_max_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seal a segment after waiting this long for more records.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of every worldline process."
     )

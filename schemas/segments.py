@@ -82,6 +82,7 @@ LOG_TEMPLATES = pa.schema(
 METRIC_SERIES = pa.schema(
     [
         pa.field("series_id", pa.uint64(), nullable=False),
+        pa.field("first_seen_unix_nano", pa.int64(), nullable=False),
         pa.field("name", _str, nullable=False),
         pa.field("kind", _str, nullable=False),
         pa.field("unit", _str),

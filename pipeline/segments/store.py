@@ -139,7 +139,7 @@ class SegmentStore:
         now: dt.datetime,
     ) -> Manifest | None:
         """Seal ``table`` as one segment. Returns None if the range is already stored."""
-        if self.covers(source):
+        if self.covers(signal, source):
             return None
         times = table.column(time_column)
         start = int(pc.min(times).as_py() or 0) if table.num_rows else 0
@@ -257,22 +257,22 @@ class SegmentStore:
     def read(self, manifest: Manifest) -> pa.Table:
         return pq.read_table(self.uri(manifest), filesystem=self.fs)
 
-    def durable_offsets(self, topic: str) -> dict[int, int]:
-        """Per partition, the last offset stored for ``topic`` (resume from the next one)."""
+    def durable_offsets(self, signal: str, topic: str) -> dict[int, int]:
+        """Per partition, the last offset of ``topic`` stored as ``signal`` (resume after it)."""
         out: dict[int, int] = {}
-        for m in self.manifests():
+        for m in self.manifests(signal):
             if m.source.topic == topic:
                 out[m.source.partition] = max(out.get(m.source.partition, -1), m.source.last_offset)
         return out
 
-    def covers(self, source: SourceRange) -> bool:
-        """True if every offset of ``source`` is already in stored segments of that partition."""
+    def covers(self, signal: str, source: SourceRange) -> bool:
+        """True if every offset of ``source`` is already in stored ``signal`` segments."""
         return any(
             m.source.topic == source.topic
             and m.source.partition == source.partition
             and m.source.first_offset <= source.first_offset
             and m.source.last_offset >= source.last_offset
-            for m in self.manifests()
+            for m in self.manifests(signal)
         )
 
     # ------------------------------------------------------------ maintenance

@@ -51,7 +51,7 @@ def test_write_read_and_manifest(tmp_path: Path) -> None:
     [m2] = again.manifests("spans")
     assert m2 == m
     assert again.read(m2).equals(table.cast(again.read(m2).schema))
-    assert again.durable_offsets("otlp_spans") == {2: 12}
+    assert again.durable_offsets("spans", "otlp_spans") == {2: 12}
 
 
 def test_a_stored_range_is_skipped(tmp_path: Path) -> None:
