@@ -26,6 +26,7 @@ import pyarrow as pa
 from google.protobuf.message import Message
 
 from pipeline import otlp, topics
+from pipeline.ingest.logs import LogColumns, MinerStates
 from pipeline.ingest.metrics import MetricColumns
 from pipeline.ingest.spans import SpanColumns
 from pipeline.segments.store import Manifest, SegmentStore, SourceRange
@@ -91,16 +92,35 @@ class TableOut:
     service_column: str | None
 
 
+@dataclass
+class PartitionBatch:
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    builder: ColumnBuilder
+
+
+def _no_hook(part: PartitionBatch) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class SignalCodec:
-    """How one OTLP topic becomes tables: message type, builder and the tables it yields."""
+    """How one OTLP topic becomes tables: message type, builder and the tables it yields.
+
+    ``tables`` are written in order; the last one marks the partition's offsets as done, and
+    ``before_marker`` runs just before it (logs persist their template miner there).
+    """
 
     stage: str
+    signal: str
     message_type: str
-    new_builder: Callable[[], ColumnBuilder]
+    new_builder: Callable[[str, int], ColumnBuilder]
     tables: Callable[[Any], list[TableOut]]
     count_items: Callable[[Any], int]
     max_attributes: Callable[[Any], int]
+    before_marker: Callable[[PartitionBatch], None] = _no_hook
 
 
 def _span_tables(b: SpanColumns) -> list[TableOut]:
@@ -150,28 +170,81 @@ def _max_point_attrs(req: Any) -> int:
     return best
 
 
-CODECS: dict[str, SignalCodec] = {
-    "otlp_spans": SignalCodec(
-        "ingest-spans", topics.OTLP_TRACES, SpanColumns, _span_tables, _count_spans, _max_span_attrs
-    ),
-    "otlp_metrics": SignalCodec(
-        "ingest-metrics",
-        topics.OTLP_METRICS,
-        MetricColumns,
-        _metric_tables,
-        _count_points,
-        _max_point_attrs,
-    ),
+def _count_logs(req: Any) -> int:
+    return sum(len(sl.log_records) for rl in req.resource_logs for sl in rl.scope_logs)
+
+
+def _max_log_attrs(req: Any) -> int:
+    return max(
+        (
+            len(r.attributes)
+            for rl in req.resource_logs
+            for sl in rl.scope_logs
+            for r in sl.log_records
+        ),
+        default=0,
+    )
+
+
+def _log_tables(b: LogColumns) -> list[TableOut]:
+    return [
+        TableOut("log_templates", b.templates_table(), "first_seen_unix_nano", None),
+        TableOut("logs", b.logs_table(), "time_unix_nano", "service"),
+    ]
+
+
+# stage name -> registry topic it consumes
+STAGES: dict[str, str] = {
+    "ingest-spans": "otlp_spans",
+    "ingest-metrics": "otlp_metrics",
+    "ingest-logs": "otlp_logs",
 }
 
 
-@dataclass
-class PartitionBatch:
-    topic: str
-    partition: int
-    first_offset: int
-    last_offset: int
-    builder: ColumnBuilder
+def codec_for(logical_topic: str, store: SegmentStore) -> SignalCodec:
+    """The codec of a registry OTLP topic, bound to the store it keeps its state in."""
+    if logical_topic == "otlp_spans":
+        return SignalCodec(
+            "ingest-spans",
+            "spans",
+            topics.OTLP_TRACES,
+            lambda _t, _p: SpanColumns(),
+            _span_tables,
+            _count_spans,
+            _max_span_attrs,
+        )
+    if logical_topic == "otlp_metrics":
+        return SignalCodec(
+            "ingest-metrics",
+            "metrics",
+            topics.OTLP_METRICS,
+            lambda _t, _p: MetricColumns(),
+            _metric_tables,
+            _count_points,
+            _max_point_attrs,
+        )
+    if logical_topic == "otlp_logs":
+        miners: dict[str, MinerStates] = {}
+
+        def states(topic: str) -> MinerStates:
+            if topic not in miners:
+                miners[topic] = MinerStates(store.state_dir(), topic)
+            return miners[topic]
+
+        def save_miner(part: PartitionBatch) -> None:
+            states(part.topic).save(part.partition, part.last_offset)
+
+        return SignalCodec(
+            "ingest-logs",
+            "logs",
+            topics.OTLP_LOGS,
+            lambda t, p: LogColumns(states(t).miner(p), p),
+            _log_tables,
+            _count_logs,
+            _max_log_attrs,
+            before_marker=save_miner,
+        )
+    raise KeyError(f"no ingest codec for topic {logical_topic!r}")
 
 
 @dataclass
@@ -192,7 +265,7 @@ class SegmentIngestor:
         self.counters: Counter[str] = Counter()
         self._durable: dict[tuple[str, int], int] = {}
         self._loaded_topics: set[str] = set()
-        self._marker_signal = codec.tables(codec.new_builder())[-1].signal
+        self._marker_signal = codec.signal
 
     def durable_offset(self, topic: str, partition: int) -> int:
         if topic not in self._loaded_topics:
@@ -216,7 +289,7 @@ class SegmentIngestor:
                     record.partition,
                     record.offset,
                     record.offset,
-                    self.codec.new_builder(),
+                    self.codec.new_builder(record.topic, record.partition),
                 )
                 by_partition[key] = part
                 batch.partitions.append(part)
@@ -274,7 +347,10 @@ class SegmentIngestor:
         written: list[Manifest] = []
         for part in batch.partitions:
             source = SourceRange(part.topic, part.partition, part.first_offset, part.last_offset)
-            for out in self.codec.tables(part.builder):
+            outs = self.codec.tables(part.builder)
+            for i, out in enumerate(outs):
+                if i == len(outs) - 1:
+                    self.codec.before_marker(part)
                 manifest = self.store.write(
                     out.signal,
                     out.table,

@@ -21,13 +21,11 @@ from typing import Any
 import faust
 import orjson
 
-from pipeline.ingest.core import CODECS, KafkaRecord, Limits, SegmentIngestor
+from pipeline.ingest.core import STAGES, KafkaRecord, Limits, SegmentIngestor, codec_for
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
 
 log = logging.getLogger("worldline.ingest")
-
-STAGES: dict[str, str] = {codec.stage: topic for topic, codec in CODECS.items()}
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -71,9 +69,9 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
     if stage not in STAGES:
         raise KeyError(f"unknown ingest stage {stage!r}; known: {', '.join(sorted(STAGES))}")
     logical = STAGES[stage]
-    codec = CODECS[logical]
     app = faust_app(settings, f"worldline-{stage}", bootstrap)
     store = SegmentStore(settings.data_dir / "segments")
+    codec = codec_for(logical, store)
     removed = store.recover()
     if removed:
         log.warning("removed %d leftover files of an interrupted seal", removed)

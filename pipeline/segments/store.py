@@ -22,6 +22,7 @@ import os
 import posixpath
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -219,6 +220,12 @@ class SegmentStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def state_dir(self) -> Path:
+        """Local directory for small state files kept beside the segments (miners, checkpoints)."""
+        if not self.local:
+            raise NotImplementedError("state files need a local segment root for now")
+        return Path(self.root) / "_state"
 
     # ----------------------------------------------------------------- reading
     def manifests(self, signal: str | None = None) -> list[Manifest]:

@@ -1,0 +1,157 @@
+"""Logs: OTLP ExportLogsServiceRequest -> template id + parameter columns.
+
+Each log body is mined online into a template (``pipeline.logs.templates``); the segment keeps
+the template id and the parameters, never the body text, and the original line is rebuilt from
+them exactly. There is one miner per source partition, so replicas never disagree on ids: a
+template id is ``partition << 20 | local id``. A miner's state is stored beside the segments
+(``_state/log-miner-<topic>-p<partition>.json``) together with the last offset it learned from,
+and the templates a batch created or generalised are sealed as a ``log_templates`` segment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from pipeline.ingest.spans import UNKNOWN_SERVICE, any_value
+from pipeline.logs.templates import TemplateMiner
+from schemas.segments import LOG_TEMPLATES, LOGS
+
+LOCAL_ID_BITS = 20
+LOCAL_ID_MASK = (1 << LOCAL_ID_BITS) - 1
+BODY_JSON_ATTRIBUTE = "worldline.body_json"
+
+
+def global_template_id(partition: int, local_id: int) -> int:
+    return (partition << LOCAL_ID_BITS) | local_id
+
+
+def split_template_id(template_id: int) -> tuple[int, int]:
+    return template_id >> LOCAL_ID_BITS, template_id & LOCAL_ID_MASK
+
+
+class MinerStates:
+    """The template miners of one source topic, one per partition, persisted under ``root``."""
+
+    def __init__(self, root: Path, topic: str) -> None:
+        self.root = root
+        self.topic = topic
+        self.miners: dict[int, TemplateMiner] = {}
+        self.learned_through: dict[int, int] = {}
+
+    def path(self, partition: int) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.topic)
+        return self.root / f"log-miner-{safe}-p{partition}.json"
+
+    def miner(self, partition: int) -> TemplateMiner:
+        miner = self.miners.get(partition)
+        if miner is None:
+            path = self.path(partition)
+            if path.exists():
+                doc = orjson.loads(path.read_bytes())
+                miner = TemplateMiner.from_bytes(doc["miner"].encode())
+                self.learned_through[partition] = int(doc["last_offset"])
+            else:
+                miner = TemplateMiner()
+            self.miners[partition] = miner
+        return miner
+
+    def save(self, partition: int, last_offset: int) -> None:
+        miner = self.miner(partition)
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.path(partition)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        doc = {
+            "topic": self.topic,
+            "partition": partition,
+            "last_offset": last_offset,
+            "miner": miner.to_bytes().decode(),
+        }
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(doc))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.learned_through[partition] = last_offset
+
+    def reconstruct(self, template_id: int, params: list[str]) -> str:
+        partition, local = split_template_id(template_id)
+        return self.miner(partition).reconstruct(local, params)
+
+    def template_text(self, template_id: int) -> str:
+        partition, local = split_template_id(template_id)
+        return self.miner(partition).template(local)
+
+
+class LogColumns:
+    """Column builders for the logs of one partition, mining templates as they come."""
+
+    def __init__(self, miner: TemplateMiner, partition: int) -> None:
+        self.miner = miner
+        self.partition = partition
+        self.cols: dict[str, list[Any]] = {f.name: [] for f in LOGS}
+        self.before: Mapping[int, str] = miner.templates()
+        self.first_seen: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.cols["template_id"])
+
+    def add_request(self, request: ExportLogsServiceRequest) -> int:
+        c = self.cols
+        added = 0
+        for rl in request.resource_logs:
+            resource = {kv.key: any_value(kv.value) for kv in rl.resource.attributes}
+            service = str(resource.get("service.name") or UNKNOWN_SERVICE)
+            res_json = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS).decode()
+            for sl in rl.scope_logs:
+                for rec in sl.log_records:
+                    attrs = {kv.key: any_value(kv.value) for kv in rec.attributes}
+                    body_kind = rec.body.WhichOneof("value")
+                    if body_kind == "string_value":
+                        body = rec.body.string_value
+                    elif body_kind is None:
+                        body = ""
+                    else:
+                        body = orjson.dumps(any_value(rec.body)).decode()
+                        attrs[BODY_JSON_ATTRIBUTE] = True
+                    match = self.miner.add(body)
+                    tid = global_template_id(self.partition, match.template_id)
+                    t = rec.time_unix_nano or rec.observed_time_unix_nano
+                    if match.template_id not in self.first_seen:
+                        self.first_seen[match.template_id] = t
+                    c["time_unix_nano"].append(t)
+                    c["observed_unix_nano"].append(rec.observed_time_unix_nano or None)
+                    c["service"].append(service)
+                    c["severity_number"].append(rec.severity_number)
+                    c["severity_text"].append(rec.severity_text or None)
+                    c["template_id"].append(tid)
+                    c["params"].append(list(match.params))
+                    c["trace_id"].append(rec.trace_id if len(rec.trace_id) == 16 else None)
+                    c["span_id"].append(rec.span_id if len(rec.span_id) == 8 else None)
+                    c["attributes"].append(orjson.dumps(attrs).decode() if attrs else None)
+                    c["resource_attributes"].append(res_json)
+                    added += 1
+        return added
+
+    def logs_table(self) -> pa.Table:
+        return pa.Table.from_pydict(self.cols, schema=LOGS)
+
+    def templates_table(self) -> pa.Table:
+        """Templates created or generalised by this batch, with their current text."""
+        rows = []
+        for local, text in self.miner.templates().items():
+            if self.before.get(local) != text:
+                rows.append(
+                    {
+                        "template_id": global_template_id(self.partition, local),
+                        "template": text,
+                        "first_seen_unix_nano": self.first_seen.get(local, 0),
+                    }
+                )
+        return pa.Table.from_pylist(rows, schema=LOG_TEMPLATES)
