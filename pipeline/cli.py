@@ -132,8 +132,15 @@ def _bootstrap(ctx: Context) -> str:
     metavar="SECONDS",
     help="Reprint the status table this often (0: only once at start).",
 )
+@click.option(
+    "--stages",
+    default=",".join(sorted(INGEST_STAGES)),
+    show_default=True,
+    metavar="LIST",
+    help="Comma-separated stages to run as processes beside the broker ('' for none).",
+)
 @click.pass_obj
-def up(ctx: Context, duration: float | None, status_every: float) -> None:
+def up(ctx: Context, duration: float | None, status_every: float, stages: str) -> None:
     """Start the platform and keep it running until Ctrl-C.
 
     With no bootstrap_servers set, starts the embedded broker on a free loopback port (or
@@ -142,7 +149,11 @@ def up(ctx: Context, duration: float | None, status_every: float) -> None:
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
-    platform = Platform(ctx.settings)
+    wanted = [s.strip() for s in stages.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(INGEST_STAGES))
+    if unknown:
+        fail(f"--stages: unknown stage {unknown[0]!r}; known: {', '.join(sorted(INGEST_STAGES))}")
+    platform = Platform(ctx.settings, stages=wanted)
     try:
         with console.status("starting worldline") as status:
             platform.on_step = lambda msg: status.update(msg)
@@ -156,6 +167,13 @@ def up(ctx: Context, duration: float | None, status_every: float) -> None:
         last_status = started
         while duration is None or time.monotonic() - started < duration:
             time.sleep(0.2)
+            crashed = platform.supervisor.exited() if platform.supervisor else []
+            if crashed:
+                fail(
+                    f"stage {crashed[0].stage} exited with code {crashed[0].proc.returncode};"
+                    f" see {crashed[0].log_path}",
+                    code=1,
+                )
             if status_every > 0 and time.monotonic() - last_status >= status_every:
                 _print_status(ctx.settings, platform.bootstrap_servers)
                 last_status = time.monotonic()

@@ -21,6 +21,7 @@ import orjson
 from pipeline import kafka
 from pipeline.broker import EmbeddedBroker
 from pipeline.settings import Settings
+from pipeline.stages import StageSupervisor
 
 
 class NoBrokerError(RuntimeError):
@@ -34,6 +35,8 @@ class Platform:
     broker: EmbeddedBroker | None = field(default=None, init=False)
     bootstrap_servers: str = field(default="", init=False)
     partitions: dict[str, int] = field(default_factory=dict, init=False)
+    stages: list[str] = field(default_factory=list)
+    supervisor: StageSupervisor | None = field(default=None, init=False)
 
     def start(self) -> Platform:
         s = self.settings
@@ -54,12 +57,20 @@ class Platform:
             self.partitions = asyncio.run(kafka.ensure_topics(s, self.bootstrap_servers))
             if self.broker is not None:
                 write_runtime_file(s.runtime_file, self.bootstrap_servers, os.getpid())
+            if self.stages:
+                self.on_step(f"starting stages: {', '.join(self.stages)}")
+                self.supervisor = StageSupervisor(s, self.bootstrap_servers)
+                self.supervisor.start(self.stages)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
+        if self.supervisor is not None:
+            self.on_step("stopping stages")
+            self.supervisor.stop()
+            self.supervisor = None
         if self.broker is not None:
             self.on_step("stopping the embedded broker")
             self.broker.stop()

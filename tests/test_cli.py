@@ -169,11 +169,12 @@ def test_up_shows_every_topic_and_stops_cleanly(tmp_path: Path, sig: signal.Sign
         time.sleep(0.1)
     assert runtime.exists(), proc.stderr.read() if proc.stderr else ""
     info = orjson.loads(runtime.read_bytes())
-    # find the broker's pid: the only child of `worldline up`
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    assert len(children) == 1
-    broker_pid = int(children[0])
+    # the broker and one process per ingest stage are the children of `worldline up`
     time.sleep(3)  # let it print the status table
+    children = [
+        int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    ]
+    assert len(children) == 1 + 3
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
@@ -182,5 +183,5 @@ def test_up_shows_every_topic_and_stops_cleanly(tmp_path: Path, sig: signal.Sign
         assert row.split("│")[3].strip() == str(t.partitions)
     assert "stopped" in stderr
     assert info["pid"] == proc.pid
-    assert not pid_alive(broker_pid)
+    assert not any(pid_alive(c) for c in children)
     assert not runtime.exists()
