@@ -26,6 +26,7 @@ from pipeline import kafka, otlp, topics
 from pipeline.broker import BrokerError
 from pipeline.ingest.worker import STAGES as INGEST_STAGES
 from pipeline.platform import NoBrokerError, Platform, find_bootstrap
+from pipeline.query_cli import query
 from pipeline.settings import Settings, SettingsError, describe, load, parse_assignments
 
 console = Console(stderr=True, highlight=False)
@@ -457,6 +458,9 @@ def produce(ctx: Context, topic: str, source: str, key: str | None, no_validate:
     placed = asyncio.run(kafka.produce(bootstrap, name, [(k, p) for p in payloads]))
     for partition, offset in placed:
         _stdout().print(f"{name} partition {partition} offset {offset}")
+
+
+cli.add_command(query)
 
 
 def main() -> None:
