@@ -1,0 +1,143 @@
+"""The query API over HTTP (read-only): logs, traces, metric series, the template dictionary.
+
+Mounted under ``/api/v1/query/`` next to the receivers. Every request is written to the audit
+log (``<data_dir>/audit/api.jsonl``: time, remote address, path, parameters, status, rows).
+Bad parameters answer 400 with ``{"error": "..."}``.
+
+    GET /api/v1/query/logs?service=checkout&severity=error&since=15m&template=...&text=...&limit=100
+    GET /api/v1/query/traces/{trace_id}
+    GET /api/v1/query/metrics?name=process.cpu.utilization&label=service.name=cart&step=60&agg=max
+    GET /api/v1/query/templates
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from aiohttp import web
+
+from pipeline.query import LogQuery, QueryError, TimeRange, metric_series, trace
+from pipeline.query_cli import parse_time
+from pipeline.segments.store import SegmentStore
+from pipeline.settings import Settings
+
+QUERY_PREFIX = "/api/v1/query"
+STORE_KEY = web.AppKey("store", SegmentStore)
+AUDIT_KEY = web.AppKey("audit", Path)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, default=str), status=status, content_type="application/json"
+    )
+
+
+def _range(request: web.Request) -> TimeRange:
+    now = dt.datetime.now(dt.UTC)
+    try:
+        return TimeRange(
+            parse_time(request.query.get("since"), now), parse_time(request.query.get("until"), now)
+        )
+    except click.BadParameter as e:
+        raise QueryError(str(e.message)) from None
+
+
+def _audit(request: web.Request, status: int, rows: int) -> None:
+    path = request.app[AUDIT_KEY]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "time": dt.datetime.now(dt.UTC).isoformat(),
+        "remote": request.remote,
+        "path": request.path,
+        "query": {k: request.query.getall(k) for k in request.query},
+        "status": status,
+        "rows": rows,
+    }
+    with path.open("ab") as f:
+        f.write(orjson.dumps(entry) + b"\n")
+
+
+async def _answer(request: web.Request, run: Any) -> web.Response:
+    try:
+        rows = run()
+    except (QueryError, re.error, ValueError) as e:
+        _audit(request, 400, 0)
+        return _json({"error": str(e)}, status=400)
+    _audit(request, 200, len(rows))
+    return _json({"rows": rows})
+
+
+async def logs(request: web.Request) -> web.Response:
+    q = request.query
+    store = request.app[STORE_KEY]
+    return await _answer(
+        request,
+        lambda: LogQuery(store).run(
+            services=q.getall("service", []) or None,
+            time=_range(request),
+            min_severity=q.get("severity"),
+            template=q.get("template"),
+            text=q.get("text"),
+            limit=int(q.get("limit", "100")),
+        ),
+    )
+
+
+async def traces(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    return await _answer(
+        request, lambda: trace(store, request.match_info["trace_id"].lower(), _range(request))
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    q = request.query
+    store = request.app[STORE_KEY]
+
+    def run() -> list[dict[str, Any]]:
+        name = q.get("name")
+        if not name:
+            raise QueryError("name is required")
+        labels = {}
+        for pair in q.getall("label", []):
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise QueryError(f"label {pair!r}: expected key=value")
+            labels[key] = value
+        return metric_series(
+            store,
+            name,
+            labels=labels,
+            time=_range(request),
+            step_s=float(q.get("step", "60")),
+            agg=q.get("agg", "mean"),
+        )
+
+    return await _answer(request, run)
+
+
+async def templates(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    return await _answer(
+        request,
+        lambda: [
+            {"template_id": k, "template": v}
+            for k, v in sorted(LogQuery(store).templates().items())
+        ],
+    )
+
+
+def build_query_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    app[STORE_KEY] = SegmentStore(settings.data_dir / "segments")
+    app[AUDIT_KEY] = settings.data_dir / "audit" / "api.jsonl"
+    app.router.add_get("/logs", logs)
+    app.router.add_get("/traces/{trace_id}", traces)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/templates", templates)
+    return app
