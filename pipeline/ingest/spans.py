@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -67,73 +68,182 @@ def any_value(v: AnyValue) -> Any:
 
 
 class SpanColumns:
-    """Column builders for one table; ``add_request`` appends every span of a request."""
+    """Column builders for one table; ``add_request`` appends every span of a request.
+
+    Written for speed (this loop is the ingest bottleneck): per span only the always-present
+    fields are appended; resource-level columns are kept as runs (one entry per resource) and
+    promoted attributes as sparse (row, value) pairs, both expanded once in ``to_table``.
+    """
 
     def __init__(self) -> None:
-        self.cols: dict[str, list[Any]] = {f.name: [] for f in SPANS}
+        self.trace_id: list[bytes] = []
+        self.span_id: list[bytes] = []
+        self.parent: list[bytes | None] = []
+        self.name: list[str] = []
+        self.kind: list[int] = []
+        self.start: list[int] = []
+        self.end: list[int] = []
+        self.status_code: list[int] = []
+        self.status_message: list[str | None] = []
+        self.attributes: list[str | None] = []
+        self.sparse: dict[str, tuple[list[int], list[Any]]] = {
+            col: ([], []) for col in (*SPAN_ATTRIBUTE_COLUMNS, "events", "links")
+        }
+        # resource runs: (first row, rows, service, version, host, pod, resource json)
+        self.runs: list[tuple[int, int, str, Any, Any, Any, str]] = []
 
     def __len__(self) -> int:
-        return len(self.cols["span_id"])
+        return len(self.span_id)
 
     def add_request(self, request: ExportTraceServiceRequest) -> int:
-        added = 0
-        c = self.cols
+        first_row = len(self.span_id)
+        trace_append = self.trace_id.append
+        span_append = self.span_id.append
+        parent_append = self.parent.append
+        name_append = self.name.append
+        kind_append = self.kind.append
+        start_append = self.start.append
+        end_append = self.end.append
+        code_append = self.status_code.append
+        message_append = self.status_message.append
+        attrs_append = self.attributes.append
+        sparse = self.sparse
+        key_to_column = _KEY_TO_COLUMN
+        row = first_row
         for rs in request.resource_spans:
             resource = {kv.key: any_value(kv.value) for kv in rs.resource.attributes}
-            service = str(resource.get("service.name") or UNKNOWN_SERVICE)
-            res_cols = {col: _first(resource, keys) for col, keys in RESOURCE_COLUMNS.items()}
-            res_json = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS).decode()
+            run_start = row
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    promoted: dict[str, Any] = {}
-                    rank: dict[str, int] = {}
-                    rest: dict[str, Any] = {}
+                    trace_id = span.trace_id
+                    span_id = span.span_id
+                    parent = span.parent_span_id
+                    trace_append(trace_id if len(trace_id) == 16 else bytes(16))
+                    span_append(span_id if len(span_id) == 8 else bytes(8))
+                    parent_append(parent if len(parent) == 8 else None)
+                    name_append(span.name)
+                    kind_append(span.kind)
+                    start_append(span.start_time_unix_nano)
+                    end_append(span.end_time_unix_nano)
+                    status = span.status
+                    code_append(status.code)
+                    message_append(status.message or None)
+                    rest: dict[str, Any] | None = None
+                    promoted: dict[str, tuple[int, Any]] | None = None
                     for kv in span.attributes:
+                        key = kv.key
+                        col = key_to_column.get(key)
                         value = any_value(kv.value)
-                        col = _KEY_TO_COLUMN.get(kv.key)
-                        if col is not None and (col not in rank or _PRIORITY[kv.key] < rank[col]):
+                        if col is not None:
                             if col in INT_COLUMNS:
-                                try:
+                                if isinstance(value, str) and value.isdigit():
                                     value = int(value)
-                                except (TypeError, ValueError):
-                                    rest[kv.key] = value
+                                ok = isinstance(value, int) and not isinstance(value, bool)
+                            else:
+                                ok = isinstance(value, str)
+                            if ok:
+                                if promoted is None:
+                                    promoted = {}
+                                held = promoted.get(col)
+                                priority = _PRIORITY[key]
+                                if held is None:
+                                    promoted[col] = (priority, value)
                                     continue
-                            elif not isinstance(value, str):
-                                rest[kv.key] = value
-                                continue
-                            if col in rank:  # the lower-priority spelling goes to the JSON column
-                                rest[_name_for(col, rank[col])] = promoted[col]
-                            promoted[col] = value
-                            rank[col] = _PRIORITY[kv.key]
-                        else:
-                            rest[kv.key] = value
-                    c["trace_id"].append(span.trace_id if len(span.trace_id) == 16 else bytes(16))
-                    c["span_id"].append(span.span_id if len(span.span_id) == 8 else bytes(8))
-                    c["parent_span_id"].append(
-                        span.parent_span_id if len(span.parent_span_id) == 8 else None
+                                if priority < held[0]:  # the other spelling goes to the JSON column
+                                    promoted[col] = (priority, value)
+                                    key, value = _name_for(col, held[0]), held[1]
+                        if rest is None:
+                            rest = {}
+                        rest[key] = value
+                    if promoted is not None:
+                        for col, (_, value) in promoted.items():
+                            rows, values = sparse[col]
+                            rows.append(row)
+                            values.append(value)
+                    attrs_append(orjson.dumps(rest).decode() if rest else None)
+                    if span.events:
+                        sparse["events"][0].append(row)
+                        sparse["events"][1].append(_events(span))
+                    if span.links:
+                        sparse["links"][0].append(row)
+                        sparse["links"][1].append(_links(span))
+                    row += 1
+            if row > run_start:
+                self.runs.append(
+                    (
+                        run_start,
+                        row - run_start,
+                        str(resource.get("service.name") or UNKNOWN_SERVICE),
+                        _first(resource, RESOURCE_COLUMNS["service_version"]),
+                        _first(resource, RESOURCE_COLUMNS["host_name"]),
+                        _first(resource, RESOURCE_COLUMNS["pod_name"]),
+                        orjson.dumps(resource, option=orjson.OPT_SORT_KEYS).decode(),
                     )
-                    c["service"].append(service)
-                    c["name"].append(span.name)
-                    c["kind"].append(span.kind)
-                    c["start_unix_nano"].append(span.start_time_unix_nano)
-                    c["duration_ns"].append(
-                        max(0, span.end_time_unix_nano - span.start_time_unix_nano)
-                    )
-                    c["status_code"].append(span.status.code)
-                    c["status_message"].append(span.status.message or None)
-                    for col, value in res_cols.items():
-                        c[col].append(value)
-                    for col in SPAN_ATTRIBUTE_COLUMNS:
-                        c[col].append(promoted.get(col))
-                    c["attributes"].append(orjson.dumps(rest).decode() if rest else None)
-                    c["resource_attributes"].append(res_json)
-                    c["events"].append(_events(span) if span.events else None)
-                    c["links"].append(_links(span) if span.links else None)
-                    added += 1
-        return added
+                )
+        return row - first_row
 
     def to_table(self) -> pa.Table:
-        return pa.Table.from_pydict(self.cols, schema=SPANS)
+        n = len(self.span_id)
+        lengths = np.array([r[1] for r in self.runs], dtype=np.int64)
+        start = np.array(self.start, dtype=np.int64)
+        end = np.array(self.end, dtype=np.int64)
+
+        def runs(index: int, field: pa.Field) -> pa.Array:
+            values = pa.array([r[index] for r in self.runs], type=pa.string())
+            take = np.repeat(np.arange(len(self.runs), dtype=np.int64), lengths)
+            return values.take(pa.array(take)).cast(field.type) if n else pa.array([], field.type)
+
+        def sparse(col: str, field: pa.Field) -> pa.Array:
+            rows, values = self.sparse[col]
+            if not rows:
+                return pa.nulls(n, field.type)
+            base_type = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+            dense = pa.array(values, type=base_type)
+            positions = np.full(n, -1, dtype=np.int64)
+            positions[np.array(rows, dtype=np.int64)] = np.arange(len(rows), dtype=np.int64)
+            mask = positions < 0
+            positions[mask] = 0
+            out = dense.take(pa.array(positions, mask=mask))
+            return out.cast(field.type)
+
+        columns: dict[str, pa.Array] = {}
+        for field in SPANS:
+            name = field.name
+            if name == "trace_id":
+                columns[name] = pa.array(self.trace_id, type=field.type)
+            elif name == "span_id":
+                columns[name] = pa.array(self.span_id, type=field.type)
+            elif name == "parent_span_id":
+                columns[name] = pa.array(self.parent, type=field.type)
+            elif name == "service":
+                columns[name] = runs(2, field)
+            elif name == "service_version":
+                columns[name] = runs(3, field)
+            elif name == "host_name":
+                columns[name] = runs(4, field)
+            elif name == "pod_name":
+                columns[name] = runs(5, field)
+            elif name == "resource_attributes":
+                columns[name] = runs(6, field)
+            elif name == "name":
+                columns[name] = (
+                    pa.array(self.name, type=pa.string()).dictionary_encode().cast(field.type)
+                )
+            elif name == "kind":
+                columns[name] = pa.array(self.kind, type=field.type)
+            elif name == "start_unix_nano":
+                columns[name] = pa.array(start, type=field.type)
+            elif name == "duration_ns":
+                columns[name] = pa.array(np.maximum(end - start, 0), type=field.type)
+            elif name == "status_code":
+                columns[name] = pa.array(self.status_code, type=field.type)
+            elif name == "status_message":
+                columns[name] = pa.array(self.status_message, type=field.type)
+            elif name == "attributes":
+                columns[name] = pa.array(self.attributes, type=field.type)
+            else:
+                columns[name] = sparse(name, field)
+        return pa.Table.from_arrays([columns[f.name] for f in SPANS], schema=SPANS)
 
 
 def _first(attrs: dict[str, Any], keys: Iterable[str]) -> Any:

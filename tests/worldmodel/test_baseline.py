@@ -1,0 +1,404 @@
+"""Conformance suite for baselines: every check runs against every implementation listed in
+``BASELINE_IMPLEMENTATIONS``, with numpy computing the same thing offline where it can, seeded
+property tests (hypothesis, derandomized) and seeded behaviour tests on synthetic series."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.worldmodel import (
+    Baseline,
+    BaselineConfig,
+    BaselineStore,
+    SeasonalBaseline,
+)
+
+BaselineFactory = Callable[[BaselineConfig], SeasonalBaseline]
+BASELINE_IMPLEMENTATIONS: list[BaselineFactory] = [SeasonalBaseline]
+
+MONDAY = 1_699_833_600  # 2023-11-13 00:00:00 UTC, a Monday
+HOUR = 3600.0
+DAY = 86400.0
+PROPERTY_SETTINGS = settings(
+    derandomize=True,
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@pytest.fixture(params=BASELINE_IMPLEMENTATIONS, ids=lambda factory: factory.__name__)
+def make_baseline(request: pytest.FixtureRequest) -> BaselineFactory:
+    factory: BaselineFactory = request.param
+    return factory
+
+
+def seasonal_series(
+    rng: np.random.Generator, n_intervals: int, interval_s: float, weekend_factor: float = 0.97
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Daily-seasonal level (two harmonics, random phase and amplitude), a mild weekend dip and
+    Gaussian noise. Returns (times, values, noise-free level)."""
+    times = MONDAY + np.arange(n_intervals) * interval_s
+    hours = (times / HOUR) % 24
+    weekday = ((times // DAY) + 3) % 7
+    base = rng.uniform(10, 1000)
+    amplitude = rng.uniform(0.2, 0.6)
+    phase = rng.uniform(0, 24)
+    shape = np.sin(2 * np.pi * (hours - phase) / 24) + 0.3 * np.sin(
+        4 * np.pi * (hours - phase) / 24
+    )
+    level = base * (1 + amplitude * shape / 1.3) * np.where(weekday >= 5, weekend_factor, 1.0)
+    noise = rng.normal(0, 1, n_intervals) * base * rng.uniform(0.02, 0.08)
+    return times, level + noise, level
+
+
+def feed(baseline: Baseline, times: np.ndarray, values: np.ndarray) -> None:
+    for t, value in zip(times.tolist(), values.tolist(), strict=True):
+        baseline.update(t, value)
+
+
+# --------------------------------------------------------------------------- conformance
+def test_values_in_one_interval_are_learned_as_their_mean(make_baseline: BaselineFactory) -> None:
+    config = BaselineConfig()
+    baseline = make_baseline(config)
+    samples = np.array([3.0, 5.0, 10.0, 2.0])
+    for i, value in enumerate(samples.tolist()):
+        baseline.update(MONDAY + i * 10.0, value)
+    assert baseline.intervals_learned == 0  # still open
+    baseline.flush(MONDAY + 60.0)
+    assert baseline.intervals_learned == 1
+    expected, _, tier = baseline.expected(MONDAY + 90.0)
+    assert tier == "global"
+    assert expected == pytest.approx(float(np.mean(samples)))
+
+
+def test_late_values_are_dropped_and_counted(make_baseline: BaselineFactory) -> None:
+    baseline = make_baseline(BaselineConfig())
+    baseline.update(MONDAY + 120.0, 1.0)
+    baseline.update(MONDAY + 240.0, 1.0)
+    baseline.update(MONDAY + 10.0, 99.0)
+    assert baseline.late_values == 1
+    assert baseline.intervals_learned == 1
+
+
+def test_non_finite_values_are_rejected(make_baseline: BaselineFactory) -> None:
+    baseline = make_baseline(BaselineConfig())
+    with pytest.raises(ValueError):
+        baseline.update(MONDAY, math.nan)
+
+
+def test_hour_of_week_profile_matches_numpy_hourly_means(make_baseline: BaselineFactory) -> None:
+    """Three weeks (bucket counts <= 4: the running-mean regime) against numpy's offline
+    mean per hour of the week; winsorization may only move a bucket by a tiny amount."""
+    rng = np.random.default_rng(7)
+    interval_s = 300.0
+    times, values, _ = seasonal_series(rng, int(21 * DAY / interval_s), interval_s)
+    baseline = make_baseline(BaselineConfig(interval_s=interval_s))
+    feed(baseline, times, values)
+    baseline.flush(times[-1] + interval_s)
+    hour_index = (times // HOUR).astype(np.int64)
+    hour_of_week = (((hour_index // 24) + 3) % 7) * 24 + hour_index % 24
+    week = (times - MONDAY) // (7 * DAY)
+    learned = baseline.hour_of_week_profile()
+    noise = float(np.std(values - _smooth(values)))
+    for bucket in range(168):
+        # hourly means first, then the mean over the weeks: what the baseline does
+        hourly = [
+            values[(hour_of_week == bucket) & (week == w)].mean()
+            for w in range(3)
+            if np.any((hour_of_week == bucket) & (week == w))
+        ]
+        if bucket == hour_of_week[-1]:
+            continue  # the last hour is still being accumulated
+        assert learned[bucket] is not None
+        assert learned[bucket] == pytest.approx(np.mean(hourly), abs=0.05 * noise)
+
+
+def _smooth(values: np.ndarray) -> np.ndarray:
+    kernel = np.ones(5) / 5
+    return np.convolve(values, kernel, mode="same")
+
+
+def test_week_tier_expectation_is_last_weeks_level(make_baseline: BaselineFactory) -> None:
+    """At an hour's centre the week tier's expectation is that hour's learned level (numpy:
+    the mean of the same hour in past weeks), plus a drift offset that stays within noise."""
+    rng = np.random.default_rng(11)
+    interval_s = 300.0
+    times, values, _ = seasonal_series(rng, int(15 * DAY / interval_s), interval_s)
+    baseline = make_baseline(BaselineConfig(interval_s=interval_s))
+    feed(baseline, times, values)
+    t_probe = times[-1] + interval_s + 0.5 * HOUR  # next hour's centre (hour 0 of day 15)
+    hour_index = int(t_probe // HOUR)
+    expected, spread, tier = baseline.expected(t_probe)
+    same_hour = (times // HOUR) % 168 == hour_index % 168
+    offline = float(values[same_hour].mean())
+    assert tier == "week"
+    assert expected == pytest.approx(offline, abs=1.5 * spread)
+
+
+def test_tiers_fall_back_before_a_day_and_a_week(make_baseline: BaselineFactory) -> None:
+    rng = np.random.default_rng(3)
+    interval_s = 300.0
+    times, values, _ = seasonal_series(rng, int(9 * DAY / interval_s), interval_s)
+    baseline = make_baseline(BaselineConfig(interval_s=interval_s))
+    spreads = {}
+    for day_count in (0.5, 3, 8.5):
+        stop = int(day_count * DAY / interval_s)
+        done = baseline.intervals_learned + (1 if baseline.intervals_learned else 0)
+        feed(baseline, times[done:stop], values[done:stop])
+        _, spread, tier = baseline.expected(times[stop] + interval_s)
+        spreads[tier] = spread
+    assert list(spreads) == ["global", "day", "week"]
+    assert spreads["global"] > spreads["day"] > spreads["week"]  # wider while warming up
+
+
+def test_same_stream_gives_identical_state(make_baseline: BaselineFactory) -> None:
+    rng = np.random.default_rng(5)
+    times, values, _ = seasonal_series(rng, 3000, 60.0)
+    first, second = make_baseline(BaselineConfig()), make_baseline(BaselineConfig())
+    feed(first, times, values)
+    feed(second, times, values)
+    assert first.to_bytes() == second.to_bytes()
+
+
+def test_score_does_not_change_state(make_baseline: BaselineFactory) -> None:
+    rng = np.random.default_rng(6)
+    times, values, _ = seasonal_series(rng, 500, 60.0)
+    baseline = make_baseline(BaselineConfig())
+    feed(baseline, times, values)
+    before = baseline.to_bytes()
+    deviation = baseline.score(times[-1] + 60.0, values[-1] * 10)
+    assert deviation.direction == 1 and deviation.score > 5
+    assert baseline.to_bytes() == before
+
+
+# ------------------------------------------------------------------------ properties
+samples_strategy = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=20 * 24 * 60),  # minute offsets over ~3 weeks
+        st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False),
+    ),
+    min_size=0,
+    max_size=150,
+).map(sorted)
+
+
+def _learn(
+    factory: BaselineFactory, samples: list[tuple[int, float]], watermark: bool = False
+) -> SeasonalBaseline:
+    baseline = factory(BaselineConfig())
+    for minute, value in samples:
+        baseline.update(MONDAY + minute * 60.0, value)
+    if watermark and samples:
+        baseline.flush(MONDAY + (samples[-1][0] + 1) * 60.0)
+    return baseline
+
+
+def _profile_close(a: SeasonalBaseline, b: SeasonalBaseline) -> None:
+    for left, right in zip(a.hour_of_week_profile(), b.hour_of_week_profile(), strict=True):
+        assert (left is None) == (right is None)
+        if left is not None and right is not None:
+            assert left == pytest.approx(right, rel=1e-5, abs=1e-3)
+    assert a.intervals_learned == b.intervals_learned
+    assert a.expected(MONDAY)[0] == pytest.approx(b.expected(MONDAY)[0], rel=1e-5, abs=1e-3)
+
+
+@pytest.mark.parametrize("factory", BASELINE_IMPLEMENTATIONS, ids=lambda f: f.__name__)
+@PROPERTY_SETTINGS
+@given(samples=samples_strategy)
+def test_snapshot_round_trip_and_size(factory: BaselineFactory, samples: list) -> None:
+    baseline = _learn(factory, samples)
+    data = baseline.to_bytes()
+    assert len(data) <= 1024
+    restored = SeasonalBaseline.from_bytes(data, BaselineConfig())
+    assert restored.to_bytes() == data
+    assert restored == baseline
+    # and the restored copy keeps learning exactly like the original
+    for base in (baseline, restored):
+        base.update(MONDAY + 30 * DAY, 1.0)
+        base.update(MONDAY + 31 * DAY, 2.0)
+    assert restored.to_bytes() == baseline.to_bytes()
+
+
+@pytest.mark.parametrize("factory", BASELINE_IMPLEMENTATIONS, ids=lambda f: f.__name__)
+@PROPERTY_SETTINGS
+@given(a=samples_strategy, b=samples_strategy, c=samples_strategy)
+def test_merge_is_commutative_and_associative(
+    factory: BaselineFactory, a: list, b: list, c: list
+) -> None:
+    """States as checkpointed after their watermark passed (no half-learned interval: values of
+    one interval split over three workers cannot be re-joined, see ``SeasonalBaseline.merge``)."""
+    x, y, z = (_learn(factory, samples, watermark=True) for samples in (a, b, c))
+    assert x.merge(y) == y.merge(x)  # exactly
+    _profile_close(x.merge(y).merge(z), x.merge(y.merge(z)))
+
+
+@pytest.mark.parametrize("factory", BASELINE_IMPLEMENTATIONS, ids=lambda f: f.__name__)
+def test_merge_of_time_split_streams_equals_learning_both(factory: BaselineFactory) -> None:
+    """Hour-of-week buckets are exact when two workers learned consecutive weeks."""
+    rng = np.random.default_rng(21)
+    interval_s = 300.0
+    times, values, level = seasonal_series(rng, int(14 * DAY / interval_s), interval_s)
+    half = len(times) // 2  # a week boundary, so no hour is split
+    config = BaselineConfig(interval_s=interval_s)
+    sequential, first, second = factory(config), factory(config), factory(config)
+    feed(sequential, times, values)
+    feed(first, times[:half], values[:half])
+    feed(second, times[half:], values[half:])
+    merged = first.merge(second)
+    noise = float(np.std(values - level))
+    for left, right in zip(
+        merged.hour_of_week_profile(), sequential.hour_of_week_profile(), strict=True
+    ):
+        # exact up to winsorization, which depends on how warm each worker was
+        assert left == pytest.approx(right, abs=0.02 * noise)
+    assert merged.intervals_learned == sequential.intervals_learned
+
+
+# ------------------------------------------------------------------------- behaviour
+@pytest.mark.parametrize(("n_series", "interval_s"), [(200, 300.0), (25, 60.0)])
+def test_seasonal_series_raise_at_most_one_alert_per_1000_series_hours(
+    make_baseline: BaselineFactory, n_series: int, interval_s: float
+) -> None:
+    rng = np.random.default_rng(2024)
+    days = 14
+    n_intervals = int(days * DAY / interval_s)
+    config = BaselineConfig(interval_s=interval_s)
+    alerts = 0
+    for _ in range(n_series):
+        times, values, _ = seasonal_series(rng, n_intervals, interval_s)
+        baseline = make_baseline(config)
+        feed(baseline, times, values)
+        alerts += baseline.alerts_raised
+    series_hours = n_series * days * 24
+    assert alerts <= series_hours / 1000, f"{alerts} alerts over {series_hours} series-hours"
+
+
+def _inject(kind: str, values: np.ndarray, start: int, size: float) -> np.ndarray:
+    out = values.copy()
+    ramp_length = 1 if kind == "step" else 5
+    growth = np.minimum(np.arange(1, len(values) - start + 1) / ramp_length, 1.0)
+    out[start:] += size * growth
+    return out
+
+
+@pytest.mark.parametrize("kind", ["step", "ramp"])
+@pytest.mark.parametrize("direction", [1, -1])
+def test_injected_shift_is_flagged_with_onset_and_direction(
+    make_baseline: BaselineFactory, kind: str, direction: int
+) -> None:
+    config = BaselineConfig()
+    hits = 0
+    seeds = range(6)
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        n_intervals = int(8.5 * DAY / config.interval_s)
+        times, values, level = seasonal_series(rng, n_intervals, config.interval_s)
+        noise = float(np.std(values - level))
+        true_onset = int(8 * DAY / config.interval_s) + int(rng.integers(0, 300))
+        shifted = _inject(kind, values, true_onset, direction * 6 * noise)
+        baseline = make_baseline(config)
+        flagged_at = None
+        for k, (t, value) in enumerate(zip(times.tolist(), shifted.tolist(), strict=True)):
+            baseline.update(t, value)
+            if baseline.onset() is not None:
+                flagged_at = k
+                break
+        assert flagged_at is not None and flagged_at > true_onset, "missed or flagged early"
+        assert flagged_at - true_onset <= 12, "flagged too late"
+        deviation = baseline.deviation()
+        assert deviation is not None and deviation.direction == direction
+        onset_s = baseline.onset()
+        assert onset_s is not None
+        estimated = round((onset_s - MONDAY) / config.interval_s)
+        hits += abs(estimated - true_onset) <= 1
+    # statistical: a positive noise excursion just before the change can pull the estimate
+    # back by an interval or two, so allow one miss (steps) or two (5-interval ramps) in six
+    required = len(seeds) - 1 if kind == "step" else len(seeds) - 2
+    assert hits >= required, f"onset within one interval in {hits}/{len(seeds)} cases"
+
+
+def test_incident_does_not_quickly_become_normal(make_baseline: BaselineFactory) -> None:
+    """Winsorized learning: an hour-long incident barely moves the expectation."""
+    rng = np.random.default_rng(9)
+    config = BaselineConfig()
+    times, values, level = seasonal_series(rng, int(8.2 * DAY / 60), 60.0)
+    noise = float(np.std(values - level))
+    start = int(8 * DAY / 60)
+    shifted = values.copy()
+    shifted[start:] += 20 * noise
+    baseline = make_baseline(config)
+    feed(baseline, times[:start], values[:start])
+    expected_before, _, _ = baseline.expected(times[start + 60])
+    feed(baseline, times[start : start + 60], shifted[start : start + 60])
+    expected_after, spread, _ = baseline.expected(times[start + 60])
+    assert abs(expected_after - expected_before) < 2 * noise
+    assert baseline.score(times[start + 60], shifted[start + 60]).alert_worthy
+
+
+# ------------------------------------------------------------------------------ store
+def test_store_caps_series_and_counts_every_refusal() -> None:
+    store = BaselineStore(max_series=3)
+    keys = [(f"svc-{i}", "rate") for i in range(5)]
+    accepted = store.update_many(
+        keys * 2, np.full(10, float(MONDAY)), np.arange(10, dtype=np.float64)
+    )
+    assert accepted == 6
+    assert len(store) == 3
+    assert store.refusals == {"series_cap": 4}
+    assert not store.update("svc-0", "rate", MONDAY, math.inf)
+    assert store.refusals == {"series_cap": 4, "non_finite": 1}
+
+
+def test_store_lists_deviations_with_onset_and_round_trips() -> None:
+    rng = np.random.default_rng(13)
+    config = BaselineConfig(interval_s=300.0)
+    store = BaselineStore(config, max_series=10)
+    n_intervals = int(8 * DAY / config.interval_s)
+    onset_index = n_intervals - 20
+    for name in ("checkout", "cart"):
+        times, values, level = seasonal_series(rng, n_intervals, config.interval_s)
+        if name == "checkout":
+            values = values.copy()
+            values[onset_index:] -= 8 * np.std(values - level)
+        store.update_many([(name, "rate")] * n_intervals, times, values)
+    now = MONDAY + n_intervals * config.interval_s
+    deviations = store.deviations(now)
+    assert [(d.entity, d.signal, d.deviation.direction) for d in deviations] == [
+        ("checkout", "rate", -1)
+    ]
+    onset_s = deviations[0].deviation.onset_s
+    assert onset_s is not None
+    assert abs(onset_s - (MONDAY + onset_index * config.interval_s)) <= config.interval_s
+
+    restored = BaselineStore(config)
+    restored.restore(store.snapshot())
+    assert restored.snapshot() == store.snapshot()
+    assert restored.keys() == store.keys()
+    assert len(store.snapshot()) <= 1100 * len(store)
+
+
+def test_store_merge_unions_keys_under_the_cap() -> None:
+    left, right = BaselineStore(max_series=3), BaselineStore(max_series=3)
+    for i in range(3):
+        left.update(f"a{i}", "rate", MONDAY, 1.0)
+        right.update(f"b{i}", "rate", MONDAY, 2.0)
+    right.update("a0", "rate", MONDAY + 60, 3.0)
+    right.update("b0", "rate", MONDAY, math.nan)
+    left.merge(right)
+    assert len(left) == 3
+    assert left.refusals == {"series_cap": 4, "non_finite": 1}  # 1 in right, 3 on merge
+    merged = left.get("a0", "rate")
+    assert merged is not None
+
+
+def test_snapshot_from_another_config_is_refused() -> None:
+    baseline = SeasonalBaseline(BaselineConfig(interval_s=60.0))
+    with pytest.raises(ValueError):
+        SeasonalBaseline.from_bytes(baseline.to_bytes(), BaselineConfig(interval_s=30.0))
