@@ -118,8 +118,8 @@ class SignalCodec:
     message_type: str
     new_builder: Callable[[str, int], ColumnBuilder]
     tables: Callable[[Any], list[TableOut]]
-    count_items: Callable[[Any], int]
-    max_attributes: Callable[[Any], int]
+    count_items: Callable[[Any], int] | None
+    max_attributes: Callable[[Any], int] | None
     before_marker: Callable[[PartitionBatch], None] = _no_hook
 
 
@@ -134,17 +134,6 @@ def _metric_tables(b: MetricColumns) -> list[TableOut]:
         TableOut("metric_series", series, "first_seen_unix_nano", "service"),
         TableOut("metrics", points, "time_unix_nano", None),
     ]
-
-
-def _count_spans(req: Any) -> int:
-    return sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
-
-
-def _max_span_attrs(req: Any) -> int:
-    return max(
-        (len(s.attributes) for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans),
-        default=0,
-    )
 
 
 def _count_points(req: Any) -> int:
@@ -201,17 +190,22 @@ STAGES: dict[str, str] = {
 }
 
 
-def codec_for(logical_topic: str, store: SegmentStore) -> SignalCodec:
-    """The codec of a registry OTLP topic, bound to the store it keeps its state in."""
+def codec_for(logical_topic: str, store: SegmentStore, limits: Limits | None = None) -> SignalCodec:
+    """The codec of a registry OTLP topic, bound to the store it keeps its state in.
+
+    Spans, the hot path, enforce the attribute limit inside the column builder (the extra
+    attributes of a span are dropped and counted) instead of a second pass over the request.
+    """
+    limits = limits or Limits()
     if logical_topic == "otlp_spans":
         return SignalCodec(
             "ingest-spans",
             "spans",
             topics.OTLP_TRACES,
-            lambda _t, _p: SpanColumns(),
+            lambda _t, _p: SpanColumns(max_attributes=limits.max_attributes_per_item),
             _span_tables,
-            _count_spans,
-            _max_span_attrs,
+            None,
+            None,
         )
     if logical_topic == "otlp_metrics":
         return SignalCodec(
@@ -322,24 +316,28 @@ class SegmentIngestor:
             return "otlp_json_decode_error", f"not JSON: {e}"
         except otlp.OtlpDecodeError as e:
             return "otlp_decode_error", str(e)
-        items = self.codec.count_items(msg)
+        items = self.codec.count_items(msg) if self.codec.count_items else 0
         if items > self.limits.max_items_per_record:
             return (
                 "too_many_items",
                 f"{items} items > max_items_per_record={self.limits.max_items_per_record}",
             )
-        attrs = self.codec.max_attributes(msg)
+        attrs = self.codec.max_attributes(msg) if self.codec.max_attributes else 0
         if attrs > self.limits.max_attributes_per_item:
             return (
                 "too_many_attributes",
                 f"an item has {attrs} attributes > max_attributes_per_item={self.limits.max_attributes_per_item}",
             )
         before = len(builder)
+        dropped_before = getattr(builder, "attributes_dropped", 0)
         try:
             added = builder.add_request(msg)
         except (ValueError, TypeError, OverflowError) as e:  # pragma: no cover - defensive
             return "invalid_content", f"{type(e).__name__}: {e}"
         self.counters["items_stored"] += added
+        dropped = getattr(builder, "attributes_dropped", 0) - dropped_before
+        if dropped:
+            self.counters["attributes_dropped_over_limit"] += dropped
         assert len(builder) >= before
         return None
 

@@ -75,7 +75,9 @@ class SpanColumns:
     promoted attributes as sparse (row, value) pairs, both expanded once in ``to_table``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_attributes: int = 1 << 30) -> None:
+        self.max_attributes = max_attributes
+        self.attributes_dropped = 0
         self.trace_id: list[bytes] = []
         self.span_id: list[bytes] = []
         self.parent: list[bytes | None] = []
@@ -130,7 +132,11 @@ class SpanColumns:
                     message_append(status.message or None)
                     rest: dict[str, Any] | None = None
                     promoted: dict[str, tuple[int, Any]] | None = None
-                    for kv in span.attributes:
+                    span_attributes = span.attributes
+                    if len(span_attributes) > self.max_attributes:
+                        self.attributes_dropped += len(span_attributes) - self.max_attributes
+                        span_attributes = span_attributes[: self.max_attributes]
+                    for kv in span_attributes:
                         key = kv.key
                         col = key_to_column.get(key)
                         value = any_value(kv.value)

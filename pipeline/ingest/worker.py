@@ -71,11 +71,12 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
     logical = STAGES[stage]
     app = faust_app(settings, f"worldline-{stage}", bootstrap)
     store = SegmentStore(settings.data_dir / "segments")
-    codec = codec_for(logical, store)
+    limits = Limits(max_record_bytes=settings.max_record_bytes)
+    codec = codec_for(logical, store, limits)
     removed = store.recover()
     if removed:
         log.warning("removed %d leftover files of an interrupted seal", removed)
-    ingestor = SegmentIngestor(store, codec, Limits(max_record_bytes=settings.max_record_bytes))
+    ingestor = SegmentIngestor(store, codec, limits)
     source = app.topic(settings.topic(logical), value_serializer="raw", key_serializer="raw")
     deadletter = app.topic(
         settings.topic("deadletter"), value_serializer="raw", key_serializer="raw"

@@ -211,3 +211,17 @@ def test_truncations_of_valid_payloads_are_refused_or_stored(tmp_path: Path, top
     assert len(batch.deadletters) >= len(cuts) // 2
     assert {d.reason for d in batch.deadletters} == {"otlp_decode_error"}
     assert otlp  # the codec module is what raised
+
+
+def test_span_attributes_over_the_limit_are_dropped_and_counted(tmp_path: Path) -> None:
+    from pipeline.testing import kv
+
+    req = span_request(3, traces=1)
+    span = req.resource_spans[0].scope_spans[0].spans[0]
+    span.attributes.extend([kv(f"extra.{i}", i) for i in range(20)])
+    store = SegmentStore(tmp_path)
+    limits = Limits(max_attributes_per_item=5)
+    ingestor = SegmentIngestor(store, codec_for("otlp_spans", store, limits), limits)
+    ingestor.seal(ingestor.decode([KafkaRecord("otlp_spans", 0, 0, req.SerializeToString())]), NOW)
+    assert ingestor.counters["attributes_dropped_over_limit"] == len(span.attributes) - 5
+    assert _rows(store, "spans").num_rows == 4
