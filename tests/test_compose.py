@@ -41,9 +41,16 @@ def test_worldline_services_name_existing_commands() -> None:
         sub = cli.commands.get(command[1])  # type: ignore[attr-defined]
         assert sub is not None, f"{name}: worldline {command[1]} does not exist"
         known = {opt for p in sub.params for opt in getattr(p, "opts", [])}
-        for arg in command[2:]:
+        choices = [
+            getattr(p.type, "choices", None)
+            for p in sub.params
+            if not getattr(p, "opts", [""])[0].startswith("-")
+        ]
+        for i, arg in enumerate(command[2:], start=2):
             if arg.startswith("--"):
                 assert arg in known, f"{name}: worldline {command[1]} has no option {arg}"
+            elif not command[i - 1].startswith("--") and choices and choices[0] is not None:
+                assert arg in choices[0], f"{name}: worldline {command[1]} has no {arg!r}"
         assert service["environment"]["WORLDLINE_BOOTSTRAP_SERVERS"] == "kafka:19092"
 
 
