@@ -1,0 +1,366 @@
+"""Derived signals: per interval of event time, the numbers the baselines learn and the search reads.
+
+Every function takes a segment table and returns rows ``(interval_start_unix_nano, entity,
+signal, value)`` as a polars DataFrame. ``entity`` is ``"<kind>:<name>"`` (``service:checkout``,
+``operation:checkout POST /pay``, ``host:node-3``) and ``signal`` names the number, with the
+qualifiers that make a series unique in braces (``edge.latency_p95_ms{peer=postgresql:orders}``).
+
+- Spans: per service and per operation (server-side spans: kind server/consumer, or roots):
+  request rate, error ratio, latency p50/p95/p99; per caller and callee (client-side spans):
+  the same, so a dependency nobody instrumented still has signals.
+- Logs: per service, line rate and error-level rate; per template, its rate; templates seen
+  for the first time are reported by ``new_templates``.
+- Metrics: every numeric series whatever its name. Gauges give their mean; cumulative sums
+  become rates (resets handled); delta sums become rates; histograms give p50/p95/p99 from the
+  bucket increments; summaries their quantiles. Cumulative series need the previous point,
+  which ``MetricDeriver`` keeps per series (bounded, counted, snapshot-able).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+import polars as pl
+import pyarrow as pa
+
+SERVER_KINDS = (2, 5)  # OTLP SpanKind server, consumer
+CLIENT_KINDS = (3, 4)  # client, producer
+ERROR_STATUS = 2
+ERROR_SEVERITY = 17
+QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+
+SIGNAL_COLUMNS = {
+    "interval_start_unix_nano": pl.Int64,
+    "entity": pl.String,
+    "signal": pl.String,
+    "value": pl.Float64,
+}
+
+
+def empty_signals() -> pl.DataFrame:
+    return pl.DataFrame(schema=SIGNAL_COLUMNS)
+
+
+def _bucket(col: str, interval_ns: int) -> pl.Expr:
+    return ((pl.col(col) // interval_ns) * interval_ns).alias("interval_start_unix_nano")
+
+
+def _melt(frame: pl.DataFrame, prefix: str, qualifier: pl.Expr | None = None) -> pl.DataFrame:
+    """Wide per-group stats -> long signal rows."""
+    value_columns = [
+        c for c in frame.columns if c not in ("interval_start_unix_nano", "entity", "qualifier")
+    ]
+    long = frame.unpivot(
+        index=[
+            c for c in ("interval_start_unix_nano", "entity", "qualifier") if c in frame.columns
+        ],
+        on=value_columns,
+        variable_name="stat",
+        value_name="value",
+    )
+    name = pl.lit(prefix + ".") + pl.col("stat")
+    if "qualifier" in long.columns:
+        name = name + pl.col("qualifier")
+    return long.select(
+        pl.col("interval_start_unix_nano").cast(pl.Int64),
+        pl.col("entity"),
+        name.alias("signal"),
+        pl.col("value").cast(pl.Float64),
+    )
+
+
+def _request_stats(interval_s: float) -> list[pl.Expr]:
+    ms = pl.col("duration_ns") / 1e6
+    return [
+        (pl.len() / interval_s).alias("rate_per_s"),
+        (pl.col("status_code") == ERROR_STATUS).mean().alias("error_ratio"),
+        *[ms.quantile(q, "linear").alias(f"latency_{name}_ms") for name, q in QUANTILES],
+    ]
+
+
+def default_callee(frame: pl.DataFrame) -> pl.Series:
+    """Name of what a client span calls, from the attributes OpenTelemetry puts on it."""
+    db = pl.col("db_system").cast(pl.String)
+    target = pl.coalesce(
+        pl.col("peer_service").cast(pl.String),
+        pl.when(db.is_not_null()).then(
+            db
+            + ":"
+            + pl.coalesce(
+                pl.col("db_name").cast(pl.String),
+                pl.col("server_address").cast(pl.String),
+                pl.lit("?"),
+            )
+        ),
+        pl.when(pl.col("messaging_system").is_not_null()).then(
+            pl.col("messaging_system").cast(pl.String)
+            + ":"
+            + pl.coalesce(pl.col("messaging_destination").cast(pl.String), pl.lit("?"))
+        ),
+        pl.col("server_address").cast(pl.String),
+        pl.col("rpc_service").cast(pl.String),
+        pl.col("name").cast(pl.String),
+    )
+    return frame.select(target.alias("callee")).to_series()
+
+
+def span_signals(
+    table: pa.Table,
+    interval_s: float = 60.0,
+    callee: Callable[[pl.DataFrame], pl.Series] = default_callee,
+) -> pl.DataFrame:
+    """Service, operation and edge signals of a span table, per interval."""
+    if table.num_rows == 0:
+        return empty_signals()
+    interval_ns = int(interval_s * 1e9)
+    spans = pl.from_arrow(table)
+    assert isinstance(spans, pl.DataFrame)
+    spans = spans.with_columns(
+        _bucket("start_unix_nano", interval_ns),
+        pl.col("service").cast(pl.String),
+        pl.col("name").cast(pl.String),
+    )
+    server = spans.filter(pl.col("kind").is_in(SERVER_KINDS) | pl.col("parent_span_id").is_null())
+    parts = []
+    if server.height:
+        per_service = server.group_by("interval_start_unix_nano", "service").agg(
+            _request_stats(interval_s)
+        )
+        parts.append(
+            _melt(
+                per_service.with_columns(
+                    (pl.lit("service:") + pl.col("service")).alias("entity")
+                ).drop("service"),
+                "span",
+            )
+        )
+        per_op = server.group_by("interval_start_unix_nano", "service", "name").agg(
+            _request_stats(interval_s)
+        )
+        parts.append(
+            _melt(
+                per_op.with_columns(
+                    (pl.lit("operation:") + pl.col("service") + " " + pl.col("name")).alias(
+                        "entity"
+                    )
+                ).drop("service", "name"),
+                "span",
+            )
+        )
+    client = spans.filter(pl.col("kind").is_in(CLIENT_KINDS))
+    if client.height:
+        client = client.with_columns(callee(client).alias("callee"))
+        per_edge = client.group_by("interval_start_unix_nano", "service", "callee").agg(
+            _request_stats(interval_s)
+        )
+        parts.append(
+            _melt(
+                per_edge.with_columns(
+                    (pl.lit("service:") + pl.col("service")).alias("entity"),
+                    (pl.lit("{peer=") + pl.col("callee") + "}").alias("qualifier"),
+                ).drop("service", "callee"),
+                "edge",
+            )
+        )
+    return pl.concat(parts) if parts else empty_signals()
+
+
+def log_signals(table: pa.Table, interval_s: float = 60.0) -> pl.DataFrame:
+    """Per service line rate and error-level rate; per template its rate."""
+    if table.num_rows == 0:
+        return empty_signals()
+    interval_ns = int(interval_s * 1e9)
+    logs = pl.from_arrow(
+        table.select(["time_unix_nano", "service", "severity_number", "template_id"])
+    )
+    assert isinstance(logs, pl.DataFrame)
+    logs = logs.with_columns(
+        _bucket("time_unix_nano", interval_ns),
+        (pl.lit("service:") + pl.col("service").cast(pl.String)).alias("entity"),
+    )
+    per_service = logs.group_by("interval_start_unix_nano", "entity").agg(
+        (pl.len() / interval_s).alias("rate_per_s"),
+        ((pl.col("severity_number") >= ERROR_SEVERITY).sum() / interval_s).alias(
+            "error_rate_per_s"
+        ),
+    )
+    per_template = logs.group_by("interval_start_unix_nano", "entity", "template_id").agg(
+        (pl.len() / interval_s).alias("template_rate_per_s")
+    )
+    per_template = per_template.with_columns(
+        (pl.lit("{template=") + pl.col("template_id").cast(pl.String) + "}").alias("qualifier")
+    ).drop("template_id")
+    return pl.concat([_melt(per_service, "log"), _melt(per_template, "log")])
+
+
+def new_templates(table: pa.Table, known: set[int]) -> list[tuple[int, str, int]]:
+    """Templates of a log table not in ``known``: (template_id, entity, first time seen)."""
+    if table.num_rows == 0:
+        return []
+    logs = pl.from_arrow(table.select(["time_unix_nano", "service", "template_id"]))
+    assert isinstance(logs, pl.DataFrame)
+    first = (
+        logs.filter(~pl.col("template_id").is_in(sorted(known)))
+        .group_by("template_id")
+        .agg(pl.col("time_unix_nano").min(), pl.col("service").cast(pl.String).first())
+        .sort("template_id")
+    )
+    return [(int(t), f"service:{s}", int(ts)) for t, ts, s in first.iter_rows()]
+
+
+@dataclass
+class _Last:
+    time_unix_nano: int
+    value: float
+    buckets: tuple[float, ...] = ()
+
+
+@dataclass
+class MetricDeriver:
+    """Turns metric points into per-interval signals; remembers the last point of cumulative series."""
+
+    interval_s: float = 60.0
+    max_series: int = 200_000
+    last: OrderedDict[int, _Last] = field(default_factory=OrderedDict)
+    dropped: dict[str, int] = field(
+        default_factory=lambda: {"series_state_evicted": 0, "counter_reset": 0}
+    )
+
+    def derive(self, series: pa.Table, points: pa.Table) -> pl.DataFrame:
+        if points.num_rows == 0:
+            return empty_signals()
+        meta = {}
+        for row in series.to_pylist():
+            meta[int(row["series_id"])] = row
+        interval_ns = int(self.interval_s * 1e9)
+        frame = pl.from_arrow(points)
+        assert isinstance(frame, pl.DataFrame)
+        frame = frame.sort("series_id", "time_unix_nano")
+        rows_t: list[int] = []
+        rows_e: list[str] = []
+        rows_s: list[str] = []
+        rows_v: list[float] = []
+        for sid, group in frame.group_by("series_id", maintain_order=True):
+            sid_int = int(sid[0])
+            info = meta.get(sid_int)
+            if info is None:
+                continue
+            entity, base = self._names(info)
+            kind = info["kind"]
+            for row in group.iter_rows(named=True):
+                t = int(row["time_unix_nano"])
+                bucket = (t // interval_ns) * interval_ns
+                for name, value in self._values(sid_int, kind, info, row):
+                    rows_t.append(bucket)
+                    rows_e.append(entity)
+                    rows_s.append(base + name)
+                    rows_v.append(value)
+        if not rows_t:
+            return empty_signals()
+        raw = pl.DataFrame(
+            {
+                "interval_start_unix_nano": rows_t,
+                "entity": rows_e,
+                "signal": rows_s,
+                "value": rows_v,
+            },
+            schema=SIGNAL_COLUMNS,
+        )
+        return raw.group_by(
+            "interval_start_unix_nano", "entity", "signal", maintain_order=True
+        ).agg(pl.col("value").mean())
+
+    @staticmethod
+    def _names(info: dict[str, object]) -> tuple[str, str]:
+        resource = orjson.loads(str(info.get("resource_attributes") or "{}"))
+        attrs = orjson.loads(str(info.get("attributes") or "{}"))
+        service = resource.get("service.name")
+        host = resource.get("host.name") or resource.get("k8s.node.name")
+        entity = (
+            f"service:{service}"
+            if service
+            else f"host:{host}"
+            if host
+            else "service:unknown_service"
+        )
+        qualifier = ",".join(f"{k}={attrs[k]}" for k in sorted(attrs))
+        base = str(info["name"]) + (f"{{{qualifier}}}" if qualifier else "")
+        return entity, base
+
+    def _remember(self, sid: int, last: _Last) -> _Last | None:
+        previous = self.last.pop(sid, None)
+        self.last[sid] = last
+        if len(self.last) > self.max_series:
+            self.last.popitem(last=False)
+            self.dropped["series_state_evicted"] += 1
+        return previous
+
+    def _values(
+        self, sid: int, kind: object, info: dict[str, object], row: dict[str, object]
+    ) -> list[tuple[str, float]]:
+        t = int(row["time_unix_nano"])  # type: ignore[call-overload]
+        if kind == "gauge":
+            return [("", float(row["value"]))] if row["value"] is not None else []  # type: ignore[arg-type]
+        if kind == "sum":
+            value = float(row["value"]) if row["value"] is not None else None  # type: ignore[arg-type]
+            if value is None:
+                return []
+            if info.get("temporality") == 1:  # delta
+                return [(".rate_per_s", value / self.interval_s)]
+            previous = self._remember(sid, _Last(t, value))
+            if previous is None or t <= previous.time_unix_nano:
+                return []
+            delta = value - previous.value
+            if delta < 0:  # counter reset: the new value is the increase since the reset
+                self.dropped["counter_reset"] += 1
+                delta = value
+            return [(".rate_per_s", delta / ((t - previous.time_unix_nano) / 1e9))]
+        if kind in ("histogram", "exponential_histogram"):
+            counts = tuple(float(c) for c in (row["bucket_counts"] or []))  # type: ignore[attr-defined]
+            bounds = [float(b) for b in (row["explicit_bounds"] or [])]  # type: ignore[attr-defined]
+            if info.get("temporality") == 1:
+                increments = counts
+            else:
+                previous = self._remember(sid, _Last(t, float(row["count"] or 0), counts))  # type: ignore[arg-type]
+                if previous is None or len(previous.buckets) != len(counts):
+                    return []
+                increments = tuple(
+                    max(0.0, a - b) for a, b in zip(counts, previous.buckets, strict=True)
+                )
+            total = sum(increments)
+            if total <= 0:
+                return []
+            out = [(".rate_per_s", total / self.interval_s)]
+            out.extend(
+                (f".{name}", histogram_quantile(q, bounds, increments)) for name, q in QUANTILES
+            )
+            return out
+        if kind == "summary":
+            qs = row["quantiles"] or []
+            vs = row["quantile_values"] or []
+            return [(f".q{float(q):g}", float(v)) for q, v in zip(qs, vs, strict=False)]  # type: ignore[call-overload]
+        return []
+
+
+def histogram_quantile(q: float, bounds: list[float], counts: tuple[float, ...]) -> float:
+    """Quantile of an explicit-bounds histogram, linear within the bucket (as Prometheus does)."""
+    total = sum(counts)
+    if total <= 0 or not counts:
+        return float("nan")
+    rank = q * total
+    cumulative = np.cumsum(counts)
+    i = int(np.searchsorted(cumulative, rank, side="left"))
+    i = min(i, len(counts) - 1)
+    if i >= len(bounds):  # the +Inf bucket: the highest finite bound is the best answer
+        return float(bounds[-1]) if bounds else float("nan")
+    lower = bounds[i - 1] if i > 0 else min(0.0, bounds[0])
+    upper = bounds[i]
+    before = cumulative[i - 1] if i > 0 else 0.0
+    inside = counts[i]
+    if inside <= 0:
+        return float(upper)
+    return float(lower + (upper - lower) * (rank - before) / inside)
