@@ -1,0 +1,304 @@
+"""The world model: baselines for every derived signal, the changes, and what is new, fed by
+sealed segments in event time. Pure: segments, changes and ``now`` come in as arguments.
+
+Segments of different partitions overlap in event time, so span and log rows are buffered per
+open interval and turned into signals only once every partition's watermark has passed the
+interval's end (plus ``allowed_lateness_s``); a segment already counted (its source offsets are
+at or below what the model has applied) is skipped, which makes replays and re-deliveries
+harmless. ``checkpoint()`` captures everything, together with those offsets, as bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import polars as pl
+import pyarrow as pa
+import zstandard
+
+from pipeline.segments.store import Manifest
+from pipeline.worldmodel.baseline import BaselineConfig, BaselineStore
+from pipeline.worldmodel.signals import MetricDeriver, log_signals, new_templates, span_signals
+from schemas.segments import METRIC_SERIES
+
+CHECKPOINT_FORMAT = "worldline.worldmodel/1"
+SPAN_BUFFER_COLUMNS = [
+    "start_unix_nano",
+    "service",
+    "name",
+    "kind",
+    "parent_span_id",
+    "duration_ns",
+    "status_code",
+    "peer_service",
+    "db_system",
+    "db_name",
+    "messaging_system",
+    "messaging_destination",
+    "server_address",
+    "rpc_service",
+]
+LOG_BUFFER_COLUMNS = ["time_unix_nano", "service", "severity_number", "template_id"]
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    interval_s: float = 60.0
+    allowed_lateness_s: float = 60.0
+    max_series: int = 200_000
+    max_buffered_rows: int = 2_000_000
+    max_changes: int = 10_000
+    max_known_templates: int = 1_000_000
+
+
+@dataclass
+class WorldModel:
+    config: WorldModelConfig = field(default_factory=WorldModelConfig)
+    baselines: BaselineStore = field(init=False)
+    metrics: MetricDeriver = field(init=False)
+    applied: dict[str, int] = field(default_factory=dict)  # "signal/topic/partition" -> last offset
+    watermarks: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> max event time
+    spans: pl.DataFrame | None = None
+    logs: pl.DataFrame | None = None
+    known_templates: set[int] = field(default_factory=set)
+    versions: dict[str, str] = field(default_factory=dict)
+    changes: deque[dict[str, Any]] = field(default_factory=deque)
+    events: deque[dict[str, Any]] = field(default_factory=deque)
+    closed_through: int = 0
+    dropped: dict[str, int] = field(
+        default_factory=lambda: {"buffer_full": 0, "late_rows": 0, "changes_evicted": 0}
+    )
+    metric_series: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.baselines = BaselineStore(
+            BaselineConfig(interval_s=self.config.interval_s), max_series=self.config.max_series
+        )
+        self.metrics = MetricDeriver(interval_s=self.config.interval_s)
+
+    # ---------------------------------------------------------------- intake
+    def already_applied(self, manifest: Manifest) -> bool:
+        key = f"{manifest.signal}/{manifest.source.topic}/{manifest.source.partition}"
+        return self.applied.get(key, -1) >= manifest.source.last_offset
+
+    def apply(self, manifest: Manifest, table: pa.Table) -> bool:
+        """Take one sealed segment into the model; False if it was already counted."""
+        if self.already_applied(manifest):
+            return False
+        if manifest.signal == "spans":
+            self._apply_spans(table)
+        elif manifest.signal == "logs":
+            self._apply_logs(table)
+        elif manifest.signal == "metric_series":
+            for row in table.to_pylist():
+                self.metric_series[int(row["series_id"])] = row
+                if len(self.metric_series) > self.config.max_series:
+                    self.metric_series.pop(next(iter(self.metric_series)))
+        elif manifest.signal == "metrics":
+            self._apply_metric_points(table)
+        key = f"{manifest.signal}/{manifest.source.topic}/{manifest.source.partition}"
+        self.applied[key] = manifest.source.last_offset
+        if manifest.rows and manifest.signal in ("spans", "logs", "metrics"):
+            wm_key = f"{manifest.source.topic}/{manifest.source.partition}"
+            self.watermarks[wm_key] = max(self.watermarks.get(wm_key, 0), manifest.end_unix_nano)
+        return True
+
+    def _buffer(
+        self, current: pl.DataFrame | None, frame: pl.DataFrame, time_col: str
+    ) -> pl.DataFrame:
+        late = frame.filter(pl.col(time_col) < self.closed_through)
+        if late.height:
+            self.dropped["late_rows"] += late.height
+            frame = frame.filter(pl.col(time_col) >= self.closed_through)
+        merged = frame if current is None else pl.concat([current, frame], how="vertical_relaxed")
+        if merged.height > self.config.max_buffered_rows:
+            excess = merged.height - self.config.max_buffered_rows
+            self.dropped["buffer_full"] += excess
+            merged = merged.sort(time_col).tail(self.config.max_buffered_rows)
+        return merged
+
+    def _apply_spans(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        frame = pl.from_arrow(table.select(SPAN_BUFFER_COLUMNS + ["service_version"]))
+        assert isinstance(frame, pl.DataFrame)
+        frame = frame.with_columns(pl.col(pl.Categorical).cast(pl.String))
+        self._infer_deploys(frame)
+        self.spans = self._buffer(self.spans, frame.drop("service_version"), "start_unix_nano")
+
+    def _infer_deploys(self, frame: pl.DataFrame) -> None:
+        """A service whose service.version changes in its own telemetry was deployed."""
+        seen = (
+            frame.filter(pl.col("service_version").is_not_null())
+            .group_by("service", "service_version")
+            .agg(pl.col("start_unix_nano").min().alias("first"))
+            .sort("first")
+        )
+        for service, version, first in seen.iter_rows():
+            before = self.versions.get(service)
+            if before is None:
+                self.versions[service] = version
+            elif before != version:
+                self.versions[service] = version
+                self.add_change(
+                    {
+                        "schema_version": 1,
+                        "change_id": f"inferred-deploy-{service}-{version}",
+                        "kind": "deploy",
+                        "entity": {"kind": "service", "name": service},
+                        "time_unix_nano": int(first),
+                        "source": "inferred from service.version in telemetry",
+                        "attributes": {
+                            "service.version.before": before,
+                            "service.version.after": version,
+                        },
+                    }
+                )
+
+    def _apply_logs(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        for template_id, entity, first in new_templates(table, self.known_templates):
+            if len(self.known_templates) < self.config.max_known_templates:
+                self.known_templates.add(template_id)
+            self.events.append(
+                {
+                    "type": "log_template_new",
+                    "template_id": template_id,
+                    "entity": entity,
+                    "time_unix_nano": first,
+                }
+            )
+            while len(self.events) > self.config.max_changes:
+                self.events.popleft()
+        frame = pl.from_arrow(table.select(LOG_BUFFER_COLUMNS))
+        assert isinstance(frame, pl.DataFrame)
+        frame = frame.with_columns(pl.col(pl.Categorical).cast(pl.String))
+        self.logs = self._buffer(self.logs, frame, "time_unix_nano")
+
+    def _apply_metric_points(self, points: pa.Table) -> None:
+        if points.num_rows == 0:
+            return
+        ids = set(points.column("series_id").to_pylist())
+        meta = [self.metric_series[s] for s in ids if s in self.metric_series]
+        if not meta:
+            return
+        series = pa.Table.from_pylist(meta, schema=METRIC_SERIES)
+        self._learn(self.metrics.derive(series, points))
+
+    def add_change(self, change: dict[str, Any]) -> None:
+        """A change event (from the ``changes`` topic or inferred), kept bounded and in time order."""
+        if any(c["change_id"] == change["change_id"] for c in self.changes):
+            return
+        self.changes.append(change)
+        if len(self.changes) > self.config.max_changes:
+            self.changes.popleft()
+            self.dropped["changes_evicted"] += 1
+
+    # ------------------------------------------------------------ event time
+    @property
+    def watermark(self) -> int:
+        """Event time every partition has reached (0 before anything arrived)."""
+        return min(self.watermarks.values()) if self.watermarks else 0
+
+    def advance(self) -> int:
+        """Close every interval that ended before the watermark minus the allowed lateness."""
+        interval_ns = int(self.config.interval_s * 1e9)
+        horizon = self.watermark - int(self.config.allowed_lateness_s * 1e9)
+        close_before = (horizon // interval_ns) * interval_ns
+        if close_before <= self.closed_through:
+            return 0
+        closed = 0
+        if self.spans is not None and self.spans.height:
+            done = self.spans.filter(pl.col("start_unix_nano") < close_before)
+            self.spans = self.spans.filter(pl.col("start_unix_nano") >= close_before)
+            if done.height:
+                self._learn(span_signals(done.to_arrow(), self.config.interval_s))
+                closed += done.height
+        if self.logs is not None and self.logs.height:
+            done = self.logs.filter(pl.col("time_unix_nano") < close_before)
+            self.logs = self.logs.filter(pl.col("time_unix_nano") >= close_before)
+            if done.height:
+                self._learn(log_signals(done.to_arrow(), self.config.interval_s))
+                closed += done.height
+        self.closed_through = close_before
+        self.baselines.advance(close_before / 1e9)
+        return closed
+
+    def _learn(self, signals: pl.DataFrame) -> None:
+        if signals.height == 0:
+            return
+        signals = signals.sort("interval_start_unix_nano")
+        keys = list(zip(signals["entity"].to_list(), signals["signal"].to_list(), strict=True))
+        times = (signals["interval_start_unix_nano"].cast(pl.Float64) / 1e9).to_list()
+        self.baselines.update_many(keys, times, signals["value"].to_list())
+
+    # ------------------------------------------------------------ snapshots
+    def checkpoint(self) -> bytes:
+        """Everything the model knows, with the offsets it includes, as one compressed blob."""
+
+        def frame_bytes(frame: pl.DataFrame | None) -> str | None:
+            if frame is None:
+                return None
+            buf = io.BytesIO()
+            frame.write_ipc(buf)
+            return base64.b64encode(buf.getvalue()).decode()
+
+        doc = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.__dict__,
+            "applied": self.applied,
+            "watermarks": self.watermarks,
+            "closed_through": self.closed_through,
+            "baselines": base64.b64encode(self.baselines.snapshot()).decode(),
+            "spans": frame_bytes(self.spans),
+            "logs": frame_bytes(self.logs),
+            "known_templates": sorted(self.known_templates),
+            "versions": self.versions,
+            "changes": list(self.changes),
+            "events": list(self.events),
+            "dropped": self.dropped,
+            "metric_series": list(self.metric_series.values()),
+            "metric_last": [
+                [sid, v.time_unix_nano, v.value, list(v.buckets)]
+                for sid, v in self.metrics.last.items()
+            ],
+            "metric_dropped": self.metrics.dropped,
+        }
+        return zstandard.ZstdCompressor(level=3).compress(
+            orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> WorldModel:
+        from pipeline.worldmodel.signals import _Last
+
+        doc = orjson.loads(zstandard.ZstdDecompressor().decompress(data))
+        if doc.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint")
+        model = cls(WorldModelConfig(**doc["config"]))
+        model.applied = {k: int(v) for k, v in doc["applied"].items()}
+        model.watermarks = {k: int(v) for k, v in doc["watermarks"].items()}
+        model.closed_through = int(doc["closed_through"])
+        model.baselines.restore(base64.b64decode(doc["baselines"]))
+
+        def frame(text: str | None) -> pl.DataFrame | None:
+            return None if text is None else pl.read_ipc(io.BytesIO(base64.b64decode(text)))
+
+        model.spans = frame(doc["spans"])
+        model.logs = frame(doc["logs"])
+        model.known_templates = set(doc["known_templates"])
+        model.versions = dict(doc["versions"])
+        model.changes = deque(doc["changes"])
+        model.events = deque(doc["events"])
+        model.dropped = dict(doc["dropped"])
+        model.metric_series = {int(r["series_id"]): r for r in doc["metric_series"]}
+        for sid, t, v, buckets in doc["metric_last"]:
+            model.metrics.last[int(sid)] = _Last(int(t), float(v), tuple(buckets))
+        model.metrics.dropped = dict(doc["metric_dropped"])
+        return model
