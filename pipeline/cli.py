@@ -29,6 +29,7 @@ from pipeline.platform import NoBrokerError, Platform, find_bootstrap
 from pipeline.query_cli import query
 from pipeline.settings import Settings, SettingsError, describe, load, parse_assignments
 
+ALL_STAGES = [*sorted(INGEST_STAGES), "world-model"]
 console = Console(stderr=True, highlight=False)
 
 
@@ -135,7 +136,7 @@ def _bootstrap(ctx: Context) -> str:
 )
 @click.option(
     "--stages",
-    default=",".join(sorted(INGEST_STAGES)),
+    default=",".join(ALL_STAGES),
     show_default=True,
     metavar="LIST",
     help="Comma-separated stages to run as processes beside the broker ('' for none).",
@@ -151,9 +152,9 @@ def up(ctx: Context, duration: float | None, status_every: float, stages: str) -
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     wanted = [s.strip() for s in stages.split(",") if s.strip()]
-    unknown = sorted(set(wanted) - set(INGEST_STAGES))
+    unknown = sorted(set(wanted) - set(ALL_STAGES))
     if unknown:
-        fail(f"--stages: unknown stage {unknown[0]!r}; known: {', '.join(sorted(INGEST_STAGES))}")
+        fail(f"--stages: unknown stage {unknown[0]!r}; known: {', '.join(ALL_STAGES)}")
     platform = Platform(ctx.settings, stages=wanted)
     try:
         with console.status("starting worldline") as status:
@@ -246,7 +247,7 @@ def create_topics(ctx: Context) -> None:
 
 
 @cli.command()
-@click.argument("stage", type=click.Choice(sorted(INGEST_STAGES)))
+@click.argument("stage", type=click.Choice(sorted(ALL_STAGES)))
 @click.pass_obj
 def worker(ctx: Context, stage: str) -> None:
     """Run one pipeline stage as its own process, until Ctrl-C or SIGTERM.
@@ -255,6 +256,8 @@ def worker(ctx: Context, stage: str) -> None:
     Stages:
       ingest-spans     otlp_spans   -> span segments
       ingest-metrics   otlp_metrics -> metric series and point segments
+      ingest-logs      otlp_logs    -> log template and log segments
+      world-model      sealed segments + changes -> baselines, changes, new templates
     Run as many replicas of a stage as its topic has partitions; they share the work through
     their consumer group. Segments go under <data_dir>/segments; refused records to `deadletter`.
     """

@@ -86,6 +86,21 @@ class Settings(BaseModel):
         le=3600,
         description="Seal a segment after waiting this long for more records.",
     )
+    interval_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="Event-time interval of derived signals and baselines.",
+    )
+    checkpoint_every_s: float = Field(
+        default=10.0, gt=0, le=3600, description="How often the world model writes its checkpoint."
+    )
+    catch_up_chunk: int = Field(
+        default=50,
+        ge=1,
+        le=100_000,
+        description="Segments the world model applies between checkpoints when catching up.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of every worldline process."
     )

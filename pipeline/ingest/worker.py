@@ -119,7 +119,12 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
 
 def run_worker(settings: Settings, stage: str, bootstrap: str) -> None:
     """Run one stage until SIGINT/SIGTERM (blocking)."""
-    app = build_ingest_app(settings, stage, bootstrap)
+    if stage == "world-model":
+        from pipeline.worldmodel.worker import build_world_model_app
+
+        app = build_world_model_app(settings, bootstrap)
+    else:
+        app = build_ingest_app(settings, stage, bootstrap)
     worker = faust.Worker(
         app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False
     )

@@ -1,35 +1,19 @@
 """Request bodies: media types, content codings and size caps, with no HTTP framework in sight.
 
-Every refusal is a ``Refusal`` carrying the HTTP status and a stable reason slug, so the shell can
-answer, count and dead-letter it the same way wherever it was raised. Decompression never produces
+Problems are raised as ``Refusal`` (status and reason slug). Decompression never produces
 more than the cap: a small gzip or snappy body cannot expand into gigabytes (a "zip bomb").
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 
 import cramjam
 
+from pipeline.receivers.refusals import Refusal, too_large
+
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-
-
-@dataclass(frozen=True)
-class Refusal(Exception):
-    """A request the receiver will not accept: HTTP status, reason slug and a human detail."""
-
-    status: int
-    reason: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.reason}: {self.detail}"
-
-
-def too_large(detail: str) -> Refusal:
-    return Refusal(413, "payload_too_large", detail)
 
 
 def media_type(content_type: str | None) -> str:
@@ -57,7 +41,9 @@ def inflate(body: bytes, coding: str, limit: int) -> bytes:
             if first.reason != "deflate_decode_error":
                 raise
             return _inflate_members(body, -zlib.MAX_WBITS, "deflate", limit)
-    raise Refusal(415, "unsupported_content_encoding", f"Content-Encoding {coding!r} is not supported")
+    raise Refusal(
+        415, "unsupported_content_encoding", f"Content-Encoding {coding!r} is not supported"
+    )
 
 
 def _inflate_members(body: bytes, wbits: int, name: str, limit: int) -> bytes:
@@ -68,7 +54,9 @@ def _inflate_members(body: bytes, wbits: int, name: str, limit: int) -> bytes:
         try:
             out += decoder.decompress(rest, limit + 1 - len(out))
         except zlib.error as e:
-            raise Refusal(400, f"{name}_decode_error", f"{name} body does not decompress: {e}") from None
+            raise Refusal(
+                400, f"{name}_decode_error", f"{name} body does not decompress: {e}"
+            ) from None
         if len(out) > limit:
             raise too_large(f"{name} body decompresses to more than {limit} bytes")
         if not decoder.eof:

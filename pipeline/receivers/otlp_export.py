@@ -24,7 +24,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from pipeline import otlp, topics
-from pipeline.receivers.bodies import JSON, PROTOBUF, Refusal
+from pipeline.receivers.bodies import JSON, PROTOBUF
+from pipeline.receivers.refusals import Refusal
 
 # tag byte plus the longest length varint a record-sized message can need
 FRAME_OVERHEAD = 1 + 5
@@ -104,7 +105,9 @@ def decode_export(body: bytes, media: str, layout: SignalLayout) -> Message:
     except otlp.OtlpDecodeError as e:
         raise Refusal(400, "otlp_decode_error", str(e)) from None
     except Exception as e:  # json_format raises more than ParseError on odd shapes; never crash
-        raise Refusal(400, "otlp_decode_error", f"invalid OTLP/JSON: {type(e).__name__}: {e}") from None
+        raise Refusal(
+            400, "otlp_decode_error", f"invalid OTLP/JSON: {type(e).__name__}: {e}"
+        ) from None
 
 
 @dataclass

@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.metrics.v1.metrics_pb2 import DataPointFlags
 
 from pipeline.receivers import protos
-from pipeline.receivers.bodies import Refusal
+from pipeline.receivers.refusals import Refusal
 
 SCOPE_NAME = "worldline.receivers.remote_write"
 # the NaN bit pattern Prometheus writes to mark a series as stale
@@ -37,7 +37,9 @@ def decode_write_request(body: bytes) -> Any:
     try:
         return protos.WriteRequest.FromString(body)
     except (DecodeError, RuntimeError, ValueError) as e:
-        raise Refusal(400, "remote_write_decode_error", f"not a prometheus.WriteRequest: {e}") from None
+        raise Refusal(
+            400, "remote_write_decode_error", f"not a prometheus.WriteRequest: {e}"
+        ) from None
 
 
 @dataclass

@@ -54,6 +54,9 @@ class WorldModelConfig:
     max_buffered_rows: int = 2_000_000
     max_changes: int = 10_000
     max_known_templates: int = 1_000_000
+    # partitions of each source topic: once a topic has been seen, all its partitions must reach
+    # an instant before it is closed (a topic never seen does not hold time back)
+    topic_partitions: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -74,6 +77,7 @@ class WorldModel:
         default_factory=lambda: {"buffer_full": 0, "late_rows": 0, "changes_evicted": 0}
     )
     metric_series: dict[int, dict[str, Any]] = field(default_factory=dict)
+    points: pl.DataFrame | None = None
 
     def __post_init__(self) -> None:
         self.baselines = BaselineStore(
@@ -128,8 +132,7 @@ class WorldModel:
         frame = pl.from_arrow(table.select(SPAN_BUFFER_COLUMNS + ["service_version"]))
         assert isinstance(frame, pl.DataFrame)
         frame = frame.with_columns(pl.col(pl.Categorical).cast(pl.String))
-        self._infer_deploys(frame)
-        self.spans = self._buffer(self.spans, frame.drop("service_version"), "start_unix_nano")
+        self.spans = self._buffer(self.spans, frame, "start_unix_nano")
 
     def _infer_deploys(self, frame: pl.DataFrame) -> None:
         """A service whose service.version changes in its own telemetry was deployed."""
@@ -184,12 +187,19 @@ class WorldModel:
     def _apply_metric_points(self, points: pa.Table) -> None:
         if points.num_rows == 0:
             return
-        ids = set(points.column("series_id").to_pylist())
-        meta = [self.metric_series[s] for s in ids if s in self.metric_series]
+        frame = pl.from_arrow(points)
+        assert isinstance(frame, pl.DataFrame)
+        self.points = self._buffer(self.points, frame, "time_unix_nano")
+
+    def _derive_metrics(self, done: pl.DataFrame) -> None:
+        ids = set(done["series_id"].to_list())
+        meta = [self.metric_series[s] for s in sorted(ids) if s in self.metric_series]
         if not meta:
             return
         series = pa.Table.from_pylist(meta, schema=METRIC_SERIES)
-        self._learn(self.metrics.derive(series, points))
+        self._learn(
+            self.metrics.derive(series, done.sort("series_id", "time_unix_nano").to_arrow())
+        )
 
     def add_change(self, change: dict[str, Any]) -> None:
         """A change event (from the ``changes`` topic or inferred), kept bounded and in time order."""
@@ -203,8 +213,17 @@ class WorldModel:
     # ------------------------------------------------------------ event time
     @property
     def watermark(self) -> int:
-        """Event time every partition has reached (0 before anything arrived)."""
-        return min(self.watermarks.values()) if self.watermarks else 0
+        """Event time every partition of every topic seen so far has reached (0 before that)."""
+        if not self.watermarks:
+            return 0
+        seen_topics = {key.rsplit("/", 1)[0] for key in self.watermarks}
+        expected = dict(self.config.topic_partitions)
+        marks = []
+        for topic in seen_topics:
+            for partition in range(expected.get(topic, 0)):
+                marks.append(self.watermarks.get(f"{topic}/{partition}", 0))
+        marks.extend(self.watermarks.values())
+        return min(marks)
 
     def advance(self) -> int:
         """Close every interval that ended before the watermark minus the allowed lateness."""
@@ -218,13 +237,22 @@ class WorldModel:
             done = self.spans.filter(pl.col("start_unix_nano") < close_before)
             self.spans = self.spans.filter(pl.col("start_unix_nano") >= close_before)
             if done.height:
-                self._learn(span_signals(done.to_arrow(), self.config.interval_s))
+                self._infer_deploys(done.sort("start_unix_nano"))
+                self._learn(
+                    span_signals(done.drop("service_version").to_arrow(), self.config.interval_s)
+                )
                 closed += done.height
         if self.logs is not None and self.logs.height:
             done = self.logs.filter(pl.col("time_unix_nano") < close_before)
             self.logs = self.logs.filter(pl.col("time_unix_nano") >= close_before)
             if done.height:
                 self._learn(log_signals(done.to_arrow(), self.config.interval_s))
+                closed += done.height
+        if self.points is not None and self.points.height:
+            done = self.points.filter(pl.col("time_unix_nano") < close_before)
+            self.points = self.points.filter(pl.col("time_unix_nano") >= close_before)
+            if done.height:
+                self._derive_metrics(done)
                 closed += done.height
         self.closed_through = close_before
         self.baselines.advance(close_before / 1e9)
@@ -258,6 +286,7 @@ class WorldModel:
             "baselines": base64.b64encode(self.baselines.snapshot()).decode(),
             "spans": frame_bytes(self.spans),
             "logs": frame_bytes(self.logs),
+            "points": frame_bytes(self.points),
             "known_templates": sorted(self.known_templates),
             "versions": self.versions,
             "changes": list(self.changes),
@@ -281,7 +310,11 @@ class WorldModel:
         doc = orjson.loads(zstandard.ZstdDecompressor().decompress(data))
         if doc.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint")
-        model = cls(WorldModelConfig(**doc["config"]))
+        config = dict(doc["config"])
+        config["topic_partitions"] = tuple(
+            (str(t), int(n)) for t, n in config.get("topic_partitions", ())
+        )
+        model = cls(WorldModelConfig(**config))
         model.applied = {k: int(v) for k, v in doc["applied"].items()}
         model.watermarks = {k: int(v) for k, v in doc["watermarks"].items()}
         model.closed_through = int(doc["closed_through"])
@@ -292,6 +325,7 @@ class WorldModel:
 
         model.spans = frame(doc["spans"])
         model.logs = frame(doc["logs"])
+        model.points = frame(doc["points"])
         model.known_templates = set(doc["known_templates"])
         model.versions = dict(doc["versions"])
         model.changes = deque(doc["changes"])

@@ -9,6 +9,7 @@ from pipeline.ingest.core import KafkaRecord, SegmentIngestor, codec_for
 from pipeline.segments.store import SegmentStore
 from pipeline.testing import BASE_NS, kv, log_request, metric_request, span_request
 from pipeline.worldmodel.model import WorldModel, WorldModelConfig
+from pipeline.worldmodel.worker import MODEL_SIGNALS, catch_up, merge_order
 
 NOW = dt.datetime(2026, 11, 20, 14, 0, tzinfo=dt.UTC)
 MINUTE = 60 * 10**9
@@ -39,14 +40,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> SegmentStore:
 
 
 def _feed(model: WorldModel, store: SegmentStore, upto: int | None = None) -> int:
-    manifests = sorted(
-        store.manifests(), key=lambda m: (m.source.last_offset, m.signal, m.source.partition)
-    )
-    applied = 0
-    for m in manifests[:upto]:
-        applied += model.apply(m, store.read(m))
-        model.advance()
-    return applied
+    return catch_up(store, model, upto)
 
 
 def test_signals_reach_baselines_once_intervals_close(store: SegmentStore) -> None:
@@ -89,6 +83,30 @@ def test_replay_and_restart_give_the_same_model(store: SegmentStore, tmp_path: P
     _feed(interrupted, store, upto=25)
     restored = WorldModel.restore(interrupted.checkpoint())
     # the restarted worker sees everything again (at-least-once); what it counted is skipped
-    assert _feed(restored, store) == len(store.manifests()) - 25
+    assert (
+        _feed(restored, store)
+        == len([m for m in store.manifests() if m.signal in MODEL_SIGNALS]) - 25
+    )
     assert restored.baselines.snapshot() == straight.baselines.snapshot()
     assert restored.checkpoint() == straight.checkpoint()
+
+
+def test_merge_order_keeps_partition_order_and_follows_event_time(store: SegmentStore) -> None:
+    ordered = merge_order(store.manifests())
+    assert len(ordered) == len(store.manifests())  # every signal, known or not
+    last: dict[tuple[str, str, int], int] = {}
+    for m in ordered:
+        key = (m.signal, m.source.topic, m.source.partition)
+        assert m.source.last_offset > last.get(key, -1)
+        last[key] = m.source.last_offset
+    starts = [m.start_unix_nano for m in ordered if m.signal == "spans"]
+    assert starts == sorted(starts)
+
+
+def test_watermark_waits_for_every_partition_of_a_seen_topic(store: SegmentStore) -> None:
+    model = WorldModel(WorldModelConfig(topic_partitions=(("otlp_spans", 3),)))
+    _feed(model, store)
+    # the fixture wrote partitions 0 and 1 only: partition 2 holds time back for spans
+    assert model.watermark == 0
+    assert model.closed_through <= BASE_NS  # no interval holding data was closed
+    assert model.baselines.get("service:cart", "span.rate_per_s") is None

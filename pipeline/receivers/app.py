@@ -1,0 +1,367 @@
+"""The HTTP shell of the receivers: read the body, call the pure decoders, publish, answer.
+
+Endpoints (all POST but ``/healthz``):
+
+- ``/v1/traces``, ``/v1/metrics``, ``/v1/logs``: OTLP/HTTP, protobuf or JSON, identity, gzip or
+  deflate. 200 with an Export*ServiceResponse (``partial_success`` when items were refused),
+  400/413/415 with a google.rpc.Status body in the request's encoding, 503 if Kafka is down.
+- ``/api/v1/write``: Prometheus remote_write 1.0 (snappy block, ``prometheus.WriteRequest``). 204.
+- ``/loki/api/v1/push``: Loki push, JSON (identity or gzip) or snappy protobuf. 204.
+- ``/healthz``: counters as JSON.
+
+Every refused request (undecodable, too large, unsupported media type or coding) is counted by
+reason and written to the ``deadletter`` topic with the body as received. Requests refused before
+their body is looked at (wrong method, bad token) are only counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import hdrs, web
+from google.protobuf.message import Message
+
+from pipeline.ingest.core import Limits
+from pipeline.receivers import loki, remote_write
+from pipeline.receivers.bodies import JSON, PROTOBUF, inflate, media_type, unsnappy
+from pipeline.receivers.otlp_export import (
+    LAYOUTS,
+    LOGS,
+    METRICS,
+    SignalLayout,
+    decode_export,
+    export_response,
+    prepare_export,
+    status_body,
+)
+from pipeline.receivers.refusals import Refusal, deadletter_record, too_large
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REMOTE_WRITE_PATH = "/api/v1/write"
+LOKI_PUSH_PATH = "/loki/api/v1/push"
+HEALTH_PATH = "/healthz"
+READ_CHUNK_BYTES = 64 * 1024
+
+
+class RecordProducer(Protocol):
+    """What the receivers need of a Kafka producer (``AIOKafkaProducer`` fits)."""
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> Awaitable[Any]: ...
+
+
+@dataclass
+class ReceiverCounters:
+    """Everything the receivers did, for ``/healthz``; refusals by reason."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    accepted_items: Counter[str] = field(default_factory=Counter)
+    rejected_items: Counter[str] = field(default_factory=Counter)
+    published_records: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    deadletters: int = 0
+    deadletters_lost: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "accepted_items": dict(self.accepted_items),
+            "rejected_items": dict(self.rejected_items),
+            "published_records": dict(self.published_records),
+            "refused": dict(self.refused),
+            "deadletters": self.deadletters,
+            "deadletters_lost": self.deadletters_lost,
+        }
+
+
+COUNTERS_KEY = web.AppKey("receiver_counters", ReceiverCounters)
+
+
+class Receivers:
+    """The handlers, bound to one producer, the limits and the counters."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer: RecordProducer,
+        *,
+        token: str | None,
+        max_attributes: int,
+        clock_ns: Callable[[], int],
+        publish_timeout_s: float,
+        max_request_bytes: int,
+    ) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.token = token
+        self.max_attributes = max_attributes
+        self.clock_ns = clock_ns
+        self.publish_timeout_s = publish_timeout_s
+        self.request_limit = max_request_bytes
+        self.record_limit = settings.max_record_bytes
+        self.counters = ReceiverCounters()
+
+    # -- shared steps -------------------------------------------------------------------------
+
+    def authorize(self, request: web.Request) -> None:
+        if self.token is None:
+            return
+        given = request.headers.get(hdrs.AUTHORIZATION, "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            raise Refusal(401, "unauthorized", "missing or wrong bearer token")
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The raw body, at most limit + 1 bytes (enough to know it is too large)."""
+        declared = request.content_length
+        if declared is not None and declared > self.request_limit:
+            raise too_large(
+                f"Content-Length {declared} exceeds the limit of {self.request_limit} bytes"
+            )
+        body = bytearray()
+        while len(body) <= self.request_limit:
+            chunk = await request.content.read(READ_CHUNK_BYTES)
+            if not chunk:
+                break
+            body += chunk
+        return bytes(body)
+
+    def check_size(self, body: bytes) -> None:
+        if len(body) > self.request_limit:
+            raise too_large(f"body exceeds the limit of {self.request_limit} bytes")
+
+    async def publish(self, logical_topic: str, records: list[bytes]) -> None:
+        topic = self.settings.topic(logical_topic)
+        try:
+            pending = [
+                await self.producer.send(topic, value=record, key=None) for record in records
+            ]
+            await asyncio.wait_for(asyncio.gather(*pending), self.publish_timeout_s)
+        except Exception as e:  # KafkaError, timeouts: the client should retry later
+            log.warning("publishing to %s failed: %s", topic, e)
+            raise Refusal(503, "broker_unavailable", f"could not publish to Kafka: {e}") from None
+        self.counters.published_records[logical_topic] += len(records)
+
+    async def refuse(
+        self, request: web.Request, refusal: Refusal, payload: bytes, intended_topic: str
+    ) -> None:
+        """Count a refusal and, when it concerns the body, send it to the dead-letter topic."""
+        self.counters.refused[refusal.reason] += 1
+        if refusal.status in (401, 503):
+            return
+        record = deadletter_record(
+            refusal,
+            endpoint=request.path,
+            content_type=request.headers.get(hdrs.CONTENT_TYPE, ""),
+            payload=payload,
+            received_at_unix_nano=self.clock_ns(),
+        )
+        try:
+            future = await self.producer.send(
+                self.settings.topic("deadletter"),
+                value=orjson.dumps(record),
+                key=self.settings.topic(intended_topic).encode(),
+            )
+            await asyncio.wait_for(future, self.publish_timeout_s)
+            self.counters.deadletters += 1
+        except Exception as e:  # the refusal is still answered; the loss is counted
+            self.counters.deadletters_lost += 1
+            log.warning("dead letter for %s lost: %s", request.path, e)
+
+    # -- OTLP/HTTP ----------------------------------------------------------------------------
+
+    def otlp_handler(
+        self, layout: SignalLayout
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            return await self.otlp(request, layout)
+
+        return handle
+
+    async def otlp(self, request: web.Request, layout: SignalLayout) -> web.Response:
+        self.counters.requests[layout.path] += 1
+        media = media_type(request.headers.get(hdrs.CONTENT_TYPE))
+        body = b""
+        try:
+            self.authorize(request)
+            body = await self.read_body(request)
+            self.check_size(body)
+            if media not in (PROTOBUF, JSON):
+                raise Refusal(
+                    415,
+                    "unsupported_media_type",
+                    f"Content-Type must be {PROTOBUF} or {JSON}, got {media or 'none'!r}",
+                )
+            payload = inflate(
+                body, request.headers.get(hdrs.CONTENT_ENCODING, ""), self.request_limit
+            )
+            export = decode_export(payload, media, layout)
+            outcome = prepare_export(
+                export,
+                layout,
+                max_record_bytes=self.record_limit,
+                max_attributes=self.max_attributes,
+            )
+            await self.publish(layout.logical_topic, outcome.records)
+        except Refusal as refusal:
+            await self.refuse(request, refusal, body, layout.logical_topic)
+            return self.otlp_error(refusal, media)
+        self.counters.accepted_items[layout.path] += outcome.accepted
+        self.counters.rejected_items[layout.path] += outcome.rejected
+        return web.Response(body=export_response(layout, outcome, media), content_type=media)
+
+    @staticmethod
+    def otlp_error(refusal: Refusal, media: str) -> web.Response:
+        headers = {"Retry-After": "5"} if refusal.status == 503 else {}
+        if refusal.status == 401:
+            headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
+        if media not in (PROTOBUF, JSON):
+            return web.Response(status=refusal.status, text=str(refusal), headers=headers)
+        return web.Response(
+            status=refusal.status,
+            body=status_body(refusal, media),
+            content_type=media,
+            headers=headers,
+        )
+
+    # -- Prometheus remote_write and Loki push -----------------------------------------------
+
+    async def remote_write(self, request: web.Request) -> web.Response:
+        return await self.push(request, "otlp_metrics", self.translate_remote_write)
+
+    async def loki_push(self, request: web.Request) -> web.Response:
+        return await self.push(request, "otlp_logs", self.translate_loki)
+
+    async def push(
+        self,
+        request: web.Request,
+        logical_topic: str,
+        translate: Callable[[web.Request, bytes], tuple[Message, SignalLayout, int]],
+    ) -> web.Response:
+        self.counters.requests[request.path] += 1
+        body = b""
+        try:
+            self.authorize(request)
+            body = await self.read_body(request)
+            self.check_size(body)
+            export, layout, skipped = translate(request, body)
+            outcome = prepare_export(
+                export,
+                layout,
+                max_record_bytes=self.record_limit,
+                max_attributes=self.max_attributes,
+            )
+            await self.publish(logical_topic, outcome.records)
+        except Refusal as refusal:
+            await self.refuse(request, refusal, body, logical_topic)
+            headers = {"Retry-After": "5"} if refusal.status == 503 else {}
+            if refusal.status == 401:
+                headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
+            return web.Response(status=refusal.status, text=str(refusal), headers=headers)
+        self.counters.accepted_items[request.path] += outcome.accepted
+        self.counters.rejected_items[request.path] += outcome.rejected + skipped
+        return web.Response(status=204)
+
+    def translate_remote_write(
+        self, request: web.Request, body: bytes
+    ) -> tuple[Message, SignalLayout, int]:
+        media = media_type(request.headers.get(hdrs.CONTENT_TYPE))
+        if media not in ("", PROTOBUF):
+            raise Refusal(415, "unsupported_media_type", f"remote_write needs {PROTOBUF}")
+        coding = request.headers.get(hdrs.CONTENT_ENCODING, "snappy").strip().lower()
+        if coding != "snappy":
+            raise Refusal(
+                415, "unsupported_content_encoding", f"remote_write needs snappy, got {coding!r}"
+            )
+        write_request = remote_write.decode_write_request(unsnappy(body, self.request_limit))
+        translation = remote_write.to_otlp_metrics(write_request)
+        return translation.request, METRICS, translation.series_without_name
+
+    def translate_loki(
+        self, request: web.Request, body: bytes
+    ) -> tuple[Message, SignalLayout, int]:
+        media = media_type(request.headers.get(hdrs.CONTENT_TYPE))
+        coding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+        if media == JSON:
+            streams = loki.streams_from_json(inflate(body, coding, self.request_limit))
+        elif media == PROTOBUF:
+            if coding not in ("", "snappy"):
+                raise Refusal(
+                    415, "unsupported_content_encoding", f"Loki protobuf is snappy, got {coding!r}"
+                )
+            streams = loki.streams_from_protobuf(unsnappy(body, self.request_limit))
+        else:
+            raise Refusal(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be {JSON} or {PROTOBUF}, got {media or 'none'!r}",
+            )
+        return loki.to_otlp_logs(streams, self.clock_ns()), LOGS, 0
+
+    # -- health -------------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", **self.counters.as_json()}, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def build_receiver_app(
+    settings: Settings,
+    producer: RecordProducer,
+    *,
+    token: str | None = None,
+    max_attributes: int = Limits().max_attributes_per_item,
+    clock_ns: Callable[[], int] = time.time_ns,
+    publish_timeout_s: float = 15.0,
+    max_request_bytes: int | None = None,
+) -> web.Application:
+    """The receivers as an aiohttp application publishing through ``producer``.
+
+    ``token``: when set, every POST needs ``Authorization: Bearer <token>`` (401 otherwise).
+    ``max_request_bytes``: largest body, before and after decompression (default: the record
+    limit, ``settings.max_record_bytes``); a larger limit makes requests split into records.
+    Serve it with ``auto_decompress=False`` (``server.py`` does) so the body limits hold.
+    """
+    receivers = Receivers(
+        settings,
+        producer,
+        token=token,
+        max_attributes=max_attributes,
+        clock_ns=clock_ns,
+        publish_timeout_s=publish_timeout_s,
+        max_request_bytes=max_request_bytes or settings.max_record_bytes,
+    )
+
+    @web.middleware
+    async def count_wrong_methods(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPMethodNotAllowed:
+            receivers.counters.refused["method_not_allowed"] += 1
+            raise
+
+    app = web.Application(
+        middlewares=[count_wrong_methods], client_max_size=receivers.request_limit
+    )
+    app[COUNTERS_KEY] = receivers.counters
+    for layout in LAYOUTS:
+        app.router.add_post(layout.path, receivers.otlp_handler(layout))
+    app.router.add_post(REMOTE_WRITE_PATH, receivers.remote_write)
+    app.router.add_post(LOKI_PUSH_PATH, receivers.loki_push)
+    app.router.add_get(HEALTH_PATH, receivers.health)
+    return app

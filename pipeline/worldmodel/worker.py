@@ -1,0 +1,224 @@
+"""The world-model worker: a faust app that keeps ``WorldModel`` current from sealed segments.
+
+The segment store is the source of truth, the ``segments.sealed`` topic only a notification:
+at start the worker restores its last checkpoint and applies every stored segment it has not
+counted yet (in offset order per partition); then each notification applies the new segment,
+or triggers the same catch-up if it reveals a gap. Nothing depends on consumer-group commits
+or on the broker's changelog recovery. Changes come from the ``changes`` topic (validated;
+invalid ones go to ``deadletter``). Checkpoints are written atomically every
+``checkpoint_every_s`` of processing and at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import heapq
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+import schemas
+from pipeline import topics
+from pipeline.ingest.worker import faust_app, write_stats
+from pipeline.segments.store import Manifest, SegmentStore
+from pipeline.settings import Settings
+from pipeline.worldmodel.model import WorldModel, WorldModelConfig
+
+log = logging.getLogger("worldline.worldmodel")
+
+STAGE = "world-model"
+CHECKPOINT_NAME = "worldmodel.ckpt"
+MODEL_SIGNALS = ("spans", "logs", "metric_series", "metrics")
+
+
+def checkpoint_path(store: SegmentStore) -> Path:
+    return store.state_dir() / CHECKPOINT_NAME
+
+
+def load_model(store: SegmentStore, config: WorldModelConfig) -> WorldModel:
+    path = checkpoint_path(store)
+    if path.exists():
+        return WorldModel.restore(path.read_bytes())
+    return WorldModel(config)
+
+
+def save_model(store: SegmentStore, model: WorldModel) -> None:
+    path = checkpoint_path(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(model.checkpoint())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def merge_order(manifests: list[Manifest]) -> list[Manifest]:
+    """Segments in event-time order, without ever reordering the segments of one partition.
+
+    A k-way merge: one queue per (signal, topic, partition) in offset order; the next segment is
+    the queue head that starts earliest. Event time then advances evenly across partitions
+    (small buffers), and the order depends only on the segments, not on when they arrived.
+    """
+    queues: dict[tuple[str, str, int], list[Manifest]] = {}
+    for m in manifests:
+        queues.setdefault((m.signal, m.source.topic, m.source.partition), []).append(m)
+    heap: list[tuple[int, int, str, str, int, int]] = []
+    for key, queue in queues.items():
+        queue.sort(key=lambda m: m.source.last_offset)
+        heapq.heappush(
+            heap,
+            (
+                queue[0].start_unix_nano,
+                _SIGNAL_RANK.get(key[0], len(_SIGNAL_RANK)),
+                key[0],
+                key[1],
+                key[2],
+                0,
+            ),
+        )
+    out: list[Manifest] = []
+    while heap:
+        _, rank, signal, topic, partition, index = heapq.heappop(heap)
+        queue = queues[(signal, topic, partition)]
+        out.append(queue[index])
+        if index + 1 < len(queue):
+            heapq.heappush(
+                heap, (queue[index + 1].start_unix_nano, rank, signal, topic, partition, index + 1)
+            )
+    return out
+
+
+_SIGNAL_RANK = {"metric_series": 0, "spans": 1, "logs": 2, "metrics": 3}
+
+
+def catch_up(store: SegmentStore, model: WorldModel, limit: int | None = None) -> int:
+    """Apply stored segments the model has not counted yet (at most ``limit``); return how many."""
+    fresh = SegmentStore(store.root)  # rescan: other processes wrote segments
+    pending = [
+        m for m in fresh.manifests() if m.signal in MODEL_SIGNALS and not model.already_applied(m)
+    ]
+    applied = 0
+    for m in merge_order(pending)[:limit]:
+        applied += model.apply(m, fresh.read(m))
+        model.advance()
+    return applied
+
+
+def change_from_record(doc: Any) -> dict[str, Any]:
+    """A validated ``changes`` record, with its time as unix nanoseconds for the model."""
+    schemas.validate("changes.schema.json", doc)
+    when = dt.datetime.fromisoformat(str(doc["time"]).replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    out = dict(doc)
+    out["time_unix_nano"] = int(when.timestamp() * 1e9)
+    return out
+
+
+def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
+    app = faust_app(settings, f"worldline-{STAGE}", bootstrap)
+    store = SegmentStore(settings.data_dir / "segments")
+    partitions = tuple(
+        (settings.topic(t.name), t.partitions)
+        for t in topics.REGISTRY
+        if t.encoding == "otlp_proto"
+    )
+    model = load_model(
+        store, WorldModelConfig(interval_s=settings.interval_s, topic_partitions=partitions)
+    )
+    lock = asyncio.Lock()
+    state: dict[str, float] = {"last_checkpoint": time.monotonic()}
+    stats_file = settings.data_dir / "stats" / f"{STAGE}.json"
+    sealed = app.topic(
+        settings.topic("segments.sealed"), value_serializer="raw", key_serializer="raw"
+    )
+    changes = app.topic(settings.topic("changes"), value_serializer="raw", key_serializer="raw")
+    deadletter = app.topic(
+        settings.topic("deadletter"), value_serializer="raw", key_serializer="raw"
+    )
+    counters: dict[str, int] = {"segments_applied": 0, "changes_applied": 0, "changes_refused": 0}
+
+    async def checkpoint_if_due(force: bool = False) -> None:
+        if force or time.monotonic() - state["last_checkpoint"] >= settings.checkpoint_every_s:
+            await asyncio.to_thread(save_model, store, model)
+            state["last_checkpoint"] = time.monotonic()
+            write_stats(
+                stats_file, {**counters, **model.dropped, "watermark_unix_nano": model.watermark}
+            )
+
+    @app.task
+    async def start_from_store() -> None:
+        while True:
+            async with lock:
+                done = await asyncio.to_thread(catch_up, store, model, settings.catch_up_chunk)
+                counters["segments_applied"] += done
+                await checkpoint_if_due()
+            if done < settings.catch_up_chunk:
+                break
+            log.info(
+                "catching up from the store: %d segments applied", counters["segments_applied"]
+            )
+
+    @app.agent(sealed, name="apply-segments")
+    async def apply_segments(stream: Any) -> None:
+        async for events in stream.take_events(200, within=1.0):
+            async with lock:
+                gap = False
+                for event in events:
+                    try:
+                        manifest = Manifest.from_json(orjson.loads(event.value))
+                    except (orjson.JSONDecodeError, schemas.SchemaViolation, KeyError) as e:
+                        log.warning("ignoring an invalid manifest notification: %s", e)
+                        continue
+                    if manifest.signal not in MODEL_SIGNALS or model.already_applied(manifest):
+                        continue
+                    gap = True  # the store is the truth: apply in order from it
+                if gap:
+                    counters["segments_applied"] += await asyncio.to_thread(catch_up, store, model)
+                await checkpoint_if_due()
+
+    @app.agent(changes, name="apply-changes")
+    async def apply_changes(stream: Any) -> None:
+        async for event in stream.events():
+            now = dt.datetime.now(dt.UTC)
+            try:
+                change = change_from_record(orjson.loads(event.value))
+            except (orjson.JSONDecodeError, schemas.SchemaViolation, ValueError) as e:
+                counters["changes_refused"] += 1
+                letter = {
+                    "schema_version": 1,
+                    "stage": STAGE,
+                    "reason": "invalid_change",
+                    "detail": str(e)[:2000],
+                    "received_at": now.isoformat().replace("+00:00", "Z"),
+                    "source": {
+                        "topic": event.message.topic,
+                        "partition": event.message.partition,
+                        "offset": event.message.offset,
+                    },
+                    "payload_size": len(event.value or b""),
+                }
+                await deadletter.send(key=b"changes", value=orjson.dumps(letter))
+                continue
+            async with lock:
+                model.add_change(change)
+                counters["changes_applied"] += 1
+                await checkpoint_if_due()
+
+    @app.timer(interval=5.0)
+    async def periodic_checkpoint() -> None:
+        async with lock:
+            await checkpoint_if_due()
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def final_checkpoint(sender: Any, **kwargs: Any) -> None:
+        async with lock:
+            await checkpoint_if_due(force=True)
+
+    return app
