@@ -27,9 +27,11 @@ from pipeline.broker import BrokerError
 from pipeline.ingest.worker import STAGES as INGEST_STAGES
 from pipeline.platform import NoBrokerError, Platform, find_bootstrap
 from pipeline.query_cli import query
+from pipeline.receivers.cli import receive
 from pipeline.settings import Settings, SettingsError, describe, load, parse_assignments
+from pipeline.stages import RECEIVER_STAGE
 
-ALL_STAGES = [*sorted(INGEST_STAGES), "world-model"]
+ALL_STAGES = [RECEIVER_STAGE, *sorted(INGEST_STAGES), "world-model"]
 console = Console(stderr=True, highlight=False)
 
 
@@ -247,7 +249,7 @@ def create_topics(ctx: Context) -> None:
 
 
 @cli.command()
-@click.argument("stage", type=click.Choice(sorted(ALL_STAGES)))
+@click.argument("stage", type=click.Choice([s for s in ALL_STAGES if s != RECEIVER_STAGE]))
 @click.pass_obj
 def worker(ctx: Context, stage: str) -> None:
     """Run one pipeline stage as its own process, until Ctrl-C or SIGTERM.
@@ -464,6 +466,7 @@ def produce(ctx: Context, topic: str, source: str, key: str | None, no_validate:
 
 
 cli.add_command(query)
+cli.add_command(receive)
 
 
 def main() -> None:

@@ -143,9 +143,9 @@ async def cluster_status(settings: Settings, bootstrap: str) -> ClusterStatus:
             if d["error_code"] == 0
         }
         group_ids = sorted(g[0] for g in await admin.list_consumer_groups())
-        group_desc = await admin.describe_consumer_groups(group_ids) if group_ids else []
     finally:
         await admin.close()
+    states = await _group_states(bootstrap, group_ids)
     tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
     hws = await high_water_marks(bootstrap, tps)
     topic_rows = [
@@ -157,15 +157,31 @@ async def cluster_status(settings: Settings, bootstrap: str) -> ClusterStatus:
         for t, ps in parts.items()
     ]
     groups: list[GroupStatus] = []
-    states: dict[str, tuple[str, int]] = {}
-    for resp in group_desc:
-        for g in resp.groups:
-            states[g[1]] = (g[2], len(g[5]))
     for gid in group_ids:
         state, members = states.get(gid, ("Unknown", 0))
         lag = await _group_lag(bootstrap, gid, hws)
         groups.append(GroupStatus(gid, state, members, lag))
     return ClusterStatus(bootstrap, topic_rows, groups)
+
+
+async def _group_states(bootstrap: str, group_ids: list[str]) -> dict[str, tuple[str, int]]:
+    """State and member count per group. One request per group, on its own connection: the
+    embedded broker answers some DescribeGroups requests in a form the client cannot decode,
+    and that must cost only that group's row."""
+    states: dict[str, tuple[str, int]] = {}
+    for gid in group_ids:
+        admin = admin_client(bootstrap)
+        try:
+            await admin.start()
+            for resp in await admin.describe_consumer_groups([gid]):
+                for g in resp.groups:
+                    states[g[1]] = (g[2], len(g[5]))
+        except (KafkaError, ValueError, OSError):
+            states[gid] = ("unknown", 0)
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+    return states
 
 
 async def _group_lag(bootstrap: str, group: str, hws: dict[TopicPartition, int]) -> dict[str, int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline import topics
 
 ENV_PREFIX = "WORLDLINE_"
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 DEFAULT_CONFIG_FILE = "worldline.toml"
 
 
@@ -71,6 +73,10 @@ class Settings(BaseModel):
     )
     http_host: str = Field(default="127.0.0.1", description="Address the HTTP receivers bind to.")
     http_port: int = Field(default=4318, ge=0, le=65535, description="HTTP receiver/API port.")
+    http_token_file: Path | None = Field(
+        default=None,
+        description="File holding a bearer token the receivers and the query API require (unset: none).",
+    )
     max_record_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest record accepted on any topic."
     )
@@ -110,12 +116,13 @@ class Settings(BaseModel):
 
     @field_validator("broker_host", "http_host")
     @classmethod
-    def _loopback_unless_named(cls, v: str) -> str:
+    def _not_a_wildcard(cls, v: str) -> str:
         try:
             addr = ipaddress.ip_address(v)
         except ValueError:
-            if v != "localhost":
-                raise ValueError(f"must be an IP address or 'localhost', got {v!r}") from None
+            labels = v.split(".")
+            if not v or len(v) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+                raise ValueError(f"must be an IP address or a host name, got {v!r}") from None
             return v
         if addr.is_unspecified:
             raise ValueError(

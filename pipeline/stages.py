@@ -19,6 +19,8 @@ from pipeline import topics
 from pipeline.broker import die_with_parent
 from pipeline.settings import ENV_PREFIX, FIELDS, Settings
 
+RECEIVER_STAGE = "receiver"
+
 
 def settings_environment(settings: Settings, bootstrap: str) -> dict[str, str]:
     """Environment that makes a child process see exactly ``settings`` on ``bootstrap``."""
@@ -58,8 +60,9 @@ class StageSupervisor:
         for stage in stages:
             log_path = logs / f"{stage}.log"
             with log_path.open("ab") as log:
+                argv = ["receive"] if stage == RECEIVER_STAGE else ["worker", stage]
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "pipeline.cli", "worker", stage],
+                    [sys.executable, "-m", "pipeline.cli", *argv],
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,

@@ -17,7 +17,18 @@ from pipeline import topics
 from pipeline.cli import cli
 from tests.conftest import pid_alive, worldline_cmd
 
-COMMANDS = ["up", "status", "topics", "config", "tail", "produce"]
+COMMANDS = [
+    "up",
+    "status",
+    "topics",
+    "config",
+    "tail",
+    "produce",
+    "worker",
+    "receive",
+    "query",
+    "create-topics",
+]
 
 
 def test_every_command_explains_itself() -> None:
@@ -159,6 +170,7 @@ def test_status_without_a_broker_says_what_to_do(tmp_path: Path) -> None:
 def test_up_shows_every_topic_and_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDLINE_")}
     env["WORLDLINE_DATA_DIR"] = str(tmp_path)
+    env["WORLDLINE_HTTP_PORT"] = "0"
     env["COLUMNS"] = "200"
     proc = subprocess.Popen(
         [*worldline_cmd(), "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -169,12 +181,12 @@ def test_up_shows_every_topic_and_stops_cleanly(tmp_path: Path, sig: signal.Sign
         time.sleep(0.1)
     assert runtime.exists(), proc.stderr.read() if proc.stderr else ""
     info = orjson.loads(runtime.read_bytes())
-    # the broker and one process per ingest stage are the children of `worldline up`
+    # the broker and one process per stage (receiver, 3 ingest, world model) are its children
     time.sleep(3)  # let it print the status table
     children = [
         int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     ]
-    assert len(children) == 1 + 3
+    assert len(children) == 1 + 5
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr

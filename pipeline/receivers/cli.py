@@ -37,6 +37,7 @@ def receive(ctx: Context, token_file: Path | None, duration: float | None) -> No
       POST /api/v1/write                     Prometheus remote_write 1.0       -> otlp_metrics
       POST /loki/api/v1/push                 Loki push, JSON or protobuf       -> otlp_logs
       GET  /healthz                          counters as JSON
+      GET  /api/v1/query/...                 logs, traces, metrics, templates (read-only)
     Refused requests go to `deadletter` with the reason.
     """
     from pipeline.cli import console, fail  # imported here: pipeline.cli imports this module
@@ -45,6 +46,9 @@ def receive(ctx: Context, token_file: Path | None, duration: float | None) -> No
         bootstrap = find_bootstrap(ctx.settings)
     except NoBrokerError as e:
         fail(str(e))
+    token_file = token_file or ctx.settings.http_token_file
+    if token_file is not None and not token_file.is_file():
+        fail(f"http_token_file={token_file} is not a readable file")
     token = token_file.read_text().strip() if token_file else None
     if token_file and not token:
         fail(f"token file {token_file} is empty")

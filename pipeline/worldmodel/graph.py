@@ -54,10 +54,11 @@ elements are kept as history for ``as_of`` and are the first to be evicted when 
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
@@ -191,9 +192,10 @@ class GraphConfig:
     expiry_s: float = 900.0
     """An edge or node not evidenced for this long expires."""
     pairing_wait_s: float = 10.0
-    """How long a span waits for its child / parent from a later batch: until ``wait`` after
-    its end or after the ``now`` it arrived at, whichever is later (so a replayed span whose
-    end is long past still waits for its partner in the next batches)."""
+    """How long after its end (event time) a span waits for its child / parent from a later
+    batch. A partner arriving in the call whose ``now`` passes the deadline still pairs; a span
+    arriving already past its deadline pairs only within its own batch or with what waits.
+    Must cover the delivery skew between services' exporters."""
     max_edges: int = 200_000
     max_nodes: int = 100_000
     max_pending_spans: int = 500_000
@@ -450,6 +452,7 @@ class EdgeStore:
 
     def __init__(self, config: GraphConfig | None = None) -> None:
         self.config = config or GraphConfig()
+        self._expiry_ns = int(self.config.expiry_s * _NS)
         self.edges: dict[EdgeKey, ElementState] = {}
         self.nodes: dict[EntityRef, ElementState] = {}
         self.dropped: Counter[str] = Counter()
@@ -504,7 +507,7 @@ class EdgeStore:
         wait = int(self.config.pairing_wait_s * _NS)
         new = frame.select(
             pl.exclude("pod_name", "host_name"),
-            deadline=pl.max_horizontal(pl.col("start") + pl.col("duration"), pl.lit(now)) + wait,
+            deadline=pl.col("start") + pl.col("duration") + wait,
             matched=pl.lit(False),
         )
         parents = pl.concat([self._pending_parents, new])
@@ -545,7 +548,7 @@ class EdgeStore:
         if excess <= 0:
             return pending
         self.dropped[reason] += excess
-        return pending.sort("deadline").tail(self.config.max_pending_spans)
+        return pending.sort(_PENDING_ORDER).tail(self.config.max_pending_spans)
 
     def _pair_evidence(self, pairs: pl.DataFrame) -> pl.DataFrame:
         cross = pairs.filter(
@@ -585,8 +588,7 @@ class EdgeStore:
         if paired.height == 0:
             return
         kind, name = _virtual_target_exprs()
-        named = paired.select(
-            pl.exclude("service", *_PEER_COLUMNS),  # the parent's peer attributes name the callee
+        named = paired.select(  # the client span's peer attributes, and who answered them
             *[pl.col(f"{column}_parent").alias(column) for column in _PEER_COLUMNS],
             callee=pl.col("service"),
         ).select(kind=kind, name=name, callee=pl.col("callee"))
@@ -668,6 +670,12 @@ class EdgeStore:
     ) -> bool:
         """Record evidence of a node; False when the node cap refuses it."""
         node = self.nodes.get(ref)
+        if node is not None and node.intervals[-1][1] is None:  # live: the common case
+            if first < node.first_seen:
+                node.first_seen = first
+            if last > node.last_seen:
+                node.last_seen = last
+            return True
         if node is None:
             if len(self.nodes) >= self.config.max_nodes and not _evict_expired(
                 self.nodes, self._expired_nodes
@@ -678,12 +686,9 @@ class EdgeStore:
             node = ElementState(first, last, [[first, None]], attributes=attributes)
             self.nodes[ref] = node
             deltas.append(self._node_delta("add", ref, node, first))
-        elif not node.live:
+        else:
             self._reopen(node, first, last)
             deltas.append(self._node_delta("add", ref, node, first))
-        else:
-            node.first_seen = min(node.first_seen, first)
-            node.last_seen = max(node.last_seen, last)
         self._next_expiry = min(self._next_expiry, node.last_seen + self._expiry_ns)
         return True
 
@@ -798,10 +803,6 @@ class EdgeStore:
             else:
                 next_expiry = min(next_expiry, end)
         self._next_expiry = next_expiry
-
-    @property
-    def _expiry_ns(self) -> int:
-        return int(self.config.expiry_s * _NS)
 
     # ------------------------------------------------------------------ deltas
     def confidence(self, key: EdgeKey) -> float:
@@ -975,6 +976,8 @@ class EdgeStore:
 
 
 _NEVER = 1 << 62
+_PENDING_ORDER = ["deadline", "trace_hi", "trace_lo", "span", "parent"]
+"""A total order of pending spans, so what a cap drops does not depend on row order."""
 
 
 def _evict_expired(elements: dict[Any, ElementState], heap: list[tuple[int, Any]]) -> bool:
@@ -1029,7 +1032,7 @@ def _element_from_json(document: dict[str, Any]) -> ElementState:
 
 
 def _frame_json(frame: pl.DataFrame) -> dict[str, list[Any]]:
-    ordered = frame.sort(["deadline", "trace_hi", "trace_lo", "span"])
+    ordered = frame.sort(_PENDING_ORDER)
     return {name: ordered.get_column(name).to_list() for name in PENDING_SCHEMA}
 
 
@@ -1040,8 +1043,12 @@ def _frame_from_json(columns: dict[str, list[Any]]) -> pl.DataFrame:
 def iso_time(unix_nano: int) -> str:
     """RFC 3339 UTC with microseconds, e.g. ``2026-11-20T14:00:00.000000Z``."""
     seconds, nanos = divmod(int(unix_nano), _NS)
-    moment = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=nanos // 1000)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{_iso_seconds(seconds)}.{nanos // 1000:06d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_seconds(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 # --------------------------------------------------------------------------- exports
@@ -1126,8 +1133,3 @@ def edge_precision_recall(
     precision = hits / len(learned_set) if learned_set else 1.0
     recall = hits / len(truth_set) if truth_set else 1.0
     return precision, recall
-
-
-def iter_edges(store: EdgeStore) -> Iterator[tuple[EdgeKey, ElementState]]:
-    """Every remembered edge (live and expired), in key order."""
-    yield from sorted(store.edges.items())

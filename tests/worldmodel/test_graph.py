@@ -89,7 +89,9 @@ class Telemetry:
         )
         if error:
             span.status.code = 2  # type: ignore[assignment]
-        span.attributes.extend(kv(key.replace("_", "."), value) for key, value in attributes.items())
+        span.attributes.extend(
+            kv(key.replace("_", "."), value) for key, value in attributes.items()
+        )
         self.resources.setdefault(tuple(resource), []).append(span)
         return span_id
 
@@ -154,9 +156,7 @@ def test_client_and_server_spans_pair_across_two_batches(server_first: bool) -> 
     store = EdgeStore(GraphConfig(pairing_wait_s=10))
     client_batch, server_batch = Telemetry(), Telemetry()
     client_call(client_batch, "frontend", "checkout", 1.0, trace_id(1), server_batch)
-    first, second = (
-        (server_batch, client_batch) if server_first else (client_batch, server_batch)
-    )
+    first, second = (server_batch, client_batch) if server_first else (client_batch, server_batch)
 
     validated(store.observe_spans(first.table(), at(2)))
     assert calls(service("frontend"), service("checkout")) not in store.edges
@@ -189,12 +189,17 @@ def test_parent_child_across_services_without_span_kinds() -> None:
 # --------------------------------------------------------------------------- virtual nodes
 def uninstrumented_calls(telemetry: Telemetry, start_s: float, trace: bytes) -> None:
     root = telemetry.span("orders", SERVER, start_s, trace, duration_ms=50)
-    for attributes in (
+    peers: tuple[dict[str, Any], ...] = (
         {"db_system": "postgresql", "db_namespace": "orders-db", "server_address": "pg-1"},
-        {"db_system": "redis", "db_namespace": "0", "server_address": "cart-cache.prod.svc.cluster.local"},
+        {
+            "db_system": "redis",
+            "db_namespace": "0",
+            "server_address": "cart-cache.prod.svc.cluster.local",
+        },
         {"peer_service": "stripe", "server_address": "api.stripe.com"},
         {"server_address": "maps.googleapis.com"},
-    ):
+    )
+    for attributes in peers:
         telemetry.span("orders", CLIENT, start_s + 0.01, trace, parent=root, **attributes)
     telemetry.span(
         "orders",
@@ -239,7 +244,11 @@ def test_uninstrumented_dependencies_become_virtual_nodes_once_the_wait_is_over(
     for ref in virtual:
         assert store.edges[calls(service("orders"), ref)].evidence == {"client_span": 1}
         assert store.nodes[ref].attributes == {"virtual": True}
-    added = {(d["element"]["node"]["kind"], d["element"]["node"]["name"]) for d in deltas if d["op"] == "add" and d["element"]["type"] == "node"}
+    added = {
+        (d["element"]["node"]["kind"], d["element"]["node"]["name"])
+        for d in deltas
+        if d["op"] == "add" and d["element"]["type"] == "node"
+    }
     assert added == set(virtual)
     # the edge is valid from its first span, not from when the wait ended
     assert ("service:orders", "cache:redis:cart-cache") in store.as_of(at(1.5)).edges()
@@ -299,17 +308,26 @@ def test_an_edge_added_mid_run_appears_in_the_call_that_first_sees_it() -> None:
     for minute in range(6):
         telemetry = Telemetry()
         for i in range(5):
-            client_call(telemetry, "frontend", "checkout", minute * 60 + i, trace_id(100 * minute + i))
+            client_call(
+                telemetry, "frontend", "checkout", minute * 60 + i, trace_id(100 * minute + i)
+            )
         if minute >= 3:
             client_call(telemetry, "frontend", "payment", minute * 60 + 30, trace_id(999 + minute))
+            telemetry.span(
+                "frontend", CLIENT, minute * 60 + 30, trace_id(999 + minute), db_system="mysql"
+            )
         now = at(minute * 60 + 59)
         deltas = validated(store.observe_spans(telemetry.table(), now))
         if minute < 3:
             assert new_edge not in store.edges
         if minute == 3:
             assert ("add", "frontend", "payment", "calls") in edge_ops(deltas)
+            # an uninstrumented one too, since its pairing wait (10 s) ended within the interval
+            assert ("add", "frontend", "mysql", "calls") in edge_ops(deltas)
             assert ("service:frontend", "service:payment") in store.as_of(now).edges()
-            assert ("service:frontend", "service:payment") not in store.as_of(at(minute * 60 + 29)).edges()
+            assert ("service:frontend", "service:payment") not in store.as_of(
+                at(minute * 60 + 29)
+            ).edges()
 
 
 def test_expiry_by_event_time_and_a_new_validity_interval_on_return() -> None:
@@ -366,7 +384,9 @@ def small_world(store: EdgeStore) -> None:
     telemetry = Telemetry()
     client_call(telemetry, "frontend", "checkout", 1.0, trace_id(1), pod="frontend-1", host="n1")
     client_call(telemetry, "checkout", "payment", 1.1, trace_id(1), pod="checkout-1", host="n2")
-    telemetry.span("payment", CLIENT, 1.2, trace_id(1), peer_service="stripe", pod="payment-1", host="n2")
+    telemetry.span(
+        "payment", CLIENT, 1.2, trace_id(1), peer_service="stripe", pod="payment-1", host="n2"
+    )
     telemetry.span("admin", SERVER, 1.0, trace_id(2), host="n3")
     validated(store.observe_spans(telemetry.table(), at(2)))
     validated(store.advance(at(30)))
@@ -425,7 +445,7 @@ def test_caps_refuse_and_count_and_expired_history_makes_room() -> None:
     assert store.dropped["pending_parents_cap"] == 3 and store.pending_spans == 2
 
     validated(store.advance(at(500)))  # everything expires but stays as history
-    assert store.dropped["node_cap"] == 4 + 2  # the two waiting spans' virtual node "x"
+    assert store.dropped["node_cap"] == 4 + 1  # "x", named by the two waiting spans
     assert len(store.edges) == 2 and not any(e.live for e in store.edges.values())
     later = Telemetry()
     client_call(later, "f", "g", 600.0, trace_id(77), host=None)
@@ -450,11 +470,13 @@ def test_validity_intervals_per_edge_are_capped() -> None:
 def run(store: EdgeStore, batches: list[pa.Table], start: int = 0) -> list[dict[str, Any]]:
     deltas: list[dict[str, Any]] = []
     for i, table in enumerate(batches, start=start):
-        deltas += store.observe_spans(table, at(20 * (i + 1)))
+        deltas += store.observe_spans(table, at(20 * i + 6))  # just after the batch's spans
     return deltas
 
 
-def topology_batches(seed: int, n_traces: int, n_batches: int) -> tuple[list[pa.Table], set[tuple[str, str]]]:
+def topology_batches(
+    seed: int, n_traces: int, n_batches: int
+) -> tuple[list[pa.Table], set[tuple[str, str]]]:
     """A known topology; each trace's spans scattered over random batches (so most client and
     server spans arrive apart). Returns the batches and the true (caller, callee) pairs."""
     rng = random.Random(seed)
@@ -473,24 +495,103 @@ def topology_batches(seed: int, n_traces: int, n_batches: int) -> tuple[list[pa.
         trace = trace_id(10_000 + n)
         batch = max(0, min(n_batches - 1, n * n_batches // n_traces + rng.choice((-1, 0, 0))))
 
-        def pick() -> Telemetry:
+        def pick(batch: int = batch) -> Telemetry:  # a third of the spans arrive a batch late
             return batches[min(n_batches - 1, batch + rng.choice((0, 0, 1)))]
 
         t = 20.0 * batch + rng.random() * 5
         root = pick().span("gateway", SERVER, t, trace, pod="gw-1", host="n1")
         if rng.random() < 0.5:
-            client = pick().span("gateway", CLIENT, t, trace, parent=root, server_address="orders", pod="gw-1", host="n1")
-            server = pick().span("orders", SERVER, t, trace, parent=client, pod="orders-1", host="n2")
-            pick().span("orders", CLIENT, t, trace, parent=server, db_system="mysql", db_namespace="orders-db", pod="orders-1", host="n2")
-            pick().span("orders", PRODUCER, t, trace, parent=server, messaging_system="kafka", messaging_destination_name="orders", pod="orders-1", host="n2")
-            client = pick().span("orders", CLIENT, t, trace, parent=server, server_address="payment", pod="orders-1", host="n2")
-            server = pick().span("payment", SERVER, t, trace, parent=client, pod="payment-1", host="n2")
-            pick().span("payment", CLIENT, t, trace, parent=server, peer_service="stripe", pod="payment-1", host="n2")
-            pick().span("payment", CLIENT, t, trace, parent=server, peer_service="ledger", pod="payment-1", host="n2")
+            client = pick().span(
+                "gateway",
+                CLIENT,
+                t,
+                trace,
+                parent=root,
+                server_address="orders",
+                pod="gw-1",
+                host="n1",
+            )
+            server = pick().span(
+                "orders", SERVER, t, trace, parent=client, pod="orders-1", host="n2"
+            )
+            pick().span(
+                "orders",
+                CLIENT,
+                t,
+                trace,
+                parent=server,
+                db_system="mysql",
+                db_namespace="orders-db",
+                pod="orders-1",
+                host="n2",
+            )
+            pick().span(
+                "orders",
+                PRODUCER,
+                t,
+                trace,
+                parent=server,
+                messaging_system="kafka",
+                messaging_destination_name="orders",
+                pod="orders-1",
+                host="n2",
+            )
+            client = pick().span(
+                "orders",
+                CLIENT,
+                t,
+                trace,
+                parent=server,
+                server_address="payment",
+                pod="orders-1",
+                host="n2",
+            )
+            server = pick().span(
+                "payment", SERVER, t, trace, parent=client, pod="payment-1", host="n2"
+            )
+            pick().span(
+                "payment",
+                CLIENT,
+                t,
+                trace,
+                parent=server,
+                peer_service="stripe",
+                pod="payment-1",
+                host="n2",
+            )
+            pick().span(
+                "payment",
+                CLIENT,
+                t,
+                trace,
+                parent=server,
+                peer_service="ledger",
+                pod="payment-1",
+                host="n2",
+            )
         else:
-            client = pick().span("gateway", CLIENT, t, trace, parent=root, server_address="cart", pod="gw-1", host="n1")
+            client = pick().span(
+                "gateway",
+                CLIENT,
+                t,
+                trace,
+                parent=root,
+                server_address="cart",
+                pod="gw-1",
+                host="n1",
+            )
             server = pick().span("cart", SERVER, t, trace, parent=client, pod="cart-1", host="n3")
-            pick().span("cart", CLIENT, t, trace, parent=server, db_system="redis", server_address="cart-cache.shop.svc", pod="cart-1", host="n3")
+            pick().span(
+                "cart",
+                CLIENT,
+                t,
+                trace,
+                parent=server,
+                db_system="redis",
+                server_address="cart-cache.shop.svc",
+                pod="cart-1",
+                host="n3",
+            )
     return [b.table() for b in batches], truth
 
 
@@ -501,7 +602,7 @@ def test_learned_topology_matches_the_truth() -> None:
     validated(store.advance(at(20 * len(batches) + 60)))
     learned = dependency_pairs(store.as_of(at(20 * len(batches))), bare_names=True)
     precision, recall = edge_precision_recall(learned, truth)
-    assert (precision, recall) == (1.0, 1.0), (learned ^ truth)
+    assert (precision, recall) == (1.0, 1.0), learned ^ truth
     assert store.counts["children_never_paired"] == 0
     assert edge_precision_recall(set(), truth) == (1.0, 0.0)
     assert edge_precision_recall({("a", "b"), ("gateway", "cart")}, truth) == (0.5, 1 / 8)
