@@ -25,6 +25,7 @@ from pipeline.query import LogQuery, QueryError, TimeRange, metric_series, trace
 from pipeline.query_cli import parse_time
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
+from pipeline.worldmodel import reads
 
 QUERY_PREFIX = "/api/v1/query"
 STORE_KEY = web.AppKey("store", SegmentStore)
@@ -65,7 +66,7 @@ def _audit(request: web.Request, status: int, rows: int) -> None:
 async def _answer(request: web.Request, run: Any) -> web.Response:
     try:
         rows = run()
-    except (QueryError, re.error, ValueError) as e:
+    except (QueryError, reads.ModelReadError, re.error, ValueError) as e:
         _audit(request, 400, 0)
         return _json({"error": str(e)}, status=400)
     _audit(request, 200, len(rows))
@@ -130,6 +131,88 @@ async def templates(request: web.Request) -> web.Response:
             for k, v in sorted(LogQuery(store).templates().items())
         ],
     )
+
+
+MODEL_PREFIX = "/api/v1/model"
+
+
+def _at(request: web.Request, name: str = "at") -> int | None:
+    try:
+        return parse_time(request.query.get(name), dt.datetime.now(dt.UTC))
+    except click.BadParameter as e:
+        raise QueryError(str(e.message)) from None
+
+
+async def _answer_text(request: web.Request, run: Any, content_type: str) -> web.Response:
+    try:
+        text = run()
+    except (QueryError, reads.ModelReadError, ValueError) as e:
+        _audit(request, 400, 0)
+        return _json({"error": str(e)}, status=400)
+    _audit(request, 200, 1)
+    return web.Response(text=text, content_type=content_type)
+
+
+async def model_graph(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    fmt = request.query.get("format", "json")
+    return await _answer_text(
+        request,
+        lambda: reads.graph(reads.load(store), _at(request), fmt),
+        "text/vnd.graphviz" if fmt == "dot" else "application/json",
+    )
+
+
+async def model_neighbourhood(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    q = request.query
+    return await _answer_text(
+        request,
+        lambda: reads.neighbourhood(
+            reads.load(store), q.get("entity", ""), int(q.get("hops", "1")), _at(request)
+        ),
+        "application/json",
+    )
+
+
+async def model_baseline(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    q = request.query
+    return await _answer_text(
+        request,
+        lambda: reads.dumps(
+            reads.baseline(
+                reads.load(store), q.get("entity", ""), q.get("signal", ""), _at(request)
+            )
+        ),
+        "application/json",
+    )
+
+
+async def model_deviations(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    return await _answer(request, lambda: reads.deviations(reads.load(store)))
+
+
+async def model_changes(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    return await _answer(
+        request,
+        lambda: reads.changes(reads.load(store), _at(request, "since"), _at(request, "until")),
+    )
+
+
+def build_model_app(settings: Settings) -> web.Application:
+    """``/api/v1/model/``: graph, neighbourhood, baseline, deviations, changes (read-only)."""
+    app = web.Application()
+    app[STORE_KEY] = SegmentStore(settings.data_dir / "segments")
+    app[AUDIT_KEY] = settings.data_dir / "audit" / "api.jsonl"
+    app.router.add_get("/graph", model_graph)
+    app.router.add_get("/neighbourhood", model_neighbourhood)
+    app.router.add_get("/baseline", model_baseline)
+    app.router.add_get("/deviations", model_deviations)
+    app.router.add_get("/changes", model_changes)
+    return app
 
 
 def build_query_app(settings: Settings) -> web.Application:

@@ -30,6 +30,7 @@ from pipeline.query_cli import query
 from pipeline.receivers.cli import receive
 from pipeline.settings import Settings, SettingsError, describe, load, parse_assignments
 from pipeline.stages import RECEIVER_STAGE
+from pipeline.worldmodel.cli import model
 
 ALL_STAGES = [RECEIVER_STAGE, *sorted(INGEST_STAGES), "world-model"]
 console = Console(stderr=True, highlight=False)
@@ -467,6 +468,7 @@ def produce(ctx: Context, topic: str, source: str, key: str | None, no_validate:
 
 cli.add_command(query)
 cli.add_command(receive)
+cli.add_command(model)
 
 
 def main() -> None:

@@ -19,20 +19,28 @@ from typing import Any
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc  # noqa: F401 - pa.ipc
 import zstandard
 
 from pipeline.segments.store import Manifest
 from pipeline.worldmodel.baseline import BaselineConfig, BaselineStore
+from pipeline.worldmodel.graph import EdgeStore
 from pipeline.worldmodel.signals import MetricDeriver, log_signals, new_templates, span_signals
 from schemas.segments import METRIC_SERIES
 
 CHECKPOINT_FORMAT = "worldline.worldmodel/1"
 SPAN_BUFFER_COLUMNS = [
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "host_name",
+    "pod_name",
+    "service_version",
     "start_unix_nano",
     "service",
     "name",
     "kind",
-    "parent_span_id",
     "duration_ns",
     "status_code",
     "peer_service",
@@ -66,8 +74,10 @@ class WorldModel:
     metrics: MetricDeriver = field(init=False)
     applied: dict[str, int] = field(default_factory=dict)  # "signal/topic/partition" -> last offset
     watermarks: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> max event time
-    spans: pl.DataFrame | None = None
+    spans: pa.Table | None = None
     logs: pl.DataFrame | None = None
+    graph: EdgeStore = field(default_factory=EdgeStore)
+    graph_deltas: deque[dict[str, Any]] = field(default_factory=deque)
     known_templates: set[int] = field(default_factory=set)
     versions: dict[str, str] = field(default_factory=dict)
     changes: deque[dict[str, Any]] = field(default_factory=deque)
@@ -129,10 +139,20 @@ class WorldModel:
     def _apply_spans(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        frame = pl.from_arrow(table.select(SPAN_BUFFER_COLUMNS + ["service_version"]))
-        assert isinstance(frame, pl.DataFrame)
-        frame = frame.with_columns(pl.col(pl.Categorical).cast(pl.String))
-        self.spans = self._buffer(self.spans, frame, "start_unix_nano")
+        table = table.select(SPAN_BUFFER_COLUMNS)
+        table = table.cast(pa.schema([_undictionary(f) for f in table.schema]))
+        late = pc.less(table.column("start_unix_nano"), self.closed_through)
+        n_late = pc.sum(late).as_py() or 0
+        if n_late:
+            self.dropped["late_rows"] += n_late
+            table = table.filter(pc.invert(late))
+        merged = table if self.spans is None else pa.concat_tables([self.spans, table])
+        if merged.num_rows > self.config.max_buffered_rows:
+            self.dropped["buffer_full"] += merged.num_rows - self.config.max_buffered_rows
+            merged = merged.sort_by("start_unix_nano").slice(
+                merged.num_rows - self.config.max_buffered_rows
+            )
+        self.spans = merged
 
     def _infer_deploys(self, frame: pl.DataFrame) -> None:
         """A service whose service.version changes in its own telemetry was deployed."""
@@ -233,15 +253,17 @@ class WorldModel:
         if close_before <= self.closed_through:
             return 0
         closed = 0
-        if self.spans is not None and self.spans.height:
-            done = self.spans.filter(pl.col("start_unix_nano") < close_before)
-            self.spans = self.spans.filter(pl.col("start_unix_nano") >= close_before)
-            if done.height:
-                self._infer_deploys(done.sort("start_unix_nano"))
-                self._learn(
-                    span_signals(done.drop("service_version").to_arrow(), self.config.interval_s)
-                )
-                closed += done.height
+        if self.spans is not None and self.spans.num_rows:
+            before = pc.less(self.spans.column("start_unix_nano"), close_before)
+            done = self.spans.filter(before).sort_by("start_unix_nano")
+            self.spans = self.spans.filter(pc.invert(before))
+            if done.num_rows:
+                frame = pl.from_arrow(done)
+                assert isinstance(frame, pl.DataFrame)
+                self._infer_deploys(frame)
+                self._observe_graph(done, close_before)
+                self._learn(span_signals(done, self.config.interval_s))
+                closed += done.num_rows
         if self.logs is not None and self.logs.height:
             done = self.logs.filter(pl.col("time_unix_nano") < close_before)
             self.logs = self.logs.filter(pl.col("time_unix_nano") >= close_before)
@@ -257,6 +279,21 @@ class WorldModel:
         self.closed_through = close_before
         self.baselines.advance(close_before / 1e9)
         return closed
+
+    def _observe_graph(self, done: pa.Table, now: int) -> None:
+        for delta in self.graph.observe_spans(done, now):
+            self.graph_deltas.append(delta)
+        while len(self.graph_deltas) > self.config.max_changes:
+            self.graph_deltas.popleft()
+            self.dropped["graph_deltas_unpublished"] = (
+                self.dropped.get("graph_deltas_unpublished", 0) + 1
+            )
+
+    def take_graph_deltas(self) -> list[dict[str, Any]]:
+        """Deltas produced since the last call (for the ``graph.deltas`` topic)."""
+        out = list(self.graph_deltas)
+        self.graph_deltas.clear()
+        return out
 
     def _learn(self, signals: pl.DataFrame) -> None:
         if signals.height == 0:
@@ -277,6 +314,14 @@ class WorldModel:
             frame.write_ipc(buf)
             return base64.b64encode(buf.getvalue()).decode()
 
+        def table_bytes(table: pa.Table | None) -> str | None:
+            if table is None:
+                return None
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            return base64.b64encode(sink.getvalue().to_pybytes()).decode()
+
         doc = {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.__dict__,
@@ -284,7 +329,9 @@ class WorldModel:
             "watermarks": self.watermarks,
             "closed_through": self.closed_through,
             "baselines": base64.b64encode(self.baselines.snapshot()).decode(),
-            "spans": frame_bytes(self.spans),
+            "spans": table_bytes(self.spans),
+            "graph": base64.b64encode(self.graph.snapshot()).decode(),
+            "graph_deltas": list(self.graph_deltas),
             "logs": frame_bytes(self.logs),
             "points": frame_bytes(self.points),
             "known_templates": sorted(self.known_templates),
@@ -323,7 +370,13 @@ class WorldModel:
         def frame(text: str | None) -> pl.DataFrame | None:
             return None if text is None else pl.read_ipc(io.BytesIO(base64.b64decode(text)))
 
-        model.spans = frame(doc["spans"])
+        model.spans = (
+            None
+            if doc["spans"] is None
+            else pa.ipc.open_stream(base64.b64decode(doc["spans"])).read_all()
+        )
+        model.graph = EdgeStore.restore(base64.b64decode(doc["graph"]))
+        model.graph_deltas = deque(doc["graph_deltas"])
         model.logs = frame(doc["logs"])
         model.points = frame(doc["points"])
         model.known_templates = set(doc["known_templates"])
@@ -336,3 +389,8 @@ class WorldModel:
             model.metrics.last[int(sid)] = _Last(int(t), float(v), tuple(buckets))
         model.metrics.dropped = dict(doc["metric_dropped"])
         return model
+
+
+def _undictionary(f: pa.Field) -> pa.Field:
+    """Dictionary columns as plain strings, so buffers from different segments concatenate."""
+    return f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f

@@ -144,7 +144,26 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
     )
     counters: dict[str, int] = {"segments_applied": 0, "changes_applied": 0, "changes_refused": 0}
 
+    graph_topic = app.topic(
+        settings.topic("graph.deltas"), value_serializer="raw", key_serializer="raw"
+    )
+
+    async def publish_graph_deltas() -> None:
+        deltas = model.take_graph_deltas()
+        for delta in deltas:
+            element = delta["element"]
+            key = element["node"] if element["type"] == "node" else element["source"]
+            await graph_topic.send(
+                key=f"{key['kind']}:{key['name']}".encode(), value=orjson.dumps(delta)
+            )
+        if deltas:
+            counters["graph_deltas_published"] = counters.get("graph_deltas_published", 0) + len(
+                deltas
+            )
+            await app.producer.flush()
+
     async def checkpoint_if_due(force: bool = False) -> None:
+        await publish_graph_deltas()
         if force or time.monotonic() - state["last_checkpoint"] >= settings.checkpoint_every_s:
             await asyncio.to_thread(save_model, store, model)
             state["last_checkpoint"] = time.monotonic()

@@ -110,3 +110,16 @@ def test_watermark_waits_for_every_partition_of_a_seen_topic(store: SegmentStore
     assert model.watermark == 0
     assert model.closed_through <= BASE_NS  # no interval holding data was closed
     assert model.baselines.get("service:cart", "span.rate_per_s") is None
+
+
+def test_graph_is_learned_at_interval_close(store: SegmentStore) -> None:
+    model = WorldModel()
+    _feed(model, store)
+    graph = model.graph.as_of(BASE_NS + 5 * MINUTE)
+    services = {n for n in graph.nodes if n.startswith("service:")}
+    assert {"service:cart", "service:checkout", "service:frontend"} <= services
+    databases = {n for n in graph.nodes if n.startswith("database:postgresql:")}
+    assert databases  # the factory's databases are only seen from client spans
+    deltas = model.take_graph_deltas()
+    assert deltas and model.take_graph_deltas() == []
+    assert {d["op"] for d in deltas} >= {"add"}
