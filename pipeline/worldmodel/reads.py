@@ -64,9 +64,8 @@ def baseline(
 ) -> dict[str, Any]:
     series = model.baselines.get(entity, signal)
     if series is None:
-        known = sorted(
-            (s for e, s in model.baselines.keys() if e == entity), key=lambda s: ("{" in s, s)
-        )[:20]  # noqa: SIM118 - a method
+        keys = model.baselines.keys()
+        known = sorted((s for e, s in keys if e == entity), key=lambda s: ("{" in s, s))[:20]
         raise ModelReadError(
             f"no baseline for {entity} {signal}; signals of {entity}: {known or 'none'}"
         )
