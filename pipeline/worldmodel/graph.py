@@ -324,6 +324,15 @@ def _virtual_target_exprs() -> tuple[pl.Expr, pl.Expr]:
     return kind, name
 
 
+def dependency_key_expr() -> pl.Expr:
+    """``kind:name`` of what a client span calls, named as the graph names virtual nodes
+    (``database:postgresql:orders``, ``cache:redis:cart-cache``, ``queue:kafka:orders``,
+    ``external:stripe``); null when the span names no peer. Derived signals use it, so an edge's
+    signals and the graph's node share one name. Needs the peer columns as strings."""
+    kind, name = _virtual_target_exprs()
+    return pl.concat_str([kind, pl.lit(":"), name])
+
+
 def _evidence(
     frame: pl.DataFrame,
     source: pl.Expr,

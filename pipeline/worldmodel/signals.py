@@ -27,6 +27,8 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
+from pipeline.worldmodel.graph import dependency_key_expr
+
 SERVER_KINDS = (2, 5)  # OTLP SpanKind server, consumer
 CLIENT_KINDS = (3, 4)  # client, producer
 ERROR_STATUS = 2
@@ -82,30 +84,28 @@ def _request_stats(interval_s: float) -> list[pl.Expr]:
     ]
 
 
+PEER_COLUMNS = (
+    "peer_service",
+    "db_system",
+    "db_name",
+    "messaging_system",
+    "messaging_destination",
+    "server_address",
+    "rpc_service",
+    "name",
+)
+
+
 def default_callee(frame: pl.DataFrame) -> pl.Series:
-    """Name of what a client span calls, from the attributes OpenTelemetry puts on it."""
-    db = pl.col("db_system").cast(pl.String)
-    target = pl.coalesce(
-        pl.col("peer_service").cast(pl.String),
-        pl.when(db.is_not_null()).then(
-            db
-            + ":"
-            + pl.coalesce(
-                pl.col("db_name").cast(pl.String),
-                pl.col("server_address").cast(pl.String),
-                pl.lit("?"),
-            )
-        ),
-        pl.when(pl.col("messaging_system").is_not_null()).then(
-            pl.col("messaging_system").cast(pl.String)
-            + ":"
-            + pl.coalesce(pl.col("messaging_destination").cast(pl.String), pl.lit("?"))
-        ),
-        pl.col("server_address").cast(pl.String),
-        pl.col("rpc_service").cast(pl.String),
-        pl.col("name").cast(pl.String),
+    """Entity key of what each client span calls, named as the dependency graph names it; the
+    span name when the span names no peer at all."""
+    frame = frame.with_columns(
+        [pl.col(c).cast(pl.String) for c in PEER_COLUMNS if c in frame.columns]
     )
-    return frame.select(target.alias("callee")).to_series()
+    named = dependency_key_expr()
+    return frame.select(
+        pl.coalesce(named, pl.lit("operation:") + pl.col("name")).alias("callee")
+    ).to_series()
 
 
 def span_signals(

@@ -50,7 +50,7 @@ def test_signals_reach_baselines_once_intervals_close(store: SegmentStore) -> No
     assert ("service:cart", "span.rate_per_s") in keys
     assert ("service:cart", "log.rate_per_s") in keys
     assert ("service:cart", "process.cpu.utilization") in keys
-    assert any(s.startswith("edge.latency_p95_ms{peer=postgresql:") for _, s in keys)
+    assert any(s.startswith("edge.latency_p95_ms{peer=database:postgresql:") for _, s in keys)
     # the last minutes are still open (watermark - lateness), the first eight are learned
     assert model.closed_through == BASE_NS + 8 * MINUTE
     baseline = model.baselines.get("service:cart", "span.rate_per_s")
