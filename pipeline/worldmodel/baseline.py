@@ -337,6 +337,19 @@ class SeasonalBaseline:
             tier=tier,
         )
 
+    def recent_scores(self) -> list[tuple[float, float]]:
+        """(interval start in unix s, robust z) of the last learned intervals still remembered
+        (up to the onset ring's length), oldest first; unknown intervals are left out."""
+        last = self._last_interval
+        if last is None:
+            return []
+        out = []
+        for interval in range(last - ONSET_RING_LENGTH + 1, last + 1):
+            raw = self._ring[interval % ONSET_RING_LENGTH]
+            if raw != _RING_MISSING:
+                out.append((interval * self.config.interval_s, raw / _RING_STEPS_PER_SIGMA))
+        return out
+
     def score(self, t_unix_s: float, value: float) -> Deviation:
         """Score ``value`` as if it were the next interval's value. Does not change the state."""
         config = self.config

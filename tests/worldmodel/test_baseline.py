@@ -402,3 +402,17 @@ def test_snapshot_from_another_config_is_refused() -> None:
     baseline = SeasonalBaseline(BaselineConfig(interval_s=60.0))
     with pytest.raises(ValueError):
         SeasonalBaseline.from_bytes(baseline.to_bytes(), BaselineConfig(interval_s=30.0))
+
+
+def test_recent_scores_report_the_last_residuals() -> None:
+    from pipeline.worldmodel.baseline import SeasonalBaseline
+
+    b = SeasonalBaseline()
+    for i in range(40):
+        b.update(i * 60.0, 10.0 + (i % 3))
+    b.update(40 * 60.0, 50.0)  # a jump, learned when the next interval arrives
+    b.update(41 * 60.0, 11.0)
+    scores = b.recent_scores()
+    assert len(scores) == 32
+    assert [t for t, _ in scores] == [i * 60.0 for i in range(9, 41)]
+    assert scores[-1][1] > 5 and all(abs(z) < 5 for _, z in scores[:-1])
