@@ -1,0 +1,1 @@
+"""The causal search job: alerts in, ranked, calibrated, evidence-backed causes out."""

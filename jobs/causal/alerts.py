@@ -1,0 +1,233 @@
+"""Alert intake: Alertmanager webhook payloads -> alerts -> incidents with their symptoms.
+
+- ``parse_webhook`` validates a payload (``schemas/alerts.schema.json``) and returns its alerts.
+- ``SymptomMapper`` turns an alert's labels into the symptom entity and signal the world model
+  knows (``service:checkout``, ``span.latency_p95_ms``), with a clear fallback when the labels
+  name nothing known.
+- ``IncidentBook`` deduplicates alerts by fingerprint and groups them into incidents by time and
+  graph connectivity; resolved alerts update their incident. Pure: event time comes in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import schemas
+
+FIRING_ENDS_AT = "0001-01-01T00:00:00Z"
+
+# label names that name the service an alert is about, most specific first
+ENTITY_LABELS = (
+    "service.name",
+    "service_name",
+    "service",
+    "app.kubernetes.io/name",
+    "app",
+    "application",
+    "job",
+    "container",
+    "deployment",
+    "workload",
+)
+HOST_LABELS = ("host", "hostname", "host.name", "node", "instance")
+
+# words in the alert's name, labels or summary -> the signal of the symptom
+SIGNAL_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"latenc|duration|slow|response.?time|p9[059]", re.I), "span.latency_p95_ms"),
+    (re.compile(r"error|5xx|fail|availab|exception", re.I), "span.error_ratio"),
+    (re.compile(r"throughput|traffic|request.?rate|rps|qps", re.I), "span.rate_per_s"),
+)
+
+
+def parse_time(text: str) -> float | None:
+    """RFC 3339 -> unix seconds; None for Alertmanager's zero time of firing alerts."""
+    if not text or text.startswith("0001-01-01"):
+        return None
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+@dataclass(frozen=True)
+class Alert:
+    fingerprint: str
+    status: str
+    name: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at_s: float
+    ends_at_s: float | None
+
+    @property
+    def firing(self) -> bool:
+        return self.status == "firing"
+
+
+def parse_webhook(payload: Any) -> list[Alert]:
+    """The alerts of one Alertmanager webhook payload (version 4); SchemaViolation if invalid."""
+    schemas.validate("alerts.schema.json", payload)
+    out = []
+    for a in payload["alerts"]:
+        starts = parse_time(a["startsAt"])
+        out.append(
+            Alert(
+                fingerprint=a["fingerprint"],
+                status=a["status"],
+                name=a["labels"]["alertname"],
+                labels=dict(a["labels"]),
+                annotations=dict(a.get("annotations", {})),
+                starts_at_s=starts if starts is not None else 0.0,
+                ends_at_s=parse_time(a["endsAt"]),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Symptom:
+    entity: str | None  # "service:frontend"; None when the labels name nothing known
+    signal: str | None  # None: any signal of the entity
+    how: str  # how the entity was found (for the record and for humans)
+
+
+class SymptomMapper:
+    """Maps alert labels to a known entity and signal; ``known`` lists the model's entities."""
+
+    def __init__(self, known_entities: Iterable[str]) -> None:
+        self.known = set(known_entities)
+        self.by_name: dict[str, list[str]] = {}
+        for key in self.known:
+            kind, _, name = key.partition(":")
+            self.by_name.setdefault(name.lower(), []).append(key)
+
+    def _lookup(self, value: str) -> str | None:
+        value = value.strip()
+        if not value:
+            return None
+        candidates = [value, value.split(":")[0], value.split("/")[-1]]
+        for c in candidates:
+            keys = sorted(self.by_name.get(c.lower(), []), key=_kind_rank)
+            if keys:
+                return keys[0]
+        return None
+
+    def map(self, alert: Alert) -> Symptom:
+        labels = alert.labels
+        for label in ENTITY_LABELS:
+            if label in labels:
+                found = self._lookup(labels[label])
+                if found:
+                    return Symptom(found, self.signal(alert), f"label {label}={labels[label]}")
+        for label in HOST_LABELS:
+            if label in labels:
+                found = self._lookup(labels[label])
+                if found:
+                    return Symptom(found, self.signal(alert), f"label {label}={labels[label]}")
+        # last resort: a known service name appearing as a word in the alert's name or summary
+        text = " ".join(
+            [
+                alert.name,
+                alert.annotations.get("summary", ""),
+                alert.annotations.get("description", ""),
+            ]
+        )
+        words = {w.lower() for w in re.findall(r"[A-Za-z0-9_.-]+", text)}
+        hits = sorted(k for w in words for k in self.by_name.get(w, []) if k.startswith("service:"))
+        if len(hits) == 1:
+            return Symptom(hits[0], self.signal(alert), "service name in the alert text")
+        named = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        return Symptom(None, self.signal(alert), f"no known entity in labels ({named})")
+
+    @staticmethod
+    def signal(alert: Alert) -> str | None:
+        text = " ".join([alert.name, *alert.labels.values(), alert.annotations.get("summary", "")])
+        for pattern, signal in SIGNAL_WORDS:
+            if pattern.search(text):
+                return signal
+        return None
+
+
+def _kind_rank(key: str) -> tuple[int, str]:
+    order = {"service": 0, "operation": 1, "host": 2, "pod": 3}
+    return (order.get(key.split(":", 1)[0], 9), key)
+
+
+@dataclass
+class Incident:
+    incident_id: str
+    opened_at_s: float
+    alerts: dict[str, Alert] = field(default_factory=dict)
+    symptoms: dict[str, Symptom] = field(default_factory=dict)  # by fingerprint
+    updates: int = 0
+    last_alert_s: float = 0.0
+
+    @property
+    def open(self) -> bool:
+        return any(a.firing for a in self.alerts.values())
+
+    @property
+    def fingerprints(self) -> list[str]:
+        return sorted(self.alerts)
+
+
+@dataclass
+class IncidentBook:
+    """Open incidents; an alert joins one if close in time and connected in the graph."""
+
+    group_window_s: float = 900.0
+    max_incidents: int = 10_000
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    by_fingerprint: dict[str, str] = field(default_factory=dict)
+    evicted: int = 0
+
+    def add(
+        self, alert: Alert, symptom: Symptom, connected: Callable[[str, str], bool]
+    ) -> tuple[Incident, bool]:
+        """File an alert; returns its incident and whether the incident changed."""
+        known = self.by_fingerprint.get(alert.fingerprint)
+        if known is not None and known in self.incidents:
+            incident = self.incidents[known]
+            before = incident.alerts.get(alert.fingerprint)
+            if before is not None and before.status == alert.status:
+                return incident, False  # a re-sent notification: nothing new
+            incident.alerts[alert.fingerprint] = alert
+            incident.updates += 1
+            return incident, True
+        for incident in sorted(self.incidents.values(), key=lambda i: -i.last_alert_s):
+            if not incident.open or alert.starts_at_s - incident.last_alert_s > self.group_window_s:
+                continue
+            entities = {s.entity for s in incident.symptoms.values() if s.entity}
+            if symptom.entity and any(
+                symptom.entity == e or connected(symptom.entity, e) for e in entities
+            ):
+                return self._join(incident, alert, symptom), True
+        incident = Incident(incident_id=_incident_id(alert, symptom), opened_at_s=alert.starts_at_s)
+        self.incidents[incident.incident_id] = incident
+        while len(self.incidents) > self.max_incidents:
+            oldest = min(self.incidents.values(), key=lambda i: i.last_alert_s)
+            del self.incidents[oldest.incident_id]
+            self.evicted += 1
+        return self._join(incident, alert, symptom), True
+
+    def _join(self, incident: Incident, alert: Alert, symptom: Symptom) -> Incident:
+        incident.alerts[alert.fingerprint] = alert
+        incident.symptoms[alert.fingerprint] = symptom
+        incident.last_alert_s = max(incident.last_alert_s, alert.starts_at_s)
+        if incident.alerts and len(incident.alerts) > 1:
+            incident.updates += 1
+        self.by_fingerprint[alert.fingerprint] = incident.incident_id
+        return incident
+
+
+def _incident_id(alert: Alert, symptom: Symptom) -> str:
+    when = dt.datetime.fromtimestamp(alert.starts_at_s, tz=dt.UTC).strftime("%Y%m%d-%H%M%S")
+    digest = hashlib.sha1(alert.fingerprint.encode()).hexdigest()[:8]
+    name = (symptom.entity or "unknown").split(":", 1)[-1]
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:40]
+    return f"inc-{when}-{safe}-{digest}"

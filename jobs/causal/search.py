@@ -1,0 +1,561 @@
+"""The causal search: from symptoms to ranked, evidence-backed causes, over the world model.
+
+1. Candidates: every entity on the past side of the symptom: upstream in the dependency graph
+   as of the alert (k hops, virtual dependencies included) and the pods and hosts they run on.
+   Without a graph (metrics only), every entity the baselines know is a candidate.
+2. Hypotheses: (candidate, series) pairs. A series is evidence for the entity it describes: its
+   own series, and the edge series its callers measured (``edge.*{peer=<entity>}``).
+3. Evidence for all hypotheses at once (numpy, ``HypothesisBatch``): each series' robust z over
+   the last intervals -> peak deviation in the harmful direction, onset (start of the run of
+   deviating intervals that ends at the peak), persistence.
+4. Elimination, not down-weighting: no deviation; deviation began after the symptom's; explained
+   away by a dependency that deviated first. A change counts only through a deviation on its own
+   entity after it; a change whose entity was ruled out is ruled out with it.
+5. The survivors' scores become probabilities (softmax with a "no cause" option; temperature and
+   weights come from ``SearchConfig``, calibrated on labelled scenarios), and the search
+   abstains when nothing survives or the leaders cannot be told apart.
+
+Pure and deterministic: the world model and the event time come in as arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from pipeline.worldmodel.graph import EntityRef
+from pipeline.worldmodel.model import WorldModel
+
+PEER = re.compile(r"\{peer=([^}]*)\}")
+UP_IS_BAD = re.compile(
+    r"latency|error|cpu|mem|heap|gc|conn|pool|queue|lag|backlog|wait|saturat|throttl|restart|evict|timeout|retr",
+    re.I,
+)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    hops: int = 6
+    window_intervals: int = 30
+    z_min: float = 3.0  # a deviation smaller than this is no evidence
+    z_cap: float = 30.0
+    onset_tolerance_s: float = (
+        120.0  # a cause may start this much after the symptom (interval rounding)
+    )
+    change_lookback_s: float = 1800.0  # how long before its entity's onset a change can matter
+    # logit = w_strength*log1p(z) + w_sources*(sources-1) + w_change*change + w_depth*depth + w_self*is_symptom
+    w_strength: float = 1.6
+    w_sources: float = 0.6
+    w_change: float = 0.8
+    w_depth: float = 0.15
+    w_self: float = -0.3
+    null_logit: float = 3.2  # the "no cause" option; below it, weak evidence loses to "nothing"
+    temperature: float = 1.0
+    abstain_below: float = 0.35  # top probability under this: abstain, name what would separate
+
+
+@dataclass
+class HypothesisBatch:
+    """Columnar hypotheses: row i is (candidate entity, series)."""
+
+    entity: np.ndarray  # int index into ``entities``
+    series: list[tuple[str, str]]
+    modality: np.ndarray  # 0 traces, 1 logs, 2 metrics
+    up_is_bad: np.ndarray  # bool: only increases are harmful (else both directions)
+    z: np.ndarray  # (n, window) robust z per interval, nan where unknown
+    t0_s: float  # start of the window's first interval
+    interval_s: float
+    entities: list[str]
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+
+@dataclass
+class Evidence:
+    """Per-hypothesis evidence, computed for the whole batch at once."""
+
+    peak: np.ndarray  # signed z at the peak (harmful direction)
+    strength: np.ndarray  # |peak| clipped, times persistence
+    onset_s: np.ndarray  # nan where the series never deviated
+    persistence: np.ndarray
+
+
+def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
+    """Peak, onset and persistence of every hypothesis, vectorised over the batch."""
+    z = batch.z
+    n, w = z.shape if z.ndim == 2 else (0, config.window_intervals)
+    if n == 0:
+        empty = np.zeros(0)
+        return Evidence(empty, empty, empty, empty)
+    filled = np.nan_to_num(z, nan=0.0)
+    harmful = np.where(batch.up_is_bad[:, None], np.maximum(filled, 0.0), np.abs(filled))
+    peak_idx = harmful.argmax(axis=1)
+    rows = np.arange(n)
+    peak_z = filled[rows, peak_idx]
+    sign = np.sign(peak_z)
+    deviating = (np.abs(filled) >= config.z_min) & (np.sign(filled) == sign[:, None])
+    idx = np.arange(w)
+    # the run of deviating intervals that ends at the peak starts after the last calm interval
+    calm_before = np.where(~deviating & (idx[None, :] <= peak_idx[:, None]), idx[None, :], -1).max(
+        axis=1
+    )
+    start = calm_before + 1
+    valid = deviating[rows, peak_idx]
+    onset = np.where(valid, batch.t0_s + start * batch.interval_s, np.nan)
+    after = idx[None, :] >= start[:, None]
+    known = ~np.isnan(z)
+    counted = (after & known).sum(axis=1)
+    persistence = np.where(
+        counted > 0, (deviating & after).sum(axis=1) / np.maximum(counted, 1), 0.0
+    )
+    strength = np.where(valid, np.minimum(np.abs(peak_z), config.z_cap) * np.sqrt(persistence), 0.0)
+    return Evidence(peak_z, strength, onset, persistence)
+
+
+@dataclass
+class Cause:
+    entity: str
+    signal: str
+    fault_class: str
+    onset_s: float | None
+    probability: float
+    logit: float
+    evidence: list[dict[str, Any]]
+    path: list[str]
+    explanation: str
+
+
+@dataclass
+class RuledOut:
+    entity: str
+    reason: str
+    signal: str | None = None
+
+
+@dataclass
+class SearchResult:
+    causes: list[Cause]
+    ruled_out: list[RuledOut]
+    abstained: bool
+    abstain_reason: str | None
+    separating_evidence: list[str]
+    symptom_onset_s: float | None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _modality(signal: str) -> int:
+    if signal.startswith(("span.", "edge.")):
+        return 0
+    if signal.startswith("log."):
+        return 1
+    return 2
+
+
+def _up_is_bad(signal: str) -> bool:
+    if signal.startswith(("span.latency", "edge.latency", "span.error", "edge.error", "log.error")):
+        return True
+    if "rate_per_s" in signal and signal.startswith(("span.", "edge.")):
+        return False
+    return bool(UP_IS_BAD.search(signal))
+
+
+def fault_class(signal: str, direction: float) -> str:
+    s = signal.lower()
+    if "error" in s or "exception" in s or "5xx" in s:
+        return "errors"
+    if "latency" in s or "duration" in s:
+        return "latency"
+    if "cpu" in s or "throttl" in s:
+        return "cpu_saturation"
+    if "mem" in s or "heap" in s or "oom" in s or "evict" in s:
+        return "memory"
+    if "conn" in s or "pool" in s:
+        return "connection_pool"
+    if "queue" in s or "lag" in s or "backlog" in s:
+        return "queue_backlog"
+    if s.startswith("log.template"):
+        return "new_log_pattern"
+    if "rate" in s or "count" in s or "request" in s:
+        return "traffic_surge" if direction > 0 else "traffic_drop"
+    return "anomaly"
+
+
+def _peer_entity(peer: str, known_services: set[str]) -> str:
+    kind, _, name = peer.partition(":")
+    if kind == "external" and f"service:{name}" in known_services:
+        return f"service:{name}"
+    return peer
+
+
+class CausalSearch:
+    """Search one incident over a world model."""
+
+    def __init__(self, model: WorldModel, config: SearchConfig | None = None) -> None:
+        self.model = model
+        self.config = config or SearchConfig()
+
+    # ------------------------------------------------------------------ candidates
+    def candidates(self, symptoms: list[str], t_s: float) -> tuple[dict[str, int], nx.MultiDiGraph]:
+        """Candidate entities -> hops from the nearest symptom, and the graph used."""
+        t_ns = int(t_s * 1e9)
+        graph = self.model.graph.as_of(t_ns)
+        out: dict[str, int] = {}
+        for symptom in symptoms:
+            if symptom not in graph:
+                continue
+            for ref, hops in self.model.graph.upstream(
+                EntityRef.from_key(symptom), self.config.hops, t_ns
+            ).items():
+                out[ref.key] = min(out.get(ref.key, hops), hops)
+        if not out:  # no graph around the symptom: every entity the baselines know
+            known = self.model.baselines.keys()
+            for entity, _ in known:
+                out.setdefault(entity, -1)
+            for symptom in symptoms:
+                out[symptom] = 0
+        return out, graph
+
+    def hypotheses(self, candidates: dict[str, int], t_s: float) -> HypothesisBatch:
+        config = self.config
+        interval = self.model.config.interval_s
+        w = config.window_intervals
+        end_interval = math.floor(t_s / interval)
+        t0 = (end_interval - w + 1) * interval
+        known_services = {e for e in candidates if e.startswith("service:")}
+        index = {e: i for i, e in enumerate(sorted(candidates))}
+        entity_ids: list[int] = []
+        series: list[tuple[str, str]] = []
+        keys = self.model.baselines.keys()
+        for key in keys:
+            entity, signal = key
+            target = entity
+            if signal.startswith("edge."):
+                peer = PEER.search(signal)
+                if peer is None:
+                    continue
+                target = _peer_entity(peer.group(1), known_services)
+            if target in index:
+                entity_ids.append(index[target])
+                series.append(key)
+        n = len(series)
+        z = np.full((n, w), np.nan)
+        for row, (entity, signal) in enumerate(series):
+            baseline = self.model.baselines.get(entity, signal)
+            if baseline is None:
+                continue
+            for t_start, score in baseline.recent_scores():
+                col = round((t_start - t0) / interval)
+                if 0 <= col < w:
+                    z[row, col] = score
+        return HypothesisBatch(
+            entity=np.array(entity_ids, dtype=np.int64),
+            series=series,
+            modality=np.array([_modality(s) for _, s in series], dtype=np.int8),
+            up_is_bad=np.array([_up_is_bad(s) for _, s in series], dtype=bool),
+            z=z,
+            t0_s=t0,
+            interval_s=interval,
+            entities=sorted(candidates),
+        )
+
+    # ---------------------------------------------------------------------- search
+    def run(self, symptoms: list[tuple[str, str | None]], t_s: float) -> SearchResult:
+        started = time.perf_counter()
+        config = self.config
+        symptom_entities = [e for e, _ in symptoms]
+        candidates, graph = self.candidates(symptom_entities, t_s)
+        batch = self.hypotheses(candidates, t_s)
+        ev = evaluate(batch, config)
+        scored_ms = (time.perf_counter() - started) * 1000
+        n_ent = len(batch.entities)
+        ent = batch.entity
+        # entity level: the strongest hypothesis, the earliest strong onset, the modalities
+        best_strength = np.zeros(n_ent)
+        np.maximum.at(best_strength, ent, ev.strength)
+        strong = ev.strength >= np.maximum(config.z_min, 0.5 * best_strength[ent])
+        onset = np.full(n_ent, np.inf)
+        np.minimum.at(onset, ent[strong], np.nan_to_num(ev.onset_s[strong], nan=np.inf))
+        modalities = np.zeros((n_ent, 3), dtype=bool)
+        deviating = ev.strength >= config.z_min
+        modalities[ent[deviating], batch.modality[deviating]] = True
+        sources = modalities.sum(axis=1)
+        best_row = np.full(n_ent, -1)
+        order = np.lexsort((-ev.strength, ent))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = ent[order][1:] != ent[order][:-1]
+        best_row[ent[order][first]] = order[first]
+
+        names = batch.entities
+        idx = {e: i for i, e in enumerate(names)}
+        symptom_ids = [idx[e] for e in symptom_entities if e in idx]
+        symptom_onset = self._symptom_onset(symptoms, batch, ev, idx)
+        ruled: list[RuledOut] = []
+        alive = best_strength >= config.z_min
+        for i in map(int, np.flatnonzero(~alive)):
+            ruled.append(RuledOut(names[i], "no deviation from its baseline in the window"))
+        if symptom_onset is not None:
+            late = alive & (onset > symptom_onset + config.onset_tolerance_s)
+            for i in map(int, np.flatnonzero(late)):
+                ruled.append(
+                    RuledOut(
+                        names[i],
+                        f"its deviation began {onset[i] - symptom_onset:.0f} s after the symptom's",
+                    )
+                )
+            alive &= ~late
+        # explaining away: a dependency that deviated no later explains the dependent's deviation
+        explained_by: dict[int, int] = {}
+        for i in map(int, np.flatnonzero(alive)):
+            node = names[i]
+            if node not in graph:
+                continue
+            for dep in sorted(set(graph.successors(node))):
+                j = idx.get(dep)
+                if j is None or j == i or best_strength[j] < config.z_min:
+                    continue
+                if onset[j] <= onset[i] + config.onset_tolerance_s and not (
+                    node in graph.successors(dep) and onset[i] < onset[j]
+                ):
+                    explained_by[i] = j
+                    break
+        for i, j in sorted(explained_by.items()):
+            alive[i] = False
+            ruled.append(
+                RuledOut(
+                    names[i],
+                    f"explained by {names[j]}, which it depends on and which deviated no later",
+                )
+            )
+        # changes: they count through a deviation of their own entity after them
+        change_for: dict[int, dict[str, Any]] = {}
+        for change in self.model.changes:
+            entity = f"{change['entity']['kind']}:{change['entity']['name']}"
+            t_change = int(change["time_unix_nano"]) / 1e9
+            found = idx.get(entity)
+            if found is None:
+                continue
+            i = found
+            if (
+                alive[i]
+                and onset[i] - config.change_lookback_s
+                <= t_change
+                <= onset[i] + config.onset_tolerance_s
+            ):
+                if i not in change_for or t_change > int(change_for[i]["time_unix_nano"]) / 1e9:
+                    change_for[i] = change
+            elif (
+                symptom_onset is None or t_change <= symptom_onset + config.onset_tolerance_s
+            ) and t_change >= (symptom_onset or t_s) - config.change_lookback_s:
+                ruled.append(
+                    RuledOut(
+                        f"change:{change['change_id']}",
+                        f"no deviation of {entity} follows it before the symptom; the symptom is explained elsewhere",
+                    )
+                )
+        survivors = np.flatnonzero(alive)
+        depth = np.array([max(candidates.get(names[i], 0), 0) for i in survivors], dtype=float)
+        logits = (
+            config.w_strength * np.log1p(best_strength[survivors])
+            + config.w_sources * (sources[survivors] - 1)
+            + config.w_change * np.array([i in change_for for i in survivors], dtype=float)
+            + config.w_depth * depth
+            + config.w_self * np.array([i in symptom_ids for i in survivors], dtype=float)
+        )
+        scaled = np.concatenate([logits, [config.null_logit]]) / config.temperature
+        scaled -= scaled.max()
+        probs = np.exp(scaled) / np.exp(scaled).sum()
+        order_s = np.argsort(-probs[:-1], kind="stable")
+        causes = []
+        for rank_i in map(int, order_s):
+            i = int(survivors[rank_i])
+            causes.append(
+                self._cause(
+                    i,
+                    batch,
+                    ev,
+                    best_row,
+                    onset,
+                    probs[rank_i],
+                    logits[rank_i],
+                    change_for,
+                    graph,
+                    symptom_entities,
+                    names,
+                )
+            )
+        abstained, reason, separating = False, None, []
+        if not causes:
+            abstained, reason = (
+                True,
+                "no entity on the past side of the symptom deviates from its baseline before it",
+            )
+        elif causes[0].probability < config.abstain_below:
+            abstained = True
+            if len(causes) > 1 and causes[1].probability > 0.5 * causes[0].probability:
+                reason = (
+                    f"the leading hypotheses cannot be told apart ({causes[0].entity} {causes[0].probability:.2f},"
+                    f" {causes[1].entity} {causes[1].probability:.2f})"
+                )
+                separating = [
+                    f"traces through {causes[0].entity} and {causes[1].entity} during the window",
+                    f"resource metrics of {causes[0].entity} and {causes[1].entity}",
+                ]
+            else:
+                reason = f"the evidence is weak: the best hypothesis has probability {causes[0].probability:.2f}"
+                separating = [f"more history or telemetry from {causes[0].entity}"]
+        stats = {
+            "hypotheses": float(len(batch)),
+            "candidates": float(n_ent),
+            "eliminated": float(n_ent - len(survivors)),
+            "score_ms": round(scored_ms, 3),
+            "search_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        return SearchResult(causes, ruled, abstained, reason, separating, symptom_onset, stats)
+
+    def _symptom_onset(
+        self,
+        symptoms: list[tuple[str, str | None]],
+        batch: HypothesisBatch,
+        ev: Evidence,
+        idx: dict[str, int],
+    ) -> float | None:
+        onsets = []
+        for entity, signal in symptoms:
+            i = idx.get(entity)
+            if i is None:
+                continue
+            rows = np.flatnonzero(
+                (batch.entity == i)
+                & (ev.strength >= self.config.z_min)
+                & np.array([s == entity for s, _ in batch.series], dtype=bool)
+            )
+            if signal is not None:
+                family = signal.split("_")[0]
+                matching = [r for r in rows if batch.series[r][1].startswith(family)]
+                rows = np.array(matching, dtype=np.int64) if matching else rows
+            if len(rows):
+                onsets.append(float(np.nanmin(ev.onset_s[rows])))
+        return min(onsets) if onsets else None
+
+    def _cause(
+        self,
+        i: int,
+        batch: HypothesisBatch,
+        ev: Evidence,
+        best_row: np.ndarray,
+        onset: np.ndarray,
+        probability: float,
+        logit: float,
+        change_for: dict[int, dict[str, Any]],
+        graph: nx.MultiDiGraph,
+        symptoms: list[str],
+        names: list[str],
+    ) -> Cause:
+        row = int(best_row[i])
+        series_entity, signal = batch.series[row]
+        rows = np.flatnonzero((batch.entity == i) & (ev.strength >= self.config.z_min))
+        rows = rows[np.argsort(-ev.strength[rows], kind="stable")][:5]
+        evidence = []
+        for r in rows:
+            e, s = batch.series[r]
+            baseline = self.model.baselines.get(e, s)
+            expected = spread = None
+            if baseline is not None and not math.isnan(ev.onset_s[r]):
+                exp, spr, _ = baseline.expected(float(ev.onset_s[r]))
+                expected, spread = exp, spr
+            kind = "metric_deviation"
+            if s.startswith(("span.latency", "edge.latency")):
+                kind = "trace_latency"
+            elif s.startswith(("span.error", "edge.error")):
+                kind = "trace_errors"
+            elif s.startswith("log."):
+                kind = "log_template_rate"
+            item: dict[str, Any] = {
+                "type": kind,
+                "summary": f"{s} of {e}: {ev.peak[r]:+.1f} sigma from its baseline"
+                + (f" since {_iso(ev.onset_s[r])}" if not math.isnan(ev.onset_s[r]) else ""),
+                "entity": _entity_json(e),
+                "signal": s,
+                "score": round(float(ev.peak[r]), 3),
+                "onset": None if math.isnan(ev.onset_s[r]) else _iso(ev.onset_s[r]),
+            }
+            if expected is not None and spread is not None and math.isfinite(expected):
+                item["baseline"] = round(float(expected), 6)
+                item["spread"] = round(float(spread), 6)
+                item["observed"] = round(float(expected + ev.peak[r] * spread), 6)
+            evidence.append(item)
+        change = change_for.get(i)
+        if change is not None:
+            evidence.append(
+                {
+                    "type": "change_event",
+                    "summary": f"{change['kind']} of {names[i]} at {_iso(int(change['time_unix_nano']) / 1e9)}, before its deviation",
+                    "change_id": change["change_id"],
+                }
+            )
+        path = _path(graph, names[i], symptoms)
+        fclass = (
+            change["kind"]
+            if change is not None and change["kind"] in ("deploy", "config", "feature_flag")
+            else fault_class(signal, float(ev.peak[row]))
+        )
+        onset_s = None if not math.isfinite(onset[i]) else float(onset[i])
+        explanation = (
+            f"{names[i]}: {signal} deviated {ev.peak[row]:+.1f} sigma"
+            + (f" from {_iso(onset_s)}" if onset_s else "")
+            + (f", after {change['kind']} {change['change_id']}" if change is not None else "")
+            + (f"; it propagates to {path[-1]} via {len(path) - 1} hop(s)" if len(path) > 1 else "")
+            + "."
+        )
+        return Cause(
+            names[i],
+            signal,
+            fclass,
+            onset_s,
+            float(probability),
+            float(logit),
+            evidence,
+            path,
+            explanation,
+        )
+
+
+def _path(graph: nx.MultiDiGraph, cause: str, symptoms: list[str]) -> list[str]:
+    best: list[str] = [cause]
+    for symptom in symptoms:
+        if symptom in graph and cause in graph:
+            try:
+                p = nx.shortest_path(graph, symptom, cause)
+            except nx.NetworkXNoPath:
+                continue
+            if len(best) == 1 or len(p) < len(best):
+                best = list(reversed(p))
+    return best
+
+
+def _entity_json(key: str) -> dict[str, str]:
+    kind, _, name = key.partition(":")
+    return {"kind": kind, "name": name}
+
+
+def _iso(t_s: float | None) -> str:
+    import datetime as dt
+
+    if t_s is None or not math.isfinite(t_s):
+        return ""
+    return dt.datetime.fromtimestamp(t_s, tz=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def group_by_entity(causes: list[Cause]) -> dict[str, list[Cause]]:
+    out: dict[str, list[Cause]] = defaultdict(list)
+    for c in causes:
+        out[c.entity].append(c)
+    return out

@@ -1,0 +1,254 @@
+"""The causal search on small hand-built world models whose answer is known."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+import schemas
+from jobs.causal.alerts import Incident, Symptom
+from jobs.causal.record import build_record
+from jobs.causal.search import CausalSearch, SearchConfig, evaluate
+from pipeline.ingest.spans import spans_table
+from pipeline.testing import kv
+from pipeline.worldmodel.model import WorldModel
+
+T0 = 1_763_599_980.0  # unix s, on a minute boundary
+MIN = 60.0
+FAULT = 90  # interval the fault starts at
+END = 100
+
+
+def _chain_spans(t_s: float) -> ExportTraceServiceRequest:
+    """frontend -> checkout -> postgresql (uninstrumented), checkout on node-1, frontend on node-2."""
+    rng = random.Random(int(t_s))
+    req = ExportTraceServiceRequest()
+    t = int(t_s * 1e9)
+
+    def scope(service: str, host: str):  # type: ignore[no-untyped-def]
+        rs = req.resource_spans.add()
+        rs.resource.attributes.extend(
+            [kv("service.name", service), kv("host.name", host), kv("k8s.pod.name", f"{service}-0")]
+        )
+        return rs.scope_spans.add()
+
+    fe, co = scope("frontend", "node-2"), scope("checkout", "node-1")
+    for _ in range(5):
+        trace = rng.randbytes(16)
+        root, client, server, db = (rng.randbytes(8) for _ in range(4))
+        fe.spans.add(
+            trace_id=trace,
+            span_id=root,
+            name="GET /",
+            kind=2,
+            start_time_unix_nano=t,
+            end_time_unix_nano=t + 9_000_000,
+        )
+        fe.spans.add(
+            trace_id=trace,
+            span_id=client,
+            parent_span_id=root,
+            name="POST /buy",
+            kind=3,
+            start_time_unix_nano=t + 1,
+            end_time_unix_nano=t + 8_000_000,
+        )
+        co.spans.add(
+            trace_id=trace,
+            span_id=server,
+            parent_span_id=client,
+            name="POST /buy",
+            kind=2,
+            start_time_unix_nano=t + 2,
+            end_time_unix_nano=t + 7_000_000,
+        )
+        s = co.spans.add(
+            trace_id=trace,
+            span_id=db,
+            parent_span_id=server,
+            name="SELECT",
+            kind=3,
+            start_time_unix_nano=t + 3,
+            end_time_unix_nano=t + 5_000_000,
+        )
+        s.attributes.extend([kv("db.system", "postgresql"), kv("db.name", "orders")])
+    return req
+
+
+DB = "database:postgresql:orders"
+SERIES = {
+    ("service:frontend", "span.latency_p95_ms"): 10.0,
+    ("service:frontend", "span.error_ratio"): 0.01,
+    ("service:checkout", "span.latency_p95_ms"): 8.0,
+    ("service:checkout", "process.cpu.utilization"): 0.3,
+    ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
+    ("service:frontend", "edge.latency_p95_ms{peer=service:checkout}"): 8.5,
+    ("host:node-1", "system.cpu.utilization"): 0.4,
+}
+
+
+def _model(
+    faults: dict[tuple[str, str], tuple[int, float]], changes: list[dict] | None = None
+) -> WorldModel:
+    """Steady series with noise; ``faults`` multiply a series by a factor from an interval on."""
+    model = WorldModel()
+    rng = random.Random(7)
+    for i in range(END):
+        t = T0 + i * MIN
+        for key, level in SERIES.items():
+            value = level * (1 + rng.gauss(0, 0.03))
+            if key in faults and i >= faults[key][0]:
+                value *= faults[key][1]
+            model.baselines.update(key[0], key[1], t, value)
+    model.baselines.advance(T0 + END * MIN)
+    model.closed_through = int((T0 + END * MIN) * 1e9)
+    for i in range(0, END, 10):
+        model.graph.observe_spans(
+            spans_table([_chain_spans(T0 + i * MIN)]), int((T0 + i * MIN + 30) * 1e9)
+        )
+    for change in changes or []:
+        model.add_change(change)
+    return model
+
+
+def _search(
+    model: WorldModel, symptom: str = "service:frontend", signal: str = "span.latency_p95_ms"
+):  # type: ignore[no-untyped-def]
+    return CausalSearch(model).run([(symptom, signal)], T0 + END * MIN)
+
+
+def test_a_slow_uninstrumented_database_is_found_upstream() -> None:
+    model = _model(
+        {
+            ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): (FAULT, 6.0),
+            ("service:checkout", "span.latency_p95_ms"): (FAULT, 4.0),
+            ("service:frontend", "edge.latency_p95_ms{peer=service:checkout}"): (FAULT, 4.0),
+            ("service:frontend", "span.latency_p95_ms"): (FAULT + 1, 3.0),
+        }
+    )
+    result = _search(model)
+    assert not result.abstained
+    top = result.causes[0]
+    assert top.entity == DB and top.fault_class == "latency"
+    assert top.path == [DB, "service:checkout", "service:frontend"]
+    assert top.probability > 0.5
+    assert top.onset_s == T0 + FAULT * MIN
+    reasons = {r.entity: r.reason for r in result.ruled_out}
+    assert reasons["service:checkout"].startswith(f"explained by {DB}")
+    assert "no deviation" in reasons["host:node-1"]
+
+
+def test_cpu_saturation_of_a_service_beats_its_healthy_database() -> None:
+    model = _model(
+        {
+            ("service:checkout", "process.cpu.utilization"): (FAULT, 3.0),
+            ("service:checkout", "span.latency_p95_ms"): (FAULT, 4.0),
+            ("service:frontend", "edge.latency_p95_ms{peer=service:checkout}"): (FAULT, 4.0),
+            ("service:frontend", "span.latency_p95_ms"): (FAULT + 1, 3.0),
+        }
+    )
+    top = _search(model).causes[0]
+    assert top.entity == "service:checkout"
+    assert {e["signal"] for e in top.evidence} >= {"process.cpu.utilization", "span.latency_p95_ms"}
+
+
+def test_a_coinciding_deploy_elsewhere_is_ruled_out() -> None:
+    deploy = {
+        "schema_version": 1,
+        "change_id": "deploy-frontend-9",
+        "kind": "deploy",
+        "entity": {"kind": "service", "name": "frontend"},
+        "time_unix_nano": int((T0 + (FAULT - 1) * MIN) * 1e9),
+    }
+    model = _model(
+        {
+            ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): (FAULT, 6.0),
+            ("service:checkout", "span.latency_p95_ms"): (FAULT, 4.0),
+            ("service:frontend", "edge.latency_p95_ms{peer=service:checkout}"): (FAULT, 4.0),
+            ("service:frontend", "span.latency_p95_ms"): (FAULT, 3.0),
+        },
+        changes=[deploy],
+    )
+    result = _search(model)
+    assert result.causes[0].entity == DB
+    assert any(r.entity == "change:deploy-frontend-9" for r in result.ruled_out)
+
+
+def test_normal_data_gives_no_cause() -> None:
+    result = _search(_model({}))
+    assert result.abstained and result.causes == []
+    assert "deviates" in (result.abstain_reason or "")
+
+
+def test_a_deviation_that_starts_after_the_symptom_is_not_a_cause() -> None:
+    model = _model(
+        {
+            ("service:frontend", "span.latency_p95_ms"): (FAULT, 3.0),
+            ("host:node-1", "system.cpu.utilization"): (FAULT + 5, 2.0),
+        }
+    )
+    result = _search(model)
+    reasons = {r.entity: r.reason for r in result.ruled_out}
+    assert "after the symptom" in reasons["host:node-1"]
+    assert result.causes[0].entity == "service:frontend"
+
+
+def test_record_validates_and_is_deterministic() -> None:
+    model = _model(
+        {
+            ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): (FAULT, 6.0),
+            ("service:frontend", "span.latency_p95_ms"): (FAULT, 3.0),
+        }
+    )
+    incident = Incident("inc-1", T0)
+    incident.symptoms["fp"] = Symptom(
+        "service:frontend", "span.latency_p95_ms", "label service=frontend"
+    )
+    from jobs.causal.alerts import Alert
+
+    incident.alerts["fp"] = Alert(
+        "fp", "firing", "Latency", {"alertname": "Latency"}, {}, T0 + END * MIN, None
+    )
+    a = build_record(incident, _search(model), T0 + END * MIN)
+    b = build_record(incident, _search(model), T0 + END * MIN)
+    schemas.validate("causes.ranked.schema.json", a)
+    a["stats"].pop("search_ms"), b["stats"].pop("search_ms")
+    a["stats"].pop("score_ms"), b["stats"].pop("score_ms")
+    assert a == b
+    assert a["causes"][0]["entity"] == {"kind": "database", "name": "postgresql:orders"}
+
+
+def test_evaluation_is_vectorised_over_a_large_batch() -> None:
+    import numpy as np
+
+    from jobs.causal.search import HypothesisBatch
+
+    rng = np.random.default_rng(1)
+    n, w = 10_000, 30
+    z = rng.normal(size=(n, w))
+    z[::100, 20:] += 8.0  # one hypothesis in a hundred deviates from interval 20 on
+    batch = HypothesisBatch(
+        entity=np.arange(n) // 10,
+        series=[("e", "s")] * n,
+        modality=np.zeros(n, dtype=np.int8),
+        up_is_bad=np.ones(n, dtype=bool),
+        z=z,
+        t0_s=0.0,
+        interval_s=60.0,
+        entities=[str(i) for i in range(n // 10)],
+    )
+    ev = evaluate(batch, SearchConfig())
+    hits = ev.strength > 3
+    assert hits[::100].all() and hits.sum() < 2 * (n // 100)
+    assert np.allclose(ev.onset_s[::100], 20 * 60.0)
+
+
+@pytest.mark.parametrize("hops", [1, 6])
+def test_candidates_follow_the_graph(hops: int) -> None:
+    model = _model({})
+    search = CausalSearch(model, SearchConfig(hops=hops))
+    candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
+    assert "service:checkout" in candidates
+    assert (DB in candidates) == (hops > 1)
