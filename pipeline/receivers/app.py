@@ -29,6 +29,7 @@ import orjson
 from aiohttp import hdrs, web
 from google.protobuf.message import Message
 
+import schemas
 from pipeline.ingest.core import Limits
 from pipeline.receivers import loki, remote_write
 from pipeline.receivers.bodies import JSON, PROTOBUF, inflate, media_type, unsnappy
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 REMOTE_WRITE_PATH = "/api/v1/write"
 LOKI_PUSH_PATH = "/loki/api/v1/push"
 HEALTH_PATH = "/healthz"
+ALERTMANAGER_PATH = "/alertmanager/webhook"
 READ_CHUNK_BYTES = 64 * 1024
 
 
@@ -308,6 +310,46 @@ class Receivers:
             )
         return loki.to_otlp_logs(streams, self.clock_ns()), LOGS, 0
 
+    # -- Alertmanager webhook ----------------------------------------------------------------
+
+    async def alertmanager(self, request: web.Request) -> web.Response:
+        """An Alertmanager webhook receiver: validated payloads go to the ``alerts`` topic."""
+        self.counters.requests[request.path] += 1
+        body = b""
+        try:
+            self.authorize(request)
+            body = await self.read_body(request)
+            self.check_size(body)
+            try:
+                payload = orjson.loads(
+                    inflate(
+                        body, request.headers.get(hdrs.CONTENT_ENCODING, ""), self.request_limit
+                    )
+                )
+            except orjson.JSONDecodeError as e:
+                raise Refusal(400, "json_decode_error", f"not JSON: {e}") from None
+            try:
+                schemas.validate("alerts.schema.json", payload)
+            except schemas.SchemaViolation as e:
+                raise Refusal(400, "alert_schema_violation", str(e)) from None
+            topic = self.settings.topic("alerts")
+            try:
+                future = await self.producer.send(
+                    topic, value=orjson.dumps(payload), key=str(payload["groupKey"]).encode()
+                )
+                await asyncio.wait_for(future, self.publish_timeout_s)
+            except Exception as e:  # KafkaError, timeouts: Alertmanager retries
+                raise Refusal(
+                    503, "broker_unavailable", f"could not publish to Kafka: {e}"
+                ) from None
+            self.counters.published_records["alerts"] += 1
+        except Refusal as refusal:
+            await self.refuse(request, refusal, body, "alerts")
+            headers = {"Retry-After": "5"} if refusal.status == 503 else {}
+            return web.Response(status=refusal.status, text=str(refusal), headers=headers)
+        self.counters.accepted_items[request.path] += len(payload["alerts"])
+        return web.Response(status=200, text="ok")
+
     # -- health -------------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
@@ -363,5 +405,6 @@ def build_receiver_app(
         app.router.add_post(layout.path, receivers.otlp_handler(layout))
     app.router.add_post(REMOTE_WRITE_PATH, receivers.remote_write)
     app.router.add_post(LOKI_PUSH_PATH, receivers.loki_push)
+    app.router.add_post(ALERTMANAGER_PATH, receivers.alertmanager)
     app.router.add_get(HEALTH_PATH, receivers.health)
     return app

@@ -36,6 +36,7 @@ def receive(ctx: Context, token_file: Path | None, duration: float | None) -> No
       POST /v1/traces /v1/metrics /v1/logs   OTLP/HTTP, protobuf or JSON, gzip  -> otlp_*
       POST /api/v1/write                     Prometheus remote_write 1.0       -> otlp_metrics
       POST /loki/api/v1/push                 Loki push, JSON or protobuf       -> otlp_logs
+      POST /alertmanager/webhook             Alertmanager webhook (version 4)  -> alerts
       GET  /healthz                          counters as JSON
       GET  /api/v1/query/...                 logs, traces, metrics, templates (read-only)
     Refused requests go to `deadletter` with the reason.

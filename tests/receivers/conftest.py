@@ -29,7 +29,7 @@ from pipeline.receivers.server import RunningReceivers, running_receivers
 from pipeline.settings import Settings
 
 RECEIVER_RECORD_LIMIT = 256 * 1024
-WATCHED_TOPICS = ("otlp_spans", "otlp_metrics", "otlp_logs", "deadletter")
+WATCHED_TOPICS = ("otlp_spans", "otlp_metrics", "otlp_logs", "deadletter", "alerts")
 T = TypeVar("T")
 
 
