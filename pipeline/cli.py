@@ -32,7 +32,7 @@ from pipeline.settings import Settings, SettingsError, describe, load, parse_ass
 from pipeline.stages import RECEIVER_STAGE
 from pipeline.worldmodel.cli import model
 
-ALL_STAGES = [RECEIVER_STAGE, *sorted(INGEST_STAGES), "world-model"]
+ALL_STAGES = [RECEIVER_STAGE, *sorted(INGEST_STAGES), "world-model", "causal-search"]
 console = Console(stderr=True, highlight=False)
 
 
@@ -260,7 +260,8 @@ def worker(ctx: Context, stage: str) -> None:
       ingest-spans     otlp_spans   -> span segments
       ingest-metrics   otlp_metrics -> metric series and point segments
       ingest-logs      otlp_logs    -> log template and log segments
-      world-model      sealed segments + changes -> baselines, changes, new templates
+      world-model      sealed segments + changes -> baselines, graph, changes, new templates
+      causal-search    alerts + world model -> causes.ranked
     Run as many replicas of a stage as its topic has partitions; they share the work through
     their consumer group. Segments go under <data_dir>/segments; refused records to `deadletter`.
     """

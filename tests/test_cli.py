@@ -181,12 +181,12 @@ def test_up_shows_every_topic_and_stops_cleanly(tmp_path: Path, sig: signal.Sign
         time.sleep(0.1)
     assert runtime.exists(), proc.stderr.read() if proc.stderr else ""
     info = orjson.loads(runtime.read_bytes())
-    # the broker and one process per stage (receiver, 3 ingest, world model) are its children
+    # the broker and one process per stage (receiver, 3 ingest, world model, search) are its children
     time.sleep(3)  # let it print the status table
     children = [
         int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     ]
-    assert len(children) == 1 + 5
+    assert len(children) == 1 + 6
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr

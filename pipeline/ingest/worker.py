@@ -123,6 +123,10 @@ def run_worker(settings: Settings, stage: str, bootstrap: str) -> None:
         from pipeline.worldmodel.worker import build_world_model_app
 
         app = build_world_model_app(settings, bootstrap)
+    elif stage == "causal-search":
+        from jobs.causal.worker import build_causal_app
+
+        app = build_causal_app(settings, bootstrap)
     else:
         app = build_ingest_app(settings, stage, bootstrap)
     worker = faust.Worker(

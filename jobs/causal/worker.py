@@ -1,0 +1,234 @@
+"""The causal-search stage: alerts in, ``causes.ranked`` out.
+
+A faust agent on ``alerts``: each Alertmanager payload is validated (invalid ones go to
+``deadletter``), its alerts are deduplicated and grouped into incidents, and every incident that
+changed is searched over the world model and published as one record per update. The world model
+is the world-model stage's last checkpoint, reloaded when it changes; the incident book is saved
+beside it after every batch, so a restart neither forgets nor reopens incidents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+import schemas
+from jobs.causal.alerts import Alert, Incident, IncidentBook, Symptom, SymptomMapper, parse_webhook
+from jobs.causal.record import build_record
+from jobs.causal.search import CausalSearch, SearchConfig
+from pipeline.ingest.worker import faust_app, write_stats
+from pipeline.segments.store import SegmentStore
+from pipeline.settings import Settings
+from pipeline.worldmodel.model import WorldModel
+from pipeline.worldmodel.worker import checkpoint_path
+
+log = logging.getLogger("worldline.causal")
+
+STAGE = "causal-search"
+BOOK_NAME = "incidents.json"
+
+
+class ModelCache:
+    """The world model from the latest checkpoint, reloaded only when the file changed."""
+
+    def __init__(self, store: SegmentStore) -> None:
+        self.path = checkpoint_path(store)
+        self.mtime_ns = -1
+        self.model: WorldModel | None = None
+
+    def get(self) -> WorldModel | None:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return self.model
+        if mtime != self.mtime_ns:
+            self.model = WorldModel.restore(self.path.read_bytes())
+            self.mtime_ns = mtime
+        return self.model
+
+
+def connected(model: WorldModel, t_s: float, hops: int = 3) -> Any:
+    graph = model.graph.as_of(int(t_s * 1e9)).to_undirected(as_view=True)
+
+    def check(a: str, b: str) -> bool:
+        if a not in graph or b not in graph:
+            return False
+        import networkx as nx
+
+        try:
+            return bool(nx.shortest_path_length(graph, a, b) <= hops)
+        except nx.NetworkXNoPath:
+            return False
+
+    return check
+
+
+def search_incident(
+    model: WorldModel, incident: Incident, config: SearchConfig, now_s: float
+) -> dict[str, Any]:
+    """Search one incident and build its record (the alert's time is the event time)."""
+    from jobs.causal.search import SearchResult
+
+    symptoms = [(s.entity, s.signal) for s in incident.symptoms.values() if s.entity]
+    t_s = max(a.starts_at_s for a in incident.alerts.values())
+    if not symptoms:
+        hows = "; ".join(sorted({s.how for s in incident.symptoms.values()}))
+        result = SearchResult(
+            [], [], True, f"the alerts name no entity worldline knows: {hows}", [], None, {}
+        )
+    else:
+        result = CausalSearch(model, config).run(symptoms, t_s)
+    return build_record(incident, result, now_s)
+
+
+def save_book(path: Path, book: IncidentBook) -> None:
+    doc = {
+        "incidents": [
+            {
+                "incident_id": i.incident_id,
+                "opened_at_s": i.opened_at_s,
+                "updates": i.updates,
+                "last_alert_s": i.last_alert_s,
+                "alerts": [asdict(a) for a in i.alerts.values()],
+                "symptoms": {fp: asdict(s) for fp, s in i.symptoms.items()},
+            }
+            for i in book.incidents.values()
+        ]
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(doc))
+    os.replace(tmp, path)
+
+
+def load_book(path: Path) -> IncidentBook:
+    book = IncidentBook()
+    if not path.exists():
+        return book
+    for doc in orjson.loads(path.read_bytes())["incidents"]:
+        incident = Incident(
+            doc["incident_id"],
+            doc["opened_at_s"],
+            updates=doc["updates"],
+            last_alert_s=doc["last_alert_s"],
+        )
+        for a in doc["alerts"]:
+            alert = Alert(**a)
+            incident.alerts[alert.fingerprint] = alert
+            book.by_fingerprint[alert.fingerprint] = incident.incident_id
+        incident.symptoms = {fp: Symptom(**s) for fp, s in doc["symptoms"].items()}
+        book.incidents[incident.incident_id] = incident
+    return book
+
+
+def build_causal_app(settings: Settings, bootstrap: str) -> Any:
+    app = faust_app(settings, f"worldline-{STAGE}", bootstrap)
+    store = SegmentStore(settings.data_dir / "segments")
+    models = ModelCache(store)
+    book_path = store.state_dir() / BOOK_NAME
+    book = load_book(book_path)
+    config = SearchConfig()
+    alerts = app.topic(settings.topic("alerts"), value_serializer="raw", key_serializer="raw")
+    ranked = app.topic(
+        settings.topic("causes.ranked"), value_serializer="raw", key_serializer="raw"
+    )
+    deadletter = app.topic(
+        settings.topic("deadletter"), value_serializer="raw", key_serializer="raw"
+    )
+    counters: dict[str, int] = {"alerts": 0, "records": 0, "refused": 0, "abstained": 0}
+    latencies_ms: list[float] = []
+    stats_file = settings.data_dir / "stats" / f"{STAGE}.json"
+
+    @app.agent(alerts, name="search-incidents")
+    async def search_incidents(stream: Any) -> None:
+        async for events in stream.take_events(100, within=0.2):
+            changed: dict[str, Incident] = {}
+            arrived: dict[str, float] = {}
+            now = dt.datetime.now(dt.UTC)
+            model = await asyncio.to_thread(models.get)
+            for event in events:
+                try:
+                    parsed = parse_webhook(orjson.loads(event.value))
+                except (orjson.JSONDecodeError, schemas.SchemaViolation) as e:
+                    counters["refused"] += 1
+                    letter = {
+                        "schema_version": 1,
+                        "stage": STAGE,
+                        "reason": "invalid_alert",
+                        "detail": str(e)[:2000],
+                        "received_at": now.isoformat().replace("+00:00", "Z"),
+                        "source": {
+                            "topic": event.message.topic,
+                            "partition": event.message.partition,
+                            "offset": event.message.offset,
+                        },
+                        "payload_size": len(event.value or b""),
+                    }
+                    await deadletter.send(key=b"alerts", value=orjson.dumps(letter))
+                    continue
+                known = _known_entities(model)
+                mapper = SymptomMapper(known)
+                for alert in parsed:
+                    counters["alerts"] += 1
+                    symptom = mapper.map(alert)
+                    check = (
+                        connected(model, alert.starts_at_s)
+                        if model is not None
+                        else (lambda a, b: False)
+                    )
+                    incident, updated = book.add(alert, symptom, check)
+                    if updated:
+                        changed[incident.incident_id] = incident
+                        arrived[incident.incident_id] = event.message.timestamp
+            for incident in changed.values():
+                if model is None:
+                    from jobs.causal.search import SearchResult
+
+                    result = SearchResult(
+                        [],
+                        [],
+                        True,
+                        "the world model has no checkpoint yet: it is still learning",
+                        [],
+                        None,
+                        {},
+                    )
+                    record = build_record(incident, result, now.timestamp())
+                else:
+                    record = await asyncio.to_thread(
+                        search_incident, model, incident, config, now.timestamp()
+                    )
+                counters["records"] += 1
+                counters["abstained"] += int(record["abstained"])
+                await ranked.send(key=incident.incident_id.encode(), value=orjson.dumps(record))
+                latencies_ms.append((time.time() - arrived[incident.incident_id]) * 1000)
+                del latencies_ms[:-1000]
+            await app.producer.flush()
+            await asyncio.to_thread(save_book, book_path, book)
+            p95 = (
+                sorted(latencies_ms)[int(0.95 * (len(latencies_ms) - 1))] if latencies_ms else None
+            )
+            write_stats(
+                stats_file,
+                {**counters, "alert_to_record_p95_ms": p95, "incidents_evicted": book.evicted},
+            )
+
+    return app
+
+
+def _known_entities(model: WorldModel | None) -> set[str]:
+    if model is None:
+        return set()
+    keys = model.baselines.keys()
+    known = {entity for entity, _ in keys}
+    graph = model.graph.as_of(model.watermark or 2**62)
+    known.update(str(n) for n in graph.nodes)
+    return known
