@@ -161,8 +161,13 @@ class MetricColumns:
         return n
 
     def tables(self) -> tuple[pa.Table, pa.Table]:
+        """Series by id, points by (series, time): runs of one id, small time steps."""
         series = pa.Table.from_pylist(list(self.series.values()), schema=METRIC_SERIES)
         points = pa.Table.from_pydict(self.points, schema=METRIC_POINTS)
+        if series.num_rows > 1:
+            series = series.sort_by("series_id")
+        if points.num_rows > 1:
+            points = points.sort_by([("series_id", "ascending"), ("time_unix_nano", "ascending")])
         return series, points
 
 

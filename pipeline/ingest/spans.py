@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -80,7 +81,7 @@ class SpanColumns:
         self.attributes_dropped = 0
         self.trace_id: list[bytes] = []
         self.span_id: list[bytes] = []
-        self.parent: list[bytes | None] = []
+        self.parent: list[bytes] = []  # b"" for a root span
         self.name: list[str] = []
         self.kind: list[int] = []
         self.start: list[int] = []
@@ -98,6 +99,8 @@ class SpanColumns:
         return len(self.span_id)
 
     def add_request(self, request: ExportTraceServiceRequest) -> int:
+        # Ids are appended as they come and checked in bulk in ``to_table``; string attribute
+        # values (most of them) are read without the oneof dispatch of ``any_value``.
         first_row = len(self.span_id)
         trace_append = self.trace_id.append
         span_append = self.span_id.append
@@ -111,62 +114,72 @@ class SpanColumns:
         attrs_append = self.attributes.append
         sparse = self.sparse
         key_to_column = _KEY_TO_COLUMN
+        max_attributes = self.max_attributes
+        dumps = orjson.dumps
         row = first_row
         for rs in request.resource_spans:
             resource = {kv.key: any_value(kv.value) for kv in rs.resource.attributes}
             run_start = row
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    trace_id = span.trace_id
-                    span_id = span.span_id
-                    parent = span.parent_span_id
-                    trace_append(trace_id if len(trace_id) == 16 else bytes(16))
-                    span_append(span_id if len(span_id) == 8 else bytes(8))
-                    parent_append(parent if len(parent) == 8 else None)
+                    trace_append(span.trace_id)
+                    span_append(span.span_id)
+                    parent_append(span.parent_span_id)
                     name_append(span.name)
                     kind_append(span.kind)
                     start_append(span.start_time_unix_nano)
                     end_append(span.end_time_unix_nano)
-                    status = span.status
-                    code_append(status.code)
-                    message_append(status.message or None)
-                    rest: dict[str, Any] | None = None
-                    promoted: dict[str, tuple[int, Any]] | None = None
+                    if span.HasField("status"):
+                        status = span.status
+                        code_append(status.code)
+                        message_append(status.message or None)
+                    else:
+                        code_append(0)
+                        message_append(None)
                     span_attributes = span.attributes
-                    if len(span_attributes) > self.max_attributes:
-                        self.attributes_dropped += len(span_attributes) - self.max_attributes
-                        span_attributes = span_attributes[: self.max_attributes]
-                    for kv in span_attributes:
-                        key = kv.key
-                        col = key_to_column.get(key)
-                        value = any_value(kv.value)
-                        if col is not None:
-                            if col in INT_COLUMNS:
-                                if isinstance(value, str) and value.isdigit():
-                                    value = int(value)
-                                ok = isinstance(value, int) and not isinstance(value, bool)
+                    if not span_attributes:
+                        attrs_append(None)
+                    else:
+                        if len(span_attributes) > max_attributes:
+                            self.attributes_dropped += len(span_attributes) - max_attributes
+                            span_attributes = span_attributes[:max_attributes]
+                        rest: dict[str, Any] | None = None
+                        promoted: dict[str, tuple[int, Any]] | None = None
+                        for kv in span_attributes:
+                            key = kv.key
+                            v = kv.value
+                            value: Any = v.string_value
+                            if not value:
+                                value = any_value(v)
+                            col = key_to_column.get(key)
+                            if col is not None:
+                                if col in INT_COLUMNS:
+                                    if isinstance(value, str) and value.isdigit():
+                                        value = int(value)
+                                    ok = isinstance(value, int) and not isinstance(value, bool)
+                                else:
+                                    ok = isinstance(value, str)
+                                if ok:
+                                    if promoted is None:
+                                        promoted = {}
+                                    held = promoted.get(col)
+                                    priority = _PRIORITY[key]
+                                    if held is None:
+                                        promoted[col] = (priority, value)
+                                        continue
+                                    if priority < held[0]:  # the other spelling goes to the JSON
+                                        promoted[col] = (priority, value)
+                                        key, value = _name_for(col, held[0]), held[1]
+                            if rest is None:
+                                rest = {key: value}
                             else:
-                                ok = isinstance(value, str)
-                            if ok:
-                                if promoted is None:
-                                    promoted = {}
-                                held = promoted.get(col)
-                                priority = _PRIORITY[key]
-                                if held is None:
-                                    promoted[col] = (priority, value)
-                                    continue
-                                if priority < held[0]:  # the other spelling goes to the JSON column
-                                    promoted[col] = (priority, value)
-                                    key, value = _name_for(col, held[0]), held[1]
-                        if rest is None:
-                            rest = {}
-                        rest[key] = value
-                    if promoted is not None:
-                        for col, (_, value) in promoted.items():
-                            rows, values = sparse[col]
-                            rows.append(row)
-                            values.append(value)
-                    attrs_append(orjson.dumps(rest).decode() if rest else None)
+                                rest[key] = value
+                        if promoted is not None:
+                            for col, (_, value) in promoted.items():
+                                rows, values = sparse[col]
+                                rows.append(row)
+                                values.append(value)
+                        attrs_append(dumps(rest).decode() if rest else None)
                     if span.events:
                         sparse["events"][0].append(row)
                         sparse["events"][1].append(_events(span))
@@ -194,33 +207,47 @@ class SpanColumns:
         start = np.array(self.start, dtype=np.int64)
         end = np.array(self.end, dtype=np.int64)
 
+        run_of_row = np.repeat(np.arange(len(self.runs), dtype=np.int32), lengths)
+
         def runs(index: int, field: pa.Field) -> pa.Array:
+            if not n:
+                return pa.array([], field.type)
             values = pa.array([r[index] for r in self.runs], type=pa.string())
-            take = np.repeat(np.arange(len(self.runs), dtype=np.int64), lengths)
-            return values.take(pa.array(take)).cast(field.type) if n else pa.array([], field.type)
+            if not pa.types.is_dictionary(field.type):
+                return values.take(pa.array(run_of_row))
+            encoded = values.dictionary_encode()
+            indices = encoded.indices.take(pa.array(run_of_row))
+            return pa.DictionaryArray.from_arrays(indices, encoded.dictionary).cast(field.type)
 
         def sparse(col: str, field: pa.Field) -> pa.Array:
             rows, values = self.sparse[col]
             if not rows:
                 return pa.nulls(n, field.type)
-            base_type = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
-            dense = pa.array(values, type=base_type)
-            positions = np.full(n, -1, dtype=np.int64)
-            positions[np.array(rows, dtype=np.int64)] = np.arange(len(rows), dtype=np.int64)
-            mask = positions < 0
-            positions[mask] = 0
-            out = dense.take(pa.array(positions, mask=mask))
-            return out.cast(field.type)
+            at = np.array(rows, dtype=np.int64)
+            if pa.types.is_dictionary(field.type):
+                encoded = pa.array(values, type=field.type.value_type).dictionary_encode()
+                dense = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+                scattered = np.zeros(n, dtype=np.int32)
+                scattered[at] = dense
+                mask = np.ones(n, dtype=bool)
+                mask[at] = False
+                indices = pa.array(scattered, mask=mask)
+                return pa.DictionaryArray.from_arrays(indices, encoded.dictionary)
+            positions = np.zeros(n, dtype=np.int64)
+            positions[at] = np.arange(len(rows), dtype=np.int64)
+            mask = np.ones(n, dtype=bool)
+            mask[at] = False
+            return pa.array(values, type=field.type).take(pa.array(positions, mask=mask))
 
         columns: dict[str, pa.Array] = {}
         for field in SPANS:
             name = field.name
             if name == "trace_id":
-                columns[name] = pa.array(self.trace_id, type=field.type)
+                columns[name] = _fixed_ids(self.trace_id, 16, null_if_invalid=False)
             elif name == "span_id":
-                columns[name] = pa.array(self.span_id, type=field.type)
+                columns[name] = _fixed_ids(self.span_id, 8, null_if_invalid=False)
             elif name == "parent_span_id":
-                columns[name] = pa.array(self.parent, type=field.type)
+                columns[name] = _fixed_ids(self.parent, 8, null_if_invalid=True)
             elif name == "service":
                 columns[name] = runs(2, field)
             elif name == "service_version":
@@ -249,7 +276,36 @@ class SpanColumns:
                 columns[name] = pa.array(self.attributes, type=field.type)
             else:
                 columns[name] = sparse(name, field)
-        return pa.Table.from_arrays([columns[f.name] for f in SPANS], schema=SPANS)
+        table = pa.Table.from_arrays([columns[f.name] for f in SPANS], schema=SPANS)
+        if n < 2:
+            return table
+        return table.take(pa.array(_trace_order(columns["trace_id"], start)))
+
+
+def _fixed_ids(values: list[bytes], width: int, *, null_if_invalid: bool) -> pa.Array:
+    """Ids of ``width`` bytes as one Arrow array, checked in bulk; others become null or zeros."""
+    raw = pa.array(values, type=pa.binary())
+    valid = pc.equal(pc.binary_length(raw), width)
+    if not pc.all(valid).as_py() and len(values):
+        raw = pc.if_else(valid, raw, None if null_if_invalid else bytes(width))
+    return raw.cast(pa.binary(width))
+
+
+def _trace_order(trace_ids: pa.Array, start: np.ndarray) -> np.ndarray:
+    """Row order of a segment: traces by their first start, each trace's spans by start.
+
+    Keeps a trace's rows together (its id becomes one dictionary run) and the start column
+    nearly monotonic, so delta encoding stores small steps.
+    """
+    words = np.frombuffer(trace_ids.buffers()[1], dtype=">u8")[: 2 * len(trace_ids)]
+    hi, lo = words[0::2].astype(np.uint64), words[1::2].astype(np.uint64)
+    by_id = np.lexsort((start, lo, hi))
+    new_trace = np.ones(len(by_id), dtype=bool)
+    new_trace[1:] = (hi[by_id][1:] != hi[by_id][:-1]) | (lo[by_id][1:] != lo[by_id][:-1])
+    trace = np.empty(len(by_id), dtype=np.int64)
+    trace[by_id] = np.cumsum(new_trace) - 1
+    first = start[by_id][new_trace]  # spans sorted by start within a trace: its first start
+    return np.lexsort((start, lo, hi, first[trace]))
 
 
 def _first(attrs: dict[str, Any], keys: Iterable[str]) -> Any:

@@ -39,6 +39,41 @@ DATA_SUFFIX = ".parquet"
 
 
 @dataclass(frozen=True)
+class WriteOptions:
+    """Per-signal Parquet layout: which columns skip the dictionary, per-column encodings.
+
+    Rows arrive sorted by their builder (spans by trace, metric points by series and time), so
+    delta encodings see small steps; random ids (span ids) gain nothing from a dictionary and
+    only pay its index, so they are stored plain. ``compression_level`` overrides the store's.
+    """
+
+    no_dictionary: tuple[str, ...] = ()
+    column_encoding: tuple[tuple[str, str], ...] = ()
+    compression_level: int | None = None
+
+
+WRITE_OPTIONS: dict[str, WriteOptions] = {
+    "spans": WriteOptions(
+        no_dictionary=("span_id", "parent_span_id", "start_unix_nano", "duration_ns"),
+        column_encoding=(
+            ("span_id", "PLAIN"),
+            ("parent_span_id", "PLAIN"),
+            ("start_unix_nano", "DELTA_BINARY_PACKED"),
+            ("duration_ns", "DELTA_BINARY_PACKED"),
+        ),
+    ),
+    "metrics": WriteOptions(
+        no_dictionary=("time_unix_nano", "value", "sum"),
+        column_encoding=(
+            ("time_unix_nano", "DELTA_BINARY_PACKED"),
+            ("value", "BYTE_STREAM_SPLIT"),
+            ("sum", "BYTE_STREAM_SPLIT"),
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
 class SourceRange:
     """The Kafka records a segment holds: one partition, inclusive offsets."""
 
@@ -156,7 +191,7 @@ class SegmentStore:
         folder = posixpath.join(signal, when.strftime("%Y-%m-%d"), when.strftime("%H"))
         rel = posixpath.join(folder, segment_id + DATA_SUFFIX)
         self.fs.create_dir(posixpath.join(self.root, folder), recursive=True)
-        size = self._write_atomic_parquet(rel, table)
+        size = self._write_atomic_parquet(rel, table, WRITE_OPTIONS.get(signal, WriteOptions()))
         manifest = Manifest(
             segment_id=segment_id,
             signal=signal,
@@ -177,16 +212,21 @@ class SegmentStore:
             self._manifests[segment_id] = manifest
         return manifest
 
-    def _write_atomic_parquet(self, rel: str, table: pa.Table) -> int:
+    def _write_atomic_parquet(self, rel: str, table: pa.Table, options: WriteOptions) -> int:
         final = posixpath.join(self.root, rel)
         tmp = final + ".tmp"
+        names = set(table.column_names)
+        plain = set(options.no_dictionary)
+        encodings = {c: e for c, e in options.column_encoding if c in names}
+        level = options.compression_level
         with self.fs.open_output_stream(tmp) as sink:
             pq.write_table(
                 table,
                 sink,
                 compression="zstd",
-                compression_level=self.compression_level,
-                use_dictionary=True,
+                compression_level=self.compression_level if level is None else level,
+                use_dictionary=[c for c in table.column_names if c not in plain] if plain else True,
+                column_encoding=encodings or None,
                 write_statistics=True,
                 row_group_size=256 * 1024,
             )

@@ -64,7 +64,7 @@ def _isolated_settings(platform: Platform, data_dir: Path) -> tuple[Settings, di
         WORLDLINE_DATA_DIR=str(data_dir),
         WORLDLINE_SEGMENT_MAX_RECORDS="15",
         WORLDLINE_SEGMENT_MAX_SECONDS="1.0",
-        WORLDLINE_LOG_LEVEL="WARNING",
+        WORLDLINE_LOG_LEVEL="INFO",
     )
     for logical, actual in renames.items():
         env[f"WORLDLINE_TOPIC_{logical.replace('.', '_').upper()}"] = actual

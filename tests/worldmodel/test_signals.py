@@ -49,7 +49,9 @@ def test_span_signals_match_a_direct_computation() -> None:
     errors = sum(1 for s in cart if s.status.code == 2)
     assert _value(frame, "service:cart", "span.error_ratio") == pytest.approx([errors / len(cart)])
     # the database nobody instrumented has edge signals from its callers
-    edges = frame.filter(pl.col("signal").str.starts_with("edge.rate_per_s{peer=database:postgresql:"))
+    edges = frame.filter(
+        pl.col("signal").str.starts_with("edge.rate_per_s{peer=database:postgresql:")
+    )
     assert edges.height > 0
     assert set(frame["entity"].str.split(":").list.first().unique()) == {"service", "operation"}
 
