@@ -20,31 +20,36 @@ Metrics, from their definitions (Loghub-2.0, Jiang et al., ISSTA 2024):
 Drain's numbers on the same corrected 2k sets come from ``published/`` in the same data folder.
 Speed is lines per CPU-second of this process (``time.process_time``), best of ``--repeat`` runs.
 
-The compression section mines each raw ``<System>_2k.log`` (headers included: no per-system
-header rules) and stores it as a Parquet (Arrow) table with zstd: a ``template_id`` column in line
-order plus parameter columns ``p0..pN`` for the rows sorted by template (stable), so each column
-holds one template's slot values contiguously; plus the template dictionary (``to_bytes``,
-zstd -19). Everything is decoded back and compared byte for byte with the raw file.
+The compression section stores each raw ``<System>_2k.log`` (headers included: no per-system
+header rules) through the real ingest path: the file becomes one OTLP logs request (a record per
+line, the line as body, one receive time), ``pipeline.ingest.logs.LogColumns`` mines it into the
+``logs`` and ``log_templates`` tables, ``SegmentStore.write`` seals them as Parquet exactly as the
+ingest workers do, and ``MinerStates.save`` persists the template dictionary. Stored bytes are the
+two segments plus the miner state; a fresh reader rebuilds every line from them and the result is
+compared byte for byte with the raw file. zstd -3 and -19 of the raw file are measured in the same
+run.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
+import datetime as dt
 import statistics
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import zstandard
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from pipeline.ingest.logs import LogColumns, MinerStates
 from pipeline.logs.templates import TemplateMiner
+from pipeline.segments.store import SegmentStore, SourceRange
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "loghub2k"
@@ -191,90 +196,140 @@ def accuracy_section(data_dir: Path, systems: Sequence[str], repeat: int) -> Non
     print()
 
 
-def encode_log(raw: bytes) -> tuple[bytes, bytes, int]:
-    """Raw log -> (Parquet table bytes, zstd template dictionary bytes, templates)."""
-    lines = raw.decode("utf-8").split("\n")
-    miner = TemplateMiner()
-    matches = [miner.add(line) for line in lines]
-    order = sorted(range(len(matches)), key=lambda i: matches[i].template_id)
-    width = max(len(m.params) for m in matches)
-    columns: dict[str, pa.Array] = {
-        "template_id": pa.array([m.template_id for m in matches], type=pa.uint32())
-    }
-    for slot in range(width):
-        values = [matches[i].params[slot] if slot < len(matches[i].params) else None for i in order]
-        columns[f"p{slot}"] = pa.array(values, type=pa.string())
-    sink = io.BytesIO()
-    pq.write_table(
-        pa.table(columns),
-        sink,
-        compression="zstd",
-        compression_level=19,
-        use_dictionary=True,
-        write_statistics=False,
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+OBSERVED_UNIX_NANO = 1_767_225_600_000_000_000  # one receive time for the whole file
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the store keeps for one log file, in bytes."""
+
+    logs: int  # the ``logs`` segment (Parquet)
+    templates: int  # the ``log_templates`` segment (Parquet)
+    state: int  # the miner state file (template dictionary, needed to rebuild lines)
+    manifests: int  # per-segment JSON manifests (fixed cost per segment, reported apart)
+
+    @property
+    def data(self) -> int:
+        return self.logs + self.templates + self.state
+
+
+def otlp_payload(raw: bytes, service: str) -> bytes:
+    """The raw file as one OTLP logs request: one record per line, body = the line."""
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    attribute = resource_logs.resource.attributes.add()
+    attribute.key, attribute.value.string_value = "service.name", service
+    records = resource_logs.scope_logs.add().log_records
+    for line in raw.decode("utf-8").split("\n"):
+        record = records.add()
+        record.observed_time_unix_nano = OBSERVED_UNIX_NANO
+        record.body.string_value = line
+    return request.SerializeToString()
+
+
+def store_payload(payload: bytes, root: Path) -> Stored:
+    """OTLP bytes -> sealed segments + miner state, the way ``ingest-logs`` does it."""
+    store = SegmentStore(root)
+    states = MinerStates(store.state_dir(), "otlp_logs")
+    columns = LogColumns(states.miner(0), 0)
+    columns.add_request(ExportLogsServiceRequest.FromString(payload))
+    source = SourceRange("otlp_logs", 0, 0, 0)
+    templates = store.write(
+        "log_templates",
+        columns.templates_table(),
+        source,
+        time_column="first_seen_unix_nano",
+        service_column=None,
+        now=NOW,
     )
-    dictionary = zstandard.ZstdCompressor(level=19).compress(miner.to_bytes())
-    return sink.getvalue(), dictionary, len(miner.templates())
+    logs = store.write("logs", columns.logs_table(), source, time_column="time_unix_nano", now=NOW)
+    states.save(0, 0)
+    assert templates is not None and logs is not None
+    manifests = sum(p.stat().st_size for p in root.rglob("*.manifest.json"))
+    return Stored(logs.bytes, templates.bytes, states.path(0).stat().st_size, manifests)
 
 
-def decode_log(table_bytes: bytes, dictionary: bytes) -> bytes:
-    miner = TemplateMiner.from_bytes(zstandard.ZstdDecompressor().decompress(dictionary))
-    table = pq.read_table(io.BytesIO(table_bytes))
-    template_ids = table.column("template_id").to_pylist()
-    slots = [table.column(name).to_pylist() for name in table.column_names[1:]]
-    order = sorted(range(len(template_ids)), key=template_ids.__getitem__)
-    lines: list[str] = [""] * len(template_ids)
-    for sorted_row, line_index in enumerate(order):
-        params = []
-        for column in slots:
-            value = column[sorted_row]
-            if value is None:
-                break
-            params.append(value)
-        lines[line_index] = miner.reconstruct(template_ids[line_index], params)
+def read_back(root: Path) -> bytes:
+    """The stored rows rebuilt to lines, by a fresh reader (segments + persisted state)."""
+    store = SegmentStore(root)
+    states = MinerStates(store.state_dir(), "otlp_logs")
+    (manifest,) = store.manifests("logs")
+    table = store.read(manifest)
+    lines = [
+        states.reconstruct(template_id, params)
+        for template_id, params in zip(
+            table["template_id"].to_pylist(), table["params"].to_pylist(), strict=True
+        )
+    ]
     return "\n".join(lines).encode("utf-8")
 
 
 def compression_section(data_dir: Path, systems: Sequence[str]) -> None:
-    print("## Compression of raw `<System>_2k.log` (ratio = raw bytes / stored bytes)\n")
     print(
-        "| system | raw KB | zstd -3 | zstd -19 | ours (table + dict) | ours / zstd -19 "
-        "| zstd -3 MB/s | zstd -19 MB/s | ours encode MB/s | ours decode MB/s | lossless |"
+        "## Stored size of raw `<System>_2k.log` through the ingest path "
+        "(ratio = raw bytes / stored bytes)\n"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "Ours: one OTLP request per file (body = line, one receive time) -> `LogColumns` -> "
+        "`SegmentStore.write` (`logs` + `log_templates` Parquet) + `MinerStates.save`; stored = "
+        "both segments + miner state (manifests listed apart). Speeds are raw MB per CPU-second; "
+        "ours encode = OTLP bytes to sealed segments, decode = read segments and rebuild lines.\n"
+    )
+    print(
+        "| system | raw KB | zstd -3 | zstd -19 | ours | ours / zstd -19 | logs KB | templates KB "
+        "| state KB | manifests KB | zstd -3 MB/s | zstd -19 MB/s | ours encode MB/s "
+        "| ours decode MB/s | lossless |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     ratios: dict[str, list[float]] = defaultdict(list)
+    speeds: dict[str, list[float]] = defaultdict(list)
     for system in systems:
         raw = (data_dir / system / f"{system}_2k.log").read_bytes()
+        megabytes = len(raw) / 1e6
         measured: dict[str, tuple[int, float]] = {}
         for level in (3, 19):
             started = time.process_time()
             size = len(zstandard.ZstdCompressor(level=level).compress(raw))
             measured[f"zstd{level}"] = (size, time.process_time() - started)
-        started = time.process_time()
-        table_bytes, dictionary, _ = encode_log(raw)
-        encode_seconds = time.process_time() - started
-        started = time.process_time()
-        lossless = decode_log(table_bytes, dictionary) == raw
-        decode_seconds = time.process_time() - started
-        ours = len(table_bytes) + len(dictionary)
-        megabytes = len(raw) / 1e6
-        for name, (size, _) in measured.items():
-            ratios[name].append(len(raw) / size)
-        ratios["ours"].append(len(raw) / ours)
-        ratios["ours/zstd19"].append(measured["zstd19"][0] / ours)
+        payload = otlp_payload(raw, system.lower())
+        with tempfile.TemporaryDirectory() as folder:
+            root = Path(folder)
+            started = time.process_time()
+            stored = store_payload(payload, root)
+            encode_seconds = time.process_time() - started
+            started = time.process_time()
+            lossless = read_back(root) == raw
+            decode_seconds = time.process_time() - started
+        z3, z19 = measured["zstd3"][0], measured["zstd19"][0]
+        row_speeds = {
+            "zstd3": megabytes / max(measured["zstd3"][1], 1e-9),
+            "zstd19": megabytes / max(measured["zstd19"][1], 1e-9),
+            "encode": megabytes / max(encode_seconds, 1e-9),
+            "decode": megabytes / max(decode_seconds, 1e-9),
+        }
+        for name, value in row_speeds.items():
+            speeds[name].append(value)
+        ratios["zstd3"].append(len(raw) / z3)
+        ratios["zstd19"].append(len(raw) / z19)
+        ratios["ours"].append(len(raw) / stored.data)
+        ratios["ours/zstd19"].append(z19 / stored.data)
         print(
-            f"| {system} | {len(raw) / 1024:,.0f} | {len(raw) / measured['zstd3'][0]:.2f} "
-            f"| {len(raw) / measured['zstd19'][0]:.2f} | {len(raw) / ours:.2f} "
-            f"| {measured['zstd19'][0] / ours:.2f} "
-            f"| {megabytes / max(measured['zstd3'][1], 1e-9):,.0f} "
-            f"| {megabytes / max(measured['zstd19'][1], 1e-9):,.1f} "
-            f"| {megabytes / max(encode_seconds, 1e-9):,.1f} "
-            f"| {megabytes / max(decode_seconds, 1e-9):,.1f} | {'yes' if lossless else 'NO'} |"
+            f"| {system} | {len(raw) / 1024:,.0f} | {len(raw) / z3:.2f} | {len(raw) / z19:.2f} "
+            f"| {len(raw) / stored.data:.2f} | {z19 / stored.data:.2f} "
+            f"| {stored.logs / 1024:.1f} | {stored.templates / 1024:.1f} "
+            f"| {stored.state / 1024:.1f} | {stored.manifests / 1024:.1f} "
+            f"| {row_speeds['zstd3']:,.0f} | {row_speeds['zstd19']:,.1f} "
+            f"| {row_speeds['encode']:,.1f} | {row_speeds['decode']:,.1f} "
+            f"| {'yes' if lossless else 'NO'} |"
         )
     print(
         f"| **average** | | {statistics.fmean(ratios['zstd3']):.2f} "
         f"| {statistics.fmean(ratios['zstd19']):.2f} | **{statistics.fmean(ratios['ours']):.2f}** "
-        f"| {statistics.fmean(ratios['ours/zstd19']):.2f} | | | | | |"
+        f"| **{statistics.fmean(ratios['ours/zstd19']):.2f}** | | | | "
+        f"| {statistics.fmean(speeds['zstd3']):,.0f} | {statistics.fmean(speeds['zstd19']):,.1f} "
+        f"| **{statistics.fmean(speeds['encode']):,.1f}** "
+        f"| {statistics.fmean(speeds['decode']):,.1f} | |"
     )
     print()
 

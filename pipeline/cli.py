@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 import schemas
+from jobs.simulator.cli import simulate
 from pipeline import kafka, otlp, topics
 from pipeline.broker import BrokerError
 from pipeline.ingest.worker import STAGES as INGEST_STAGES
@@ -470,6 +471,52 @@ def produce(ctx: Context, topic: str, source: str, key: str | None, no_validate:
 cli.add_command(query)
 cli.add_command(receive)
 cli.add_command(model)
+cli.add_command(simulate)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_obj
+def backfill(ctx: Context, bundle: Path) -> None:
+    """Re-index a replay bundle's telemetry through the same code as live ingestion.
+
+    Stores its spans, metrics and logs as segments under <data_dir>/segments (a second run stores
+    nothing twice), takes its changes, and brings the world model up to date in event-time order,
+    checkpointed where the world-model stage keeps it. No broker is needed.
+
+    \b
+    Example:
+      worldline simulate run --scenario slow_query --out incident.bundle
+      worldline backfill incident.bundle && worldline model deviations
+    """
+    import datetime as dt
+
+    from rich.progress import Progress
+
+    from jobs.backfill import backfill_bundle
+    from jobs.simulator.bundle import BundleError
+
+    try:
+        with Progress(console=console, transient=True) as progress:
+            tasks: dict[str, Any] = {}
+
+            def step(topic: str, n: int) -> None:
+                if topic not in tasks:
+                    tasks[topic] = progress.add_task(f"backfilling {topic}", total=None)
+                progress.update(tasks[topic], completed=n)
+
+            report = backfill_bundle(
+                bundle, ctx.settings, now=dt.datetime.now(dt.UTC), progress=step
+            )
+    except BundleError as e:
+        fail(str(e))
+    for topic, n in report.records.items():
+        console.print(f"{topic}: {n} records")
+    console.print(
+        f"{report.segments} segments sealed, {report.changes} changes, "
+        f"{report.segments_applied} segments applied to the world model"
+        + (f"; refused: {report.refused}" if report.refused else "")
+    )
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Each log body is mined online into a template (``pipeline.logs.templates``); the
 the template id and the parameters, never the body text, and the original line is rebuilt from
 them exactly. There is one miner per source partition, so replicas never disagree on ids: a
 template id is ``partition << 20 | local id``. A miner's state is stored beside the segments
-(``_state/log-miner-<topic>-p<partition>.json``) together with the last offset it learned from,
+(``_state/log-miner-<topic>-p<partition>.json.zst``, zstd) with the last offset it learned from,
 and the templates a batch created or generalised are sealed as a ``log_templates`` segment.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import zstandard
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from pipeline.ingest.spans import UNKNOWN_SERVICE, any_value
@@ -26,6 +27,9 @@ from schemas.segments import LOG_TEMPLATES, LOGS
 LOCAL_ID_BITS = 20
 LOCAL_ID_MASK = (1 << LOCAL_ID_BITS) - 1
 BODY_JSON_ATTRIBUTE = "worldline.body_json"
+STATE_ZSTD_LEVEL = 9
+_ZSTD_C = zstandard.ZstdCompressor(level=STATE_ZSTD_LEVEL)
+_ZSTD_D = zstandard.ZstdDecompressor()
 
 
 def global_template_id(partition: int, local_id: int) -> int:
@@ -47,14 +51,19 @@ class MinerStates:
 
     def path(self, partition: int) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.topic)
-        return self.root / f"log-miner-{safe}-p{partition}.json"
+        return self.root / f"log-miner-{safe}-p{partition}.json.zst"
 
     def miner(self, partition: int) -> TemplateMiner:
         miner = self.miners.get(partition)
         if miner is None:
             path = self.path(partition)
+            legacy = path.with_suffix("")  # ``.json``: plain JSON with the miner as a string
             if path.exists():
-                doc = orjson.loads(path.read_bytes())
+                header, _, state = _ZSTD_D.decompress(path.read_bytes()).partition(b"\n")
+                miner = TemplateMiner.from_bytes(state)
+                self.learned_through[partition] = int(orjson.loads(header)["last_offset"])
+            elif legacy.exists():
+                doc = orjson.loads(legacy.read_bytes())
                 miner = TemplateMiner.from_bytes(doc["miner"].encode())
                 self.learned_through[partition] = int(doc["last_offset"])
             else:
@@ -63,18 +72,15 @@ class MinerStates:
         return miner
 
     def save(self, partition: int, last_offset: int) -> None:
+        """Write the miner durably: zstd of a JSON header line, then the miner state."""
         miner = self.miner(partition)
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(partition)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        doc = {
-            "topic": self.topic,
-            "partition": partition,
-            "last_offset": last_offset,
-            "miner": miner.to_bytes().decode(),
-        }
+        header = {"topic": self.topic, "partition": partition, "last_offset": last_offset}
+        data = _ZSTD_C.compress(orjson.dumps(header) + b"\n" + miner.to_bytes())
         with open(tmp, "wb") as f:
-            f.write(orjson.dumps(doc))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

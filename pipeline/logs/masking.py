@@ -28,6 +28,9 @@ from typing import Any
 ENCLOSING_CHARACTERS = "()[]{}<>"
 
 
+_NUMBER_PATTERN = r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+
+
 @dataclass(frozen=True, slots=True)
 class MaskingRule:
     """A named regular expression; a token it fully matches is a variable."""
@@ -43,7 +46,7 @@ DEFAULT_MASKING_RULES: tuple[MaskingRule, ...] = (
     MaskingRule("ipv4", r"(?:\d{1,3}\.){3}\d{1,3}"),
     MaskingRule("hex_number", r"0[xX][0-9a-fA-F]+"),
     MaskingRule("hex_id", r"(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}"),
-    MaskingRule("number", r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"),
+    MaskingRule("number", _NUMBER_PATTERN),
     MaskingRule("duration", r"\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h|d|sec|secs|min|mins)"),
     MaskingRule("size", r"\d+(?:\.\d+)?(?:[kKMGT]i?[bB]?|[bB])"),
     MaskingRule("path", r"[~.]?(?:/[^/]+)+/?"),
@@ -80,13 +83,18 @@ class TokenMasker:
         self._combined = re.compile(f"(?s:{alternatives})") if self.rules else None
         self._memo: dict[str, bool] = {}
         self._memo_capacity = memo_capacity
+        # Cheap decisions that need no regex, valid only when a rule says so: with the default
+        # "number" rule every run of ASCII digits is a variable.
+        self._digits_are_variable = any(rule.pattern == _NUMBER_PATTERN for rule in self.rules)
 
     def is_variable(self, token: str) -> bool:
         known = self._memo.get(token)
         if known is not None:
             return known
         core = token.strip(self.enclosing_characters)
-        if not core:  # "()" or "[]": an empty value; "" itself is nothing
+        if self._digits_are_variable and core.isdigit() and core.isascii():
+            verdict = True
+        elif not core:  # "()" or "[]": an empty value; "" itself is nothing
             verdict = bool(token)
         else:
             verdict = self._combined is not None and self._combined.fullmatch(core) is not None

@@ -15,8 +15,15 @@ How a line finds its template (after Drain, He et al., ICWS 2017)
     branch). The line is compared with the templates of its leaf; similarity is the share of
     positions where the template has a parameter or the same token. The most similar template at
     or above ``similarity_threshold`` wins; if the leaf has none, every template of the same token
-    count is tried (so a variable in a leading token does not split an event). Otherwise a new
-    template is created.
+    count is tried (so a variable in a leading token does not split an event).
+
+Other shapes: variable-length parameters
+    If the leaf has no template at the threshold, templates of any token count are tried by
+    alignment: constant tokens are matched by a longest common subsequence, a parameter may
+    absorb extra tokens ("<1 sec" where another line had "00:01") and template pieces a line
+    lacks become empty parameters. Only if the unmatched tokens are mostly variable (constant
+    words that only one side has mean a different event) and aligned constants over all
+    constants reach ``alignment_threshold``. Otherwise a new template is created.
 
 Stable ids, lossless forever
     A template only ever generalises: a constant piece becomes a parameter, never the reverse,
@@ -46,12 +53,14 @@ import orjson
 
 from pipeline.logs.masking import DEFAULT_MASKING_RULES, MaskingRule, TokenMasker
 
-STATE_FORMAT = "worldline.log_templates/1"
+STATE_FORMAT = "worldline.log_templates/2"
+READABLE_STATE_FORMATS = ("worldline.log_templates/1", STATE_FORMAT)
 UNPARSED_TEMPLATE_ID = 0
 PARAMETER_TEXT = "<*>"
 DELIMITER_CHARACTERS = r"\s,;=\"'|:"
 REFUSAL_REASONS = ("template_cap", "leaf_cap")
 
+_MergePlan = tuple[list[tuple[int, int]] | None, tuple[bool, ...]]
 _CONSTANT = -1  # slot version of a piece that is still constant
 _WILDCARD_LABEL = "\x00*"  # tree label for masked tokens and overflowing children
 
@@ -75,6 +84,9 @@ class MinerConfig:
     memo_capacity: int = 100_000
     search_same_length: bool = False
     compare_separators: bool = False
+    align_other_lengths: bool = True
+    alignment_threshold: float = 0.8
+    max_alignment_cells: int = 4096
 
 
 @dataclass(slots=True)
@@ -89,6 +101,8 @@ class _Template:
     separators: list[str | None] = field(default_factory=list)
     slot_positions: tuple[int, ...] = ()
     version_slot_counts: list[int] = field(default_factory=list)
+    constants: frozenset[str] = frozenset()
+    constant_count: int = 0
 
     def refresh(self) -> None:
         current: list[str | None] = [
@@ -98,6 +112,9 @@ class _Template:
         self.tokens = current[0::2]
         self.separators = current[1::2]
         self.slot_positions = tuple(i for i, piece in enumerate(current) if piece is None)
+        constants = [token for token in self.tokens if token is not None]
+        self.constants = frozenset(constants)
+        self.constant_count = len(constants)
         top_version = max(self.slot_version, default=_CONSTANT)
         self.version_slot_counts = [
             sum(1 for v in self.slot_version if v != _CONSTANT and v <= version)
@@ -138,6 +155,14 @@ class TemplateMiner:
         # Pure memo (never changes a result): masked pieces -> template they fully match.
         self._memo: dict[int, dict[tuple[str | None, ...], int]] = {}
         self._memo_size = 0
+        # Pure memo as well: masked pieces of another token count -> (template, piece ranges).
+        self._aligned_memo: dict[tuple[str | None, ...], tuple[int, tuple[tuple[int, int], ...]]]
+        self._aligned_memo = {}
+        # Pure memo: variable flags of the tokens -> how the split pieces merge (bounded).
+        self._merge_plans: dict[tuple[bool, ...], _MergePlan] = {}
+        # Pure memo: whole lines -> their match, dropped whenever any template changes.
+        self._line_memo: dict[str, tuple[Match, int, int]] = {}
+        self._stamps: dict[int, int] = {}  # token count -> changes to its templates
         self._next_id = UNPARSED_TEMPLATE_ID + 1
         self.refusals: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         self.lines_seen = 0
@@ -147,6 +172,19 @@ class TemplateMiner:
     def add(self, line: str) -> Match:
         """Learn from ``line`` and return its template id and parameters."""
         self.lines_seen += 1
+        known_line = self._line_memo.get(line)
+        if known_line is not None:
+            match, token_count, stamp = known_line
+            if self._stamps.get(token_count, 0) == stamp:
+                return match
+        match, token_count = self._add(line)
+        if token_count and len(self._line_memo) < self.config.memo_capacity:
+            self._line_memo[line] = (match, token_count, self._stamps.get(token_count, 0))
+        return match
+
+    def _add(self, line: str) -> tuple[Match, int]:
+        """The match, and the line's token count when it depends on that leaf's templates only
+        and nothing changed (0 otherwise)."""
         pieces, key = self._read(line)
         token_count = (len(pieces) + 1) >> 1
         memo = self._memo.get(token_count)
@@ -154,18 +192,48 @@ class TemplateMiner:
             known = memo.get(key)
             if known is not None:
                 positions = self._templates[known].slot_positions
-                return Match(known, tuple([pieces[i] for i in positions]))
+                return Match(known, tuple([pieces[i] for i in positions])), token_count
+        aligned_known = self._aligned_memo.get(key)
+        if aligned_known is not None:
+            template_id, ranges = aligned_known
+            return Match(template_id, tuple(["".join(pieces[a:b]) for a, b in ranges])), 0
         masked = key[0::2]
         template = self._best_template(masked, key[1::2], token_count)
         if template is None:
+            alignment = self._best_alignment(key)
+            if alignment is not None:
+                return self._add_aligned(alignment, pieces, key), 0
             template = self._create(pieces, masked, token_count)
             if template is None:
-                return Match(UNPARSED_TEMPLATE_ID, (line,))
+                return Match(UNPARSED_TEMPLATE_ID, (line,)), 0
+            memoable = 0
         elif self._generalise(template, pieces, masked):
             self._forget_memo(token_count)
+            memoable = 0
         else:
             self._remember(token_count, key, template.template_id)
-        return Match(template.template_id, tuple([pieces[i] for i in template.slot_positions]))
+            memoable = token_count
+        params = tuple([pieces[i] for i in template.slot_positions])
+        return Match(template.template_id, params), memoable
+
+    def _add_aligned(
+        self,
+        alignment: tuple[_Template, list[tuple[int, int]], list[int]],
+        pieces: list[str],
+        key: tuple[str | None, ...],
+    ) -> Match:
+        template, spans, changed = alignment
+        if changed:
+            new_version = template.version + 1
+            for position in changed:
+                template.slot_version[position] = new_version
+            template.refresh()
+            self._forget_memo(template.leaf[0])
+        ranges = tuple(spans[i] for i in template.slot_positions)
+        if not changed and self._memo_size < self.config.memo_capacity:
+            self._aligned_memo[key] = (template.template_id, ranges)
+            self._memo_size += 1
+        return Match(template.template_id, tuple(["".join(pieces[a:b]) for a, b in ranges]))
 
     def match(self, line: str) -> Match | None:
         """The template ``line`` fits as it stands, without learning; None if there is none."""
@@ -175,7 +243,21 @@ class TemplateMiner:
         template = self._templates[known] if known is not None else None
         if template is None:
             template = self._best_template(key[0::2], key[1::2], token_count)
-            if template is None or self._needs_change(template, pieces, key[0::2]):
+            if template is None:
+                alignment = self._best_alignment(key)
+                if alignment is None or alignment[2]:
+                    return None
+                found, spans, _ = alignment
+                return Match(
+                    found.template_id,
+                    tuple(
+                        [
+                            "".join(pieces[a:b])
+                            for a, b in map(spans.__getitem__, found.slot_positions)
+                        ]
+                    ),
+                )
+            if self._needs_change(template, pieces, key[0::2]):
                 return None
         return Match(template.template_id, tuple([pieces[i] for i in template.slot_positions]))
 
@@ -219,7 +301,11 @@ class TemplateMiner:
     # ---- state as bytes ------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """The whole learned state as JSON bytes (no code runs on load)."""
+        """The whole learned state as JSON bytes (no code runs on load).
+
+        Compact: a piece that was a parameter from the first line on keeps no text (it is never
+        shown nor rebuilt), and slot versions are listed only for parameter pieces.
+        """
         state = {
             "format": STATE_FORMAT,
             "config": asdict(self.config),
@@ -228,12 +314,15 @@ class TemplateMiner:
             "lines_seen": self.lines_seen,
             "refusals": self.refusals,
             "templates": [
-                {
-                    "id": t.template_id,
-                    "original": t.original,
-                    "slot_version": t.slot_version,
-                    "leaf": list(t.leaf),
-                }
+                [
+                    t.template_id,
+                    [
+                        "" if version == 0 else piece
+                        for piece, version in zip(t.original, t.slot_version, strict=True)
+                    ],
+                    [[i, v] for i, v in enumerate(t.slot_version) if v != _CONSTANT],
+                    list(t.leaf),
+                ]
                 for t in self._templates.values()
             ],
         }
@@ -242,22 +331,35 @@ class TemplateMiner:
     @classmethod
     def from_bytes(cls, data: bytes) -> TemplateMiner:
         state = orjson.loads(data)
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in READABLE_STATE_FORMATS:
             raise ValueError(f"not a {STATE_FORMAT} state")
+        config = {
+            name: value
+            for name, value in state["config"].items()
+            if name in MinerConfig.__dataclass_fields__
+        }
         miner = cls(
-            MinerConfig(**state["config"]),
+            MinerConfig(**config),
             [MaskingRule(**rule) for rule in state["masking_rules"]],
         )
         miner._next_id = int(state["next_id"])
         miner.lines_seen = int(state["lines_seen"])
         miner.refusals.update({str(k): int(v) for k, v in state["refusals"].items()})
         for entry in state["templates"]:
-            original = [str(piece) for piece in entry["original"]]
-            slot_version = [int(v) for v in entry["slot_version"]]
+            if isinstance(entry, dict):  # format 1
+                template_id, original = entry["id"], entry["original"]
+                slot_version = [int(v) for v in entry["slot_version"]]
+                leaf_labels = entry["leaf"]
+            else:
+                template_id, original, slots, leaf_labels = entry
+                slot_version = [_CONSTANT] * len(original)
+                for position, version in slots:
+                    slot_version[int(position)] = int(version)
+            original = [str(piece) for piece in original]
             if len(original) != len(slot_version) or len(original) % 2 != 1:
-                raise ValueError(f"template {entry['id']}: inconsistent pieces")
-            leaf = (int(entry["leaf"][0]), *map(str, entry["leaf"][1:]))
-            miner._register(_Template(int(entry["id"]), original, slot_version, leaf))
+                raise ValueError(f"template {template_id}: inconsistent pieces")
+            leaf = (int(leaf_labels[0]), *map(str, leaf_labels[1:]))
+            miner._register(_Template(int(template_id), original, slot_version, leaf))
         return miner
 
     # ---- internals -----------------------------------------------------------------------
@@ -273,25 +375,22 @@ class TemplateMiner:
         flags = self._variable_flags(tokens)
         if True not in flags:
             return split, tuple(split)
-        key: list[str | None] = list(split)
-        if (True, True) not in zip(flags, flags[1:], strict=False):
-            for position, variable in enumerate(flags):
-                if variable:
-                    key[2 * position] = None
-            return split, tuple(key)
-        pieces = [tokens[0]]
-        key = [None if flags[0] else tokens[0]]
-        previous = flags[0]
-        for position in range(1, len(tokens)):
-            token = tokens[position]
-            variable = flags[position]
-            if variable and previous:
-                pieces[-1] += split[2 * position - 1] + token
-                continue
-            separator = split[2 * position - 1]
-            pieces += (separator, token)
-            key += (separator, None if variable else token)
-            previous = variable
+        flags_key = tuple(flags)
+        plan = self._merge_plans.get(flags_key)
+        if plan is None:
+            plan = _merge_plan(flags_key)
+            if len(self._merge_plans) < self.config.memo_capacity:
+                self._merge_plans[flags_key] = plan
+        ranges, piece_is_variable = plan
+        pieces = (
+            split
+            if ranges is None
+            else [split[a] if a + 1 == b else "".join(split[a:b]) for a, b in ranges]
+        )
+        key = [
+            None if variable else piece
+            for piece, variable in zip(pieces, piece_is_variable, strict=True)
+        ]
         return pieces, tuple(key)
 
     def _best_template(
@@ -420,6 +519,234 @@ class TemplateMiner:
             self._memo_size += 1
 
     def _forget_memo(self, token_count: int) -> None:
+        """Drop memo entries a new or generalised template of ``token_count`` may change."""
+        self._stamps[token_count] = self._stamps.get(token_count, 0) + 1
         dropped = self._memo.pop(token_count, None)
         if dropped:
             self._memo_size -= len(dropped)
+        if self._aligned_memo:
+            self._memo_size -= len(self._aligned_memo)
+            self._aligned_memo.clear()
+
+    # ---- alignment across token counts ---------------------------------------------------
+
+    def _best_alignment(
+        self, key: tuple[str | None, ...]
+    ) -> tuple[_Template, list[tuple[int, int]], list[int]] | None:
+        """The most similar template of another shape, matched by aligning tokens.
+
+        Used when the line's own leaf has no template at the threshold. Constant tokens are
+        aligned by a longest common subsequence (a parameter of the template may face a variable
+        of the line); the pieces between aligned tokens are spread over the template's pieces
+        there, one piece absorbing any surplus (a parameter that holds several tokens) or taking
+        the place of several (which then become empty parameters). Similarity is aligned
+        constants over the constants of either (``alignment_threshold``, stricter than the
+        positional one: a different shape is weaker evidence of the same event).
+        Returns (template, line piece range per template piece, pieces that become parameters).
+        """
+        if not self.config.align_other_lengths or not self._templates:
+            return None
+        masked = key[0::2]
+        line_constants = [token for token in masked if token is not None]
+        if not line_constants:
+            return None
+        line_set = frozenset(line_constants)
+        line_count = len(line_constants)
+        threshold = self.config.alignment_threshold
+        cells = self.config.max_alignment_cells
+        own_leaf = self._leaf_path(masked, len(masked), plan=False)
+        best: tuple[float, int, int] | None = None
+        best_result: tuple[_Template, list[tuple[int, int]], list[int]] | None = None
+        low, high = threshold * line_count, line_count / threshold
+        for template in self._templates.values():
+            if not low <= template.constant_count <= high or template.leaf == own_leaf:
+                continue  # cannot reach the threshold, or already compared position by position
+            # Upper bound of aligned constants from the distinct ones shared (repeats aside).
+            bound = len(template.constants & line_set)
+            bound = min(bound + template.constant_count - len(template.constants), line_count)
+            if bound < threshold * (template.constant_count + line_count - bound):
+                continue
+            if len(template.tokens) * len(masked) > cells:
+                continue
+            anchors, matched = _align_tokens(template.tokens, masked)
+            similarity = matched / (template.constant_count + line_count - matched)
+            if similarity < threshold:
+                continue
+            spans = _spread(template, key, anchors)
+            if spans is None:
+                continue
+            changed = [
+                position
+                for position, (start, end) in enumerate(spans)
+                if template.slot_version[position] == _CONSTANT
+                and not (end == start + 1 and key[start] == template.original[position])
+            ]
+            score = (similarity, -len(changed), -template.template_id)
+            if best is None or score > best:
+                best, best_result = score, (template, spans, changed)
+        return best_result
+
+
+def _merge_plan(flags: tuple[bool, ...]) -> _MergePlan:
+    """How split pieces become pieces: runs of adjacent variable tokens (and the separators
+    between them) join into one piece. Returns (split ranges per piece, or None when nothing
+    joins; whether each piece is variable)."""
+    ranges: list[tuple[int, int]] = []
+    variable: list[bool] = []
+    previous = False
+    for position, flag in enumerate(flags):
+        if flag and previous:
+            ranges[-1] = (ranges[-1][0], 2 * position + 1)
+        else:
+            if position:
+                ranges.append((2 * position - 1, 2 * position))
+                variable.append(False)
+            ranges.append((2 * position, 2 * position + 1))
+            variable.append(flag)
+        previous = flag
+    joined = len(ranges) != 2 * len(flags) - 1
+    return (ranges if joined else None), tuple(variable)
+
+
+def _align_tokens(
+    template_tokens: Sequence[str | None], masked: Sequence[str | None]
+) -> tuple[list[tuple[int, int]], int]:
+    """Longest common subsequence of two token lists: equal constants weigh 2, a template
+    parameter facing a line variable 1. Returns the aligned (template, line) token indices and
+    how many of them are equal constants."""
+    width = len(masked)
+    rows = [[0] * (width + 1)]
+    previous = rows[0]
+    for constant in template_tokens:
+        current = [0] * (width + 1)
+        for j, token in enumerate(masked):
+            value = previous[j + 1] if previous[j + 1] > current[j] else current[j]
+            if constant is None:
+                if token is None and previous[j] + 1 > value:
+                    value = previous[j] + 1
+            elif constant == token and previous[j] + 2 > value:
+                value = previous[j] + 2
+            current[j + 1] = value
+        rows.append(current)
+        previous = current
+    anchors: list[tuple[int, int]] = []
+    matched = 0
+    i, j = len(template_tokens), width
+    while i and j:
+        value = rows[i][j]
+        if value == rows[i - 1][j]:
+            i -= 1
+        elif value == rows[i][j - 1]:
+            j -= 1
+        else:
+            i -= 1
+            j -= 1
+            anchors.append((i, j))
+            matched += template_tokens[i] is not None
+    anchors.reverse()
+    return anchors, matched
+
+
+def _spread(
+    template: _Template, key: Sequence[str | None], anchors: list[tuple[int, int]]
+) -> list[tuple[int, int]] | None:
+    """Line piece range (start, end) for every template piece, given aligned token pairs."""
+    spans: list[tuple[int, int]] = []
+    template_start = line_start = 0
+    final = (len(template.tokens), len(key) // 2 + 1)  # one past the last token of each
+    versions = template.slot_version
+    absorb_from: int | None = None  # the next anchor (a parameter) also takes the gap before it
+    for i, j in [*anchors, final]:
+        template_end = min(2 * i, len(template.original))
+        line_end = min(2 * j, len(key))
+        if template_end == template_start and line_end > line_start:
+            # Nothing of the template faces these line pieces: a neighbouring parameter anchor
+            # takes them, if they are mostly variable.
+            tokens = [key[k] for k in range(line_start + (line_start & 1), line_end, 2)]
+            if 2 * tokens.count(None) + 1 < len(tokens):
+                return None
+            if spans and versions[template_start - 1] != _CONSTANT:
+                spans[-1] = (spans[-1][0], line_end)
+            elif (i, j) != final and versions[2 * i] != _CONSTANT:
+                absorb_from = line_start
+            else:
+                return None
+        else:
+            slack = (bool(spans) and versions[template_start - 1] != _CONSTANT) + (
+                (i, j) != final and versions[2 * i] != _CONSTANT
+            )
+            gap = _spread_gap(
+                template, key, template_start, template_end, line_start, line_end, slack
+            )
+            if gap is None:
+                return None
+            spans += gap
+        if (i, j) == final:
+            break
+        spans.append((2 * j if absorb_from is None else absorb_from, 2 * j + 1))
+        absorb_from = None
+        template_start, line_start = template_end + 1, line_end + 1
+    return spans
+
+
+def _spread_gap(
+    template: _Template,
+    key: Sequence[str | None],
+    template_start: int,
+    template_end: int,
+    line_start: int,
+    line_end: int,
+    slack: int,
+) -> list[tuple[int, int]] | None:
+    """Spread line pieces [line_start, line_end) over template pieces [template_start, end).
+
+    ``slack``: how many of the aligned tokens around the gap are parameters.
+    """
+    size = template_end - template_start
+    surplus = (line_end - line_start) - size
+    if size == 0:
+        return [] if surplus == 0 else None
+    if surplus == 0:
+        return [(line_start + k, line_start + k + 1) for k in range(size)]
+    original, versions = template.original, template.slot_version
+    # Tokens only one side has must be mostly variable: the longer side of the gap may hold
+    # no more constant tokens than variable ones (parameters around the gap count too), or
+    # the shapes are different events.
+    if surplus > 0:
+        longer = [key[k] for k in range(line_start + (line_start & 1), line_end, 2)]
+    else:
+        longer = [
+            None if versions[k] != _CONSTANT else original[k]
+            for k in range(template_start + (template_start & 1), template_end, 2)
+        ]
+    variables = longer.count(None)
+    if len(longer) - variables > variables + slack:
+        return None
+    best: tuple[int, int] | None = None
+    best_spans: list[tuple[int, int]] = []
+    last = size if surplus > 0 else size + surplus
+    for absorber in range(max(last, 0)):
+        spans = []
+        cursor = line_start
+        for k in range(size):
+            if k == absorber and surplus > 0:
+                spans.append((cursor, cursor + surplus + 1))
+                cursor += surplus + 1
+            elif surplus < 0 and absorber < k <= absorber - surplus:
+                spans.append((cursor, cursor))  # taken over by the absorber: empty
+            else:
+                spans.append((cursor, cursor + 1))
+                cursor += 1
+        cost = 0
+        for k, (start, end) in enumerate(spans):
+            position = template_start + k
+            if versions[position] == _CONSTANT and not (
+                end == start + 1 and key[start] == original[position]
+            ):
+                cost += 1
+        score = (cost, 0 if versions[template_start + absorber] != _CONSTANT else 1)
+        if best is None or score < best:
+            best, best_spans = score, spans
+    if best is None:  # the line has no pieces here at all: every template piece is empty
+        return [(line_start, line_start)] * size
+    return best_spans

@@ -53,6 +53,11 @@ class WriteOptions:
 
 
 WRITE_OPTIONS: dict[str, WriteOptions] = {
+    # log parameters are mostly distinct values: a dictionary costs more than it saves
+    "logs": WriteOptions(
+        no_dictionary=("params", "time_unix_nano"),
+        column_encoding=(("time_unix_nano", "DELTA_BINARY_PACKED"),),
+    ),
     "spans": WriteOptions(
         no_dictionary=("span_id", "parent_span_id", "start_unix_nano", "duration_ns"),
         column_encoding=(

@@ -255,3 +255,46 @@ def test_loghub_every_line_reconstructs_and_groups_well() -> None:
     _, ids = mine([row["Content"] for row in rows])
     truth_groups = {row["EventTemplate"] for row in rows}
     assert len(set(ids)) == len(truth_groups)
+
+
+def test_a_parameter_can_absorb_extra_tokens_of_another_shape() -> None:
+    miner = TemplateMiner()
+    lines = [
+        "conn 7 close, 0 bytes sent, 0 bytes received, lifetime 00:01",
+        "conn 8 close, 403 bytes sent, 426 bytes received, lifetime <1 sec",
+        "conn 9 close, 451 bytes sent, 18846 bytes (18.4 KB) received, lifetime 00:02",
+    ]
+    matches = [miner.add(line) for line in lines]
+    assert len({m.template_id for m in matches}) == 1
+    assert matches[1].params[-1] == "<1 sec"  # one slot holds two tokens
+    for line, match in zip(lines, matches, strict=True):
+        assert miner.reconstruct(match.template_id, match.params) == line
+    restored = TemplateMiner.from_bytes(miner.to_bytes())
+    for line, match in zip(lines, matches, strict=True):
+        assert restored.reconstruct(match.template_id, match.params) == line
+        assert restored.match(line) is not None
+
+
+def test_extra_constant_words_are_a_different_event() -> None:
+    _, ids = mine(
+        [
+            "Failed password for root from 10.0.0.1 port 22 ssh2",
+            "Failed password for invalid user admin from 10.0.0.2 port 23 ssh2",
+        ]
+    )
+    assert ids[0] != ids[1]
+
+
+def test_state_format_1_still_loads() -> None:
+    miner, _ = mine(["session opened for user root by admin", "session opened for user guest"])
+    state = json.loads(miner.to_bytes())
+    state["format"] = "worldline.log_templates/1"
+    state["templates"] = [
+        {"id": i, "original": pieces, "slot_version": [-1] * len(pieces), "leaf": leaf}
+        for i, pieces, _, leaf in state["templates"]
+    ]
+    old = TemplateMiner.from_bytes(json.dumps(state).encode())
+    assert old.templates() == {
+        1: "session opened for user root by admin",
+        2: "session opened for user guest",
+    }

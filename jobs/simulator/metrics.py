@@ -1,0 +1,268 @@
+"""OTLP metrics as an SDK and the Collector's hostmetrics receiver would export them.
+
+Cumulative duration histograms per pod (server side ``http.server.request.duration``, client side
+``http.client.request.duration``, ``db.client.operation.duration``, messaging durations) fed by the
+spans that ended; gauges from the resource model (CPU, memory, connection pools, consumer lag);
+restart counters; host CPU. Exported on every scrape, one request per service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AggregationTemporality,
+    Metric,
+    NumberDataPoint,
+    ResourceMetrics,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from jobs.simulator.engine import SliceState, SpanBatch, World
+from jobs.simulator.telemetry import (
+    HTTP_DURATION_BOUNDS,
+    Attr,
+    ResourceCatalog,
+    key_value,
+    span_shapes,
+)
+
+
+@dataclass
+class _Histogram:
+    count: int = 0
+    total: float = 0.0
+    buckets: np.ndarray = field(
+        default_factory=lambda: np.zeros(len(HTTP_DURATION_BOUNDS) + 1, np.int64)
+    )
+
+
+class MetricsRecorder:
+    """Cumulative metric state per pod, fed by span batches; exported on every scrape."""
+
+    def __init__(self, world: World, resources: ResourceCatalog, start_ns: int) -> None:
+        self.world = world
+        self.resources = resources
+        self.histograms: dict[tuple[int, int, int], _Histogram] = {}
+        """(pod, span key, status variant) -> cumulative duration histogram."""
+        self.shapes = span_shapes(world)
+        self.run_start_ns = start_ns
+        self.pod_start_ns = np.full(len(world.topo.pods), start_ns, dtype=np.int64)
+        self.restarts = np.zeros(len(world.topo.pods), dtype=np.int64)
+
+    def observe(self, batch: SpanBatch) -> None:
+        """Add every ended span to its duration histogram (server and client side alike)."""
+        if len(batch) == 0:
+            return
+        n_keys = len(self.shapes)
+        seconds = (batch.end_ns - batch.start_ns) / 1e9
+        bucket = np.searchsorted(np.asarray(HTTP_DURATION_BOUNDS), seconds, side="left")
+        series = (batch.pod * n_keys + batch.span_key) * 3 + batch.variant
+        uniq, inv = np.unique(series, return_inverse=True)
+        counts = np.bincount(inv)
+        sums = np.bincount(inv, weights=seconds)
+        per_bucket = np.zeros((len(uniq), len(HTTP_DURATION_BOUNDS) + 1), dtype=np.int64)
+        np.add.at(per_bucket, (inv, bucket), 1)
+        for k, s in enumerate(uniq.tolist()):
+            key = (s // 3 // n_keys, s // 3 % n_keys, s % 3)
+            h = self.histograms.get(key)
+            if h is None:
+                h = self.histograms[key] = _Histogram()
+            h.count += int(counts[k])
+            h.total += float(sums[k])
+            h.buckets += per_bucket[k]
+
+    def _duration_series(self, key: int, variant: int) -> tuple[str, list[Attr]]:
+        """Metric name and data-point attributes for the spans of one span key and variant."""
+        shape = self.shapes[key]
+        attrs = dict(shape.attributes + shape.variant_attributes[variant])
+        if shape.kind == Span.SPAN_KIND_SERVER:
+            name = "http.server.request.duration"
+        elif shape.kind == Span.SPAN_KIND_CONSUMER:
+            name = "messaging.process.duration"
+        elif shape.kind == Span.SPAN_KIND_PRODUCER:
+            name = "messaging.client.operation.duration"
+        elif "db.system" in attrs:
+            name = "db.client.operation.duration"
+        elif shape.kind == Span.SPAN_KIND_CLIENT:
+            name = "http.client.request.duration"
+        else:
+            name = "job.run.duration"
+        return name, [(k, attrs[k]) for k in _DURATION_ATTRIBUTES[name] if k in attrs]
+
+    def restart(self, pod: int, at_ns: int, replaced: bool = False) -> None:
+        """A pod restarted (or, ``replaced``, a deploy rolled it into a new pod): its cumulative
+        series start again from zero."""
+        if replaced:
+            self.restarts[pod] = 0
+        else:
+            self.restarts[pod] += 1
+        self.pod_start_ns[pod] = at_ns
+        for key in [k for k in self.histograms if k[0] == pod]:
+            del self.histograms[key]
+
+    def export(
+        self, now_ns: int, state: SliceState, versions: list[str], rng: np.random.Generator
+    ) -> list[tuple[int, bytes]]:
+        """(service, ExportMetricsServiceRequest bytes) per service, plus one for hosts (-1)."""
+        w = self.world
+        topo = w.topo
+        by_pod: dict[int, dict[str, Metric]] = {}
+        for (pod, key, variant), h in sorted(self.histograms.items()):
+            name, attrs = self._duration_series(key, variant)
+            metrics = by_pod.setdefault(pod, {})
+            metric = metrics.get(name)
+            if metric is None:
+                metric = metrics[name] = _histogram_metric(name)
+            dp = metric.histogram.data_points.add()
+            dp.start_time_unix_nano = int(self.pod_start_ns[pod])
+            dp.time_unix_nano = now_ns
+            dp.count = h.count
+            dp.sum = h.total
+            dp.bucket_counts.extend(h.buckets.tolist())
+            dp.explicit_bounds.extend(HTTP_DURATION_BOUNDS)
+            dp.attributes.extend([key_value(k, v) for k, v in attrs])
+        cpu_noise = rng.normal(0.0, 0.01, size=len(topo.pods))
+        mem_noise = rng.normal(0.0, 2e6, size=len(topo.pods))
+        pool_of_service: dict[int, list[int]] = {}
+        for i, (s, _d) in enumerate(w.pool_pairs.tolist()):
+            pool_of_service.setdefault(s, []).append(i)
+        queue_of_service = {
+            topo.operations[d.consumer_operation].service: d
+            for d in topo.dependencies
+            if d.consumer_operation is not None
+        }
+        records: list[tuple[int, bytes]] = []
+        for svc in topo.services:
+            request = ExportMetricsServiceRequest()
+            for pod in svc.pods:
+                if not state.pod_active[pod]:
+                    continue
+                rm = request.resource_metrics.add()
+                rm.resource.CopyFrom(self.resources.resource(pod, versions[svc.index]))
+                sm = rm.scope_metrics.add()
+                sm.scope.CopyFrom(self.resources.scope(svc.index))
+                gauges: list[tuple[str, str, float, tuple[Attr, ...]]] = [
+                    (
+                        "process.cpu.utilization",
+                        "1",
+                        float(np.clip(state.pod_cpu_utilization[pod] + cpu_noise[pod], 0, 1)),
+                        (),
+                    ),
+                    (
+                        "process.memory.usage",
+                        "By",
+                        float(max(state.pod_memory_bytes[pod] + mem_noise[pod], 0.0)),
+                        (),
+                    ),
+                ]
+                for i in pool_of_service.get(svc.index, []):
+                    dep = topo.dependencies[int(w.pool_pairs[i, 1])]
+                    used = float(np.round(state.pool_in_use[i]))
+                    for state_name, value in (
+                        ("used", used),
+                        ("idle", max(svc.pool_size - used, 0.0)),
+                    ):
+                        gauges.append(
+                            (
+                                "db.client.connections.usage",
+                                "{connection}",
+                                value,
+                                (
+                                    ("db.client.connections.pool.name", dep.name),
+                                    ("db.client.connections.state", state_name),
+                                ),
+                            )
+                        )
+                if svc.index in queue_of_service:
+                    q = queue_of_service[svc.index]
+                    gauges.append(
+                        (
+                            "messaging.kafka.consumer.lag",
+                            "{message}",
+                            float(np.round(state.queue_backlog[q.index])),
+                            (("messaging.destination.name", q.name),),
+                        )
+                    )
+                for gauge_name, unit, value, gauge_attrs in gauges:
+                    m = sm.metrics.add(name=gauge_name, unit=unit)
+                    gauge_dp = m.gauge.data_points.add(time_unix_nano=now_ns, as_double=value)
+                    gauge_dp.attributes.extend([key_value(k, v) for k, v in gauge_attrs])
+                restarts = sm.metrics.add(name="k8s.container.restarts", unit="{restart}")
+                restarts.sum.aggregation_temporality = (
+                    AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+                )
+                restarts.sum.is_monotonic = True
+                restarts.sum.data_points.append(
+                    NumberDataPoint(
+                        start_time_unix_nano=self.run_start_ns,
+                        time_unix_nano=now_ns,
+                        as_int=int(self.restarts[pod]),
+                    )
+                )
+                sm.metrics.extend(by_pod.get(pod, {}).values())
+            if request.resource_metrics:
+                records.append((svc.index, request.SerializeToString()))
+        hosts = ExportMetricsServiceRequest()
+        for host in topo.hosts:
+            rm = ResourceMetrics(
+                resource=Resource(
+                    attributes=[
+                        key_value("host.name", host.name),
+                        key_value("k8s.node.name", host.name),
+                    ]
+                )
+            )
+            sm = rm.scope_metrics.add()
+            sm.scope.name = "otelcol/hostmetricsreceiver/cpu"
+            m = sm.metrics.add(name="system.cpu.utilization", unit="1")
+            m.gauge.data_points.add(
+                time_unix_nano=now_ns, as_double=float(state.host_cpu_utilization[host.index])
+            )
+            hosts.resource_metrics.append(rm)
+        records.append((-1, hosts.SerializeToString()))
+        return records
+
+
+_DURATION_ATTRIBUTES = {
+    "http.server.request.duration": (
+        "http.request.method",
+        "http.route",
+        "http.response.status_code",
+        "error.type",
+    ),
+    "http.client.request.duration": (
+        "http.request.method",
+        "server.address",
+        "server.port",
+        "peer.service",
+        "http.response.status_code",
+        "error.type",
+    ),
+    "db.client.operation.duration": (
+        "db.system",
+        "db.namespace",
+        "db.operation.name",
+        "server.address",
+        "error.type",
+    ),
+    "messaging.client.operation.duration": (
+        "messaging.system",
+        "messaging.operation.type",
+        "messaging.destination.name",
+        "error.type",
+    ),
+    "messaging.process.duration": ("messaging.system", "messaging.destination.name", "error.type"),
+    "job.run.duration": ("job.name", "error.type"),
+}
+
+
+def _histogram_metric(name: str) -> Metric:
+    m = Metric(name=name, unit="s")
+    m.histogram.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+    return m

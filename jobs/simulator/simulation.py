@@ -1,0 +1,322 @@
+"""One simulated run: topology, scenario, changes and faults advanced slice by slice into records.
+
+``Simulation(config).slices()`` yields, for each time slice, the records of every topic in event
+time order, as the OTel Collector's Kafka exporter, Alertmanager and a CI hook would have
+written them. Nothing here reads the wall clock: the run's start is part of the config, and all
+randomness comes from generators seeded by ``config.seed`` (one stream per concern, so adding a
+log line never changes a span).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from jobs.simulator import changes as ch
+from jobs.simulator import scenarios, topology
+from jobs.simulator.alerts import SloBurnAlerts
+from jobs.simulator.engine import (
+    Effects,
+    ResourceModel,
+    SliceState,
+    SpanBatch,
+    TraceTemplate,
+    World,
+    build_template,
+    simulate_traces,
+)
+from jobs.simulator.faults import CronJob, Fault, SliceContext
+from jobs.simulator.logs import LogLine, LogWriter
+from jobs.simulator.metrics import MetricsRecorder
+from jobs.simulator.telemetry import ResourceCatalog, SpanEncoder, pod_name
+from jobs.simulator.traffic import Seasonality, TrafficNoise
+
+TOPICS = ("otlp_spans", "otlp_metrics", "otlp_logs", "alerts", "changes")
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+    """Event time of the record (when the exporter or webhook would have sent it)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    start_s: float
+    """Event time of the first slice (Unix seconds); the fault starts at start_s + warmup_s."""
+    scenario: str = "normal"
+    seed: int = 0
+    services: int = 30
+    warmup_s: float = 600.0
+    duration_s: float = 900.0
+    slice_s: float = 5.0
+    scrape_interval_s: float = 15.0
+    peak_rate: float = 150.0
+    """Edge requests per second at the weekday daily peak."""
+    metrics: bool = True
+    logs: bool = True
+    alerts: bool = True
+
+    @property
+    def onset_s(self) -> float:
+        return self.start_s + self.warmup_s
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.warmup_s + self.duration_s
+
+
+@dataclass
+class SliceResult:
+    t0_s: float
+    records: list[Record]
+    spans: SpanBatch
+    state: SliceState
+    span_count: int = 0
+
+
+class Simulation:
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        seeds = np.random.SeedSequence(config.seed).spawn(7)
+        (
+            rng_topology,
+            rng_world,
+            rng_scenario,
+            rng_changes,
+            rng_traffic,
+            rng_spans,
+            rng_telemetry,
+        ) = (np.random.default_rng(s) for s in seeds)
+        self.rng_spans = rng_spans
+        self.rng_telemetry = rng_telemetry
+        self.topology = topology.generate(config.services, rng_topology)
+        self.world = World(self.topology, config.peak_rate, rng_world)
+        self.scenario = scenarios.get(config.scenario)
+        self.faults: list[Fault] = self.scenario.build(self.world, rng_scenario, config.onset_s)
+        self.versions = ch.initial_versions(self.topology, rng_changes)
+        self.initial_versions = list(self.versions)
+        schedule = ch.benign_schedule(
+            self.topology, self.versions, config.start_s, config.end_s, rng_changes
+        )
+        fault_changes = [
+            c for fault in self.faults for c in fault.changes(self.world, self.versions)
+        ]
+        self.red_herrings = [
+            c for fault in self.faults for c in fault.red_herrings(self.world, self.versions)
+        ]
+        self.changes = sorted(
+            schedule + fault_changes + self.red_herrings, key=lambda c: (c.time_s, c.change_id)
+        )
+        self.seasonality = Seasonality(peak_rate=config.peak_rate)
+        self.noise = TrafficNoise(self.seasonality.noise_sd, rng_traffic)
+        self.resources = ResourceModel(self.world)
+        catalog = ResourceCatalog(self.world)
+        self.span_encoder = SpanEncoder(self.world, catalog)
+        self.metrics = MetricsRecorder(self.world, catalog, int(config.start_s * 1e9))
+        self.log_writer = LogWriter(self.world, catalog)
+        self.alerts = SloBurnAlerts(
+            self.world, config.slice_s, calibration_s=min(180.0, config.warmup_s / 2)
+        )
+        cron_op = next(
+            o for o in self.topology.operations if self.topology.services[o.service].tier == "cron"
+        )
+        cron_call = self.topology.calls[cron_op.calls[0]]
+        self.cron = CronJob(cron_op.index, cron_call.index, cron_call.target_dependency or 0)
+        self.cron_template = _cron_template(self.world, cron_op.index)
+        self.active_replicas = self.world.replicas.copy()
+        self.n_slices = int(np.ceil((config.end_s - config.start_s) / config.slice_s))
+        self.pending_alerts: list[Record] = []
+        self.in_flight = SpanBatch.empty()
+        """Spans that have not ended yet: an SDK exports a span only once it ends."""
+
+    def labels(self) -> dict[str, object]:
+        """Ground truth of the run; written beside the records, never onto a topic."""
+        c = self.config
+        return {
+            "format": "worldline-simulator-labels",
+            "version": 1,
+            "scenario": c.scenario,
+            "description": self.scenario.description,
+            "seed": c.seed,
+            "services": c.services,
+            "start": ch.iso(c.start_s),
+            "onset": ch.iso(c.onset_s),
+            "end": ch.iso(c.end_s),
+            "faults": [fault.label(self.world) for fault in self.faults],
+            "expected": "cause" if self.faults else "no cause",
+            "red_herrings": [
+                {
+                    "change_id": r.change_id,
+                    "entity": {"kind": "service", "name": self.topology.services[r.service].name},
+                    "reason": "no effect of its own",
+                }
+                for r in self.red_herrings
+            ],
+            "topology": self.topology.describe(
+                {
+                    p.index: pod_name(
+                        p.name,
+                        self.topology.services[p.service].name,
+                        self.initial_versions[p.service],
+                    )
+                    for p in self.topology.pods
+                }
+            ),
+        }
+
+    def slices(self) -> Iterator[SliceResult]:
+        c = self.config
+        change_at = 0
+        for k in range(self.n_slices):
+            t0 = c.start_s + k * c.slice_s
+            t1 = t0 + c.slice_s
+            records: list[Record] = []
+            extra_logs: list[LogLine] = []
+            while change_at < len(self.changes) and self.changes[change_at].time_s < t1:
+                change = self.changes[change_at]
+                change_at += 1
+                records.append(self._change_record(change))
+                extra_logs.extend(self._apply_change(change))
+            effects = Effects.neutral(self.topology)
+            ctx = SliceContext(self.world, t0, c.slice_s, effects, self.cron)
+            for fault in self.faults:
+                fault.apply(ctx)
+            effects.dep_extra_load[self.cron.database] += self.cron.extra_load(t0 + c.slice_s / 2)
+            extra_logs.extend(ctx.logs)
+            edge_rate = float(self.seasonality.rate_at(t0 + c.slice_s / 2)) * self.noise.step()
+            state = self.resources.step(edge_rate, effects, self.active_replicas, c.slice_s)
+            batch = self._ended_spans(self._traces(t0, edge_rate, state), int(t1 * 1e9))
+            for pod in np.nonzero(effects.pod_restarts)[0].tolist():
+                self.metrics.restart(pod, int(t1 * 1e9))
+            t1_ms = int(t1 * 1000)
+            for _service, value in self.span_encoder.encode(batch, self.versions):
+                records.append(Record("otlp_spans", None, value, t1_ms))
+            if c.metrics:
+                self.metrics.observe(batch)
+                for scrape in _scrape_times(t0, t1, c.scrape_interval_s):
+                    for _service, value in self.metrics.export(
+                        int(scrape * 1e9), state, self.versions, self.rng_telemetry
+                    ):
+                        records.append(Record("otlp_metrics", None, value, int(scrape * 1000)))
+            if c.logs:
+                extra_logs.extend(self._consumer_lag_logs(t0, state))
+                for _service, value in self.log_writer.encode(
+                    batch, state, extra_logs, self.versions, self.rng_telemetry
+                ):
+                    records.append(Record("otlp_logs", None, value, t1_ms))
+            if c.alerts:
+                for when, payload in self.alerts.observe(t1, batch):
+                    key = str(payload["groupKey"]).encode()
+                    self.pending_alerts.append(
+                        Record("alerts", key, orjson.dumps(payload), int(when * 1000))
+                    )
+                # Alertmanager notifies after group_wait: a notification leaves when it is due
+                last = k == self.n_slices - 1
+                due = [r for r in self.pending_alerts if last or r.timestamp_ms <= t1_ms]
+                self.pending_alerts = [r for r in self.pending_alerts if r not in due]
+                records.extend(due)
+            records.sort(key=lambda r: r.timestamp_ms)
+            yield SliceResult(t0, records, batch, state, len(batch))
+
+    def records(self) -> Iterator[Record]:
+        for result in self.slices():
+            yield from result.records
+
+    def _traces(self, t0: float, edge_rate: float, state: SliceState) -> SpanBatch:
+        c = self.config
+        rng = self.rng_spans
+        batches = []
+        start_ns = int(t0 * 1e9)
+        width_ns = int(c.slice_s * 1e9)
+        for template, weight in zip(self.world.templates, self.topology.entry_weights, strict=True):
+            n = int(rng.poisson(edge_rate * weight * c.slice_s))
+            starts = start_ns + np.sort(rng.integers(0, width_ns, size=n))
+            batches.append(simulate_traces(self.world, template, starts, state, rng))
+        for run_start in self.cron.runs_starting(t0, t0 + c.slice_s):
+            cron_state = _with_call_latency(
+                state,
+                self.cron.call,
+                self.cron.run_seconds(run_start)
+                * 1000.0
+                / self.world.dep_base_ms[self.cron.database]
+                / max(state.dep_latency_mult[self.cron.database], 1e-9),
+            )
+            starts = np.array([int(run_start * 1e9)], dtype=np.int64)
+            batches.append(simulate_traces(self.world, self.cron_template, starts, cron_state, rng))
+        return SpanBatch.concat(batches)
+
+    def _ended_spans(self, started: SpanBatch, t1_ns: int) -> SpanBatch:
+        spans = SpanBatch.concat([self.in_flight, started])
+        ended = spans.end_ns <= t1_ns
+        if ended.all():
+            self.in_flight = SpanBatch.empty()
+            return spans
+        self.in_flight = spans.take(np.flatnonzero(~ended))
+        return spans.take(np.flatnonzero(ended))
+
+    def _change_record(self, change: ch.Change) -> Record:
+        event = change.to_event(self.topology)
+        key = self.topology.services[change.service].name.encode()
+        return Record("changes", key, orjson.dumps(event), int(change.time_s * 1000))
+
+    def _apply_change(self, change: ch.Change) -> list[LogLine]:
+        svc = self.topology.services[change.service]
+        at_ns = int(change.time_s * 1e9)
+        lines: list[LogLine] = []
+        if change.new_version is not None:
+            self.versions[change.service] = change.new_version
+            for pod in svc.pods:
+                self.metrics.restart(pod, at_ns, replaced=True)
+            for pod in svc.pods[: self.active_replicas[change.service]]:
+                lines.append(
+                    LogLine(pod, at_ns, "INFO", f"Starting {svc.name} version {change.new_version}")
+                )
+        if change.replicas_after is not None:
+            self.active_replicas[change.service] = min(change.replicas_after, len(svc.pods))
+        if change.kind == "config":
+            for pod in svc.pods[: self.active_replicas[change.service]]:
+                lines.append(
+                    LogLine(pod, at_ns, "INFO", f"configuration reloaded from {change.change_id}")
+                )
+        return lines
+
+    def _consumer_lag_logs(self, t0: float, state: SliceState) -> list[LogLine]:
+        lines = []
+        for dep in self.topology.dependencies:
+            if dep.consumer_operation is None or state.queue_backlog[dep.index] < 500:
+                continue
+            svc = self.topology.services[self.topology.operations[dep.consumer_operation].service]
+            pod = svc.pods[0]
+            lines.append(
+                LogLine(
+                    pod,
+                    int(t0 * 1e9),
+                    "WARN",
+                    f"consumer lag on {dep.name} is {int(state.queue_backlog[dep.index])} messages",
+                )
+            )
+        return lines
+
+
+def _scrape_times(t0: float, t1: float, interval: float) -> list[float]:
+    """Scrape instants in (t0, t1]."""
+    first, last = int(np.floor(t0 / interval)) + 1, int(np.floor(t1 / interval))
+    return [k * interval for k in range(first, last + 1)]
+
+
+def _cron_template(world: World, operation: int) -> TraceTemplate:
+    return build_template(world.topo, operation)
+
+
+def _with_call_latency(state: SliceState, call: int, mult: float) -> SliceState:
+    latency = state.call_latency_mult.copy()
+    latency[call] = mult
+    return dataclasses.replace(state, call_latency_mult=latency)
