@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import statistics
 import struct
 import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import pyarrow as pa
 import zstandard
 
 from pipeline.ingest.core import KafkaRecord, SegmentIngestor, codec_for
+from pipeline.query import LogQuery, trace
 from pipeline.segments.store import SegmentStore
 from pipeline.testing import (
     log_request,
@@ -85,7 +88,9 @@ def run(
             t_seal += time.process_time() - t1
         cpu = time.process_time() - t0
         stored = sum(m.bytes for m in store.manifests())
+        latency = query_latency(topic, store, reqs)
     return {
+        **latency,
         "items": items,
         "items_per_s": items / cpu,
         "seal_share": t_seal / cpu,
@@ -95,6 +100,46 @@ def run(
         "stored_B": stored / items,
         "zstd3_items_per_s": items / max(t_z3, 1e-9),
     }
+
+
+def _median_ms(fn: Any, repeat: int = 7) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def query_latency(topic: str, store: SegmentStore, reqs: Sequence[Any]) -> dict[str, float]:
+    """Median wall ms of a trace-by-id and a template search, next to a naive full scan."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if topic == "otlp_spans":
+        trace_id = reqs[len(reqs) // 2].resource_spans[0].scope_spans[0].spans[0].trace_id
+        ours = _median_ms(lambda: trace(store, trace_id.hex()))
+
+        def naive() -> None:
+            for m in store.manifests("spans"):
+                t = pq.read_table(store.uri(m))
+                t.filter(pc.equal(t["trace_id"], pa.scalar(trace_id, pa.binary(16))))
+
+        return {"query_ms": ours, "naive_query_ms": _median_ms(naive)}
+    if topic == "otlp_logs":
+        query = LogQuery(store)
+        ours = _median_ms(lambda: query.run(template="payment call failed", limit=100))
+
+        def naive_logs() -> None:  # what a store without a template dictionary must do
+            for m in store.manifests("logs"):
+                t = pq.read_table(store.uri(m))
+                for tid, params in zip(
+                    t["template_id"].to_pylist(), t["params"].to_pylist(), strict=True
+                ):
+                    _ = "payment call failed" in query.states.reconstruct(tid, params)
+
+        return {"query_ms": ours, "naive_query_ms": _median_ms(naive_logs, 3)}
+    return {}
 
 
 def gorilla_bytes(series: Sequence[Sequence[tuple[int, float]]]) -> int:
@@ -188,6 +233,15 @@ def main() -> None:
             f"| {label} | {r['items']:,.0f} | {r['items_per_s']:,.0f} | {r['seal_share']:.0%} |"
             f" {r['raw_B']:.1f} | {r['zstd3_B']:.2f} | {r['zstd19_B']:.2f} | {r['stored_B']:.2f} |"
             f" {r['stored_B'] / r['zstd19_B']:.2f} | {r['zstd3_items_per_s']:,.0f} |"
+        )
+    print("\n| query | ours ms (median) | naive full scan ms | ratio |\n|---|---:|---:|---:|")
+    for label, what in (
+        ("spans (traces)", "trace by id"),
+        ("log lines (factory)", "template search"),
+    ):
+        r = results[label]
+        print(
+            f"| {what} | {r['query_ms']:.1f} | {r['naive_query_ms']:.1f} | {r['naive_query_ms'] / r['query_ms']:.1f}x |"
         )
     scr = results["metric samples (scrapes)"]
     print(
