@@ -30,7 +30,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from pipeline.worldmodel.graph import EntityRef
+from pipeline.worldmodel.graph import CACHE_SYSTEMS, K8S_SERVICE_DNS, EntityRef
 from pipeline.worldmodel.model import WorldModel
 
 PEER = re.compile(r"\{peer=([^}]*)\}")
@@ -59,6 +59,7 @@ class SearchConfig:
     null_logit: float = 3.2  # the "no cause" option; below it, weak evidence loses to "nothing"
     temperature: float = 1.0
     abstain_below: float = 0.35  # top probability under this: abstain, name what would separate
+    chronic_weight: float = 0.25  # deviations older than the window count this much
 
 
 @dataclass
@@ -117,6 +118,11 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
         counted > 0, (deviating & after).sum(axis=1) / np.maximum(counted, 1), 0.0
     )
     strength = np.where(valid, np.minimum(np.abs(peak_z), config.z_cap) * np.sqrt(persistence), 0.0)
+    # a run that already deviates at the window's first known interval is older than the window:
+    # a chronic condition, not the start of this incident
+    first_known = np.where(known, idx[None, :], w).min(axis=1)
+    chronic = valid & (start <= first_known)
+    strength = np.where(chronic, strength * config.chronic_weight, strength)
     return Evidence(peak_z, strength, onset, persistence)
 
 
@@ -188,6 +194,58 @@ def fault_class(signal: str, direction: float) -> str:
     return "anomaly"
 
 
+QUALIFIER = re.compile(r"\{([^}]*)\}")
+K8S_DNS = re.compile(K8S_SERVICE_DNS)
+
+
+def _qualifiers(signal: str) -> dict[str, str]:
+    match = QUALIFIER.search(signal)
+    if match is None:
+        return {}
+    out = {}
+    for part in match.group(1).split(","):
+        key, sep, value = part.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def client_metric_peer(signal: str) -> str | None:
+    """The dependency a client-side metric describes, named as the graph names it.
+
+    OpenTelemetry client metrics (``db.client.*``, ``http.client.*``, ``messaging.*``) carry the
+    peer in their attributes (``db.system``, ``db.namespace``, ``server.address``, ...): such a
+    series is evidence about the peer, as the caller sees it, like an edge's span signals.
+    """
+    if signal.startswith(("span.", "edge.", "log.")):
+        return None
+    q = _qualifiers(signal)
+    host = q.get("server.address") or None
+    if host:
+        short = K8S_DNS.match(host)
+        host = short.group(1) if short else host
+    namespace = q.get("db.namespace") or q.get("db.name") or None
+    if namespace is not None and namespace.isdigit():
+        namespace = None
+    system = q.get("db.system") or q.get("db.system.name")
+    if q.get("messaging.system"):
+        if ".process." in signal or ".receive." in signal or "consume" in signal:
+            return None  # the consumer's own processing: evidence about the consumer
+        destination = q.get("messaging.destination.name") or q.get("messaging.destination") or host
+        return f"queue:{q['messaging.system']}:{destination}" if destination else None
+    if system:
+        if system in CACHE_SYSTEMS:
+            part = host or namespace
+            return f"cache:{system}:{part}" if part else f"cache:{system}"
+        part = namespace or host
+        return f"database:{system}:{part}" if part else f"database:{system}"
+    if q.get("peer.service"):
+        return f"external:{q['peer.service']}"
+    if host and (signal.startswith(("http.client", "rpc.client")) or ".client." in signal):
+        return f"external:{host}"
+    return None
+
+
 def _peer_entity(peer: str, known_services: set[str]) -> str:
     kind, _, name = peer.partition(":")
     if kind == "external" and f"service:{name}" in known_services:
@@ -242,6 +300,10 @@ class CausalSearch:
                 if peer is None:
                     continue
                 target = _peer_entity(peer.group(1), known_services)
+            else:
+                described = client_metric_peer(signal)
+                if described is not None:
+                    target = _peer_entity(described, known_services)
             if target in index:
                 entity_ids.append(index[target])
                 series.append(key)
