@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/worldline up
+	$(BIN)/worldline demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline jobs schemas tests benchmarks
