@@ -60,6 +60,7 @@ class SearchConfig:
     temperature: float = 1.0
     abstain_below: float = 0.35  # top probability under this: abstain, name what would separate
     chronic_weight: float = 0.25  # deviations older than the window count this much
+    warmup_intervals: int = 15  # scores of a series' first intervals are not evidence
 
 
 @dataclass
@@ -311,11 +312,13 @@ class CausalSearch:
         z = np.full((n, w), np.nan)
         for row, (entity, signal) in enumerate(series):
             baseline = self.model.baselines.get(entity, signal)
-            if baseline is None:
+            if baseline is None or baseline.first_seen_s is None:
                 continue
+            # a baseline that has seen little history scores noise as deviation: skip its first intervals
+            warm_from = baseline.first_seen_s + config.warmup_intervals * interval
             for t_start, score in baseline.recent_scores():
                 col = round((t_start - t0) / interval)
-                if 0 <= col < w:
+                if 0 <= col < w and t_start >= warm_from:
                     z[row, col] = score
         return HypothesisBatch(
             entity=np.array(entity_ids, dtype=np.int64),

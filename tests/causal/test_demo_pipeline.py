@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_alert_in_ranked_causes_out(tmp_path: Path) -> None:
-    history = 2100.0
-    start = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC).timestamp()
+    history = 2400.0
+    start = dt.datetime(2026, 11, 20, 1, 0, tzinfo=dt.UTC).timestamp()  # as `worldline demo` does
     run = RunConfig(
         start_s=start,
         scenario="database-slowdown",
