@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 import schemas
+from jobs.evaluate.cli import evaluate
 from jobs.simulator.cli import simulate
 from pipeline import kafka, otlp, topics
 from pipeline.broker import BrokerError
@@ -472,6 +473,7 @@ cli.add_command(query)
 cli.add_command(receive)
 cli.add_command(model)
 cli.add_command(simulate)
+cli.add_command(evaluate)
 
 
 @cli.command()

@@ -24,7 +24,7 @@ import math
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
@@ -38,6 +38,8 @@ UP_IS_BAD = re.compile(
     r"latency|error|cpu|mem|heap|gc|conn|pool|queue|lag|backlog|wait|saturat|throttl|restart|evict|timeout|retr",
     re.I,
 )
+DOWN_IS_BAD = re.compile(r"availability|success|apdex|uptime|goodput", re.I)
+"""Signals whose harmful direction is down: a fall is the symptom, a rise is recovery."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class SearchConfig:
     onset_tolerance_s: float = (
         120.0  # a cause may start this much after the symptom (interval rounding)
     )
+    # at least one interval: at coarse granularity (5-minute metrics) a cause and its effect
+    # routinely land in neighbouring intervals
+    tolerance_intervals: float = 1.0
+    symptom_recency_s: float = 1800.0  # the alerted deviation must be this recent to be explained
+    # the alert already says the symptom is abnormal: its own signal needs less to corroborate it
+    symptom_z_min: float = 3.0
     change_lookback_s: float = 1800.0  # how long before its entity's onset a change can matter
     # logit = w_strength*log1p(z) + w_sources*(sources-1) + w_change*change + w_depth*depth + w_self*is_symptom
     w_strength: float = 1.6
@@ -56,6 +64,9 @@ class SearchConfig:
     w_change: float = 0.8
     w_depth: float = 0.15
     w_self: float = -0.3
+    # + w_explains*log1p(deviating entities between the symptom and the candidate): a cause
+    # accounts for the anomalies on its propagation paths
+    w_explains: float = 0.5
     null_logit: float = 3.2  # the "no cause" option; below it, weak evidence loses to "nothing"
     temperature: float = 1.0
     abstain_below: float = 0.35  # top probability under this: abstain, name what would separate
@@ -75,6 +86,7 @@ class HypothesisBatch:
     t0_s: float  # start of the window's first interval
     interval_s: float
     entities: list[str]
+    down_is_bad: np.ndarray | None = None  # bool: only decreases are harmful
 
     def __len__(self) -> int:
         return len(self.series)
@@ -88,6 +100,7 @@ class Evidence:
     strength: np.ndarray  # |peak| clipped, times persistence
     onset_s: np.ndarray  # nan where the series never deviated
     persistence: np.ndarray
+    end_s: np.ndarray | None = None  # start of the last interval of the deviating run
 
 
 def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
@@ -96,9 +109,14 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     n, w = z.shape if z.ndim == 2 else (0, config.window_intervals)
     if n == 0:
         empty = np.zeros(0)
-        return Evidence(empty, empty, empty, empty)
+        return Evidence(empty, empty, empty, empty, empty)
     filled = np.nan_to_num(z, nan=0.0)
-    harmful = np.where(batch.up_is_bad[:, None], np.maximum(filled, 0.0), np.abs(filled))
+    down = batch.down_is_bad if batch.down_is_bad is not None else np.zeros(n, dtype=bool)
+    harmful = np.where(
+        batch.up_is_bad[:, None],
+        np.maximum(filled, 0.0),
+        np.where(down[:, None], np.maximum(-filled, 0.0), np.abs(filled)),
+    )
     peak_idx = harmful.argmax(axis=1)
     rows = np.arange(n)
     peak_z = filled[rows, peak_idx]
@@ -110,8 +128,12 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
         axis=1
     )
     start = calm_before + 1
+    calm_after = np.where(~deviating & (idx[None, :] > peak_idx[:, None]), idx[None, :], w).min(
+        axis=1
+    )
     valid = deviating[rows, peak_idx]
     onset = np.where(valid, batch.t0_s + start * batch.interval_s, np.nan)
+    end = np.where(valid, batch.t0_s + (calm_after - 1) * batch.interval_s, np.nan)
     after = idx[None, :] >= start[:, None]
     known = ~np.isnan(z)
     counted = (after & known).sum(axis=1)
@@ -124,7 +146,7 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     first_known = np.where(known, idx[None, :], w).min(axis=1)
     chronic = valid & (start <= first_known)
     strength = np.where(chronic, strength * config.chronic_weight, strength)
-    return Evidence(peak_z, strength, onset, persistence)
+    return Evidence(peak_z, strength, onset, persistence, end)
 
 
 @dataclass
@@ -164,6 +186,10 @@ def _modality(signal: str) -> int:
     if signal.startswith("log."):
         return 1
     return 2
+
+
+def _down_is_bad(signal: str) -> bool:
+    return not _up_is_bad(signal) and bool(DOWN_IS_BAD.search(signal))
 
 
 def _up_is_bad(signal: str) -> bool:
@@ -329,6 +355,7 @@ class CausalSearch:
             t0_s=t0,
             interval_s=interval,
             entities=sorted(candidates),
+            down_is_bad=np.array([_down_is_bad(s) for _, s in series], dtype=bool),
         )
 
     # ---------------------------------------------------------------------- search
@@ -357,17 +384,30 @@ class CausalSearch:
         first = np.ones(len(order), dtype=bool)
         first[1:] = ent[order][1:] != ent[order][:-1]
         best_row[ent[order][first]] = order[first]
+        # the last interval each entity was still deviating (strong rows), and whether it
+        # deviates in a signal with a definite harmful direction (latency, errors, saturation,
+        # availability...) rather than only in a two-sided one such as a request rate
+        last_dev = np.full(n_ent, -np.inf)
+        ends = ev.end_s if ev.end_s is not None else ev.onset_s
+        np.maximum.at(last_dev, ent[strong], np.nan_to_num(ends[strong], nan=-np.inf))
+        down = batch.down_is_bad if batch.down_is_bad is not None else np.zeros(len(batch), bool)
+        directed = batch.up_is_bad | down
+        harm_strength = np.zeros(n_ent)
+        np.maximum.at(harm_strength, ent[directed], ev.strength[directed])
+        tolerance = max(config.onset_tolerance_s, config.tolerance_intervals * batch.interval_s)
 
         names = batch.entities
         idx = {e: i for i, e in enumerate(names)}
         symptom_ids = [idx[e] for e in symptom_entities if e in idx]
-        symptom_onset = self._symptom_onset(symptoms, batch, ev, idx)
+        symptom_onset, symptom_known = self._symptom_onset(symptoms, batch, ev, idx, t_s)
         ruled: list[RuledOut] = []
+        if symptom_known and symptom_onset is None:
+            return self._quiet_symptom(symptoms, batch, n_ent, started, scored_ms)
         alive = best_strength >= config.z_min
         for i in map(int, np.flatnonzero(~alive)):
             ruled.append(RuledOut(names[i], "no deviation from its baseline in the window"))
         if symptom_onset is not None:
-            late = alive & (onset > symptom_onset + config.onset_tolerance_s)
+            late = alive & (onset > symptom_onset + tolerance)
             for i in map(int, np.flatnonzero(late)):
                 ruled.append(
                     RuledOut(
@@ -376,7 +416,17 @@ class CausalSearch:
                     )
                 )
             alive &= ~late
-        # explaining away: a dependency that deviated no later explains the dependent's deviation
+            over = alive & (last_dev < symptom_onset - tolerance)
+            for i in map(int, np.flatnonzero(over)):
+                ruled.append(
+                    RuledOut(
+                        names[i],
+                        f"its deviation was over {symptom_onset - last_dev[i]:.0f} s before the symptom's began",
+                    )
+                )
+            alive &= ~over
+        # explaining away: a dependency whose harmful deviation began no later, and was still
+        # going on when the dependent's began, explains the dependent's deviation
         explained_by: dict[int, int] = {}
         for i in map(int, np.flatnonzero(alive)):
             node = names[i]
@@ -384,10 +434,12 @@ class CausalSearch:
                 continue
             for dep in sorted(set(graph.successors(node))):
                 j = idx.get(dep)
-                if j is None or j == i or best_strength[j] < config.z_min:
+                if j is None or j == i or harm_strength[j] < config.z_min:
                     continue
-                if onset[j] <= onset[i] + config.onset_tolerance_s and not (
-                    node in graph.successors(dep) and onset[i] < onset[j]
+                if (
+                    onset[j] <= onset[i] + tolerance
+                    and last_dev[j] >= onset[i] - tolerance
+                    and not (node in graph.successors(dep) and onset[i] < onset[j])
                 ):
                     explained_by[i] = j
                     break
@@ -427,12 +479,14 @@ class CausalSearch:
                 )
         survivors = np.flatnonzero(alive)
         depth = np.array([max(candidates.get(names[i], 0), 0) for i in survivors], dtype=float)
+        explains = self._explained_between(survivors, graph, names, idx, symptom_ids, best_strength)
         logits = (
             config.w_strength * np.log1p(best_strength[survivors])
             + config.w_sources * (sources[survivors] - 1)
             + config.w_change * np.array([i in change_for for i in survivors], dtype=float)
             + config.w_depth * depth
             + config.w_self * np.array([i in symptom_ids for i in survivors], dtype=float)
+            + config.w_explains * np.log1p(explains)
         )
         scaled = np.concatenate([logits, [config.null_logit]]) / config.temperature
         scaled -= scaled.max()
@@ -491,24 +545,106 @@ class CausalSearch:
         batch: HypothesisBatch,
         ev: Evidence,
         idx: dict[str, int],
-    ) -> float | None:
+        t_s: float,
+    ) -> tuple[float | None, bool]:
+        """Onset of the alerted deviation, and whether the alerted signal is known at all.
+
+        With a signal named and series of it known, only a recent deviation of that signal in
+        its harmful direction counts: when there is none, the alert has nothing to explain."""
+        config = self.config
         onsets = []
+        known = False
+        recent = t_s - config.symptom_recency_s
+        own = np.array(
+            [
+                series[0] == batch.entities[k]
+                for series, k in zip(batch.series, batch.entity, strict=True)
+            ],
+            dtype=bool,
+        ).reshape(len(batch))
         for entity, signal in symptoms:
             i = idx.get(entity)
             if i is None:
                 continue
-            rows = np.flatnonzero(
-                (batch.entity == i)
-                & (ev.strength >= self.config.z_min)
-                & np.array([s == entity for s, _ in batch.series], dtype=bool)
-            )
+            mine = np.flatnonzero((batch.entity == i) & own)
+            rows = mine[ev.strength[mine] >= config.z_min]
+            onset_of = ev.onset_s
             if signal is not None:
                 family = signal.split("_")[0]
-                matching = [r for r in rows if batch.series[r][1].startswith(family)]
-                rows = np.array(matching, dtype=np.int64) if matching else rows
+                of_signal = np.array(
+                    [r for r in mine if batch.series[r][1].startswith(family)], dtype=np.int64
+                )
+                if len(of_signal):
+                    known = True
+                    # the alerted signal, at the (lower) corroboration threshold
+                    sub = HypothesisBatch(
+                        entity=batch.entity[of_signal],
+                        series=[batch.series[r] for r in of_signal],
+                        modality=batch.modality[of_signal],
+                        up_is_bad=batch.up_is_bad[of_signal],
+                        z=batch.z[of_signal],
+                        t0_s=batch.t0_s,
+                        interval_s=batch.interval_s,
+                        entities=batch.entities,
+                        down_is_bad=None
+                        if batch.down_is_bad is None
+                        else batch.down_is_bad[of_signal],
+                    )
+                    sev = evaluate(sub, replace(config, z_min=config.symptom_z_min))
+                    sends = sev.end_s if sev.end_s is not None else sev.onset_s
+                    keep = (sev.strength >= config.symptom_z_min) & (sends >= recent)
+                    onset_of = np.full(len(batch), np.nan)
+                    onset_of[of_signal] = sev.onset_s
+                    rows = of_signal[keep]
             if len(rows):
-                onsets.append(float(np.nanmin(ev.onset_s[rows])))
-        return min(onsets) if onsets else None
+                onsets.append(float(np.nanmin(onset_of[rows])))
+        return (min(onsets) if onsets else None), known and not onsets
+
+    def _quiet_symptom(
+        self,
+        symptoms: list[tuple[str, str | None]],
+        batch: HypothesisBatch,
+        n_ent: int,
+        started: float,
+        scored_ms: float,
+    ) -> SearchResult:
+        names = ", ".join(f"{e} {s}" for e, s in symptoms)
+        reason = (
+            f"the alerted signal ({names}) deviates from its baseline nowhere in the last"
+            f" {self.config.symptom_recency_s:.0f} s: there is no incident to explain"
+        )
+        stats = {
+            "hypotheses": float(len(batch)),
+            "candidates": float(n_ent),
+            "eliminated": float(n_ent),
+            "score_ms": round(scored_ms, 3),
+            "search_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        return SearchResult([], [], True, reason, [f"{e} {s}" for e, s in symptoms], None, stats)
+
+    def _explained_between(
+        self,
+        survivors: np.ndarray,
+        graph: nx.MultiDiGraph,
+        names: list[str],
+        idx: dict[str, int],
+        symptom_ids: list[int],
+        best_strength: np.ndarray,
+    ) -> np.ndarray:
+        """Per survivor: deviating entities on its paths to the symptom (what it accounts for)."""
+        symptoms = {names[i] for i in symptom_ids}
+        out = np.zeros(len(survivors))
+        for k, i in enumerate(map(int, survivors)):
+            node = names[i]
+            if node not in graph:
+                continue
+            between = nx.ancestors(graph, node) - symptoms
+            out[k] = sum(
+                1
+                for other in between
+                if (j := idx.get(other)) is not None and best_strength[j] >= self.config.z_min
+            )
+        return out
 
     def _cause(
         self,

@@ -484,6 +484,38 @@ class EdgeStore:
         """Learn from one span table at event time ``now``; return the deltas it caused."""
         return self._step(span_frame(spans), int(now_unix_nano))
 
+    def add_given_edge(
+        self, source: EntityRef, target: EntityRef, relation: str, now_unix_nano: int
+    ) -> list[dict[str, Any]]:
+        """A dependency known from outside the telemetry (a shipped call graph, a service
+        catalogue): valid from ``now`` on, provenance ``given``, and never expired for lack of
+        evidence. Adding it again is a no-op; return the deltas it caused."""
+        if relation not in DEPENDENCY_RELATIONS + INFRASTRUCTURE_RELATIONS:
+            raise ValueError(f"unknown relation {relation!r}")
+        key = EdgeKey(source, target, relation)
+        known = self.edges.get(key)
+        if known is not None and known.live and "given" in known.evidence:
+            return []
+        now = int(now_unix_nano)
+        self.now = now if self.now is None else max(self.now, now)
+        deltas: list[dict[str, Any]] = []
+        row = {
+            "source_kind": source.kind,
+            "source_name": source.name,
+            "target_kind": target.kind,
+            "target_name": target.name,
+            "relation": relation,
+            "provenance": "given",
+            "first": now,
+            "last": now,
+            "count": 1,
+            "errors": 0,
+            "bucket": None,
+            "bucket_count": None,
+        }
+        self._apply(row, deltas)
+        return deltas
+
     def advance(self, now_unix_nano: int) -> list[dict[str, Any]]:
         """Move event time to ``now`` without new spans: close intervals, resolve spans that
         waited long enough for a partner, expire what was not seen for ``expiry_s``."""
@@ -730,7 +762,7 @@ class EdgeStore:
             edge.last_seen = max(edge.last_seen, last)
             op = "update" if provenance not in edge.evidence else ""
         edge.evidence[provenance] = edge.evidence.get(provenance, 0) + count
-        if key.relation in DEPENDENCY_RELATIONS:
+        if key.relation in DEPENDENCY_RELATIONS and provenance != "given":  # given: no traffic
             edge.requests += count
             edge.errors += row["errors"]
             for bucket, bucket_count in zip(
@@ -791,8 +823,8 @@ class EdgeStore:
         expiry = self._expiry_ns
         next_expiry = _NEVER
         for key, edge in sorted(self.edges.items()):
-            if not edge.live:
-                continue
+            if not edge.live or "given" in edge.evidence:
+                continue  # a given edge does not expire for lack of spans
             end = edge.last_seen + expiry
             if end <= now:
                 edge.intervals[-1][1] = end

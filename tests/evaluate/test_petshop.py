@@ -1,0 +1,116 @@
+"""PetShop loader, BARO and N-Sigma on synthetic data, and a quick run on real issues (skipped
+when ../shared/data is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from jobs.evaluate import petshop
+from jobs.evaluate.baselines import baro, bocpd_change_point, nsigma
+from jobs.evaluate.cli import evaluate
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared/data/petshop"
+
+METRICS_CSV = """microservice,PetSite,PetSite,PetSearch,PetSearch
+metric,latency,availability,latency,requests
+statistic,Average,Average,p90,Sum
+unix_timestamp,,,,
+1681857120.0,0.5,100.0,,10
+1681856820.0,0.4,99.5,1.5,12
+"""
+
+GRAPH_CSV = """,PetSite,PetSearch,Table
+PetSite,0.0,1.0,0.0
+PetSearch,0.0,0.0,1.0
+Table,0.0,0.0,0.0
+"""
+
+
+def test_loader_reads_three_header_rows_sorted_timestamps_and_nan(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text(METRICS_CSV)
+    frame = petshop.read_metrics(path)
+    assert frame.columns[0] == ("PetSite", "latency", "Average")
+    assert frame.columns[3] == ("PetSearch", "requests", "Sum")
+    assert list(frame.timestamps) == [1681856820.0, 1681857120.0]  # ascending
+    assert frame.values[0].tolist()[:2] == [0.4, 99.5]
+    assert np.isnan(frame.values[1, 2])
+    assert petshop.signal_name("latency", "p90") == "latency.p90"
+    requests = petshop.to_requests(frame)
+    assert len(requests) == 2
+    names = {
+        m.name for rm in requests[1].resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+    }
+    assert names == {"latency.average", "availability.average", "requests.sum"}  # NaN skipped
+
+
+def test_graph_rows_call_columns_and_become_given_edges(tmp_path: Path) -> None:
+    path = tmp_path / "graph.csv"
+    path.write_text(GRAPH_CSV)
+    edges = petshop.read_graph(path)
+    assert edges == [("PetSearch", "Table"), ("PetSite", "PetSearch")]
+    model = petshop.new_model(edges, 1_000.0)
+    from pipeline.worldmodel.graph import EntityRef
+
+    up = model.graph.upstream(EntityRef("service", "PetSite"), 3, int(5_000 * 1e9))
+    assert {ref.key: hops for ref, hops in up.items()} == {
+        "service:PetSite": 0,
+        "service:PetSearch": 1,
+        "service:Table": 2,
+    }
+
+
+def _synthetic(seed: int = 3) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    labels = [f"m{j}" for j in range(8)]
+    normal = rng.normal(10.0, 1.0, size=(60, 8))
+    window = rng.normal(10.0, 1.0, size=(5, 8))
+    window[2:, 5] += 12.0  # metric 5 breaks at the window's third row
+    window[2:, 1] += 2.5  # a milder effect elsewhere
+    return normal, window, labels
+
+
+def test_nsigma_ranks_the_broken_metric_first() -> None:
+    normal, window, labels = _synthetic()
+    ranking = nsigma(normal, window, labels)
+    assert ranking[0][0] == "m5" and ranking[0][1] > 8
+    assert [label for label, _ in ranking[:2]] == ["m5", "m1"]
+
+
+def test_baro_finds_the_change_point_and_ranks_the_broken_metric_first() -> None:
+    normal, window, labels = _synthetic()
+    data = np.concatenate([normal[-24:], window])
+    assert bocpd_change_point(data) == 24 + 2
+    assert bocpd_change_point(normal[-24:]) is None
+    ranking = baro(normal, window, labels)
+    assert ranking[0][0] == "m5"
+    assert len(ranking) == len(labels)
+
+
+@pytest.mark.skipif(not (DATA / "dataset").is_dir(), reason=f"PetShop data absent at {DATA}")
+def test_quick_run_on_a_few_issues() -> None:
+    scenario = petshop.load_scenario(DATA, "low_traffic")
+    assert len(scenario.issues) == 26 and scenario.normal is not None
+    assert ("PetSite", "latency", "p90") in scenario.normal.columns
+    assert ("PetSite", "PetSearch_AWS::ECS::Fargate") in scenario.graph  # a row calls a column
+    keep = {"issue_0", "issue_2", "issue_12"}
+    scenario.issues = [i for i in scenario.issues if i.split == "test" and i.name in keep]
+    cases, normals = petshop.run_scenario(scenario, ("test",), specificity_windows=2)
+    assert len(cases) == 3 and len(normals) == 4
+    for case in cases:
+        assert set(case.answers) == {"worldline", "baro", "nsigma"}
+        assert case.answers["baro"].ranked and case.answers["nsigma"].ranked
+    by_name = {c.key.rsplit("/", 1)[1]: c for c in cases}
+    assert by_name["issue_2"].answers["worldline"].ranked[0] == "payforadoption_AWS::ECS::Container"
+    summary = petshop.summarize(cases, normals)
+    assert summary["specificity"]["baro"]["all"] == 0.0
+
+
+def test_cli_skips_cleanly_without_data(tmp_path: Path) -> None:
+    result = CliRunner().invoke(evaluate, ["petshop", "--data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 0
+    assert "skipping" in result.output
