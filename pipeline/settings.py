@@ -92,6 +92,16 @@ class Settings(BaseModel):
         le=3600,
         description="Seal a segment after waiting this long for more records.",
     )
+    retention_max_age_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Delete segments whose data is older than this (event time); unset: keep.",
+    )
+    retention_max_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Delete the oldest segments beyond this total size; unset: no limit.",
+    )
     interval_s: float = Field(
         default=60.0,
         ge=1,

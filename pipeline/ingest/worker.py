@@ -107,6 +107,15 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
                 await deadletter.send(key=logical.encode(), value=orjson.dumps(letter.to_json(now)))
             await app.producer.flush()
             manifests = await asyncio.to_thread(ingestor.seal, batch, now)
+            if manifests and (settings.retention_max_age_s or settings.retention_max_bytes):
+                newest = max(m.end_unix_nano for m in manifests)
+                removed = await asyncio.to_thread(
+                    store.apply_retention,
+                    now_unix_nano=newest,
+                    max_age_s=settings.retention_max_age_s,
+                    max_total_bytes=settings.retention_max_bytes,
+                )
+                ingestor.counters["segments_removed_by_retention"] += len(removed)
             for manifest in manifests:
                 await sealed.send(
                     key=manifest.signal.encode(), value=orjson.dumps(manifest.to_json())
