@@ -557,9 +557,10 @@ def demo(ctx: Context, scenario: str, seed: int, services: int, history: float) 
 
     if scenario not in SCENARIOS:
         fail(f"--scenario: unknown {scenario!r}; see `worldline simulate list`")
-    start = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) - dt.timedelta(
-        seconds=history + 900
-    )
+    # event time is the simulation's own: yesterday from 01:00 UTC, a quiet hour of the simulated
+    # daily cycle, so a short history is not mistaken for the morning ramp
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    start = dt.datetime(yesterday.year, yesterday.month, yesterday.day, 1, 0, tzinfo=dt.UTC)
     run = RunConfig(
         start_s=start.timestamp(),
         scenario=scenario,
