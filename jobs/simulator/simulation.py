@@ -63,6 +63,10 @@ class RunConfig:
     metrics: bool = True
     logs: bool = True
     alerts: bool = True
+    new_call_after_s: float | None = None
+    """Topology change: seconds after ``start_s`` at which a call that did not exist before
+    begins (a release wires a service to a new callee). The call is chosen from the topology by
+    ``topology.new_call_candidate`` (no randomness); None: the topology never changes."""
 
     @property
     def onset_s(self) -> float:
@@ -132,6 +136,13 @@ class Simulation:
         self.cron = CronJob(cron_op.index, cron_call.index, cron_call.target_dependency or 0)
         self.cron_template = _cron_template(self.world, cron_op.index)
         self.active_replicas = self.world.replicas.copy()
+        self.new_call: int | None = None
+        self.new_call_s: float | None = None
+        if config.new_call_after_s is not None:
+            self.new_call = topology.new_call_candidate(self.topology, _peak_calls(self.world))
+            self.new_call_s = config.start_s + config.new_call_after_s
+            self._new_call_probability = float(self.world.call_probability[self.new_call])
+            self.world.call_probability[self.new_call] = 0.0  # absent until its release
         self.n_slices = int(np.ceil((config.end_s - config.start_s) / config.slice_s))
         self.pending_alerts: list[Record] = []
         self.in_flight = SpanBatch.empty()
@@ -151,6 +162,7 @@ class Simulation:
             "onset": ch.iso(c.onset_s),
             "end": ch.iso(c.end_s),
             "faults": [fault.label(self.world) for fault in self.faults],
+            **self._topology_change_labels(),
             "expected": "cause" if self.faults else "no cause",
             "red_herrings": [
                 {
@@ -172,12 +184,24 @@ class Simulation:
             ),
         }
 
+    def _topology_change_labels(self) -> dict[str, object]:
+        if self.new_call is None or self.new_call_s is None:
+            return {}
+        source, target = self.topology.call_edge(self.new_call)
+        return {
+            "topology_changes": [
+                {"kind": "new_call", "time": ch.iso(self.new_call_s), "edge": [source, target]}
+            ]
+        }
+
     def slices(self) -> Iterator[SliceResult]:
         c = self.config
         change_at = 0
         for k in range(self.n_slices):
             t0 = c.start_s + k * c.slice_s
             t1 = t0 + c.slice_s
+            if self.new_call is not None and self.new_call_s is not None and t0 >= self.new_call_s:
+                self.world.call_probability[self.new_call] = self._new_call_probability
             records: list[Record] = []
             extra_logs: list[LogLine] = []
             while change_at < len(self.changes) and self.changes[change_at].time_s < t1:
@@ -304,6 +328,10 @@ class Simulation:
                 )
             )
         return lines
+
+
+def _peak_calls(world: World) -> np.ndarray:
+    return np.asarray(world.topo.entry_weights @ world.call_visits)
 
 
 def _scrape_times(t0: float, t1: float, interval: float) -> list[float]:

@@ -213,6 +213,14 @@ class Topology:
             if c.target_dependency == dep
         }
 
+    def call_edge(self, call: int) -> tuple[str, str]:
+        """(caller service, callee service or dependency name) of a call, as in ``describe``."""
+        c = self.calls[call]
+        source = self.services[self.operations[c.caller_operation].service].name
+        if c.target_operation is not None:
+            return source, self.services[self.operations[c.target_operation].service].name
+        return source, self.dependencies[c.target_dependency or 0].name
+
     def describe(self, pod_names: dict[int, str] | None = None) -> dict[str, object]:
         """A JSON-able summary, written next to the labels (ground truth, not telemetry).
 
@@ -249,6 +257,30 @@ class Topology:
                 }
             ),
         }
+
+
+def new_call_candidate(topo: Topology, peak_calls: np.ndarray) -> int:
+    """The call a "new dependency" topology change switches on: the busiest call that is the
+    only one from its caller service to its callee (so the edge is new when it starts), always
+    made when its operation runs, and neither a cache-aside fallback nor the cache read one
+    hangs off. Deterministic: no randomness, ties go to the lowest index."""
+    edges = [topo.call_edge(c.index) for c in topo.calls]
+    per_edge: dict[tuple[str, str], int] = {}
+    for edge in edges:
+        per_edge[edge] = per_edge.get(edge, 0) + 1
+    guarded = {c.fallback_of for c in topo.calls if c.fallback_of is not None}
+    candidates = [
+        c.index
+        for c in topo.calls
+        if per_edge[edges[c.index]] == 1
+        and c.fallback_of is None
+        and c.index not in guarded
+        and c.probability >= 1.0
+        and topo.services[topo.operations[c.caller_operation].service].tier != "cron"
+    ]
+    if not candidates:
+        raise ValueError("the topology has no call that can appear mid-run; use more services")
+    return max(candidates, key=lambda c: (float(peak_calls[c]), -c))
 
 
 class _Builder:

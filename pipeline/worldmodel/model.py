@@ -51,6 +51,15 @@ SPAN_BUFFER_COLUMNS = [
     "server_address",
     "rpc_service",
 ]
+COUNTED_RATES = (
+    "span.rate_per_s",
+    "edge.rate_per_s",
+    "log.rate_per_s",
+    "log.error_rate_per_s",
+    "log.template_rate_per_s",
+)
+"""Derived signals that count events: an interval without events has the value 0."""
+ZERO_FILL_MAX_INTERVALS = 10_080
 LOG_BUFFER_COLUMNS = ["time_unix_nano", "service", "severity_number", "template_id"]
 
 
@@ -262,13 +271,19 @@ class WorldModel:
                 assert isinstance(frame, pl.DataFrame)
                 self._infer_deploys(frame)
                 self._observe_graph(done, close_before)
-                self._learn(span_signals(done, self.config.interval_s))
+                self._learn(
+                    self._zero_fill(span_signals(done, self.config.interval_s), close_before)
+                )
                 closed += done.num_rows
         if self.logs is not None and self.logs.height:
             done = self.logs.filter(pl.col("time_unix_nano") < close_before)
             self.logs = self.logs.filter(pl.col("time_unix_nano") >= close_before)
             if done.height:
-                self._learn(log_signals(done.to_arrow(), self.config.interval_s))
+                self._learn(
+                    self._zero_fill(
+                        log_signals(done.to_arrow(), self.config.interval_s), close_before
+                    )
+                )
                 closed += done.height
         if self.points is not None and self.points.height:
             done = self.points.filter(pl.col("time_unix_nano") < close_before)
@@ -279,6 +294,54 @@ class WorldModel:
         self.closed_through = close_before
         self.baselines.advance(close_before / 1e9)
         return closed
+
+    def _zero_fill(self, signals: pl.DataFrame, close_before: int) -> pl.DataFrame:
+        """Counted rates (spans, logs) of known series are 0 in a closed interval without events:
+        silence is a value, not a gap (else a rare event's series learns only its bursts)."""
+        interval_ns = int(self.config.interval_s * 1e9)
+        first = self.closed_through
+        if signals.height:
+            earliest = signals.get_column("interval_start_unix_nano").min()
+            assert isinstance(earliest, int)
+            first = earliest if first == 0 else min(first, earliest)
+        if first == 0 or first >= close_before:
+            return signals
+        first = max(first, close_before - ZERO_FILL_MAX_INTERVALS * interval_ns)
+        starts = range(first, close_before, interval_ns)
+        present = set(
+            zip(
+                signals.get_column("interval_start_unix_nano").to_list(),
+                signals.get_column("entity").to_list(),
+                signals.get_column("signal").to_list(),
+                strict=True,
+            )
+        )
+        rows_t, rows_e, rows_s = [], [], []
+        known = self.baselines.keys()
+        for entity, signal in known:
+            if not signal.startswith(COUNTED_RATES):
+                continue
+            baseline = self.baselines.get(entity, signal)
+            first_seen = None if baseline is None else baseline.first_seen_s
+            if first_seen is None:
+                continue
+            for start in starts:
+                if start / 1e9 >= first_seen and (start, entity, signal) not in present:
+                    rows_t.append(start)
+                    rows_e.append(entity)
+                    rows_s.append(signal)
+        if not rows_t:
+            return signals
+        zeros = pl.DataFrame(
+            {
+                "interval_start_unix_nano": rows_t,
+                "entity": rows_e,
+                "signal": rows_s,
+                "value": [0.0] * len(rows_t),
+            },
+            schema=signals.schema,
+        )
+        return pl.concat([signals, zeros])
 
     def _observe_graph(self, done: pa.Table, now: int) -> None:
         for delta in self.graph.observe_spans(done, now):
