@@ -83,6 +83,9 @@ class WorldModel:
     metrics: MetricDeriver = field(init=False)
     applied: dict[str, int] = field(default_factory=dict)  # "signal/topic/partition" -> last offset
     watermarks: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> max event time
+    # what the broker holds, from the live shell: "topic/partition" -> (marker signal, last offset);
+    # transient (not checkpointed): refreshed by the worker from the topics' high-water marks
+    sources: dict[str, tuple[str, int]] = field(default_factory=dict)
     spans: pa.Table | None = None
     logs: pl.DataFrame | None = None
     graph: EdgeStore = field(default_factory=EdgeStore)
@@ -242,7 +245,22 @@ class WorldModel:
     # ------------------------------------------------------------ event time
     @property
     def watermark(self) -> int:
-        """Event time every partition of every topic seen so far has reached (0 before that)."""
+        """Event time up to which no more data is expected.
+
+        Live (``sources`` known): every partition that holds records not yet applied keeps time
+        back at the event time it reached (0 if none of it arrived yet, so a topic whose segments
+        come late is waited for); partitions fully applied do not hold time back. Replay (no
+        sources): every partition of every topic seen so far must have reached the instant.
+        """
+        if self.sources:
+            pending = [
+                self.watermarks.get(key, 0)
+                for key, (signal, last) in self.sources.items()
+                if self.applied.get(f"{signal}/{key}", -1) < last
+            ]
+            if pending:
+                return min(pending)
+            return max(self.watermarks.values()) if self.watermarks else 0
         if not self.watermarks:
             return 0
         seen_topics = {key.rsplit("/", 1)[0] for key in self.watermarks}

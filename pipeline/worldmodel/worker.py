@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import TopicPartition
 
 import schemas
-from pipeline import topics
+from pipeline import kafka, topics
 from pipeline.ingest.worker import faust_app, write_stats
 from pipeline.segments.store import Manifest, SegmentStore
 from pipeline.settings import Settings
@@ -171,8 +172,44 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
                 stats_file, {**counters, **model.dropped, "watermark_unix_nano": model.watermark}
             )
 
+    signal_of = {"otlp_spans": "spans", "otlp_logs": "logs", "otlp_metrics": "metrics"}
+    source_tps = [
+        TopicPartition(settings.topic(logical), p)
+        for logical in signal_of
+        for p in range(topics.spec(logical).partitions)
+    ]
+
+    async def read_sources() -> dict[str, tuple[str, int]] | None:
+        """What the broker holds, so a topic whose segments arrive late is waited for."""
+        try:
+            hws = await kafka.high_water_marks(bootstrap, source_tps)
+        except Exception as e:  # the broker is briefly unreachable: keep the last view
+            log.warning("cannot read high-water marks: %s", e)
+            return None
+        sources = {}
+        for tp, hw in hws.items():
+            if hw > 0:
+                logical = topics.logical_name(tp.topic, settings.topics) or ""
+                sources[f"{tp.topic}/{tp.partition}"] = (signal_of.get(logical, "spans"), hw - 1)
+        return sources
+
+    @app.timer(interval=2.0)
+    async def refresh_sources() -> None:
+        sources = await read_sources()
+        if sources is None:
+            return
+        async with lock:
+            model.sources = sources
+            if sources:
+                counters["segments_applied"] += await asyncio.to_thread(
+                    catch_up, store, model, settings.catch_up_chunk
+                )
+
     @app.task
     async def start_from_store() -> None:
+        sources = await read_sources()
+        if sources:
+            model.sources = sources
         while True:
             async with lock:
                 done = await asyncio.to_thread(catch_up, store, model, settings.catch_up_chunk)
