@@ -24,6 +24,7 @@ import schemas
 from jobs.causal.alerts import Alert, Incident, IncidentBook, Symptom, SymptomMapper, parse_webhook
 from jobs.causal.record import build_record
 from jobs.causal.search import CausalSearch, SearchConfig
+from pipeline.ingest.core import deadletter_for_message
 from pipeline.ingest.worker import faust_app, write_stats
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
@@ -159,19 +160,9 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                     parsed = parse_webhook(orjson.loads(event.value))
                 except (orjson.JSONDecodeError, schemas.SchemaViolation) as e:
                     counters["refused"] += 1
-                    letter = {
-                        "schema_version": 1,
-                        "stage": STAGE,
-                        "reason": "invalid_alert",
-                        "detail": str(e)[:2000],
-                        "received_at": now.isoformat().replace("+00:00", "Z"),
-                        "source": {
-                            "topic": event.message.topic,
-                            "partition": event.message.partition,
-                            "offset": event.message.offset,
-                        },
-                        "payload_size": len(event.value or b""),
-                    }
+                    letter = deadletter_for_message(
+                        STAGE, "invalid_alert", str(e), event.message, event.value, now
+                    )
                     await deadletter.send(key=b"alerts", value=orjson.dumps(letter))
                     continue
                 known = _known_entities(model)

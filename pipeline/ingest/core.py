@@ -71,6 +71,14 @@ class DeadLetter:
         }
 
 
+def deadletter_for_message(
+    stage: str, reason: str, detail: str, message: Any, value: bytes | None, now: dt.datetime
+) -> dict[str, Any]:
+    """The dead-letter record of a refused Kafka message (anything with topic/partition/offset)."""
+    record = KafkaRecord(message.topic, message.partition, message.offset, value)
+    return DeadLetter(stage, reason, detail, record).to_json(now)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_record_bytes: int = 4 * 1024 * 1024

@@ -25,6 +25,7 @@ from aiokafka import TopicPartition
 
 import schemas
 from pipeline import kafka, topics
+from pipeline.ingest.core import deadletter_for_message
 from pipeline.ingest.worker import faust_app, write_stats
 from pipeline.segments.store import Manifest, SegmentStore
 from pipeline.settings import Settings
@@ -247,19 +248,9 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
                 change = change_from_record(orjson.loads(event.value))
             except (orjson.JSONDecodeError, schemas.SchemaViolation, ValueError) as e:
                 counters["changes_refused"] += 1
-                letter = {
-                    "schema_version": 1,
-                    "stage": STAGE,
-                    "reason": "invalid_change",
-                    "detail": str(e)[:2000],
-                    "received_at": now.isoformat().replace("+00:00", "Z"),
-                    "source": {
-                        "topic": event.message.topic,
-                        "partition": event.message.partition,
-                        "offset": event.message.offset,
-                    },
-                    "payload_size": len(event.value or b""),
-                }
+                letter = deadletter_for_message(
+                    STAGE, "invalid_change", str(e), event.message, event.value, now
+                )
                 await deadletter.send(key=b"changes", value=orjson.dumps(letter))
                 continue
             async with lock:
