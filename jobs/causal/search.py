@@ -67,11 +67,26 @@ class SearchConfig:
     # + w_explains*log1p(deviating entities between the symptom and the candidate): a cause
     # accounts for the anomalies on its propagation paths
     w_explains: float = 0.5
-    null_logit: float = 3.2  # the "no cause" option; below it, weak evidence loses to "nothing"
-    temperature: float = 1.0
+    # the "no cause" option (below it, weak evidence loses to "nothing") and the softmax
+    # temperature: fitted on the simulator (never on PetShop) by minimising the log loss of
+    # "the top cause is right" with a weak prior around the hand-set 3.2 / 1.0, on training
+    # seeds 1 and 3 and checked on held-out seed 2:
+    #   worldline evaluate simulator --seeds 2 --train-seeds 1,3
+    # (14 services, 40 min history from 01:00 UTC, peak 15 req/s, 10 s slices). Every training
+    # case was ranked right, so the temperature sits at the grid's lower bound (0.5): the data
+    # says "sharper", not how much. ECE train 0.15 -> 0.04, held-out 0.12 -> 0.02.
+    null_logit: float = 2.0
+    temperature: float = 0.5
     abstain_below: float = 0.35  # top probability under this: abstain, name what would separate
     chronic_weight: float = 0.25  # deviations older than the window count this much
     warmup_intervals: int = 15  # scores of a series' first intervals are not evidence
+    # deviations that ended more than this many intervals before the window's end are stale:
+    # their peak, and their strength when one is the peak, count this much
+    recent_intervals: int = 10
+    stale_weight: float = 0.1
+    # a caller whose directed evidence (latency, errors) about a dependency stays under this
+    # strength measures it healthy
+    quiet_z: float = 3.0
 
 
 @dataclass
@@ -117,7 +132,15 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
         np.maximum(filled, 0.0),
         np.where(down[:, None], np.maximum(-filled, 0.0), np.abs(filled)),
     )
-    peak_idx = harmful.argmax(axis=1)
+    # the peak is taken among the deviations still going on near the window's end: a run
+    # that was over long before (an isolated spike of a low-traffic series) is weighed down
+    dev_h = harmful >= config.z_min
+    run_end = np.empty((n, w), dtype=np.int64)
+    run_end[:, w - 1] = w - 1
+    for t in range(w - 2, -1, -1):
+        run_end[:, t] = np.where(dev_h[:, t + 1], run_end[:, t + 1], t)
+    stale = run_end < w - 1 - config.recent_intervals
+    peak_idx = (harmful * np.where(stale, config.stale_weight, 1.0)).argmax(axis=1)
     rows = np.arange(n)
     peak_z = filled[rows, peak_idx]
     sign = np.sign(peak_z)
@@ -146,6 +169,7 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     first_known = np.where(known, idx[None, :], w).min(axis=1)
     chronic = valid & (start <= first_known)
     strength = np.where(chronic, strength * config.chronic_weight, strength)
+    strength = np.where(stale[rows, peak_idx], strength * config.stale_weight, strength)
     return Evidence(peak_z, strength, onset, persistence, end)
 
 
@@ -331,6 +355,10 @@ class CausalSearch:
                 described = client_metric_peer(signal)
                 if described is not None:
                     target = _peer_entity(described, known_services)
+            if target not in index and target.startswith("operation:"):
+                # an operation that is no candidate of its own is evidence about its service
+                # (an SLO alert on a service measures its routes)
+                target = _owner(target)
             if target in index:
                 entity_ids.append(index[target])
                 series.append(key)
@@ -366,9 +394,18 @@ class CausalSearch:
         candidates, graph = self.candidates(symptom_entities, t_s)
         batch = self.hypotheses(candidates, t_s)
         ev = evaluate(batch, config)
+        batch, local = self._caller_local(batch, ev)
         scored_ms = (time.perf_counter() - started) * 1000
         n_ent = len(batch.entities)
         ent = batch.entity
+        tolerance = max(config.onset_tolerance_s, config.tolerance_intervals * batch.interval_s)
+        names = batch.entities
+        idx = {e: i for i, e in enumerate(names)}
+        symptom_onset, symptom_known = self._symptom_onset(symptoms, batch, ev, idx, t_s)
+        if symptom_onset is not None and ev.end_s is not None:
+            # a deviation that was over before the symptom began is no evidence for it
+            over_rows = ev.end_s < symptom_onset - tolerance
+            ev = replace(ev, strength=np.where(over_rows, 0.0, ev.strength))
         # entity level: the strongest hypothesis, the earliest strong onset, the modalities
         best_strength = np.zeros(n_ent)
         np.maximum.at(best_strength, ent, ev.strength)
@@ -394,13 +431,15 @@ class CausalSearch:
         directed = batch.up_is_bad | down
         harm_strength = np.zeros(n_ent)
         np.maximum.at(harm_strength, ent[directed], ev.strength[directed])
-        tolerance = max(config.onset_tolerance_s, config.tolerance_intervals * batch.interval_s)
-
-        names = batch.entities
-        idx = {e: i for i, e in enumerate(names)}
         symptom_ids = [idx[e] for e in symptom_entities if e in idx]
-        symptom_onset, symptom_known = self._symptom_onset(symptoms, batch, ev, idx, t_s)
-        ruled: list[RuledOut] = []
+        ruled: list[RuledOut] = [
+            RuledOut(
+                dep,
+                f"only {caller} sees it deviate; its other callers see it healthy: the fault is"
+                f" on {caller}'s side of the call",
+            )
+            for dep, caller in local
+        ]
         if symptom_known and symptom_onset is None:
             return self._quiet_symptom(symptoms, batch, n_ent, started, scored_ms)
         alive = best_strength >= config.z_min
@@ -449,6 +488,21 @@ class CausalSearch:
                 RuledOut(
                     names[i],
                     f"explained by {names[j]}, which it depends on and which deviated no later",
+                )
+            )
+        # shifted load: a dependency whose extra requests come from callers whose own traffic
+        # did not grow, while another dependency of theirs deviated no later (a cache that
+        # misses, a call that fails over), is explained by that other dependency
+        shifted = self._shifted_load(
+            alive, batch, ev, graph, idx, onset, last_dev, harm_strength, tolerance
+        )
+        for i, j in sorted(shifted.items()):
+            alive[i] = False
+            ruled.append(
+                RuledOut(
+                    names[i],
+                    f"its extra load comes from callers whose own traffic did not grow, while"
+                    f" {names[j]}, which they also call, deviated no later",
                 )
             )
         # changes: they count through a deviation of their own entity after them
@@ -557,7 +611,7 @@ class CausalSearch:
         recent = t_s - config.symptom_recency_s
         own = np.array(
             [
-                series[0] == batch.entities[k]
+                _owner(series[0]) == batch.entities[k]
                 for series, k in zip(batch.series, batch.entity, strict=True)
             ],
             dtype=bool,
@@ -593,12 +647,118 @@ class CausalSearch:
                     sev = evaluate(sub, replace(config, z_min=config.symptom_z_min))
                     sends = sev.end_s if sev.end_s is not None else sev.onset_s
                     keep = (sev.strength >= config.symptom_z_min) & (sends >= recent)
+                    # the alert fires now: a deviation still going on near its time is the
+                    # alerted one, an earlier run that ended (a spike) is not
+                    ongoing = sends >= t_s - 2 * max(config.onset_tolerance_s, batch.interval_s)
+                    if (keep & ongoing).any():
+                        keep &= ongoing
                     onset_of = np.full(len(batch), np.nan)
                     onset_of[of_signal] = sev.onset_s
                     rows = of_signal[keep]
             if len(rows):
                 onsets.append(float(np.nanmin(onset_of[rows])))
         return (min(onsets) if onsets else None), known and not onsets
+
+    def _shifted_load(
+        self,
+        alive: np.ndarray,
+        batch: HypothesisBatch,
+        ev: Evidence,
+        graph: nx.MultiDiGraph,
+        idx: dict[str, int],
+        onset: np.ndarray,
+        last_dev: np.ndarray,
+        harm_strength: np.ndarray,
+        tolerance: float,
+    ) -> dict[int, int]:
+        config = self.config
+        names = batch.entities
+        owners = [_owner(e) for e, _ in batch.series]
+        rate = np.array(["rate_per_s" in s for _, s in batch.series], dtype=bool)
+        strong_up = rate & (ev.strength >= config.z_min) & (ev.peak > 0)
+        # callers whose own inbound traffic rose
+        grew = {
+            names[int(batch.entity[r])]
+            for r in np.flatnonzero(strong_up)
+            if owners[r] == names[int(batch.entity[r])]
+        }
+        out: dict[int, int] = {}
+        for i in map(int, np.flatnonzero(alive)):
+            rows = np.flatnonzero(strong_up & (batch.entity == i))
+            callers = sorted({owners[r] for r in rows if owners[r] != names[i]} - grew)
+            if not callers:
+                continue
+            best: tuple[float, int] | None = None
+            for caller in callers:
+                if caller not in graph:
+                    continue
+                for dep in sorted(set(graph.successors(caller))):
+                    j = idx.get(dep)
+                    if (
+                        j is None
+                        or j == i
+                        or not alive[j]
+                        or harm_strength[j] < config.z_min
+                        or onset[j] > onset[i] + tolerance
+                        or last_dev[j] < onset[i] - tolerance
+                    ):
+                        continue
+                    if best is None or harm_strength[j] > best[0]:
+                        best = (float(harm_strength[j]), j)
+            if best is not None:
+                out[i] = best[1]
+        return out
+
+    def _caller_local(
+        self, batch: HypothesisBatch, ev: Evidence
+    ) -> tuple[HypothesisBatch, list[tuple[str, str]]]:
+        """A dependency that deviates only as one caller measures it, while its other callers
+        measure it healthy and it shows nothing of its own, is not at fault: the fault is on
+        that caller's side of the call (its pool, its query, its retries). Its rows from that
+        caller become evidence about the caller. Returns the batch and (dependency, caller)."""
+        config = self.config
+        names = batch.entities
+        idx = {e: i for i, e in enumerate(names)}
+        owners = [_owner(e) for e, _ in batch.series]
+        known = ~np.isnan(batch.z)
+        down = batch.down_is_bad if batch.down_is_bad is not None else np.zeros(len(batch), bool)
+        directed = batch.up_is_bad | down  # latency, errors, saturation: not traffic
+        by_entity: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for r, (owner, k) in enumerate(zip(owners, batch.entity, strict=True)):
+            by_entity[int(k)][owner].append(r)
+        entity = batch.entity.copy()
+        local: list[tuple[str, str]] = []
+        for k in sorted(by_entity):
+            groups = by_entity[k]
+            name = names[k]
+            own_rows = groups.get(name, [])
+            if any(ev.strength[r] >= config.z_min for r in own_rows):
+                continue
+            callers = {
+                c: rows
+                for c, rows in groups.items()
+                if c != name and known[rows].sum() >= config.warmup_intervals
+            }
+            deviating = [
+                c
+                for c, rows in callers.items()
+                if max(ev.strength[r] for r in rows) >= config.z_min
+            ]
+            if len(callers) < 2 or len(deviating) != 1 or deviating[0] not in idx:
+                continue
+            quiet = all(
+                max((float(ev.strength[r]) for r in rows if directed[r]), default=0.0)
+                < config.quiet_z
+                for c, rows in callers.items()
+                if c != deviating[0]
+            )
+            if not quiet:
+                continue
+            entity[callers[deviating[0]]] = idx[deviating[0]]
+            local.append((name, deviating[0]))
+        if not local:
+            return batch, local
+        return replace(batch, entity=entity), local
 
     def _quiet_symptom(
         self,
@@ -727,6 +887,13 @@ class CausalSearch:
             path,
             explanation,
         )
+
+
+def _owner(entity: str) -> str:
+    """The service an operation belongs to; any other entity is its own owner."""
+    if entity.startswith("operation:"):
+        return "service:" + entity[len("operation:") :].split(" ", 1)[0]
+    return entity
 
 
 def _path(graph: nx.MultiDiGraph, cause: str, symptoms: list[str]) -> list[str]:

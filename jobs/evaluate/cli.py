@@ -13,7 +13,7 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from jobs.evaluate import petshop
+from jobs.evaluate import petshop, simulator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PETSHOP = REPO_ROOT.parent / "shared" / "data" / "petshop"
@@ -221,6 +221,132 @@ def petshop_command(
                 for n in normals
             ],
         }
+        json_out.write_bytes(
+            orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        )
+        err.print(f"wrote {json_out}")
+
+
+def _seeds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    return out
+
+
+@evaluate.command("simulator")
+@click.option("--seeds", default="1-2", show_default=True, help="Held-out seeds: 1-3 or 1,4.")
+@click.option(
+    "--train-seeds",
+    default="",
+    help="Seeds to fit the probability mapping on (temperature, null logit); reported beside"
+    " the held-out seeds. Empty: no fit.",
+)
+@click.option("--quick", is_flag=True, help="CI: a few scenarios, one seed.")
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    type=click.Choice(simulator.FAULT_SCENARIOS),
+    help="Only these fault scenarios (repeatable; default all).",
+)
+@click.option("--no-normal", is_flag=True, help="Skip the fault-free runs.")
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Keep prepared cases (simulated + learned world model) here and reuse them.",
+)
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None)
+def simulator_command(
+    seeds: str,
+    train_seeds: str,
+    quick: bool,
+    scenarios: tuple[str, ...],
+    no_normal: bool,
+    cache: Path | None,
+    json_out: Path | None,
+) -> None:
+    """Simulator suite: every fault scenario over seeds (top-1, top-3, Avg@5, abstention per
+    fault class, calibration, specificity on fault-free runs); BARO and N-Sigma side by side."""
+    from jobs.causal.search import SearchConfig
+
+    err = Console(stderr=True, highlight=False)
+    names = list(scenarios) or list(
+        simulator.QUICK_SCENARIOS if quick else simulator.FAULT_SCENARIOS
+    )
+    held = [1] if quick and seeds == "1-2" else _seeds(seeds)
+    train = _seeds(train_seeds) if train_seeds else []
+    suite = simulator.SuiteConfig()
+    config = SearchConfig()
+    per_seed = len(names) + (0 if no_normal else 1)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
+        task = progress.add_task("simulator", total=per_seed * (len(held) + len(train)))
+
+        def advance(key: str) -> None:
+            progress.update(task, advance=1, description=key)
+
+        kwargs: dict[str, Any] = {"normal_runs": not no_normal, "on_case": advance, "cache": cache}
+        train_cases = simulator.prepare_all(names, train, suite, **kwargs) if train else []
+        held_cases = simulator.prepare_all(names, held, suite, **kwargs)
+    doc: dict[str, Any] = {
+        "dataset": "simulator",
+        "suite": suite.__dict__,
+        "scenarios": names,
+        "seeds": held,
+        "train_seeds": train,
+        "search_config": {"temperature": config.temperature, "null_logit": config.null_logit},
+    }
+    held_out = [simulator.score(p, config) for p in held_cases]
+    if train_cases:
+        train_out = [simulator.score(p, config) for p in train_cases]
+        t, null, loss = simulator.fit_probability(train_out)
+        fitted = SearchConfig(temperature=t, null_logit=null)
+        doc["fit"] = {
+            "temperature": t,
+            "null_logit": null,
+            "train_log_loss": loss,
+            "train": {
+                "current": simulator.calibration(simulator._calibrated_cases(train_out)),
+                "fitted": simulator.calibration(
+                    simulator._calibrated_cases(simulator.with_probability(train_out, fitted))
+                ),
+            },
+            "held_out": {
+                "current": simulator.calibration(simulator._calibrated_cases(held_out)),
+                "fitted": simulator.calibration(
+                    simulator._calibrated_cases(simulator.with_probability(held_out, fitted))
+                ),
+            },
+        }
+        err.print(
+            f"fitted on seeds {train}: temperature {t:.2f}, null logit {null:.2f}"
+            f" (log loss {loss:.3f})"
+        )
+    summary = simulator.summarize(held_out)
+    doc["summary"] = summary
+    doc["cases"] = [simulator.outcome_json(o) for o in held_out]
+    click.echo(simulator.render(summary))
+    if "fit" in doc:
+        fit = doc["fit"]
+        click.echo("")
+        click.echo("| calibration | ECE | precision p>=0.8 | n p>=0.8 |")
+        click.echo("|---|---|---|---|")
+        for split in ("train", "held_out"):
+            for which in ("current", "fitted"):
+                c = fit[split][which]
+                click.echo(
+                    f"| {split} seeds, {which} mapping | {_f(c['ece'])}"
+                    f" | {_f(c['high_confidence_precision'])} | {c['high_confidence_n']} |"
+                )
+    if json_out is not None:
         json_out.write_bytes(
             orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
         )

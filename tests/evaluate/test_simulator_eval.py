@@ -1,0 +1,50 @@
+"""The simulator suite end to end on a small run: one fault scenario and one fault-free run,
+one seed, through simulate -> bundle -> backfill -> alert -> search -> metrics and the CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from jobs.evaluate.cli import evaluate
+
+pytestmark = [pytest.mark.slow]
+
+
+def _in_unit(x: float) -> bool:
+    return not math.isnan(x) and 0.0 <= x <= 1.0
+
+
+def test_small_simulator_run(tmp_path: Path) -> None:
+    out = tmp_path / "sim.json"
+    result = CliRunner().invoke(
+        evaluate,
+        ["simulator", "--scenario", "database-slowdown", "--seeds", "1", "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "| fault class |" in result.output and "Specificity" in result.output
+    doc = orjson.loads(out.read_bytes())
+    assert doc["dataset"] == "simulator" and doc["seeds"] == [1]
+    summary = doc["summary"]
+    assert summary["cases"] == 2
+    [row] = summary["per_class"].values()
+    assert row["scenarios"] == ["database-slowdown"] and _in_unit(row["abstention"])
+    for method in ("worldline", "baro", "nsigma"):
+        for key in ("top1", "top3", "avg5"):
+            assert _in_unit(summary["overall"][method][key])
+    w = summary["overall"]["worldline"]
+    assert w["top1"] <= w["avg5"] + 1e-9 and w["top1"] <= w["top3"]
+    cal = summary["calibration"]
+    assert _in_unit(cal["ece"]) and cal["n"] == 2
+    assert sum(r["n"] for r in cal["reliability"]) == 2
+    assert summary["specificity"]["n"] == 1 and _in_unit(summary["specificity"]["worldline"])
+    cases = {c["scenario"]: c for c in doc["cases"]}
+    assert set(cases) == {"database-slowdown", "normal"}
+    db = cases["database-slowdown"]
+    assert db["alerted"] and db["hits"][0], db  # the demo's case: the injected database first
+    assert set(db["baselines"]) == {"baro", "nsigma"}
+    assert _in_unit(db["probability"])
