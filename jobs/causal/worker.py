@@ -34,6 +34,7 @@ from pipeline.worldmodel.worker import checkpoint_path
 log = logging.getLogger("worldline.causal")
 
 STAGE = "causal-search"
+REFRESH_GIVE_UP_S = 600.0
 BOOK_NAME = "incidents.json"
 
 
@@ -144,7 +145,77 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
     deadletter = app.topic(
         settings.topic("deadletter"), value_serializer="raw", key_serializer="raw"
     )
-    counters: dict[str, int] = {"alerts": 0, "records": 0, "refused": 0, "abstained": 0}
+    counters: dict[str, int] = {
+        "alerts": 0,
+        "records": 0,
+        "refused": 0,
+        "abstained": 0,
+        "refreshed": 0,
+        "refresh_given_up": 0,
+    }
+    # incidents answered before the world model had learned the alert's interval: searched again
+    # (a new update of the same incident) once it has, or given up after REFRESH_GIVE_UP_S
+    awaiting: dict[str, tuple[float, float]] = {}  # incident -> (event time needed, wall deadline)
+    lock = asyncio.Lock()
+
+    def learned_through(model: WorldModel | None) -> float:
+        return 0.0 if model is None else model.closed_through / 1e9
+
+    def needed_time(model: WorldModel | None, incident: Incident) -> float:
+        interval = model.config.interval_s if model is not None else 60.0
+        t_alert = max(a.starts_at_s for a in incident.alerts.values())
+        return (t_alert // interval + 1) * interval
+
+    async def publish(
+        incident: Incident, model: WorldModel | None, now: dt.datetime
+    ) -> dict[str, Any]:
+        if model is None:
+            from jobs.causal.search import SearchResult
+
+            result = SearchResult(
+                [],
+                [],
+                True,
+                "the world model has no checkpoint yet: it is still learning",
+                [],
+                None,
+                {},
+            )
+            record = build_record(incident, result, now.timestamp())
+        else:
+            record = await asyncio.to_thread(
+                search_incident, model, incident, config, now.timestamp()
+            )
+        counters["records"] += 1
+        counters["abstained"] += int(record["abstained"])
+        await ranked.send(key=incident.incident_id.encode(), value=orjson.dumps(record))
+        needed = needed_time(model, incident)
+        if learned_through(model) < needed:
+            awaiting[incident.incident_id] = (needed, time.monotonic() + REFRESH_GIVE_UP_S)
+        else:
+            awaiting.pop(incident.incident_id, None)
+        return record
+
+    @app.timer(interval=2.0)
+    async def refresh_early_answers() -> None:
+        if not awaiting:
+            return
+        async with lock:
+            model = await asyncio.to_thread(models.get)
+            now = dt.datetime.now(dt.UTC)
+            for incident_id, (needed, deadline) in sorted(awaiting.items()):
+                incident = book.incidents.get(incident_id)
+                if incident is None or time.monotonic() > deadline:
+                    awaiting.pop(incident_id, None)
+                    counters["refresh_given_up"] += 1
+                    continue
+                if learned_through(model) >= needed:
+                    incident.updates += 1
+                    await publish(incident, model, now)
+                    counters["refreshed"] += 1
+            await app.producer.flush()
+            await asyncio.to_thread(save_book, book_path, book)
+
     latencies_ms: list[float] = []
     stats_file = settings.data_dir / "stats" / f"{STAGE}.json"
 
@@ -179,29 +250,11 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                     if updated:
                         changed[incident.incident_id] = incident
                         arrived[incident.incident_id] = event.message.timestamp
-            for incident in changed.values():
-                if model is None:
-                    from jobs.causal.search import SearchResult
-
-                    result = SearchResult(
-                        [],
-                        [],
-                        True,
-                        "the world model has no checkpoint yet: it is still learning",
-                        [],
-                        None,
-                        {},
-                    )
-                    record = build_record(incident, result, now.timestamp())
-                else:
-                    record = await asyncio.to_thread(
-                        search_incident, model, incident, config, now.timestamp()
-                    )
-                counters["records"] += 1
-                counters["abstained"] += int(record["abstained"])
-                await ranked.send(key=incident.incident_id.encode(), value=orjson.dumps(record))
-                latencies_ms.append((time.time() - arrived[incident.incident_id]) * 1000)
-                del latencies_ms[:-1000]
+            async with lock:
+                for incident in changed.values():
+                    await publish(incident, model, now)
+                    latencies_ms.append((time.time() - arrived[incident.incident_id]) * 1000)
+                    del latencies_ms[:-1000]
             await app.producer.flush()
             await asyncio.to_thread(save_book, book_path, book)
             p95 = (
