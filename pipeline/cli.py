@@ -26,7 +26,7 @@ from jobs.evaluate.cli import evaluate
 from jobs.simulator.cli import simulate
 from pipeline import kafka, otlp, topics
 from pipeline.broker import BrokerError
-from pipeline.ingest.worker import STAGES as INGEST_STAGES
+from pipeline.ingest.core import STAGES as INGEST_STAGES
 from pipeline.platform import NoBrokerError, Platform, find_bootstrap
 from pipeline.query_cli import query
 from pipeline.receivers.cli import receive
@@ -267,7 +267,7 @@ def worker(ctx: Context, stage: str) -> None:
     Run as many replicas of a stage as its topic has partitions; they share the work through
     their consumer group. Segments go under <data_dir>/segments; refused records to `deadletter`.
     """
-    from pipeline.ingest.worker import run_worker
+    from pipeline.workers import run_worker
 
     run_worker(ctx.settings, stage, _bootstrap(ctx))
 

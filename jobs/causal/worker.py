@@ -25,9 +25,9 @@ from jobs.causal.alerts import Alert, Incident, IncidentBook, Symptom, SymptomMa
 from jobs.causal.record import build_record
 from jobs.causal.search import CausalSearch, SearchConfig
 from pipeline.ingest.core import deadletter_for_message
-from pipeline.ingest.worker import faust_app, write_stats
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
+from pipeline.workers import faust_app, stats_path, write_stats
 from pipeline.worldmodel.model import WorldModel
 from pipeline.worldmodel.worker import checkpoint_path
 
@@ -217,7 +217,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             await asyncio.to_thread(save_book, book_path, book)
 
     latencies_ms: list[float] = []
-    stats_file = settings.data_dir / "stats" / f"{STAGE}.json"
+    stats_file = stats_path(settings, STAGE)
 
     @app.agent(alerts, name="search-incidents")
     async def search_incidents(stream: Any) -> None:

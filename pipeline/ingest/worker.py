@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -24,45 +22,9 @@ import orjson
 from pipeline.ingest.core import STAGES, KafkaRecord, Limits, SegmentIngestor, codec_for
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
+from pipeline.workers import faust_app, stats_path, write_stats
 
 log = logging.getLogger("worldline.ingest")
-
-
-def faust_broker_url(bootstrap: str) -> str:
-    return ";".join(f"kafka://{hp.strip()}" for hp in bootstrap.split(","))
-
-
-def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
-    """A faust app configured the way every worldline worker needs it on any broker."""
-    datadir = settings.data_dir / "faust" / app_id
-    datadir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
-        app_id,
-        broker=faust_broker_url(bootstrap),
-        store="memory://",
-        web_enabled=False,
-        topic_disable_leader=True,
-        topic_allow_declare=False,
-        broker_session_timeout=settings.session_timeout_ms / 1000.0,
-        broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000.0,
-        consumer_auto_offset_reset="earliest",
-        consumer_max_fetch_size=max(settings.max_record_bytes * 2, 8 * 1024 * 1024),
-        producer_max_request_size=settings.max_record_bytes + 1024 * 1024,
-        datadir=str(datadir),
-        stream_wait_empty=False,
-        logging_config=None,
-    )
-
-
-def stats_path(settings: Settings, stage: str) -> Path:
-    return settings.data_dir / "stats" / f"{stage}.json"
-
-
-def write_stats(path: Path, counters: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(counters, option=orjson.OPT_SORT_KEYS))
-    os.replace(tmp, path)
 
 
 def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.App:
@@ -124,21 +86,3 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
             write_stats(stats_file, dict(ingestor.counters))
 
     return app
-
-
-def run_worker(settings: Settings, stage: str, bootstrap: str) -> None:
-    """Run one stage until SIGINT/SIGTERM (blocking)."""
-    if stage == "world-model":
-        from pipeline.worldmodel.worker import build_world_model_app
-
-        app = build_world_model_app(settings, bootstrap)
-    elif stage == "causal-search":
-        from jobs.causal.worker import build_causal_app
-
-        app = build_causal_app(settings, bootstrap)
-    else:
-        app = build_ingest_app(settings, stage, bootstrap)
-    worker = faust.Worker(
-        app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False
-    )
-    worker.execute_from_commandline()

@@ -26,9 +26,9 @@ from aiokafka import TopicPartition
 import schemas
 from pipeline import kafka, topics
 from pipeline.ingest.core import deadletter_for_message
-from pipeline.ingest.worker import faust_app, write_stats
 from pipeline.segments.store import Manifest, SegmentStore
 from pipeline.settings import Settings
+from pipeline.workers import faust_app, stats_path, write_stats
 from pipeline.worldmodel.model import WorldModel, WorldModelConfig
 
 log = logging.getLogger("worldline.worldmodel")
@@ -136,7 +136,7 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
     )
     lock = asyncio.Lock()
     state: dict[str, float] = {"last_checkpoint": time.monotonic()}
-    stats_file = settings.data_dir / "stats" / f"{STAGE}.json"
+    stats_file = stats_path(settings, STAGE)
     sealed = app.topic(
         settings.topic("segments.sealed"), value_serializer="raw", key_serializer="raw"
     )
