@@ -20,7 +20,7 @@ import contextlib
 import datetime as dt
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,16 +275,28 @@ class SegmentStore:
     # ----------------------------------------------------------------- reading
     def manifests(self, signal: str | None = None) -> list[Manifest]:
         if self._manifests is None:
-            self._manifests = {m.segment_id: m for m in self._scan_manifests()}
+            self.refresh()
+        assert self._manifests is not None
         found = [m for m in self._manifests.values() if signal is None or m.signal == signal]
         return sorted(found, key=lambda m: (m.signal, m.start_unix_nano, m.segment_id))
 
-    def _scan_manifests(self) -> Iterator[Manifest]:
+    def refresh(self) -> None:
+        """Pick up segments other processes sealed and forget removed ones; only manifests not
+        seen before are read and validated."""
+        known = {self._manifest_file(m): m for m in (self._manifests or {}).values()}
         selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
+        current: dict[str, Manifest] = {}
         for info in self.fs.get_file_info(selector):
             if info.type == pafs.FileType.File and info.path.endswith(MANIFEST_SUFFIX):
-                with self.fs.open_input_stream(info.path) as f:
-                    yield Manifest.from_json(orjson.loads(f.read()))
+                manifest = known.get(info.path)
+                if manifest is None:
+                    with self.fs.open_input_stream(info.path) as f:
+                        manifest = Manifest.from_json(orjson.loads(f.read()))
+                current[manifest.segment_id] = manifest
+        self._manifests = current
+
+    def _manifest_file(self, m: Manifest) -> str:
+        return posixpath.join(self.root, m.path[: -len(DATA_SUFFIX)] + MANIFEST_SUFFIX)
 
     def select(
         self,

@@ -101,13 +101,13 @@ _SIGNAL_RANK = {"metric_series": 0, "spans": 1, "logs": 2, "metrics": 3}
 
 def catch_up(store: SegmentStore, model: WorldModel, limit: int | None = None) -> int:
     """Apply stored segments the model has not counted yet (at most ``limit``); return how many."""
-    fresh = SegmentStore(store.root)  # rescan: other processes wrote segments
+    store.refresh()  # other processes sealed segments since the last call
     pending = [
-        m for m in fresh.manifests() if m.signal in MODEL_SIGNALS and not model.already_applied(m)
+        m for m in store.manifests() if m.signal in MODEL_SIGNALS and not model.already_applied(m)
     ]
     applied = 0
     for m in merge_order(pending)[:limit]:
-        applied += model.apply(m, fresh.read(m))
+        applied += model.apply(m, store.read(m))
         model.advance()
     return applied
 

@@ -138,3 +138,22 @@ def test_retention_by_age_and_size(
     now_ns = 1763647380000000000 + 7200 * 10**9
     store.apply_retention(now_unix_nano=now_ns, max_age_s=max_age_s, max_total_bytes=max_bytes)
     assert len(SegmentStore(tmp_path).manifests()) == left
+
+
+def test_refresh_sees_other_writers_and_removals(tmp_path: Path) -> None:
+    reader = SegmentStore(tmp_path)
+    assert reader.manifests() == []
+    writer = SegmentStore(tmp_path)
+    m = writer.write(
+        "spans",
+        _spans(),
+        SourceRange("otlp_spans", 0, 0, 0),
+        time_column="start_unix_nano",
+        now=NOW,
+    )
+    assert m is not None and reader.manifests() == []  # cached until refreshed
+    reader.refresh()
+    assert reader.manifests() == [m]
+    writer.apply_retention(now_unix_nano=m.end_unix_nano + 10**15, max_age_s=1)
+    reader.refresh()
+    assert reader.manifests() == []
