@@ -920,10 +920,3 @@ def _iso(t_s: float | None) -> str:
     if t_s is None or not math.isfinite(t_s):
         return ""
     return dt.datetime.fromtimestamp(t_s, tz=dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def group_by_entity(causes: list[Cause]) -> dict[str, list[Cause]]:
-    out: dict[str, list[Cause]] = defaultdict(list)
-    for c in causes:
-        out[c.entity].append(c)
-    return out

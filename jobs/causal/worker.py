@@ -226,6 +226,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             arrived: dict[str, float] = {}
             now = dt.datetime.now(dt.UTC)
             model = await asyncio.to_thread(models.get)
+            mapper = SymptomMapper(_known_entities(model))
             for event in events:
                 try:
                     parsed = parse_webhook(orjson.loads(event.value))
@@ -236,8 +237,6 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                     )
                     await deadletter.send(key=b"alerts", value=orjson.dumps(letter))
                     continue
-                known = _known_entities(model)
-                mapper = SymptomMapper(known)
                 for alert in parsed:
                     counters["alerts"] += 1
                     symptom = mapper.map(alert)

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import schemas
-from pipeline import otlp
 from pipeline.ingest.core import KafkaRecord, Limits, SegmentIngestor, codec_for
 from pipeline.ingest.logs import MinerStates
 from pipeline.segments.store import SegmentStore
@@ -210,7 +209,6 @@ def test_truncations_of_valid_payloads_are_refused_or_stored(tmp_path: Path, top
     assert ingestor.counters["records_stored"] + len(batch.deadletters) == len(cuts)
     assert len(batch.deadletters) >= len(cuts) // 2
     assert {d.reason for d in batch.deadletters} == {"otlp_decode_error"}
-    assert otlp  # the codec module is what raised
 
 
 def test_span_attributes_over_the_limit_are_dropped_and_counted(tmp_path: Path) -> None:
