@@ -533,3 +533,21 @@ def _poisson(rng: random.Random, lam: float) -> float:
         if p <= limit:
             return float(k)
         k += 1
+
+
+def fill_store(store: Any, requests_per_topic: int, now: Any) -> None:
+    """Seal one segment per OTLP topic holding ``requests_per_topic`` factory requests (seeds
+    0..n-1, partition 0), through the ingest core, as a small store for query and read tests."""
+    from pipeline.ingest.core import KafkaRecord, SegmentIngestor, codec_for
+
+    makers = (
+        ("otlp_spans", span_request),
+        ("otlp_logs", log_request),
+        ("otlp_metrics", metric_request),
+    )
+    for topic, make in makers:
+        ingestor = SegmentIngestor(store, codec_for(topic, store))
+        records = [
+            KafkaRecord(topic, 0, i, make(i).SerializeToString()) for i in range(requests_per_topic)
+        ]
+        ingestor.seal(ingestor.decode(records), now)

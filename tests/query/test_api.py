@@ -9,28 +9,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from pipeline.api import QUERY_PREFIX, build_query_app
-from pipeline.ingest.core import KafkaRecord, SegmentIngestor, codec_for
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
-from pipeline.testing import log_request, metric_request, span_request
+from pipeline.testing import fill_store, span_request
 
 NOW = dt.datetime(2026, 11, 20, 14, 0, tzinfo=dt.UTC)
 
 
 def test_query_endpoints_answer_and_audit(tmp_path: Path) -> None:
     store = SegmentStore(tmp_path / "segments")
-    for topic, make in (
-        ("otlp_spans", span_request),
-        ("otlp_logs", log_request),
-        ("otlp_metrics", metric_request),
-    ):
-        ingestor = SegmentIngestor(store, codec_for(topic, store))
-        ingestor.seal(
-            ingestor.decode(
-                [KafkaRecord(topic, 0, i, make(i).SerializeToString()) for i in range(3)]
-            ),
-            NOW,
-        )
+    fill_store(store, 3, NOW)
     root = web.Application()
     root.add_subapp(QUERY_PREFIX, build_query_app(Settings(data_dir=tmp_path)))
     trace_id = span_request(1).resource_spans[0].scope_spans[0].spans[0].trace_id.hex()

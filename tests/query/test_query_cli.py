@@ -7,32 +7,15 @@ import orjson
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.ingest.core import KafkaRecord, SegmentIngestor, codec_for
 from pipeline.query_cli import parse_time
 from pipeline.segments.store import SegmentStore
-from pipeline.testing import log_request, metric_request, span_request
+from pipeline.testing import fill_store, span_request
 
 NOW = dt.datetime(2026, 11, 20, 14, 0, tzinfo=dt.UTC)
 
 
-def _fill(data_dir: Path) -> None:
-    store = SegmentStore(data_dir / "segments")
-    for topic, make in (
-        ("otlp_spans", span_request),
-        ("otlp_logs", log_request),
-        ("otlp_metrics", metric_request),
-    ):
-        ingestor = SegmentIngestor(store, codec_for(topic, store))
-        ingestor.seal(
-            ingestor.decode(
-                [KafkaRecord(topic, 0, i, make(i).SerializeToString()) for i in range(4)]
-            ),
-            NOW,
-        )
-
-
 def test_query_commands_print_json_lines(tmp_path: Path) -> None:
-    _fill(tmp_path)
+    fill_store(SegmentStore(tmp_path / "segments"), 4, NOW)
     runner = CliRunner()
     base = ["--data-dir", str(tmp_path), "query"]
     out = runner.invoke(cli, [*base, "logs", "--severity", "error", "--limit", "5"])
