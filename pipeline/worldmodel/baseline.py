@@ -15,7 +15,10 @@ arrives or ``flush(now)`` is called with a watermark past its end. Learning an i
    the residual against the seasonal profile) that follows drift within the day.
 2. Spread: an EWMA of the absolute residual (a mean absolute deviation, turned into a
    sigma-equivalent), times a per-hour-of-day shape, widened while warming up and on the coarser
-   tiers (fewer false alarms early, honestly).
+   tiers (fewer false alarms early, honestly). A series that counts events (``count_scale`` > 0,
+   e.g. a rate per second over the interval) never has a spread below its counting noise,
+   ``sqrt(max(expected count, 1)) / count_scale``: a rare event's history of mostly-zero
+   intervals has a near-zero spread, yet one or two events in an interval are not a deviation.
 3. Score: ``z = (value - expected) / spread``, direction is its sign.
 4. Onset: a two-sided CUSUM on clipped z decides that a deviation is sustained ("alert-worthy");
    its start is then estimated from a ring of the last 32 residuals by the best single change
@@ -24,7 +27,8 @@ arrives or ``flush(now)`` is called with a watermark past its end. Learning an i
    while a deviation is in progress, and the spread frozen), so an incident does not quickly
    become the new normal.
 
-State per series is ~1 KB when serialized (see ``SeasonalBaseline.to_bytes``; measured in tests).
+State per series is ~1 KB when serialized (see ``SeasonalBaseline.to_bytes``; measured in tests)
+and ~2.3 KB in memory (packed arrays; the float32 hour-of-week levels are 672 B of it).
 ``BaselineStore`` holds many series under a hard cap; every refused update is counted by reason.
 
 Why not ``river``: river's ``stats.EWMean`` / ``drift.PageHinkley`` are the same recurrences, but
@@ -39,7 +43,7 @@ import math
 import struct
 import zlib
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import astuple, dataclass
 from typing import Literal, Protocol
 
@@ -57,6 +61,8 @@ _RING_STEPS_PER_SIGMA = 4.0  # residuals are stored as int8 quarter-sigmas (+-31
 _RING_MISSING = -128
 _MAD_TO_SIGMA = math.sqrt(math.pi / 2.0)  # E|X| = sigma * sqrt(2/pi) for a normal X
 _NONE_INDEX = -(2**63)
+_NAN_DAY = [math.nan] * 24
+_ONES_DAY = [1.0] * 24
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday = 0
 
 
@@ -188,13 +194,14 @@ def _best_change_point(residuals: Sequence[float | None], first_index: int) -> i
 
 
 _HEADER = struct.Struct("<2sBI")
-_SCALARS = struct.Struct("<qqdIqdIddIdBddqqbqqdII")
+_SCALARS = struct.Struct("<qqdIqdIddIdBddqqbqqdIId")
 _TIERS: tuple[Tier, ...] = ("global", "day", "week")
 _MAGIC = b"WB"
-_VERSION = 1
+_VERSION = 2  # 2: count_scale
 _LEVELS_BYTES = HOURS_PER_WEEK * 4
 _COUNTS_BYTES = HOURS_PER_WEEK // 2
 _SHAPE_FORMAT = struct.Struct(f"<{HOURS_PER_DAY}e")
+_V1_SCALARS_SIZE = _SCALARS.size - 8  # version 1 had no count_scale (the last scalar)
 SNAPSHOT_BYTES = (
     _HEADER.size
     + _SCALARS.size
@@ -222,6 +229,7 @@ class SeasonalBaseline:
         "_acc_hour",
         "_acc_sum",
         "_alert_direction",
+        "_count_scale",
         "_alert_onset",
         "_alerts_raised",
         "_cusum_neg",
@@ -248,12 +256,17 @@ class SeasonalBaseline:
         "config",
     )
 
-    def __init__(self, config: BaselineConfig | None = None) -> None:
+    def __init__(self, config: BaselineConfig | None = None, count_scale: float = 0.0) -> None:
+        if not (count_scale >= 0.0 and math.isfinite(count_scale)):
+            raise ValueError(f"count_scale must be finite and >= 0, got {count_scale}")
         self.config = config or BaselineConfig()
+        # values times count_scale are event counts per interval (a rate per second measured
+        # over interval_s seconds: count_scale = interval_s); 0 for anything else
+        self._count_scale = count_scale
         self._week_level = array("f", [math.nan] * HOURS_PER_WEEK)
         self._week_count = bytearray(HOURS_PER_WEEK)
-        self._day_profile = [math.nan] * HOURS_PER_DAY  # derived from the week buckets
-        self._shape = [1.0] * HOURS_PER_DAY  # float16 values
+        self._day_profile = array("d", _NAN_DAY)  # derived from the week buckets
+        self._shape = array("f", _ONES_DAY)  # float16-rounded values
         self._ring = array("b", [_RING_MISSING] * ONSET_RING_LENGTH)
         self._first_interval: int | None = None
         self._open_interval: int | None = None
@@ -292,6 +305,11 @@ class SeasonalBaseline:
     def alerts_raised(self) -> int:
         """Number of sustained-deviation episodes started so far."""
         return self._alerts_raised
+
+    @property
+    def count_scale(self) -> float:
+        """Factor turning a value into events per interval (0: the series is not a count)."""
+        return self._count_scale
 
     @property
     def first_seen_s(self) -> float | None:
@@ -465,6 +483,12 @@ class SeasonalBaseline:
             * (1.0 + config.warmup_spread_gain / math.sqrt(self._n + 1))
         )
         floor = max(config.min_spread_relative * abs(expected), config.min_spread_absolute)
+        scale = self._count_scale
+        if scale > 0.0:
+            # counting noise: k events expected in an interval vary by sqrt(k), and a count is
+            # never known finer than one event, so a rate's spread is at least
+            # sqrt(max(expected count, 1)) / count_scale whatever the history's spread was
+            floor = max(floor, math.sqrt(max(expected * scale, 1.0)) / scale)
         return expected, max(spread, floor), tier, seasonal
 
     def _close_hour(self) -> None:
@@ -608,6 +632,8 @@ class SeasonalBaseline:
         """
         if other.config.fingerprint() != self.config.fingerprint():
             raise ValueError("cannot merge baselines with different configs")
+        if other._count_scale != self._count_scale:
+            raise ValueError("cannot merge a count series with a series of another kind")
         newer, older = self, other
         if self._recency_key() < other._recency_key():
             newer, older = other, self
@@ -644,10 +670,13 @@ class SeasonalBaseline:
         n_new, n_old = newer._n, older._n
         merged._global_level = _weighted(newer._global_level, n_new, older._global_level, n_old)
         merged._scale = _weighted(newer._scale, n_new, older._scale, n_old)
-        merged._shape = [
-            _to_float16(_weighted(a, n_new, b, n_old))
-            for a, b in zip(newer._shape, older._shape, strict=True)
-        ]
+        merged._shape = array(
+            "f",
+            [
+                _to_float16(_weighted(a, n_new, b, n_old))
+                for a, b in zip(newer._shape, older._shape, strict=True)
+            ],
+        )
         merged._n = min(2**32 - 1, n_new + n_old)
         firsts = [f for f in (newer._first_interval, older._first_interval) if f is not None]
         merged._first_interval = min(firsts) if firsts else None
@@ -700,6 +729,7 @@ class SeasonalBaseline:
                     self._last_value,
                     self._late_values,
                     self._alerts_raised,
+                    self._count_scale,
                 ),
                 self._week_level.tobytes(),
                 counts,
@@ -710,8 +740,17 @@ class SeasonalBaseline:
 
     @classmethod
     def from_bytes(cls, data: bytes, config: BaselineConfig | None = None) -> SeasonalBaseline:
-        """Restore a snapshot written under the same ``config`` (checked by fingerprint)."""
+        """Restore a snapshot written under the same ``config`` (checked by fingerprint). A
+        version-1 snapshot (before ``count_scale``) restores with ``count_scale`` 0."""
         config = config or BaselineConfig()
+        if len(data) == SNAPSHOT_BYTES - 8 and data[:3] == _HEADER.pack(_MAGIC, 1, 0)[:3]:
+            at = _HEADER.size + _V1_SCALARS_SIZE
+            data = (
+                _HEADER.pack(_MAGIC, _VERSION, _HEADER.unpack_from(data, 0)[2])
+                + data[_HEADER.size : at]
+                + struct.pack("<d", 0.0)
+                + data[at:]
+            )
         if len(data) != SNAPSHOT_BYTES:
             raise ValueError(f"baseline snapshot must be {SNAPSHOT_BYTES} bytes, got {len(data)}")
         magic, version, fingerprint = _HEADER.unpack_from(data, 0)
@@ -743,7 +782,10 @@ class SeasonalBaseline:
             baseline._last_value,
             baseline._late_values,
             baseline._alerts_raised,
+            baseline._count_scale,
         ) = _SCALARS.unpack_from(data, _HEADER.size)
+        if not (baseline._count_scale >= 0.0 and math.isfinite(baseline._count_scale)):
+            raise ValueError(f"corrupt baseline snapshot (count_scale {baseline._count_scale})")
         if offset_tier >= len(_TIERS):
             raise ValueError(f"corrupt baseline snapshot (tier {offset_tier})")
         baseline._offset_tier = _TIERS[offset_tier]
@@ -764,7 +806,7 @@ class SeasonalBaseline:
             counts[2 * i + 1] = packed >> 4
         baseline._week_count = counts
         offset += _COUNTS_BYTES
-        baseline._shape = [float(v) for v in _SHAPE_FORMAT.unpack_from(data, offset)]
+        baseline._shape = array("f", _SHAPE_FORMAT.unpack_from(data, offset))
         offset += _SHAPE_FORMAT.size
         baseline._ring = array("b")
         baseline._ring.frombytes(data[offset : offset + ONSET_RING_LENGTH])
@@ -797,11 +839,18 @@ class BaselineStore:
     ``max_series``), ``non_finite`` (NaN / inf value or time).
     """
 
-    def __init__(self, config: BaselineConfig | None = None, max_series: int = 100_000) -> None:
+    def __init__(
+        self,
+        config: BaselineConfig | None = None,
+        max_series: int = 100_000,
+        count_scale: Callable[[str, str], float] | None = None,
+    ) -> None:
         if max_series < 0:
             raise ValueError("max_series must be >= 0")
         self.config = config or BaselineConfig()
         self.max_series = max_series
+        # (entity, signal) -> count_scale of a new series (see SeasonalBaseline); None: all 0
+        self.count_scale = count_scale
         self._series: dict[SeriesKey, SeasonalBaseline] = {}
         self._refusals: dict[str, int] = {}
 
@@ -835,7 +884,8 @@ class BaselineStore:
             if len(self._series) >= self.max_series:
                 self._refuse("series_cap")
                 return False
-            baseline = self._series[key] = SeasonalBaseline(self.config)
+            scale = 0.0 if self.count_scale is None else self.count_scale(entity, signal)
+            baseline = self._series[key] = SeasonalBaseline(self.config, scale)
         baseline.update(t_unix_s, value)
         return True
 
@@ -940,9 +990,13 @@ class BaselineStore:
                 (length,) = struct.unpack_from("<I", data, offset)
                 texts.append(data[offset + 4 : offset + 4 + length].decode())
                 offset += 4 + length
-            payload = data[offset : offset + SNAPSHOT_BYTES]
-            offset += SNAPSHOT_BYTES
-            series[(texts[0], texts[1])] = SeasonalBaseline.from_bytes(payload, self.config)
+            size = SNAPSHOT_BYTES if data[offset + 2] >= 2 else SNAPSHOT_BYTES - 8
+            payload = data[offset : offset + size]
+            offset += size
+            baseline = SeasonalBaseline.from_bytes(payload, self.config)
+            if size < SNAPSHOT_BYTES and self.count_scale is not None:  # version 1: no kind yet
+                baseline._count_scale = self.count_scale(texts[0], texts[1])
+            series[(texts[0], texts[1])] = baseline
         if offset != len(data):
             raise ValueError("trailing bytes after the last series in a store snapshot")
         self.max_series = max_series

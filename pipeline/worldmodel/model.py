@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,13 @@ import zstandard
 from pipeline.segments.store import Manifest
 from pipeline.worldmodel.baseline import BaselineConfig, BaselineStore
 from pipeline.worldmodel.graph import EdgeStore
-from pipeline.worldmodel.signals import MetricDeriver, log_signals, new_templates, span_signals
+from pipeline.worldmodel.signals import (
+    MetricDeriver,
+    empty_signals,
+    log_signals,
+    new_templates,
+    span_signals,
+)
 from schemas.segments import METRIC_SERIES
 
 CHECKPOINT_FORMAT = "worldline.worldmodel/1"
@@ -51,15 +58,26 @@ SPAN_BUFFER_COLUMNS = [
     "server_address",
     "rpc_service",
 ]
-COUNTED_RATES = (
-    "span.rate_per_s",
-    "edge.rate_per_s",
-    "log.rate_per_s",
-    "log.error_rate_per_s",
-    "log.template_rate_per_s",
-)
-"""Derived signals that count events: an interval without events has the value 0."""
+SPAN_COUNTED_RATES = ("span.rate_per_s", "edge.rate_per_s")
+LOG_COUNTED_RATES = ("log.rate_per_s", "log.error_rate_per_s", "log.template_rate_per_s")
+COUNTED_RATES = SPAN_COUNTED_RATES + LOG_COUNTED_RATES
+"""Derived signals that count events: an interval without events has the value 0. Each source
+fills only its own (a span interval closing must not add a 0 to a log rate of the same interval:
+the baseline averages the values of an interval, so that 0 would halve the real rate)."""
 ZERO_FILL_MAX_INTERVALS = 10_080
+
+
+def counted_rate_scale(interval_s: float) -> Callable[[str, str], float]:
+    """``BaselineStore.count_scale`` for the derived signals: a counted rate (events per second
+    over one interval) times ``interval_s`` is an event count, so its baseline knows its counting
+    noise; every other signal is not a count (0)."""
+
+    def scale(entity: str, signal: str) -> float:
+        return interval_s if signal.startswith(COUNTED_RATES) else 0.0
+
+    return scale
+
+
 LOG_BUFFER_COLUMNS = ["time_unix_nano", "service", "severity_number", "template_id"]
 
 
@@ -103,7 +121,9 @@ class WorldModel:
 
     def __post_init__(self) -> None:
         self.baselines = BaselineStore(
-            BaselineConfig(interval_s=self.config.interval_s), max_series=self.config.max_series
+            BaselineConfig(interval_s=self.config.interval_s),
+            max_series=self.config.max_series,
+            count_scale=counted_rate_scale(self.config.interval_s),
         )
         self.metrics = MetricDeriver(interval_s=self.config.interval_s)
 
@@ -280,6 +300,7 @@ class WorldModel:
         if close_before <= self.closed_through:
             return 0
         closed = 0
+        span_rows = empty_signals()
         if self.spans is not None and self.spans.num_rows:
             before = pc.less(self.spans.column("start_unix_nano"), close_before)
             done = self.spans.filter(before).sort_by("start_unix_nano")
@@ -289,20 +310,18 @@ class WorldModel:
                 assert isinstance(frame, pl.DataFrame)
                 self._infer_deploys(frame)
                 self._observe_graph(done, close_before)
-                self._learn(
-                    self._zero_fill(span_signals(done, self.config.interval_s), close_before)
-                )
+                span_rows = span_signals(done, self.config.interval_s)
                 closed += done.num_rows
+        # silence is filled even when a source sent nothing at all for the closed intervals
+        self._learn(self._zero_fill(span_rows, close_before, SPAN_COUNTED_RATES))
+        log_rows = empty_signals()
         if self.logs is not None and self.logs.height:
             done = self.logs.filter(pl.col("time_unix_nano") < close_before)
             self.logs = self.logs.filter(pl.col("time_unix_nano") >= close_before)
             if done.height:
-                self._learn(
-                    self._zero_fill(
-                        log_signals(done.to_arrow(), self.config.interval_s), close_before
-                    )
-                )
+                log_rows = log_signals(done.to_arrow(), self.config.interval_s)
                 closed += done.height
+        self._learn(self._zero_fill(log_rows, close_before, LOG_COUNTED_RATES))
         if self.points is not None and self.points.height:
             done = self.points.filter(pl.col("time_unix_nano") < close_before)
             self.points = self.points.filter(pl.col("time_unix_nano") >= close_before)
@@ -313,9 +332,12 @@ class WorldModel:
         self.baselines.advance(close_before / 1e9)
         return closed
 
-    def _zero_fill(self, signals: pl.DataFrame, close_before: int) -> pl.DataFrame:
-        """Counted rates (spans, logs) of known series are 0 in a closed interval without events:
-        silence is a value, not a gap (else a rare event's series learns only its bursts)."""
+    def _zero_fill(
+        self, signals: pl.DataFrame, close_before: int, counted: tuple[str, ...]
+    ) -> pl.DataFrame:
+        """Counted rates (``counted``: one source's) of known series are 0 in a closed interval
+        without events: silence is a value, not a gap (else a rare event's series learns only its
+        bursts)."""
         interval_ns = int(self.config.interval_s * 1e9)
         first = self.closed_through
         if signals.height:
@@ -337,7 +359,7 @@ class WorldModel:
         rows_t, rows_e, rows_s = [], [], []
         known = self.baselines.keys()
         for entity, signal in known:
-            if not signal.startswith(COUNTED_RATES):
+            if not signal.startswith(counted):
                 continue
             baseline = self.baselines.get(entity, signal)
             first_seen = None if baseline is None else baseline.first_seen_s

@@ -5,6 +5,7 @@ property tests (hypothesis, derandomized) and seeded behaviour tests on syntheti
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable
 
 import numpy as np
@@ -416,3 +417,72 @@ def test_recent_scores_report_the_last_residuals() -> None:
     assert len(scores) == 32
     assert [t for t, _ in scores] == [i * 60.0 for i in range(9, 41)]
     assert scores[-1][1] > 5 and all(abs(z) < 5 for _, z in scores[:-1])
+
+
+def test_counted_rates_have_a_counting_noise_floor() -> None:
+    """A rare event (0.1 expected per minute) scored as a rate: silence has no spread, but one or
+    two events in a minute are counting noise, not a sustained deviation; a real burst still is."""
+    config = BaselineConfig(interval_s=60.0)
+    rng = np.random.default_rng(7)
+    plain, counted = SeasonalBaseline(config), SeasonalBaseline(config, count_scale=60.0)
+    for i in range(3 * 1440):
+        value = float(rng.poisson(0.1)) / 60.0
+        for baseline in (plain, counted):
+            baseline.update(MONDAY + i * 60.0, value)
+    t = MONDAY + 3 * DAY
+    assert counted.score(t, 1 / 60.0).score <= 1.0
+    assert plain.score(t, 1 / 60.0).score > counted.score(t, 1 / 60.0).score
+    assert counted.alerts_raised <= plain.alerts_raised
+    assert counted.alerts_raised == 0
+    for i in range(10):  # ten events a minute for ten minutes: a burst
+        counted.update(t + i * 60.0, 10 / 60.0)
+    counted.flush(t + 10 * 60.0)
+    deviation = counted.deviation()
+    assert deviation is not None and deviation.direction == 1
+    assert deviation.onset_s == pytest.approx(t, abs=60.0)
+    # the kind of series is part of the snapshot, and only series of one kind merge
+    restored = SeasonalBaseline.from_bytes(counted.to_bytes(), config)
+    assert restored.count_scale == 60.0 and restored == counted
+    with pytest.raises(ValueError):
+        plain.merge(counted)
+
+
+def test_store_assigns_count_scale_per_series() -> None:
+    store = BaselineStore(
+        BaselineConfig(),
+        count_scale=lambda entity, signal: 60.0 if signal.endswith("rate_per_s") else 0.0,
+    )
+    store.update("service:a", "span.rate_per_s", MONDAY, 1.0)
+    store.update("service:a", "span.latency_p95_ms", MONDAY, 1.0)
+    rate, latency = (
+        store.get("service:a", "span.rate_per_s"),
+        store.get("service:a", "span.latency_p95_ms"),
+    )
+    assert rate is not None and rate.count_scale == 60.0
+    assert latency is not None and latency.count_scale == 0.0
+    copy = BaselineStore(BaselineConfig())
+    copy.restore(store.snapshot())
+    assert copy.snapshot() == store.snapshot()
+
+
+def test_version_1_store_snapshots_restore_with_the_store_count_scale() -> None:
+    """Checkpoints written before count_scale existed still restore (the series' kind then comes
+    from the store's rule)."""
+    store = BaselineStore(BaselineConfig())
+    for i in range(40):
+        store.update("service:a", "span.rate_per_s", MONDAY + 60.0 * i, 1.0 + i % 3)
+    current = store.snapshot()
+    header = 4 + 1 + 4 + 8 + 4 + 2  # _STORE_HEADER
+    keys = 4 + len(b"service:a") + 4 + len(b"span.rate_per_s")
+    series = current[header + keys :]
+    at = 7 + struct.calcsize("<qqdIqdIddIdBddqqbqqdII")
+    v1 = series[:2] + bytes([1]) + series[3:at] + series[at + 8 :]
+    old = current[: header + keys] + v1
+    restored = BaselineStore(BaselineConfig(), count_scale=lambda entity, signal: 60.0)
+    restored.restore(old)
+    baseline = restored.get("service:a", "span.rate_per_s")
+    assert baseline is not None and baseline.count_scale == 60.0
+    original = store.get("service:a", "span.rate_per_s")
+    assert original is not None
+    assert baseline.hour_of_week_profile() == original.hour_of_week_profile()
+    assert baseline.intervals_learned == original.intervals_learned == 39

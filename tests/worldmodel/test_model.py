@@ -3,12 +3,13 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from pipeline.ingest.core import KafkaRecord, SegmentIngestor, codec_for
 from pipeline.segments.store import SegmentStore
 from pipeline.testing import BASE_NS, kv, log_request, metric_request, span_request
-from pipeline.worldmodel.model import WorldModel, WorldModelConfig
+from pipeline.worldmodel.model import COUNTED_RATES, WorldModel, WorldModelConfig
 from pipeline.worldmodel.worker import MODEL_SIGNALS, catch_up, merge_order
 
 NOW = dt.datetime(2026, 11, 20, 14, 0, tzinfo=dt.UTC)
@@ -123,3 +124,27 @@ def test_graph_is_learned_at_interval_close(store: SegmentStore) -> None:
     deltas = model.take_graph_deltas()
     assert deltas and model.take_graph_deltas() == []
     assert {d["op"] for d in deltas} >= {"add"}
+
+
+def test_each_counted_rate_gets_one_value_per_interval(store: SegmentStore) -> None:
+    """Spans and logs close the same intervals; each fills the silence of its own counted rates
+    only (a 0 added by the other source would be averaged into the real rate and halve it)."""
+    model = WorldModel(WorldModelConfig(interval_s=60, allowed_lateness_s=60))
+    fed: list[tuple[int, str, str]] = []
+    learn = model._learn
+
+    def recording(signals: pl.DataFrame) -> None:
+        fed.extend(
+            signals.select("interval_start_unix_nano", "entity", "signal").iter_rows()  # type: ignore[arg-type]
+        )
+        learn(signals)
+
+    model._learn = recording  # type: ignore[method-assign]
+    _feed(model, store)
+    counted = [row for row in fed if row[2].startswith(COUNTED_RATES)]
+    assert counted and len(counted) == len(set(counted))
+    assert {s for _, _, s in counted} >= {"span.rate_per_s", "log.rate_per_s"}
+    cart = model.baselines.get("service:cart", "span.rate_per_s")
+    assert cart is not None and cart.count_scale == 60.0
+    cpu = model.baselines.get("service:cart", "process.cpu.utilization")
+    assert cpu is not None and cpu.count_scale == 0.0
