@@ -102,7 +102,9 @@ class SearchConfig:
     # not waited for by it (asynchronous): its latency is no evidence for the symptom
     async_margin: float = 1.5
     # an alert whose own signal does not deviate is explained only by a dependency whose
-    # harmful signal (latency, errors, availability) deviates at least this much, now
+    # harmful signal (latency, errors, availability) deviates at least this much, now.
+    # Chosen on PetShop's train issues among {8, 12, 20, 30}: top-1 0.34 / 0.34 / 0.34 / 0.31,
+    # specificity on its normal data 0.79 / 0.88 / 0.96 / 0.96.
     uncorroborated_z: float = 20.0
 
 
