@@ -43,6 +43,7 @@ DOWN_IS_BAD = re.compile(r"availability|success|apdex|uptime|goodput", re.I)
 TRAFFIC = re.compile(r"^(span|edge)\.rate_per_s|request|calls|throughput|invocations", re.I)
 """Inbound traffic: how much an entity is asked, which its callers decide, not how it answers."""
 LATENCY_LIKE = re.compile(r"latency|duration", re.I)
+FAILURE = re.compile(r"error|fail|exception|5xx|availability|success|timeout", re.I)
 
 
 @dataclass(frozen=True)
@@ -823,8 +824,21 @@ class CausalSearch:
         accounts = _LatencyAccounts(self.model, batch, ev, self.config)
         for entity, signal in symptoms:
             i = idx.get(entity)
-            stat = None if signal is None else accounts.statistic(signal)
-            if i is None or stat is None:
+            if i is None or signal is None:
+                continue
+            if FAILURE.search(signal) and not accounts.slow(i):
+                # failing without slowing down: a dependency that is only slow cannot be why
+                failing = {k for k in set(map(int, batch.entity)) if accounts.fails(k)}
+                out |= np.array(
+                    [
+                        int(k) != i and int(k) not in failing and accounts.statistic(sig) is not None
+                        for k, (_, sig) in zip(batch.entity, batch.series, strict=True)
+                    ],
+                    dtype=bool,
+                ).reshape(len(batch))
+                continue
+            stat = accounts.statistic(signal)
+            if stat is None:
                 continue
             own = [
                 r
@@ -1050,7 +1064,10 @@ class CausalSearch:
 
 
 class _LatencyAccounts:
-    """Whether a dependency's latency rise can account for a dependent's, in absolute units.
+    """Whether a dependency's deviation can account for a dependent's.
+
+    A dependent that fails without slowing down needs a dependency that fails. A slow
+    dependent needs a dependency whose latency rose comparably, in absolute units.
 
     Evidence rows are compared by statistic (``latency_p95_ms`` of ``span.`` and of
     ``edge.{peer=...}`` alike): the dependent's strongest deviating latency row against the
@@ -1065,6 +1082,20 @@ class _LatencyAccounts:
         self.ev = ev
         self.config = config
         self._excess: dict[int, float | None] = {}
+
+    def slow(self, k: int) -> bool:
+        return any(
+            self.ev.strength[r] >= self.config.z_min
+            and self.ev.peak[r] > 0
+            and self.statistic(self.batch.series[r][1]) is not None
+            for r in map(int, np.flatnonzero(self.batch.entity == k))
+        )
+
+    def fails(self, k: int) -> bool:
+        return any(
+            self.ev.strength[r] >= self.config.z_min and FAILURE.search(self.batch.series[r][1])
+            for r in map(int, np.flatnonzero(self.batch.entity == k))
+        )
 
     @staticmethod
     def statistic(signal: str) -> str | None:
@@ -1097,7 +1128,10 @@ class _LatencyAccounts:
             and self.statistic(self.batch.series[r][1]) is not None
         ]
         if not mine:
-            return True
+            # a dependent that fails without slowing down fails because its dependency
+            # fails (errors, availability), not because the dependency is slow: a timeout
+            # would have made it wait first
+            return not self.fails(dependent) or self.fails(dependency)
         top = max(mine, key=lambda r: float(self.ev.strength[r]))
         stat = self.statistic(self.batch.series[top][1])
         needed = self.excess(top)
