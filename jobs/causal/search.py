@@ -40,7 +40,7 @@ UP_IS_BAD = re.compile(
 )
 DOWN_IS_BAD = re.compile(r"availability|success|apdex|uptime|goodput", re.I)
 """Signals whose harmful direction is down: a fall is the symptom, a rise is recovery."""
-TRAFFIC = re.compile(r"^(span|edge)\.rate_per_s|request|calls|throughput|invocations", re.I)
+TRAFFIC = re.compile(r"rate_per_s|request|calls|throughput|invocations", re.I)
 """Inbound traffic: how much an entity is asked, which its callers decide, not how it answers."""
 LATENCY_LIKE = re.compile(r"latency|duration", re.I)
 FAILURE = re.compile(r"error|fail|exception|5xx|availability|success|timeout", re.I)
@@ -96,8 +96,9 @@ class SearchConfig:
     # times in sequence per request, it adds too little; the dependent is slow on its own
     explain_fraction: float = 0.1
     # a change in inbound traffic alone (no latency, errors or saturation of its own) says the
-    # callers changed, not that the entity harms them: such evidence about a candidate other
-    # than the symptom counts this much when ranking
+    # callers changed, not that the entity harms them; a latency rise too small to account for
+    # the alerted one says the entity changed, not that its latency is why: such evidence about
+    # a candidate other than the symptom counts this much when ranking
     traffic_weight: float = 0.25
     # a dependency typically slower than this many times the symptom's slowest statistic is
     # not waited for by it (asynchronous): its latency is no evidence for the symptom
@@ -233,7 +234,12 @@ def _modality(signal: str) -> int:
 
 
 def _down_is_bad(signal: str) -> bool:
-    return not _up_is_bad(signal) and bool(DOWN_IS_BAD.search(signal))
+    return not _up_is_bad(signal) and bool(DOWN_IS_BAD.search(_bare(signal)))
+
+
+def _bare(signal: str) -> str:
+    """The signal's name without its qualifiers (``{db.system=...}``)."""
+    return QUALIFIER.sub("", signal)
 
 
 def _up_is_bad(signal: str) -> bool:
@@ -241,7 +247,11 @@ def _up_is_bad(signal: str) -> bool:
         return True
     if "rate_per_s" in signal and signal.startswith(("span.", "edge.")):
         return False
-    return bool(UP_IS_BAD.search(signal))
+    name = _bare(signal)
+    if name.endswith("rate_per_s") and not FAILURE.search(name):
+        # how often something is observed (a counter's or a histogram's count): traffic
+        return False
+    return bool(UP_IS_BAD.search(name))
 
 
 def fault_class(signal: str, direction: float) -> str:
@@ -429,9 +439,9 @@ class CausalSearch:
             # a deviation that was over before the symptom began is no evidence for it
             over_rows = ev.end_s < symptom_onset - tolerance
             ev = replace(ev, strength=np.where(over_rows, 0.0, ev.strength))
-        share = self._too_small_for_symptom(batch, ev, idx, symptoms)
-        if share.any():
-            ev = replace(ev, strength=np.where(share, 0.0, ev.strength))
+        # latency too small to account for the alerted one: evidence that the candidate
+        # changed, weak evidence that it caused the symptom (it may still, another way)
+        small = self._too_small_for_symptom(batch, ev, idx, symptoms)
         # entity level: the strongest hypothesis, the earliest strong onset, the modalities
         best_strength = np.zeros(n_ent)
         np.maximum.at(best_strength, ent, ev.strength)
@@ -572,9 +582,11 @@ class CausalSearch:
         # ranking strength: inbound traffic alone is weak evidence about anything but the symptom
         symptom_row = np.isin(ent, np.array(symptom_ids, dtype=np.int64))
         traffic = np.array(
-            [bool(TRAFFIC.search(sig)) for _, sig in batch.series], dtype=bool
+            [bool(TRAFFIC.search(_bare(sig))) for _, sig in batch.series], dtype=bool
         ).reshape(len(batch)) & ~directed
-        weighted = ev.strength * np.where(traffic & ~symptom_row, config.traffic_weight, 1.0)
+        weighted = ev.strength * np.where(
+            (traffic & ~symptom_row) | small, config.traffic_weight, 1.0
+        )
         rank_strength = np.zeros(n_ent)
         np.maximum.at(rank_strength, ent, weighted)
         order = np.lexsort((-weighted, ent))
@@ -592,7 +604,12 @@ class CausalSearch:
             + config.w_self * np.array([i in symptom_ids for i in survivors], dtype=float)
             + config.w_explains * np.log1p(explains)
         )
-        scaled = np.concatenate([logits, [config.null_logit]]) / config.temperature
+        null_logit = config.null_logit
+        if uncorroborated and len(logits):
+            # the alerted signal itself looks normal: "nothing is wrong" stays at least as
+            # likely as the best cause
+            null_logit = max(null_logit, float(logits.max()))
+        scaled = np.concatenate([logits, [null_logit]]) / config.temperature
         scaled -= scaled.max()
         probs = np.exp(scaled) / np.exp(scaled).sum()
         order_s = np.argsort(-probs[:-1], kind="stable")
@@ -1119,6 +1136,8 @@ class _LatencyAccounts:
         return self._excess[row]
 
     def for_(self, dependency: int, dependent: int) -> bool:
+        if self.fails(dependency) and self.fails(dependent):
+            return True  # failures account for failures (and for the time spent on them)
         ent = self.batch.entity
         mine = [
             int(r)
