@@ -581,9 +581,12 @@ class CausalSearch:
                 )
         # ranking strength: inbound traffic alone is weak evidence about anything but the symptom
         symptom_row = np.isin(ent, np.array(symptom_ids, dtype=np.int64))
-        traffic = np.array(
-            [bool(TRAFFIC.search(_bare(sig))) for _, sig in batch.series], dtype=bool
-        ).reshape(len(batch)) & ~directed
+        traffic = (
+            np.array(
+                [bool(TRAFFIC.search(_bare(sig))) for _, sig in batch.series], dtype=bool
+            ).reshape(len(batch))
+            & ~directed
+        )
         weighted = ev.strength * np.where(
             (traffic & ~symptom_row) | small, config.traffic_weight, 1.0
         )
@@ -848,7 +851,9 @@ class CausalSearch:
                 failing = {k for k in set(map(int, batch.entity)) if accounts.fails(k)}
                 out |= np.array(
                     [
-                        int(k) != i and int(k) not in failing and accounts.statistic(sig) is not None
+                        int(k) != i
+                        and int(k) not in failing
+                        and accounts.statistic(sig) is not None
                         for k, (_, sig) in zip(batch.entity, batch.series, strict=True)
                     ],
                     dtype=bool,
