@@ -19,6 +19,13 @@ arrives or ``flush(now)`` is called with a watermark past its end. Learning an i
    e.g. a rate per second over the interval) never has a spread below its counting noise,
    ``sqrt(max(expected count, 1)) / count_scale``: a rare event's history of mostly-zero
    intervals has a near-zero spread, yet one or two events in an interval are not a deviation.
+   A value may bring its own ``exposure`` (the same factor, per value: an error ratio's request
+   count ``n``, so its floor is ``sqrt(max(n p, 1)) / n``, the binomial noise of a small
+   proportion ``p``, never finer than one event in ``n``), which overrides ``count_scale``; and
+   its ``resolution``, the step in which it is known (a quantile interpolated within a histogram
+   bucket is only known to lie in that bucket: the bucket's width). The spread is never below
+   the series' typical resolution (an EWMA of its values' resolutions, frozen during a
+   deviation): moving by one bucket is one sigma, as one event is for a count.
 3. Score: ``z = (value - expected) / spread``, direction is its sign.
 4. Onset: a two-sided CUSUM on clipped z decides that a deviation is sustained ("alert-worthy");
    its start is then estimated from a ring of the last 32 residuals by the best single change
@@ -138,9 +145,11 @@ class Baseline(Protocol):
     def late_values(self) -> int: ...
     @property
     def alerts_raised(self) -> int: ...
-    def update(self, t_unix_s: float, value: float) -> None: ...
+    def update(
+        self, t_unix_s: float, value: float, exposure: float = 0.0, resolution: float = 0.0
+    ) -> None: ...
     def flush(self, now_unix_s: float) -> None: ...
-    def score(self, t_unix_s: float, value: float) -> Deviation: ...
+    def score(self, t_unix_s: float, value: float, exposure: float = 0.0) -> Deviation: ...
     def deviation(self) -> Deviation | None: ...
     def onset(self) -> float | None: ...
     def expected(self, t_unix_s: float) -> tuple[float, float, Tier]: ...
@@ -155,6 +164,10 @@ def _hour_of_week(hour_index: int) -> int:
 
 def _to_float16(x: float) -> float:
     return float(struct.unpack("<e", struct.pack("<e", x))[0])
+
+
+def _to_float32(x: float) -> float:
+    return float(struct.unpack("<f", struct.pack("<f", x))[0])
 
 
 def _quantize_residual(z: float) -> int:
@@ -194,14 +207,17 @@ def _best_change_point(residuals: Sequence[float | None], first_index: int) -> i
 
 
 _HEADER = struct.Struct("<2sBI")
-_SCALARS = struct.Struct("<qqdIqdIddIdBddqqbqqdIId")
+_V2_SCALARS = struct.Struct("<qqdIqdIddIdBddqqbqqdIId")
+# pending exposure / resolution sums; exposure and resolution (float32, rounded in memory too)
+_V3_EXTRA = struct.Struct("<ddff")
+_SCALARS = struct.Struct(_V2_SCALARS.format + "ddff")
 _TIERS: tuple[Tier, ...] = ("global", "day", "week")
 _MAGIC = b"WB"
-_VERSION = 2  # 2: count_scale
+_VERSION = 3  # 2: count_scale; 3: per-value exposure and resolution
 _LEVELS_BYTES = HOURS_PER_WEEK * 4
 _COUNTS_BYTES = HOURS_PER_WEEK // 2
 _SHAPE_FORMAT = struct.Struct(f"<{HOURS_PER_DAY}e")
-_V1_SCALARS_SIZE = _SCALARS.size - 8  # version 1 had no count_scale (the last scalar)
+_V1_SCALARS_SIZE = _V2_SCALARS.size - 8  # version 1 had no count_scale (the last scalar)
 SNAPSHOT_BYTES = (
     _HEADER.size
     + _SCALARS.size
@@ -210,6 +226,19 @@ SNAPSHOT_BYTES = (
     + _SHAPE_FORMAT.size
     + ONSET_RING_LENGTH
 )
+_SNAPSHOT_BYTES_BY_VERSION = {
+    1: SNAPSHOT_BYTES - _V3_EXTRA.size - 8,
+    2: SNAPSHOT_BYTES - _V3_EXTRA.size,
+    3: SNAPSHOT_BYTES,
+}
+
+
+def snapshot_size(version: int) -> int:
+    """Length of a series snapshot of ``version`` (ValueError for an unknown version)."""
+    size = _SNAPSHOT_BYTES_BY_VERSION.get(version)
+    if size is None:
+        raise ValueError(f"unknown baseline snapshot version {version}")
+    return size
 
 
 def _opt(index: int | None) -> int:
@@ -230,6 +259,10 @@ class SeasonalBaseline:
         "_acc_sum",
         "_alert_direction",
         "_count_scale",
+        "_exposure",
+        "_pending_exposure",
+        "_pending_resolution",
+        "_resolution",
         "_alert_onset",
         "_alerts_raised",
         "_cusum_neg",
@@ -273,6 +306,10 @@ class SeasonalBaseline:
         self._last_interval: int | None = None  # last interval learned
         self._pending_sum = 0.0
         self._pending_count = 0
+        self._pending_exposure = 0.0  # sums over the open interval's values, like _pending_sum
+        self._pending_resolution = 0.0
+        self._exposure = 0.0  # exposure of the last learned interval (0: use count_scale)
+        self._resolution = 0.0  # typical resolution of the values (EWMA), 0: exact values
         self._acc_hour: int | None = None
         self._acc_sum = 0.0
         self._acc_count = 0
@@ -310,6 +347,17 @@ class SeasonalBaseline:
     def count_scale(self) -> float:
         """Factor turning a value into events per interval (0: the series is not a count)."""
         return self._count_scale
+
+    @property
+    def exposure(self) -> float:
+        """Factor turning the last learned value into events counted (its own exposure, else
+        ``count_scale``); 0 when the series is not a count."""
+        return self._exposure or self._count_scale
+
+    @property
+    def resolution(self) -> float:
+        """Typical step in which the series' values are known (0: exact)."""
+        return self._resolution
 
     @property
     def first_seen_s(self) -> float | None:
@@ -368,11 +416,14 @@ class SeasonalBaseline:
                 out.append((interval * self.config.interval_s, raw / _RING_STEPS_PER_SIGMA))
         return out
 
-    def score(self, t_unix_s: float, value: float) -> Deviation:
-        """Score ``value`` as if it were the next interval's value. Does not change the state."""
+    def score(self, t_unix_s: float, value: float, exposure: float = 0.0) -> Deviation:
+        """Score ``value`` as if it were the next interval's value (``exposure`` as in
+        ``update``; 0: the last learned one). Does not change the state."""
         config = self.config
         interval = math.floor(t_unix_s / config.interval_s)
-        expected, spread, tier, _ = self._expectation((interval + 0.5) * config.interval_s)
+        expected, spread, tier, _ = self._expectation(
+            (interval + 0.5) * config.interval_s, exposure
+        )
         z = 0.0 if self._n == 0 else (value - expected) / spread
         direction = 1 if z >= 0 else -1
         alert_worthy = False
@@ -407,11 +458,20 @@ class SeasonalBaseline:
         )
 
     # ----------------------------------------------------------------- writes
-    def update(self, t_unix_s: float, value: float) -> None:
+    def update(
+        self, t_unix_s: float, value: float, exposure: float = 0.0, resolution: float = 0.0
+    ) -> None:
         """Add one value at event time ``t``. Values of an already learned interval are dropped
-        and counted (``late_values``)."""
+        and counted (``late_values``).
+
+        ``exposure``: ``value * exposure`` is the number of events the value counted (an error
+        ratio's request count; 0: the series' ``count_scale``). ``resolution``: the step in which
+        the value is known (a histogram quantile's bucket width; 0: exact). Values of one
+        interval are averaged, and so are their exposures and resolutions."""
         if not (math.isfinite(value) and math.isfinite(t_unix_s)):
             raise ValueError(f"non-finite sample ({t_unix_s!r}, {value!r})")
+        if not (0.0 <= exposure < math.inf and 0.0 <= resolution < math.inf):
+            raise ValueError(f"exposure and resolution must be finite and >= 0 ({t_unix_s!r})")
         interval = math.floor(t_unix_s / self.config.interval_s)
         open_interval = self._open_interval
         if open_interval is None:
@@ -419,16 +479,27 @@ class SeasonalBaseline:
             if self._first_interval is None:
                 self._first_interval = interval
         elif interval > open_interval:
-            if self._pending_count:
-                self._learn(open_interval, self._pending_sum / self._pending_count)
+            self._learn_pending(open_interval)
             self._open_interval = interval
-            self._pending_sum = 0.0
-            self._pending_count = 0
         elif interval < open_interval:
             self._late_values += 1
             return
         self._pending_sum += value
+        self._pending_exposure += exposure
+        self._pending_resolution += resolution
         self._pending_count += 1
+
+    def _learn_pending(self, interval: int) -> None:
+        count = self._pending_count
+        if count:
+            self._learn(
+                interval,
+                self._pending_sum / count,
+                self._pending_exposure / count,
+                self._pending_resolution / count,
+            )
+        self._pending_sum = self._pending_exposure = self._pending_resolution = 0.0
+        self._pending_count = 0
 
     def flush(self, now_unix_s: float) -> None:
         """Event-time watermark: learn the open interval if it ended by ``now``."""
@@ -436,10 +507,8 @@ class SeasonalBaseline:
         if open_interval is None or not self._pending_count:
             return
         if (open_interval + 1) * self.config.interval_s <= now_unix_s:
-            self._learn(open_interval, self._pending_sum / self._pending_count)
+            self._learn_pending(open_interval)
             self._open_interval = open_interval + 1
-            self._pending_sum = 0.0
-            self._pending_count = 0
 
     # ------------------------------------------------------------ the model
     def _week_level_at(self, hour_index: int) -> float | None:
@@ -450,8 +519,11 @@ class SeasonalBaseline:
         level = self._day_profile[hour_index % HOURS_PER_DAY]
         return None if math.isnan(level) else level
 
-    def _expectation(self, t_unix_s: float) -> tuple[float, float, Tier, float]:
-        """(expected, spread, tier, seasonal level without the drift offset)."""
+    def _expectation(
+        self, t_unix_s: float, exposure: float = 0.0
+    ) -> tuple[float, float, Tier, float]:
+        """(expected, spread, tier, seasonal level without the drift offset); ``exposure`` of the
+        value to be scored (0: the last learned value's, else ``count_scale``)."""
         config = self.config
         hours = (t_unix_s + config.utc_offset_s) / SECONDS_PER_HOUR
         hour_index = math.floor(hours)
@@ -482,12 +554,16 @@ class SeasonalBaseline:
             * factor
             * (1.0 + config.warmup_spread_gain / math.sqrt(self._n + 1))
         )
-        floor = max(config.min_spread_relative * abs(expected), config.min_spread_absolute)
-        scale = self._count_scale
+        floor = max(
+            config.min_spread_relative * abs(expected), config.min_spread_absolute, self._resolution
+        )
+        scale = exposure or self._exposure or self._count_scale
         if scale > 0.0:
             # counting noise: k events expected in an interval vary by sqrt(k), and a count is
             # never known finer than one event, so a rate's spread is at least
             # sqrt(max(expected count, 1)) / count_scale whatever the history's spread was
+            # (for a proportion p of n trials: sqrt(max(n p, 1)) / n, the binomial
+            # sqrt(p (1 - p) / n) for small p and never below one event in n)
             floor = max(floor, math.sqrt(max(expected * scale, 1.0)) / scale)
         return expected, max(spread, floor), tier, seasonal
 
@@ -549,12 +625,13 @@ class SeasonalBaseline:
         signed = [None if r is None else direction * r for r in residuals]
         return _best_change_point(signed, first)
 
-    def _learn(self, interval: int, value: float) -> None:
+    def _learn(self, interval: int, value: float, exposure: float, resolution: float) -> None:
         config = self.config
         t_mid = (interval + 0.5) * config.interval_s
         hour_index = math.floor((t_mid + config.utc_offset_s) / SECONDS_PER_HOUR)
         if self._acc_hour is not None and hour_index != self._acc_hour:
             self._close_hour()
+        self._exposure = _to_float32(exposure)
         expected, spread, tier, seasonal = self._expectation(t_mid)
         z = (value - expected) / spread
         n = self._n
@@ -599,6 +676,9 @@ class SeasonalBaseline:
             residual = abs(value - expected)
             scale_alpha = max(1.0 / (n + 1), config.alpha(config.scale_memory_s))
             self._scale += scale_alpha * (residual - self._scale)
+            self._resolution = _to_float32(
+                self._resolution + scale_alpha * (resolution - self._resolution)
+            )
             if self._scale > 0 and n > 0:
                 hour_of_day = hour_index % HOURS_PER_DAY
                 shape = self._shape[hour_of_day]
@@ -640,6 +720,8 @@ class SeasonalBaseline:
         merged = SeasonalBaseline.from_bytes(newer.to_bytes(), newer.config)
         if older._open_interval is not None and older._open_interval == newer._open_interval:
             merged._pending_sum += older._pending_sum
+            merged._pending_exposure += older._pending_exposure
+            merged._pending_resolution += older._pending_resolution
             merged._pending_count += older._pending_count
         elif older._pending_count:
             assert older._open_interval is not None
@@ -670,6 +752,9 @@ class SeasonalBaseline:
         n_new, n_old = newer._n, older._n
         merged._global_level = _weighted(newer._global_level, n_new, older._global_level, n_old)
         merged._scale = _weighted(newer._scale, n_new, older._scale, n_old)
+        merged._resolution = _to_float32(
+            _weighted(newer._resolution, n_new, older._resolution, n_old)
+        )
         merged._shape = array(
             "f",
             [
@@ -730,6 +815,10 @@ class SeasonalBaseline:
                     self._late_values,
                     self._alerts_raised,
                     self._count_scale,
+                    self._pending_exposure,
+                    self._pending_resolution,
+                    self._exposure,
+                    self._resolution,
                 ),
                 self._week_level.tobytes(),
                 counts,
@@ -740,22 +829,28 @@ class SeasonalBaseline:
 
     @classmethod
     def from_bytes(cls, data: bytes, config: BaselineConfig | None = None) -> SeasonalBaseline:
-        """Restore a snapshot written under the same ``config`` (checked by fingerprint). A
-        version-1 snapshot (before ``count_scale``) restores with ``count_scale`` 0."""
+        """Restore a snapshot written under the same ``config`` (checked by fingerprint). Older
+        versions restore: version 1 (before ``count_scale``) with ``count_scale`` 0, versions 1
+        and 2 (before per-value exposure and resolution) with neither (exposure from
+        ``count_scale``, exact values)."""
         config = config or BaselineConfig()
-        if len(data) == SNAPSHOT_BYTES - 8 and data[:3] == _HEADER.pack(_MAGIC, 1, 0)[:3]:
-            at = _HEADER.size + _V1_SCALARS_SIZE
+        if len(data) < _HEADER.size or data[:2] != _MAGIC:
+            raise ValueError(f"not a baseline snapshot (starts {data[:3]!r})")
+        magic, version, fingerprint = _HEADER.unpack_from(data, 0)
+        if len(data) != snapshot_size(version):  # an unknown version is refused here
+            raise ValueError(
+                f"baseline snapshot version {version} must be {snapshot_size(version)} "
+                f"bytes, got {len(data)}"
+            )
+        if version < _VERSION:
+            at = _HEADER.size + (_V1_SCALARS_SIZE if version == 1 else _V2_SCALARS.size)
             data = (
-                _HEADER.pack(_MAGIC, _VERSION, _HEADER.unpack_from(data, 0)[2])
+                _HEADER.pack(_MAGIC, _VERSION, fingerprint)
                 + data[_HEADER.size : at]
-                + struct.pack("<d", 0.0)
+                + (struct.pack("<d", 0.0) if version == 1 else b"")
+                + _V3_EXTRA.pack(0.0, 0.0, 0.0, 0.0)
                 + data[at:]
             )
-        if len(data) != SNAPSHOT_BYTES:
-            raise ValueError(f"baseline snapshot must be {SNAPSHOT_BYTES} bytes, got {len(data)}")
-        magic, version, fingerprint = _HEADER.unpack_from(data, 0)
-        if magic != _MAGIC or version != _VERSION:
-            raise ValueError(f"not a baseline snapshot (magic {magic!r}, version {version})")
         if fingerprint != config.fingerprint():
             raise ValueError("baseline snapshot was written under a different BaselineConfig")
         baseline = cls(config)
@@ -783,9 +878,21 @@ class SeasonalBaseline:
             baseline._late_values,
             baseline._alerts_raised,
             baseline._count_scale,
+            baseline._pending_exposure,
+            baseline._pending_resolution,
+            baseline._exposure,
+            baseline._resolution,
         ) = _SCALARS.unpack_from(data, _HEADER.size)
-        if not (baseline._count_scale >= 0.0 and math.isfinite(baseline._count_scale)):
-            raise ValueError(f"corrupt baseline snapshot (count_scale {baseline._count_scale})")
+        for name in (
+            "_count_scale",
+            "_pending_exposure",
+            "_pending_resolution",
+            "_exposure",
+            "_resolution",
+        ):
+            number = getattr(baseline, name)
+            if not (number >= 0.0 and math.isfinite(number)):
+                raise ValueError(f"corrupt baseline snapshot ({name.lstrip('_')} {number})")
         if offset_tier >= len(_TIERS):
             raise ValueError(f"corrupt baseline snapshot (tier {offset_tier})")
         baseline._offset_tier = _TIERS[offset_tier]
@@ -836,7 +943,8 @@ class BaselineStore:
     """(entity, signal) -> SeasonalBaseline under a hard cap on the number of series.
 
     Every refused update is counted by reason: ``series_cap`` (a new series beyond
-    ``max_series``), ``non_finite`` (NaN / inf value or time).
+    ``max_series``), ``non_finite`` (NaN / inf value or time), ``bad_exposure_or_resolution``
+    (negative, NaN or infinite).
     """
 
     def __init__(
@@ -873,10 +981,22 @@ class BaselineStore:
     def _refuse(self, reason: str, count: int = 1) -> None:
         self._refusals[reason] = self._refusals.get(reason, 0) + count
 
-    def update(self, entity: str, signal: str, t_unix_s: float, value: float) -> bool:
-        """Add one sample; False (and counted) when refused."""
+    def update(
+        self,
+        entity: str,
+        signal: str,
+        t_unix_s: float,
+        value: float,
+        exposure: float = 0.0,
+        resolution: float = 0.0,
+    ) -> bool:
+        """Add one sample (``exposure``, ``resolution``: see ``SeasonalBaseline.update``); False
+        (and counted) when refused."""
         if not (math.isfinite(value) and math.isfinite(t_unix_s)):
             self._refuse("non_finite")
+            return False
+        if not (0.0 <= exposure < math.inf and 0.0 <= resolution < math.inf):
+            self._refuse("bad_exposure_or_resolution")
             return False
         key = (entity, signal)
         baseline = self._series.get(key)
@@ -886,7 +1006,7 @@ class BaselineStore:
                 return False
             scale = 0.0 if self.count_scale is None else self.count_scale(entity, signal)
             baseline = self._series[key] = SeasonalBaseline(self.config, scale)
-        baseline.update(t_unix_s, value)
+        baseline.update(t_unix_s, value, exposure, resolution)
         return True
 
     def update_many(
@@ -894,20 +1014,34 @@ class BaselineStore:
         keys: Sequence[SeriesKey],
         ts: Sequence[float] | np.ndarray,
         values: Sequence[float] | np.ndarray,
+        exposures: Sequence[float] | np.ndarray | None = None,
+        resolutions: Sequence[float] | np.ndarray | None = None,
     ) -> int:
-        """Add a batch (parallel sequences, e.g. columns of an Arrow batch); returns accepted."""
+        """Add a batch (parallel sequences, e.g. columns of an Arrow batch; ``exposures`` and
+        ``resolutions`` optional, see ``SeasonalBaseline.update``); returns accepted."""
         if not len(keys) == len(ts) == len(values):
             raise ValueError("keys, ts and values must have the same length")
-        times = ts.tolist() if isinstance(ts, np.ndarray) else ts
-        samples = values.tolist() if isinstance(values, np.ndarray) else values
+        zeros = [0.0] * len(keys)
+        columns = []
+        for column in (ts, values, exposures, resolutions):
+            if column is None:
+                column = zeros
+            elif len(column) != len(keys):
+                raise ValueError("exposures and resolutions must have the length of keys")
+            columns.append(column.tolist() if isinstance(column, np.ndarray) else column)
         series = self._series
         accepted = 0
-        for key, t, value in zip(keys, times, samples, strict=True):
+        for key, t, value, exposure, resolution in zip(keys, *columns, strict=True):
             baseline = series.get(key)
-            if baseline is None or not (math.isfinite(value) and math.isfinite(t)):
-                accepted += self.update(key[0], key[1], t, value)
+            if baseline is None or not (
+                math.isfinite(value)
+                and math.isfinite(t)
+                and 0.0 <= exposure < math.inf
+                and 0.0 <= resolution < math.inf
+            ):
+                accepted += self.update(key[0], key[1], t, value, exposure, resolution)
                 continue
-            baseline.update(t, value)
+            baseline.update(t, value, exposure, resolution)
             accepted += 1
         return accepted
 
@@ -990,11 +1124,12 @@ class BaselineStore:
                 (length,) = struct.unpack_from("<I", data, offset)
                 texts.append(data[offset + 4 : offset + 4 + length].decode())
                 offset += 4 + length
-            size = SNAPSHOT_BYTES if data[offset + 2] >= 2 else SNAPSHOT_BYTES - 8
+            version = data[offset + 2]
+            size = snapshot_size(version)
             payload = data[offset : offset + size]
             offset += size
             baseline = SeasonalBaseline.from_bytes(payload, self.config)
-            if size < SNAPSHOT_BYTES and self.count_scale is not None:  # version 1: no kind yet
+            if version == 1 and self.count_scale is not None:  # version 1: no kind yet
                 baseline._count_scale = self.count_scale(texts[0], texts[1])
             series[(texts[0], texts[1])] = baseline
         if offset != len(data):

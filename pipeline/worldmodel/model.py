@@ -378,6 +378,8 @@ class WorldModel:
                 "entity": rows_e,
                 "signal": rows_s,
                 "value": [0.0] * len(rows_t),
+                "exposure": [self.config.interval_s] * len(rows_t),
+                "resolution": [0.0] * len(rows_t),
             },
             schema=signals.schema,
         )
@@ -404,7 +406,13 @@ class WorldModel:
         signals = signals.sort("interval_start_unix_nano")
         keys = list(zip(signals["entity"].to_list(), signals["signal"].to_list(), strict=True))
         times = (signals["interval_start_unix_nano"].cast(pl.Float64) / 1e9).to_list()
-        self.baselines.update_many(keys, times, signals["value"].to_list())
+        self.baselines.update_many(
+            keys,
+            times,
+            signals["value"].to_list(),
+            signals["exposure"].to_list(),
+            signals["resolution"].to_list(),
+        )
 
     # ------------------------------------------------------------ snapshots
     def checkpoint(self) -> bytes:

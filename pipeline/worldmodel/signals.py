@@ -1,9 +1,14 @@
 """Derived signals: per interval of event time, the numbers the baselines learn and the search reads.
 
 Every function takes a segment table and returns rows ``(interval_start_unix_nano, entity,
-signal, value)`` as a polars DataFrame. ``entity`` is ``"<kind>:<name>"`` (``service:checkout``,
+signal, value, exposure, resolution)`` as a polars DataFrame. ``entity`` is ``"<kind>:<name>"`` (``service:checkout``,
 ``operation:checkout POST /pay``, ``host:node-3``) and ``signal`` names the number, with the
 qualifiers that make a series unique in braces (``edge.latency_p95_ms{peer=postgresql:orders}``).
+``exposure`` and ``resolution`` say how precisely the value was measured (0 when they do not
+apply), for the baselines' noise floors: ``value * exposure`` is the number of events the value
+counted (a rate per second: the interval's length; an error ratio: its request count), and
+``resolution`` is the step in which the value is known (a quantile from histogram buckets: the
+width of the bucket it fell in).
 
 - Spans: per service and per operation (server-side spans: kind server/consumer, or roots):
   request rate, error ratio, latency p50/p95/p99; per caller and callee (client-side spans):
@@ -34,13 +39,17 @@ CLIENT_KINDS = (3, 4)  # client, producer
 ERROR_STATUS = 2
 ERROR_SEVERITY = 17
 QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+RATIOS = ("error_ratio",)  # request stats that are proportions of the interval's requests
 
 SIGNAL_COLUMNS = {
     "interval_start_unix_nano": pl.Int64,
     "entity": pl.String,
     "signal": pl.String,
     "value": pl.Float64,
+    "exposure": pl.Float64,
+    "resolution": pl.Float64,
 }
+_COUNT = "__count"  # hidden per-group event count behind ratios
 
 
 def empty_signals() -> pl.DataFrame:
@@ -51,15 +60,16 @@ def _bucket(col: str, interval_ns: int) -> pl.Expr:
     return ((pl.col(col) // interval_ns) * interval_ns).alias("interval_start_unix_nano")
 
 
-def _melt(frame: pl.DataFrame, prefix: str, qualifier: pl.Expr | None = None) -> pl.DataFrame:
-    """Wide per-group stats -> long signal rows."""
-    value_columns = [
-        c for c in frame.columns if c not in ("interval_start_unix_nano", "entity", "qualifier")
-    ]
+def _melt(
+    frame: pl.DataFrame, prefix: str, interval_s: float, ratios: tuple[str, ...] = ()
+) -> pl.DataFrame:
+    """Wide per-group stats -> long signal rows. Stats named ``*rate_per_s`` are counts over the
+    interval (exposure ``interval_s``); ``ratios`` are proportions of the group's ``__count``
+    events (exposure that count)."""
+    keys = ("interval_start_unix_nano", "entity", "qualifier", _COUNT)
+    value_columns = [c for c in frame.columns if c not in keys]
     long = frame.unpivot(
-        index=[
-            c for c in ("interval_start_unix_nano", "entity", "qualifier") if c in frame.columns
-        ],
+        index=[c for c in keys if c in frame.columns],
         on=value_columns,
         variable_name="stat",
         value_name="value",
@@ -67,17 +77,28 @@ def _melt(frame: pl.DataFrame, prefix: str, qualifier: pl.Expr | None = None) ->
     name = pl.lit(prefix + ".") + pl.col("stat")
     if "qualifier" in long.columns:
         name = name + pl.col("qualifier")
+    count = pl.col(_COUNT) if _COUNT in long.columns else pl.lit(0.0)
+    exposure = (
+        pl.when(pl.col("stat").str.ends_with("rate_per_s"))
+        .then(pl.lit(float(interval_s)))
+        .when(pl.col("stat").is_in(list(ratios)))
+        .then(count)
+        .otherwise(0.0)
+    )
     return long.select(
         pl.col("interval_start_unix_nano").cast(pl.Int64),
         pl.col("entity"),
         name.alias("signal"),
         pl.col("value").cast(pl.Float64),
+        exposure.cast(pl.Float64).alias("exposure"),
+        pl.lit(0.0, pl.Float64).alias("resolution"),
     )
 
 
 def _request_stats(interval_s: float) -> list[pl.Expr]:
     ms = pl.col("duration_ns") / 1e6
     return [
+        pl.len().alias(_COUNT),
         (pl.len() / interval_s).alias("rate_per_s"),
         (pl.col("status_code") == ERROR_STATUS).mean().alias("error_ratio"),
         *[ms.quantile(q, "linear").alias(f"latency_{name}_ms") for name, q in QUANTILES],
@@ -136,6 +157,8 @@ def span_signals(
                     (pl.lit("service:") + pl.col("service")).alias("entity")
                 ).drop("service"),
                 "span",
+                interval_s,
+                RATIOS,
             )
         )
         per_op = server.group_by("interval_start_unix_nano", "service", "name").agg(
@@ -149,6 +172,8 @@ def span_signals(
                     )
                 ).drop("service", "name"),
                 "span",
+                interval_s,
+                RATIOS,
             )
         )
     client = spans.filter(pl.col("kind").is_in(CLIENT_KINDS))
@@ -164,6 +189,8 @@ def span_signals(
                     (pl.lit("{peer=") + pl.col("callee") + "}").alias("qualifier"),
                 ).drop("service", "callee"),
                 "edge",
+                interval_s,
+                RATIOS,
             )
         )
     return pl.concat(parts) if parts else empty_signals()
@@ -194,7 +221,9 @@ def log_signals(table: pa.Table, interval_s: float = 60.0) -> pl.DataFrame:
     per_template = per_template.with_columns(
         (pl.lit("{template=") + pl.col("template_id").cast(pl.String) + "}").alias("qualifier")
     ).drop("template_id")
-    return pl.concat([_melt(per_service, "log"), _melt(per_template, "log")])
+    return pl.concat(
+        [_melt(per_service, "log", interval_s), _melt(per_template, "log", interval_s)]
+    )
 
 
 def new_templates(table: pa.Table, known: set[int]) -> list[tuple[int, str, int]]:
@@ -244,6 +273,8 @@ class MetricDeriver:
         rows_e: list[str] = []
         rows_s: list[str] = []
         rows_v: list[float] = []
+        rows_x: list[float] = []
+        rows_r: list[float] = []
         names: dict[int, tuple[str, str] | None] = {}
         # one pass over the rows sorted by series (a group_by per series costs a gather each)
         for row in frame.iter_rows(named=True):
@@ -259,11 +290,13 @@ class MetricDeriver:
             kind = info["kind"]
             t = int(row["time_unix_nano"])
             bucket = (t // interval_ns) * interval_ns
-            for name, value in self._values(sid_int, kind, info, row):
+            for name, value, exposure, resolution in self._values(sid_int, kind, info, row):
                 rows_t.append(bucket)
                 rows_e.append(entity)
                 rows_s.append(base + name)
                 rows_v.append(value)
+                rows_x.append(exposure)
+                rows_r.append(resolution)
         if not rows_t:
             return empty_signals()
         raw = pl.DataFrame(
@@ -272,12 +305,14 @@ class MetricDeriver:
                 "entity": rows_e,
                 "signal": rows_s,
                 "value": rows_v,
+                "exposure": rows_x,
+                "resolution": rows_r,
             },
             schema=SIGNAL_COLUMNS,
         )
         return raw.group_by(
             "interval_start_unix_nano", "entity", "signal", maintain_order=True
-        ).agg(pl.col("value").mean())
+        ).agg(pl.col("value").mean(), pl.col("exposure").mean(), pl.col("resolution").mean())
 
     @staticmethod
     def _names(info: dict[str, object]) -> tuple[str, str]:
@@ -306,16 +341,19 @@ class MetricDeriver:
 
     def _values(
         self, sid: int, kind: object, info: dict[str, object], row: dict[str, object]
-    ) -> list[tuple[str, float]]:
+    ) -> list[tuple[str, float, float, float]]:
+        """(suffix, value, exposure, resolution) per derived value of one point: a histogram's
+        rate counts its observations (exposure ``interval_s``) and its quantiles are known to a
+        bucket's width; a sum's rate may count anything (bytes, seconds), so it is not a count."""
         t = int(row["time_unix_nano"])  # type: ignore[call-overload]
         if kind == "gauge":
-            return [("", float(row["value"]))] if row["value"] is not None else []  # type: ignore[arg-type]
+            return [("", float(row["value"]), 0.0, 0.0)] if row["value"] is not None else []  # type: ignore[arg-type]
         if kind == "sum":
             value = float(row["value"]) if row["value"] is not None else None  # type: ignore[arg-type]
             if value is None:
                 return []
             if info.get("temporality") == 1:  # delta
-                return [(".rate_per_s", value / self.interval_s)]
+                return [(".rate_per_s", value / self.interval_s, 0.0, 0.0)]
             previous = self._remember(sid, _Last(t, value))
             if previous is None or t <= previous.time_unix_nano:
                 return []
@@ -323,7 +361,7 @@ class MetricDeriver:
             if delta < 0:  # counter reset: the new value is the increase since the reset
                 self.dropped["counter_reset"] += 1
                 delta = value
-            return [(".rate_per_s", delta / ((t - previous.time_unix_nano) / 1e9))]
+            return [(".rate_per_s", delta / ((t - previous.time_unix_nano) / 1e9), 0.0, 0.0)]
         if kind in ("histogram", "exponential_histogram"):
             counts = tuple(float(c) for c in (row["bucket_counts"] or []))  # type: ignore[attr-defined]
             bounds = [float(b) for b in (row["explicit_bounds"] or [])]  # type: ignore[attr-defined]
@@ -339,33 +377,47 @@ class MetricDeriver:
             total = sum(increments)
             if total <= 0:
                 return []
-            out = [(".rate_per_s", total / self.interval_s)]
-            out.extend(
-                (f".{name}", histogram_quantile(q, bounds, increments)) for name, q in QUANTILES
-            )
+            out = [(".rate_per_s", total / self.interval_s, self.interval_s, 0.0)]
+            for name, q in QUANTILES:
+                value, width = histogram_quantile_step(q, bounds, increments)
+                out.append((f".{name}", value, 0.0, width))
             return out
         if kind == "summary":
             qs = row["quantiles"] or []
             vs = row["quantile_values"] or []
-            return [(f".q{float(q):g}", float(v)) for q, v in zip(qs, vs, strict=False)]  # type: ignore[call-overload]
+            return [(f".q{float(q):g}", float(v), 0.0, 0.0) for q, v in zip(qs, vs, strict=False)]  # type: ignore[call-overload]
         return []
 
 
 def histogram_quantile(q: float, bounds: list[float], counts: tuple[float, ...]) -> float:
     """Quantile of an explicit-bounds histogram, linear within the bucket (as Prometheus does)."""
+    return histogram_quantile_step(q, bounds, counts)[0]
+
+
+def histogram_quantile_step(
+    q: float, bounds: list[float], counts: tuple[float, ...]
+) -> tuple[float, float]:
+    """(quantile, resolution) of an explicit-bounds histogram: the quantile linear within its
+    bucket (as Prometheus does), and that bucket's width, the step in which the quantile is
+    actually known (the interpolation assumes a uniform density the histogram cannot show). In
+    the +Inf bucket the quantile is the highest finite bound, known no better than the last
+    finite bucket's width (the +Inf bucket is at least as wide)."""
     total = sum(counts)
     if total <= 0 or not counts:
-        return float("nan")
+        return float("nan"), 0.0
     rank = q * total
     cumulative = np.cumsum(counts)
     i = int(np.searchsorted(cumulative, rank, side="left"))
     i = min(i, len(counts) - 1)
+    edges = [min(0.0, bounds[0]), *bounds] if bounds else []
     if i >= len(bounds):  # the +Inf bucket: the highest finite bound is the best answer
-        return float(bounds[-1]) if bounds else float("nan")
-    lower = bounds[i - 1] if i > 0 else min(0.0, bounds[0])
+        if not bounds:
+            return float("nan"), 0.0
+        return float(bounds[-1]), float(edges[-1] - edges[-2])
+    lower = edges[i]
     upper = bounds[i]
     before = cumulative[i - 1] if i > 0 else 0.0
     inside = counts[i]
     if inside <= 0:
-        return float(upper)
-    return float(lower + (upper - lower) * (rank - before) / inside)
+        return float(upper), float(upper - lower)
+    return float(lower + (upper - lower) * (rank - before) / inside), float(upper - lower)

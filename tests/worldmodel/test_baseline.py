@@ -14,11 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.worldmodel import (
+    SNAPSHOT_BYTES,
     Baseline,
     BaselineConfig,
     BaselineStore,
     SeasonalBaseline,
 )
+from pipeline.worldmodel.baseline import snapshot_size
 
 BaselineFactory = Callable[[BaselineConfig], SeasonalBaseline]
 BASELINE_IMPLEMENTATIONS: list[BaselineFactory] = [SeasonalBaseline]
@@ -465,6 +467,16 @@ def test_store_assigns_count_scale_per_series() -> None:
     assert copy.snapshot() == store.snapshot()
 
 
+def _downgrade(series: bytes, version: int) -> bytes:
+    """A current series snapshot as an older version wrote it: version 2 had no per-value
+    exposure and resolution (the last 24 bytes of the scalars), version 1 no count_scale either
+    (the 8 bytes before them)."""
+    at = 7 + struct.calcsize("<qqdIqdIddIdBddqqbqqdII")
+    if version == 1:
+        return series[:2] + bytes([1]) + series[3:at] + series[at + 8 + 24 :]
+    return series[:2] + bytes([2]) + series[3 : at + 8] + series[at + 8 + 24 :]
+
+
 def test_version_1_store_snapshots_restore_with_the_store_count_scale() -> None:
     """Checkpoints written before count_scale existed still restore (the series' kind then comes
     from the store's rule)."""
@@ -475,9 +487,7 @@ def test_version_1_store_snapshots_restore_with_the_store_count_scale() -> None:
     header = 4 + 1 + 4 + 8 + 4 + 2  # _STORE_HEADER
     keys = 4 + len(b"service:a") + 4 + len(b"span.rate_per_s")
     series = current[header + keys :]
-    at = 7 + struct.calcsize("<qqdIqdIddIdBddqqbqqdII")
-    v1 = series[:2] + bytes([1]) + series[3:at] + series[at + 8 :]
-    old = current[: header + keys] + v1
+    old = current[: header + keys] + _downgrade(series, 1)
     restored = BaselineStore(BaselineConfig(), count_scale=lambda entity, signal: 60.0)
     restored.restore(old)
     baseline = restored.get("service:a", "span.rate_per_s")
@@ -486,3 +496,110 @@ def test_version_1_store_snapshots_restore_with_the_store_count_scale() -> None:
     assert original is not None
     assert baseline.hour_of_week_profile() == original.hour_of_week_profile()
     assert baseline.intervals_learned == original.intervals_learned == 39
+
+
+def test_quantised_values_have_a_resolution_floor() -> None:
+    """A quantile interpolated within histogram buckets hops between a few positions as the
+    true quantile wanders near a bucket bound: with its resolution (the bucket width) that is
+    not a deviation; without it, it is. A shift of several buckets still is."""
+    config = BaselineConfig(interval_s=60.0)
+    rng = np.random.default_rng(11)
+    plain, quantised = SeasonalBaseline(config), SeasonalBaseline(config)
+    low, high = (0.0121, 0.015), (0.0325, 0.025)  # (value, width of its bucket)
+    state = low
+    for i in range(3 * 1440):
+        if rng.random() < 1 / 20:  # regimes of ~20 minutes on either side of the bound
+            state = high if state is low else low
+        value = state[0] + float(rng.normal(0.0, 0.0002))
+        plain.update(MONDAY + i * 60.0, value)
+        quantised.update(MONDAY + i * 60.0, value, resolution=state[1])
+    t = MONDAY + 3 * DAY
+    assert plain.alerts_raised > 0
+    assert quantised.alerts_raised == 0
+    assert 0.015 <= quantised.resolution <= 0.025
+    assert quantised.expected(t)[1] >= quantised.resolution
+    for i in range(10):  # ten times slower, many buckets up
+        quantised.update(t + i * 60.0, 0.3, resolution=0.25)
+    quantised.flush(t + 10 * 60.0)
+    deviation = quantised.deviation()
+    assert deviation is not None and deviation.direction == 1
+    assert deviation.onset_s == pytest.approx(t, abs=60.0)
+    # the resolution learned is part of the snapshot
+    restored = SeasonalBaseline.from_bytes(quantised.to_bytes(), config)
+    assert restored.resolution == quantised.resolution and restored == quantised
+
+
+def test_proportions_have_a_binomial_floor() -> None:
+    """An error ratio of ~50 requests a minute at 0.2 %: one error in 50 is 2 % (a z of ~4
+    against a history of mostly zeros), yet it is binomial noise; with the request count as exposure
+    the spread is at least sqrt(max(n p, 1)) / n. A real error burst still alerts."""
+    config = BaselineConfig(interval_s=60.0)
+    rng = np.random.default_rng(5)
+    plain, ratio = SeasonalBaseline(config), SeasonalBaseline(config)
+    for i in range(3 * 1440):
+        n = int(rng.integers(40, 61))
+        value = float(rng.binomial(n, 0.002)) / n
+        plain.update(MONDAY + i * 60.0, value)
+        ratio.update(MONDAY + i * 60.0, value, exposure=float(n))
+    t = MONDAY + 3 * DAY
+    assert plain.alerts_raised > 0
+    assert ratio.alerts_raised == 0
+    expected, spread, _ = ratio.expected(t)
+    n = ratio.exposure
+    assert 40 <= n <= 60
+    assert spread >= math.sqrt(max(expected * n, 1.0)) / n - 1e-12
+    assert ratio.score(t, 1 / 50, exposure=50.0).score <= 1.0
+    assert plain.score(t, 1 / 50).score > 3.0
+    # a smaller sample is noisier: the same ratio scores lower
+    assert ratio.score(t, 0.1, exposure=10.0).score < ratio.score(t, 0.1, exposure=1000.0).score
+    for i in range(10):  # 30 % errors
+        ratio.update(t + i * 60.0, 0.3, exposure=50.0)
+    ratio.flush(t + 10 * 60.0)
+    deviation = ratio.deviation()
+    assert deviation is not None and deviation.direction == 1
+    assert deviation.onset_s == pytest.approx(t, abs=60.0)
+
+
+def test_version_2_snapshots_restore_and_unknown_versions_are_refused() -> None:
+    baseline = SeasonalBaseline(BaselineConfig(), count_scale=60.0)
+    for i in range(40):
+        baseline.update(MONDAY + 60.0 * i, 1.0 + i % 3)
+    v2 = _downgrade(baseline.to_bytes(), 2)
+    assert len(v2) == snapshot_size(2) == SNAPSHOT_BYTES - 24
+    restored = SeasonalBaseline.from_bytes(v2)
+    assert restored.count_scale == 60.0 and restored.exposure == 60.0
+    assert restored.resolution == 0.0
+    assert restored.intervals_learned == baseline.intervals_learned
+    assert restored.hour_of_week_profile() == baseline.hour_of_week_profile()
+    with pytest.raises(ValueError, match="version 2 must be"):
+        SeasonalBaseline.from_bytes(v2[:-1])
+    unknown = v2[:2] + bytes([9]) + v2[3:]
+    with pytest.raises(ValueError, match="version 9"):
+        SeasonalBaseline.from_bytes(unknown)
+    store = BaselineStore(BaselineConfig())
+    store.update("service:a", "x", MONDAY, 1.0)
+    data = store.snapshot()
+    at = len(data) - SNAPSHOT_BYTES + 2
+    with pytest.raises(ValueError, match="unknown baseline snapshot version 9"):
+        BaselineStore(BaselineConfig()).restore(data[:at] + bytes([9]) + data[at + 1 :])
+
+
+def test_store_takes_exposures_and_resolutions_and_refuses_bad_ones() -> None:
+    store = BaselineStore(BaselineConfig())
+    keys = [("service:a", "span.error_ratio"), ("service:a", "h.p50"), ("service:a", "x")]
+    accepted = store.update_many(
+        keys * 2,
+        [MONDAY] * 3 + [MONDAY + 60.0] * 3,
+        [0.1, 0.02, 1.0] * 2,
+        [40.0, 0.0, -1.0] * 2,
+        [0.0, 0.015, 0.0] * 2,
+    )
+    assert accepted == 4
+    assert store.refusals == {"bad_exposure_or_resolution": 2}
+    ratio, quantile = store.get(*keys[0]), store.get(*keys[1])
+    assert ratio is not None and ratio.exposure == 40.0 and ratio.resolution == 0.0
+    assert quantile is not None and quantile.exposure == 0.0
+    assert quantile.resolution == pytest.approx(0.015)
+    assert store.get(*keys[2]) is None
+    with pytest.raises(ValueError):
+        store.update_many(keys, [MONDAY] * 3, [1.0] * 3, [1.0])

@@ -14,16 +14,17 @@ from pipeline.testing import BASE_NS, log_request, metric_request, span_request
 from pipeline.worldmodel.signals import (
     MetricDeriver,
     histogram_quantile,
+    histogram_quantile_step,
     log_signals,
     new_templates,
     span_signals,
 )
 
 
-def _value(frame: pl.DataFrame, entity: str, signal: str) -> list[float]:
+def _value(frame: pl.DataFrame, entity: str, signal: str, column: str = "value") -> list[float]:
     return (
         frame.filter((pl.col("entity") == entity) & (pl.col("signal") == signal))
-        .sort("interval_start_unix_nano")["value"]
+        .sort("interval_start_unix_nano")[column]
         .to_list()
     )
 
@@ -48,6 +49,20 @@ def test_span_signals_match_a_direct_computation() -> None:
     )
     errors = sum(1 for s in cart if s.status.code == 2)
     assert _value(frame, "service:cart", "span.error_ratio") == pytest.approx([errors / len(cart)])
+    # how precisely each value was measured: a ratio counted len(cart) requests, a rate per
+    # second counted events over 60 s, a latency quantile of raw spans is exact
+    assert _value(frame, "service:cart", "span.error_ratio", "exposure") == [len(cart)]
+    assert _value(frame, "service:cart", "span.rate_per_s", "exposure") == [60.0]
+    assert _value(frame, "service:cart", "span.latency_p95_ms", "exposure") == [0.0]
+    assert set(frame["resolution"].to_list()) == {0.0}
+    edge_ratio = frame.filter(pl.col("signal").str.starts_with("edge.error_ratio"))
+    edge_rate = frame.filter(pl.col("signal").str.starts_with("edge.rate_per_s"))
+    joined = edge_ratio.join(
+        edge_rate.with_columns(pl.col("signal").str.replace("rate_per_s", "error_ratio")),
+        on=["interval_start_unix_nano", "entity", "signal"],
+    )
+    assert joined.height == edge_ratio.height > 0
+    assert (joined["exposure"] == joined["value_right"] * 60).all()
     # the database nobody instrumented has edge signals from its callers
     edges = frame.filter(
         pl.col("signal").str.starts_with("edge.rate_per_s{peer=database:postgresql:")
@@ -87,6 +102,7 @@ def test_log_signals_and_new_templates() -> None:
     assert errors * 60 == pytest.approx(
         sum(1 for s in table["severity_number"].to_pylist() if s >= 17)
     )
+    assert set(frame["exposure"].to_list()) == {60.0}  # every log signal is a counted rate
     fresh = new_templates(table, known=set())
     assert {t for t, _, _ in fresh} == set(table["template_id"].to_pylist())
     assert new_templates(table, known={t for t, _, _ in fresh}) == []
@@ -102,9 +118,31 @@ def test_metric_rates_quantiles_and_resets() -> None:
     assert len(rates) == 5 and all(r > 0 for r in rates)  # the first point only primes the counter
     p95 = _value(frame, "service:cart", "http.server.request.duration.p95")
     assert p95 and all(0 <= v <= 1.0 for v in p95)
+    # a histogram's rate counts observations; its quantiles are known to a bucket's width; a
+    # counter's rate may count anything (bytes, seconds) and a gauge is no count
+    name = "http.server.request.duration"
+    assert set(_value(frame, "service:cart", name + ".rate_per_s", "exposure")) == {15.0}
+    widths = _value(frame, "service:cart", name + ".p95", "resolution")
+    assert len(widths) == len(p95) and all(w > 0 for w in widths)
+    assert set(_value(frame, "service:cart", name + ".p95", "exposure")) == {0.0}
+    counter = "http.server.request.count{http.route=/}.rate_per_s"
+    assert set(_value(frame, "service:cart", counter, "exposure")) == {0.0}
+    assert set(_value(frame, "service:cart", "process.cpu.utilization", "resolution")) == {0.0}
 
 
 def test_histogram_quantile_is_linear_within_buckets() -> None:
     assert histogram_quantile(0.5, [1.0, 2.0], (0, 10, 0)) == pytest.approx(1.5)
     assert histogram_quantile(0.99, [1.0, 2.0], (0, 0, 5)) == 2.0
     assert math.isnan(histogram_quantile(0.5, [1.0], (0, 0)))
+
+
+def test_histogram_quantile_resolution_is_the_width_of_its_bucket() -> None:
+    bounds = [0.01, 0.025, 0.05, 0.1]
+    # median in (0.025, 0.05]: interpolated, known only to that bucket's width
+    value, width = histogram_quantile_step(0.5, bounds, (0, 2, 6, 2, 0))
+    assert value == pytest.approx(0.025 + 0.025 * (5 - 2) / 6)
+    assert width == pytest.approx(0.025)
+    assert histogram_quantile_step(0.1, bounds, (4, 0, 0, 0, 0)) == pytest.approx((0.001, 0.01))
+    # in the +Inf bucket: pinned at the top bound, known no better than the last finite bucket
+    assert histogram_quantile_step(0.99, bounds, (1, 0, 0, 0, 9)) == pytest.approx((0.1, 0.05))
+    assert histogram_quantile_step(0.5, [], (3,))[1] == 0.0
