@@ -67,15 +67,20 @@ the baseline averages the values of an interval, so that 0 would halve the real 
 ZERO_FILL_MAX_INTERVALS = 10_080
 
 
-def counted_rate_scale(interval_s: float) -> Callable[[str, str], float]:
+@dataclass(frozen=True)
+class CountedRateScale:
     """``BaselineStore.count_scale`` for the derived signals: a counted rate (events per second
     over one interval) times ``interval_s`` is an event count, so its baseline knows its counting
-    noise; every other signal is not a count (0)."""
+    noise; every other signal is not a count (0). A class, not a closure, so a model pickles."""
 
-    def scale(entity: str, signal: str) -> float:
-        return interval_s if signal.startswith(COUNTED_RATES) else 0.0
+    interval_s: float
 
-    return scale
+    def __call__(self, entity: str, signal: str) -> float:
+        return self.interval_s if signal.startswith(COUNTED_RATES) else 0.0
+
+
+def counted_rate_scale(interval_s: float) -> Callable[[str, str], float]:
+    return CountedRateScale(interval_s)
 
 
 LOG_BUFFER_COLUMNS = ["time_unix_nano", "service", "severity_number", "template_id"]
