@@ -441,7 +441,8 @@ class CausalSearch:
             ev = replace(ev, strength=np.where(over_rows, 0.0, ev.strength))
         # latency too small to account for the alerted one: evidence that the candidate
         # changed, weak evidence that it caused the symptom (it may still, another way)
-        small = self._too_small_for_symptom(batch, ev, idx, symptoms)
+        accounts = _LatencyAccounts(self.model, batch, ev, config)
+        small = self._too_small_for_symptom(batch, accounts, idx, symptoms)
         # entity level: the strongest hypothesis, the earliest strong onset, the modalities
         best_strength = np.zeros(n_ent)
         np.maximum.at(best_strength, ent, ev.strength)
@@ -452,11 +453,6 @@ class CausalSearch:
         deviating = ev.strength >= config.z_min
         modalities[ent[deviating], batch.modality[deviating]] = True
         sources = modalities.sum(axis=1)
-        best_row = np.full(n_ent, -1)
-        order = np.lexsort((-ev.strength, ent))
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = ent[order][1:] != ent[order][:-1]
-        best_row[ent[order][first]] = order[first]
         # the last interval each entity was still deviating (strong rows), and whether it
         # deviates in a signal with a definite harmful direction (latency, errors, saturation,
         # availability...) rather than only in a two-sided one such as a request rate
@@ -513,7 +509,6 @@ class CausalSearch:
         # explaining away: a dependency whose harmful deviation began no later, and was still
         # going on when the dependent's began, explains the dependent's deviation
         explained_by: dict[int, int] = {}
-        accounts = _LatencyAccounts(self.model, batch, ev, config)
         for i in map(int, np.flatnonzero(alive)):
             node = names[i]
             if node not in graph:
@@ -592,6 +587,8 @@ class CausalSearch:
         )
         rank_strength = np.zeros(n_ent)
         np.maximum.at(rank_strength, ent, weighted)
+        # each entity's cause row: its strongest evidence as ranked
+        best_row = np.full(n_ent, -1)
         order = np.lexsort((-weighted, ent))
         first = np.ones(len(order), dtype=bool)
         first[1:] = ent[order][1:] != ent[order][:-1]
@@ -833,52 +830,44 @@ class CausalSearch:
     def _too_small_for_symptom(
         self,
         batch: HypothesisBatch,
-        ev: Evidence,
+        accounts: _LatencyAccounts,
         idx: dict[str, int],
         symptoms: list[tuple[str, str | None]],
     ) -> np.ndarray:
         """Latency rows of candidates whose rise is too small to account for an alerted
         latency: the alerted statistic rose by X at the symptom, the same statistic of the
-        candidate by less than ``explain_fraction`` of X (see ``_LatencyAccounts``)."""
+        candidate by less than ``explain_fraction`` of X (see ``_LatencyAccounts``). For an
+        alerted failure that does not slow the symptom: the latency rows of candidates that
+        do not fail."""
         out = np.zeros(len(batch), dtype=bool)
-        accounts = _LatencyAccounts(self.model, batch, ev, self.config)
+        others = batch.entity
         for entity, signal in symptoms:
             i = idx.get(entity)
             if i is None or signal is None:
                 continue
-            if FAILURE.search(signal) and not accounts.slow(i):
+            not_symptom = others != i
+            if FAILURE.search(signal) and not accounts.slow[i]:
                 # failing without slowing down: a dependency that is only slow cannot be why
-                failing = {k for k in set(map(int, batch.entity)) if accounts.fails(k)}
-                out |= np.array(
-                    [
-                        int(k) != i
-                        and int(k) not in failing
-                        and accounts.statistic(sig) is not None
-                        for k, (_, sig) in zip(batch.entity, batch.series, strict=True)
-                    ],
-                    dtype=bool,
-                ).reshape(len(batch))
+                out |= not_symptom & ~accounts.fails[others] & accounts.latency
                 continue
             stat = accounts.statistic(signal)
             if stat is None:
                 continue
             own = [
                 r
-                for r in map(int, np.flatnonzero(batch.entity == i))
+                for r in map(int, np.flatnonzero(others == i))
                 if batch.series[r] == (entity, signal)
             ]
             needed = max((x for r in own if (x := accounts.excess(r)) is not None), default=None)
             if needed is None or needed <= 0:
                 continue
             rise: dict[int, float] = defaultdict(float)
-            for r in range(len(batch)):
-                k = int(batch.entity[r])
-                if k != i and accounts.statistic(batch.series[r][1]) == stat:
+            for r in map(int, np.flatnonzero(not_symptom)):
+                if accounts.stats[r] == stat:
+                    k = int(others[r])
                     rise[k] = max(rise[k], accounts.excess(r) or 0.0)
-            small = {k for k, x in rise.items() if x < self.config.explain_fraction * needed}
-            for r in range(len(batch)):
-                if int(batch.entity[r]) in small and accounts.statistic(batch.series[r][1]):
-                    out[r] = True
+            small = [k for k, x in rise.items() if x < self.config.explain_fraction * needed]
+            out |= np.isin(others, small) & accounts.latency
         return out
 
     def _latency_decoupled(
@@ -940,16 +929,11 @@ class CausalSearch:
         if not asynchronous:
             return out
         # what the symptoms reach through synchronous dependencies only
+        synchronous = nx.subgraph_view(graph, filter_node=lambda n: n not in asynchronous)
         reached = set()
-        frontier = [s for s in symptoms if s in graph]
-        while frontier:
-            node = frontier.pop()
-            if node in reached:
-                continue
-            reached.add(node)
-            frontier.extend(
-                d for d in graph.successors(node) if d not in asynchronous and d not in reached
-            )
+        for symptom in symptoms:
+            if symptom in synchronous:
+                reached |= nx.descendants(synchronous, symptom) | {symptom}
         for r, _ in latency:
             name = names[int(batch.entity[r])]
             if name in asynchronous or (name in graph and name not in reached):
@@ -1104,20 +1088,21 @@ class _LatencyAccounts:
         self.ev = ev
         self.config = config
         self._excess: dict[int, float | None] = {}
-
-    def slow(self, k: int) -> bool:
-        return any(
-            self.ev.strength[r] >= self.config.z_min
-            and self.ev.peak[r] > 0
-            and self.statistic(self.batch.series[r][1]) is not None
-            for r in map(int, np.flatnonzero(self.batch.entity == k))
-        )
-
-    def fails(self, k: int) -> bool:
-        return any(
-            self.ev.strength[r] >= self.config.z_min and FAILURE.search(self.batch.series[r][1])
-            for r in map(int, np.flatnonzero(self.batch.entity == k))
-        )
+        n = len(batch)
+        # per row: its latency statistic (None: not latency-like), whether it is a latency row
+        # and whether it says the entity is slow or fails; per entity: slow, fails
+        self.stats = [self.statistic(signal) for _, signal in batch.series]
+        self.latency = np.array([s is not None for s in self.stats], dtype=bool).reshape(n)
+        failure = np.array(
+            [bool(FAILURE.search(signal)) for _, signal in batch.series], dtype=bool
+        ).reshape(n)
+        deviating = ev.strength >= config.z_min
+        self.slow_rows = deviating & (ev.peak > 0) & self.latency
+        n_ent = len(batch.entities)
+        self.slow = np.zeros(n_ent, dtype=bool)
+        self.fails = np.zeros(n_ent, dtype=bool)
+        np.logical_or.at(self.slow, batch.entity, self.slow_rows)
+        np.logical_or.at(self.fails, batch.entity, deviating & failure)
 
     @staticmethod
     def statistic(signal: str) -> str | None:
@@ -1141,35 +1126,28 @@ class _LatencyAccounts:
         return self._excess[row]
 
     def for_(self, dependency: int, dependent: int) -> bool:
-        if self.fails(dependency) and self.fails(dependent):
+        if self.fails[dependency] and self.fails[dependent]:
             return True  # failures account for failures (and for the time spent on them)
         ent = self.batch.entity
-        mine = [
-            int(r)
-            for r in np.flatnonzero(ent == dependent)
-            if self.ev.strength[r] >= self.config.z_min
-            and self.ev.peak[r] > 0
-            and self.statistic(self.batch.series[r][1]) is not None
-        ]
-        if not mine:
+        mine = np.flatnonzero((ent == dependent) & self.slow_rows)
+        if not len(mine):
             # a dependent that fails without slowing down fails because its dependency
             # fails (errors, availability), not because the dependency is slow: a timeout
             # would have made it wait first
-            return not self.fails(dependent) or self.fails(dependency)
-        top = max(mine, key=lambda r: float(self.ev.strength[r]))
-        stat = self.statistic(self.batch.series[top][1])
+            return not self.fails[dependent] or bool(self.fails[dependency])
+        top = int(mine[np.argmax(self.ev.strength[mine])])
+        stat = self.stats[top]
         needed = self.excess(top)
         if needed is None or needed <= 0:
             return True
         theirs = [
-            self.excess(int(r))
-            for r in np.flatnonzero(ent == dependency)
-            if self.statistic(self.batch.series[int(r)][1]) == stat
+            self.excess(int(r)) for r in np.flatnonzero(ent == dependency) if self.stats[r] == stat
         ]
-        known = [x for x in theirs if x is not None]
         if not theirs:
             return True
-        return max(known, default=0.0) >= self.config.explain_fraction * needed
+        return max((x for x in theirs if x is not None), default=0.0) >= (
+            self.config.explain_fraction * needed
+        )
 
 
 LATENCY_UNIT = re.compile(r"_(ms|us|ns|s|seconds|milliseconds)(?=$|[{.])")

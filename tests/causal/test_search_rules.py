@@ -13,6 +13,7 @@ import pytest
 
 from jobs.causal.search import CausalSearch, SearchConfig, SearchResult
 from jobs.evaluate.petshop import INTERVAL_S, Frame, apply_frame, new_model
+from pipeline.worldmodel.model import WorldModel
 
 T0 = 1_700_000_400.0  # a Tuesday, 22:20 UTC
 NORMAL_ROWS = 432  # 36 h
@@ -40,7 +41,7 @@ def _world(
     levels: Levels,
     fault: dict[tuple[str, str, str], float],
     seed: int = 7,
-) -> tuple[object, float]:
+) -> tuple[WorldModel, float]:
     """Learn the normal rows, apply the incident window (``fault`` adds to a column from
     ``FAULT_ROW`` on), return the model and the time to search at."""
     rng = np.random.default_rng(seed)
@@ -61,9 +62,9 @@ def _world(
     return model, float(times[-1]) + INTERVAL_S
 
 
-def _search(model: object, signal: str, **config: float) -> SearchResult:
-    world, t_s = model  # type: ignore[misc]
-    return CausalSearch(world, SearchConfig(symptom_z_min=1.5, **config)).run(
+def _search(world: tuple[WorldModel, float], signal: str, **config: float) -> SearchResult:
+    model, t_s = world
+    return CausalSearch(model, SearchConfig(symptom_z_min=1.5, **config)).run(
         [("service:front", signal)], t_s
     )
 
