@@ -1108,7 +1108,8 @@ class _LatencyAccounts:
     def statistic(signal: str) -> str | None:
         if not LATENCY_LIKE.search(signal):
             return None
-        name = signal.split("{", 1)[0]
+        # qualifiers go, the statistic after them stays: ``duration{...}.p95`` -> ``duration.p95``
+        name = _bare(signal)
         return name.split(".", 1)[1] if name.startswith(("span.", "edge.")) else name
 
     def excess(self, row: int) -> float | None:
@@ -1157,7 +1158,7 @@ def _latency_unit(signal: str) -> str | None:
     """The unit of a latency-like signal ("" when its name says none), else None."""
     if not LATENCY_LIKE.search(signal):
         return None
-    found = LATENCY_UNIT.search(signal.split("{", 1)[0])
+    found = LATENCY_UNIT.search(_bare(signal))
     return found.group(1) if found else ""
 
 

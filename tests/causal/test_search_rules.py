@@ -175,3 +175,19 @@ def test_an_alert_its_own_signal_does_not_show_is_answered_only_for_a_strong_dep
     # the symptom itself looks normal: "nothing is wrong" keeps at least even odds
     assert result.causes[0].probability == pytest.approx(0.5, abs=0.01)
     assert not math.isnan(result.causes[0].logit)
+
+
+def test_latency_statistics_keep_what_follows_the_qualifiers() -> None:
+    from jobs.causal.search import _latency_unit, _LatencyAccounts
+
+    histogram = "db.client.operation.duration{db.system=postgresql,server.address=db}"
+    assert _LatencyAccounts.statistic(histogram + ".p95") == "db.client.operation.duration.p95"
+    assert _LatencyAccounts.statistic(histogram + ".p50") != _LatencyAccounts.statistic(
+        histogram + ".p95"
+    )
+    # a caller's view of a peer and the peer's own spans compare by statistic
+    assert _LatencyAccounts.statistic("edge.latency_p95_ms{peer=db}") == "latency_p95_ms"
+    assert _LatencyAccounts.statistic("span.latency_p95_ms") == "latency_p95_ms"
+    assert _LatencyAccounts.statistic("requests.sum") is None
+    assert _latency_unit("http.server.request.duration_seconds{route=/a}.p99") == "seconds"
+    assert _latency_unit("latency.p90") == ""
