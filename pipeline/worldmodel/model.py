@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import io
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,10 +78,6 @@ class CountedRateScale:
         return self.interval_s if signal.startswith(COUNTED_RATES) else 0.0
 
 
-def counted_rate_scale(interval_s: float) -> Callable[[str, str], float]:
-    return CountedRateScale(interval_s)
-
-
 LOG_BUFFER_COLUMNS = ["time_unix_nano", "service", "severity_number", "template_id"]
 
 
@@ -128,7 +123,7 @@ class WorldModel:
         self.baselines = BaselineStore(
             BaselineConfig(interval_s=self.config.interval_s),
             max_series=self.config.max_series,
-            count_scale=counted_rate_scale(self.config.interval_s),
+            count_scale=CountedRateScale(self.config.interval_s),
         )
         self.metrics = MetricDeriver(interval_s=self.config.interval_s)
 
