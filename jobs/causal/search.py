@@ -95,6 +95,8 @@ class SearchConfig:
     # excess (same statistic, absolute units) cannot account for it: even called this many
     # times in sequence per request, it adds too little; the dependent is slow on its own
     explain_fraction: float = 0.1
+    # a failing dependent (errors, availability) is explained only by a failing dependency
+    failures_need_failures: bool = True
     # a change in inbound traffic alone (no latency, errors or saturation of its own) says the
     # callers changed, not that the entity harms them; a latency rise too small to account for
     # the alerted one says the entity changed, not that its latency is why: such evidence about
@@ -1072,7 +1074,7 @@ class CausalSearch:
 class _LatencyAccounts:
     """Whether a dependency's deviation can account for a dependent's.
 
-    A dependent that fails without slowing down needs a dependency that fails. A slow
+    A dependent that fails needs a dependency that fails (``failures_need_failures``). A slow
     dependent needs a dependency whose latency rose comparably, in absolute units.
 
     Evidence rows are compared by statistic (``latency_p95_ms`` of ``span.`` and of
@@ -1129,6 +1131,11 @@ class _LatencyAccounts:
     def for_(self, dependency: int, dependent: int) -> bool:
         if self.fails[dependency] and self.fails[dependent]:
             return True  # failures account for failures (and for the time spent on them)
+        if self.fails[dependent] and self.config.failures_need_failures:
+            # a dependency that is only slower does not make its callers fail: had they given
+            # up waiting, their calls to it would count as its failures; the dependent's own
+            # failures stay unexplained (it may be slow because it fails, retrying)
+            return False
         ent = self.batch.entity
         mine = np.flatnonzero((ent == dependent) & self.slow_rows)
         if not len(mine):

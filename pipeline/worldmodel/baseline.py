@@ -633,8 +633,11 @@ class SeasonalBaseline:
             self._close_hour()
         self._exposure = _to_float32(exposure)
         expected, spread, tier, seasonal = self._expectation(t_mid)
-        z = (value - expected) / spread
         n = self._n
+        # the first value has nothing to be compared with: it sets the level, and its
+        # "residual" against the empty state does not enter the spread; the second has a level
+        # but no spread yet: neither is scored
+        z = (value - expected) / spread if n >= 2 else 0.0
         warm = n >= config.min_intervals_to_alert
 
         # onset detection on the residual, before learning from it
@@ -673,13 +676,15 @@ class SeasonalBaseline:
         alpha = max(1.0 / (n + 1), config.alpha(config.level_memory_s))
         self._global_level += alpha * (value - self._global_level)
         if self._alert_direction == 0:
-            residual = abs(value - expected)
             scale_alpha = max(1.0 / (n + 1), config.alpha(config.scale_memory_s))
-            self._scale += scale_alpha * (residual - self._scale)
             self._resolution = _to_float32(
                 self._resolution + scale_alpha * (resolution - self._resolution)
             )
-            if self._scale > 0 and n > 0:
+        if self._alert_direction == 0 and n > 0:
+            residual = abs(value - expected)
+            scale_alpha = max(1.0 / n, config.alpha(config.scale_memory_s))
+            self._scale += scale_alpha * (residual - self._scale)
+            if self._scale > 0:
                 hour_of_day = hour_index % HOURS_PER_DAY
                 shape = self._shape[hour_of_day]
                 ratio = min(residual / self._scale, 5.0)

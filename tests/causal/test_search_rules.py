@@ -191,3 +191,30 @@ def test_latency_statistics_keep_what_follows_the_qualifiers() -> None:
     assert _LatencyAccounts.statistic("requests.sum") is None
     assert _latency_unit("http.server.request.duration_seconds{route=/a}.p99") == "seconds"
     assert _latency_unit("latency.p90") == ""
+
+
+def test_a_dependency_only_slower_does_not_explain_a_failing_service() -> None:
+    # app fails and slows down (it retries its own errors); its object store gets slower at the
+    # same time, enough to account for app's slowdown, but nothing fails there
+    levels = _levels({"front": 0.2, "app": 0.08, "store": 0.05})
+    world = _world(
+        [("front", "app"), ("app", "store")],
+        levels,
+        {
+            ("front", "availability", "Average"): -4.0,
+            ("app", "availability", "Average"): -8.0,
+            ("app", "latency", "Average"): 0.1,
+            ("app", "latency", "p50"): 0.1,
+            ("store", "latency", "Average"): 0.1,
+            ("store", "latency", "p50"): 0.1,
+        },
+    )
+    result = _search(world, "availability.average")
+    assert _top(result) == "service:app"
+    assert not any(
+        r.entity == "service:app" and "explained by" in r.reason for r in result.ruled_out
+    )
+    # when a slower dependency may explain failures too, the store wins
+    assert _top(_search(world, "availability.average", failures_need_failures=False)) == (
+        "service:store"
+    )

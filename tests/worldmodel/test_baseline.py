@@ -603,3 +603,23 @@ def test_store_takes_exposures_and_resolutions_and_refuses_bad_ones() -> None:
     assert store.get(*keys[2]) is None
     with pytest.raises(ValueError):
         store.update_many(keys, [MONDAY] * 3, [1.0] * 3, [1.0])
+
+
+def test_the_first_value_sets_the_level_and_is_no_residual(make_baseline: BaselineFactory) -> None:
+    # a level of 100 with noise of about 0.5: before the fix the first value's distance from the
+    # empty state (100) was averaged into the spread for a day's worth of intervals
+    rng = np.random.default_rng(3)
+    b = make_baseline(BaselineConfig(interval_s=300.0))
+    values = 100.0 + 0.5 * rng.standard_normal(12)
+    times = MONDAY + 300.0 * np.arange(13)
+    feed(b, times[:12], values)
+    b.flush(float(times[12]))
+    scores = b.recent_scores()
+    assert scores[0][1] == 0.0  # nothing to compare the first value with
+    assert all(abs(z) < 4 for _, z in scores[1:])
+    expected, spread, _ = b.expected(float(times[12]))
+    assert expected == pytest.approx(100.0, abs=1.0)
+    noise_mad = float(np.mean(np.abs(np.diff(values)))) / math.sqrt(2)
+    # sigma-equivalent of the residuals, widened while warming up and on the global tier (x4)
+    assert spread < 4 * math.sqrt(math.pi / 2) * noise_mad + 1.0
+    assert spread < 5.0  # the first value's distance from zero would have made it ~15
