@@ -13,6 +13,10 @@ traffic is simulated for all traces of a template at once, as (traces x position
 The resource model (``ResourceModel.step``) runs once per slice before the spans: it turns
 expected load (from the templates' visit rates) plus the faults' ``Effects`` into the multipliers
 the spans use (CPU utilization and queueing, memory, connection pools, queue backlog, cache misses).
+Retries are real requests: the expected load counts every attempt, a retry position being visited
+as often as all the attempts before it failed (their failure ratio is observed on the previous
+slice's spans, ``ResourceModel.observe``). A pod asked for more CPU than it has queues the excess
+(bounded): every request then waits, past its callers' timeouts once the queue is long enough.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ SERVER, CLIENT_SERVICE, CLIENT_DEPENDENCY, PRODUCER, CONSUMER = range(5)
 CAUSE_NONE, CAUSE_OWN, CAUSE_CHILD, CAUSE_TIMEOUT, CAUSE_POOL = range(5)
 BASE_CACHE_MISS = 0.15
 TARGET_UTILIZATION = 0.4
+MAX_QUEUE_WAIT_S = 10.0
+"""Bound of a pod's request queue, as the wait it imposes; requests beyond it are shed."""
+MIN_SERVING_SHARE = 0.05
+"""Share of a pod's cores request work still gets when burners take (nearly) all of them."""
+FAILURE_PRIOR = 2.0
+"""Pseudo-attempts of the previous estimate when a call's failure ratio is updated."""
 
 
 @dataclass
@@ -53,7 +63,9 @@ class TraceTemplate:
         return len(self.parent)
 
 
-def build_template(topo: Topology, entry: int) -> TraceTemplate:
+def build_template(topo: Topology, entry: int, retries: np.ndarray | None = None) -> TraceTemplate:
+    """The trace tree of entry operation ``entry``; ``retries`` (per call, default the topology's)
+    sets how many retry positions each call gets."""
     cols: dict[str, list[int]] = {
         k: [] for k in ("parent", "role", "service", "operation", "call", "attempt", "dependency")
     }
@@ -78,7 +90,8 @@ def build_template(topo: Topology, entry: int) -> TraceTemplate:
             c = topo.calls[c_index]
             p = c.probability * (BASE_CACHE_MISS if c.fallback_of is not None else 1.0)
             attempts: list[int] = []
-            for k in range(c.retries + 1):
+            n_retries = c.retries if retries is None else int(retries[c_index])
+            for k in range(n_retries + 1):
                 av = v * p if k == 0 else 0.0
                 if c.target_operation is not None:
                     pos = add(me, CLIENT_SERVICE, op.service, op_index, c_index, k, -1, av)
@@ -133,7 +146,8 @@ class Effects:
     """Extra utilization of a dependency (0.5 = half its capacity) from outside the request path."""
     cache_miss: np.ndarray
     consumer_capacity_mult: np.ndarray
-    service_load_mult: np.ndarray
+    call_retries: np.ndarray
+    """How many times a caller retries a failed or timed-out call (its client's retry policy)."""
     pool_leaked: np.ndarray
     """Connections leaked per service (never returned to the pool)."""
     host_steal: np.ndarray
@@ -160,7 +174,7 @@ class Effects:
             dep_extra_load=np.zeros(n_deps),
             cache_miss=np.full(n_deps, BASE_CACHE_MISS),
             consumer_capacity_mult=np.ones(n_deps),
-            service_load_mult=np.ones(n_svc),
+            call_retries=np.array([c.retries for c in topo.calls], dtype=np.int64),
             pool_leaked=np.zeros(n_svc),
             host_steal=np.zeros(n_hosts),
         )
@@ -173,6 +187,8 @@ class SliceState:
     pod_work_mult: np.ndarray
     pod_error: np.ndarray
     pod_cpu_utilization: np.ndarray
+    pod_queue_s: np.ndarray
+    """Mean wait of a request in the pod's queue (0 unless the pod is overloaded)."""
     pod_memory_bytes: np.ndarray
     pod_active: np.ndarray
     host_cpu_utilization: np.ndarray
@@ -191,6 +207,7 @@ class SliceState:
     """Per (service, dependency) pair of ``World.pool_pairs``, connections in use per pod."""
     active_replicas: np.ndarray
     op_error_message: dict[int, str]
+    call_retries: np.ndarray
 
 
 class World:
@@ -200,6 +217,11 @@ class World:
         self.topo = topo
         self.peak_rate = peak_rate
         self.templates = [build_template(topo, e) for e in topo.entry_operations]
+        self.default_retries = np.array([c.retries for c in topo.calls], dtype=np.int64)
+        self._template_sets: dict[bytes, list[TraceTemplate]] = {
+            self.default_retries.tobytes(): self.templates
+        }
+        self._visit_plans: dict[bytes, _VisitPlan] = {}
         n_entry, n_calls, n_ops = len(self.templates), len(topo.calls), len(topo.operations)
         self.call_visits = np.zeros((n_entry, n_calls))
         self.op_visits = np.zeros((n_entry, n_ops))
@@ -232,6 +254,7 @@ class World:
         )
         self.call_critical = np.array([c.critical for c in topo.calls], dtype=bool)
         self.plans: dict[int, _TemplatePlan] = {}
+        """Per template (by identity; every template stays referenced by a template set)."""
         self.service_cores = np.array([s.cores_per_pod for s in topo.services])
         self.replicas = np.array([s.replicas for s in topo.services], dtype=np.int64)
         pairs = sorted(
@@ -292,6 +315,90 @@ class World:
             [topo.services[s].memory_limit_bytes for s in self.pod_service]
         )
 
+    def templates_for(self, retries: np.ndarray) -> list[TraceTemplate]:
+        """The entry templates under a retry policy (``Effects.call_retries``), built once."""
+        key = np.asarray(retries, dtype=np.int64).tobytes()
+        found = self._template_sets.get(key)
+        if found is None:
+            found = [build_template(self.topo, e, retries) for e in self.topo.entry_operations]
+            self._template_sets[key] = found
+        return found
+
+    def visit_plan(self, retries: np.ndarray) -> _VisitPlan:
+        """The expected-load plan of ``templates_for(retries)``, built once."""
+        key = np.asarray(retries, dtype=np.int64).tobytes()
+        found = self._visit_plans.get(key)
+        if found is None:
+            found = self._visit_plans[key] = _VisitPlan.build(self.templates_for(retries))
+        return found
+
+
+@dataclass
+class _VisitPlan:
+    """Every position of a template set in one array, to compute expected visit rates at once."""
+
+    parent: np.ndarray
+    """Index into these arrays; -1 for the templates' roots."""
+    call: np.ndarray
+    attempt: np.ndarray
+    operation: np.ndarray
+    server: np.ndarray
+    roots: np.ndarray
+    levels: list[np.ndarray]
+
+    @classmethod
+    def build(cls, templates: list[TraceTemplate]) -> _VisitPlan:
+        offsets = np.cumsum([0] + [t.size for t in templates])
+        parent = np.concatenate(
+            [
+                np.where(t.parent >= 0, t.parent + o, -1)
+                for t, o in zip(templates, offsets, strict=False)
+            ]
+        )
+        depth = np.concatenate([_depths(t.parent) for t in templates])
+        role = np.concatenate([t.role for t in templates])
+        return cls(
+            parent=parent,
+            call=np.concatenate([t.call for t in templates]),
+            attempt=np.concatenate([t.attempt for t in templates]),
+            operation=np.concatenate([t.operation for t in templates]),
+            server=(role == SERVER) | (role == CONSUMER),
+            roots=offsets[:-1],
+            levels=[np.flatnonzero(depth == d) for d in range(1, int(depth.max()) + 1)],
+        )
+
+    def rates(
+        self,
+        entry_rates: np.ndarray,
+        inclusion: np.ndarray,
+        failure: np.ndarray,
+        n_ops: int,
+        n_calls: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(operation rates, call rates, every attempt counted) for the entry rates, given each
+        call's probability of being made (``inclusion``) and of an attempt failing (``failure``):
+        attempt ``k`` of a call is made when the ``k`` attempts before it all failed."""
+        is_call = self.call >= 0
+        c = self.call[is_call]
+        mult = np.ones(len(self.call))
+        mult[is_call] = inclusion[c] * failure[c] ** self.attempt[is_call]
+        visits = np.zeros(len(self.call))
+        visits[self.roots] = entry_rates
+        for level in self.levels:
+            visits[level] = visits[self.parent[level]] * mult[level]
+        op_rate = np.bincount(
+            self.operation[self.server], visits[self.server], minlength=n_ops
+        ).astype(np.float64)
+        call_rate = np.bincount(c, visits[is_call], minlength=n_calls).astype(np.float64)
+        return op_rate, call_rate
+
+
+def _depths(parent: np.ndarray) -> np.ndarray:
+    depth = np.zeros(len(parent), dtype=np.int64)
+    for i in range(1, len(parent)):
+        depth[i] = depth[parent[i]] + 1
+    return depth
+
 
 def _queueing_mult(rho: np.ndarray) -> np.ndarray:
     q = np.clip(rho, 0.0, 0.985)
@@ -304,6 +411,22 @@ class ResourceModel:
     def __init__(self, world: World) -> None:
         self.world = world
         self.backlog = np.zeros(len(world.topo.dependencies))
+        self.call_failure = np.zeros(len(world.topo.calls))
+        """Share of a call's attempts that failed (error or timeout), as last observed."""
+        self.pod_backlog = np.zeros(len(world.topo.pods))
+        """Request work (core-seconds) waiting in each pod's queue."""
+
+    def observe(self, spans: SpanBatch) -> None:
+        """Learn each call's attempt failure ratio from the spans a slice started."""
+        n_ops = len(self.world.topo.operations)
+        client = (spans.role != SERVER) & (spans.role != CONSUMER) & (spans.span_key >= n_ops)
+        calls = spans.span_key[client] - n_ops
+        n_calls = len(self.call_failure)
+        attempts = np.bincount(calls, minlength=n_calls)
+        failed = np.bincount(calls, weights=spans.variant[client] > 0, minlength=n_calls)
+        self.call_failure = (failed + FAILURE_PRIOR * self.call_failure) / (
+            attempts + FAILURE_PRIOR
+        )
 
     def step(
         self, edge_rate: float, effects: Effects, active_replicas: np.ndarray, dt: float
@@ -311,12 +434,12 @@ class ResourceModel:
         w = self.world
         topo = w.topo
         entry_rates = edge_rate * topo.entry_weights
-        miss_scale = np.ones(len(topo.calls))
+        inclusion = w.call_probability.copy()
         fb = w.fallback_cache >= 0
-        miss_scale[fb] = effects.cache_miss[w.fallback_cache[fb]] / BASE_CACHE_MISS
-        call_rate = (entry_rates @ w.call_visits) * miss_scale
-        op_rate = entry_rates @ w.op_visits
-        op_rate = op_rate * effects.service_load_mult[w.op_service]
+        inclusion[fb] *= effects.cache_miss[w.fallback_cache[fb]]
+        op_rate, call_rate = w.visit_plan(effects.call_retries).rates(
+            entry_rates, inclusion, self.call_failure, len(topo.operations), len(topo.calls)
+        )
 
         # CPU per pod: request work spread over active replicas, plus extra burners
         svc_cpu = np.zeros(len(topo.services))
@@ -327,6 +450,15 @@ class ResourceModel:
         cores = w.service_cores[pod_svc]
         steal = effects.host_steal[w.pod_host]
         rho = (per_pod + effects.pod_cpu_extra) / (cores * (1.0 - steal))
+        # request work beyond what the burners leave queues up to a bound (a restart drops it)
+        serving = np.maximum(
+            cores * (1.0 - steal) - effects.pod_cpu_extra, MIN_SERVING_SHARE * cores
+        )
+        before = self.pod_backlog
+        after = np.clip(before + (per_pod - serving) * dt, 0.0, serving * MAX_QUEUE_WAIT_S)
+        after = np.where(pod_active & (effects.pod_down == 0.0), after, 0.0)
+        self.pod_backlog = after
+        pod_queue_s = (before + after) / 2.0 / serving
         memory = w.pod_base_memory + effects.pod_memory_extra
         gc_pressure = np.clip((memory / w.pod_memory_limit - 0.8) / 0.2, 0.0, 1.0)
         pod_work = effects.pod_work_mult * _queueing_mult(rho) * (1.0 + 1.5 * gc_pressure)
@@ -394,6 +526,7 @@ class ResourceModel:
             pod_work_mult=pod_work,
             pod_error=effects.pod_error + effects.pod_down,
             pod_cpu_utilization=pod_util,
+            pod_queue_s=pod_queue_s,
             pod_memory_bytes=np.minimum(memory, w.pod_memory_limit),
             pod_active=pod_active,
             host_cpu_utilization=host_util,
@@ -411,6 +544,7 @@ class ResourceModel:
             pool_in_use=pool_in_use,
             active_replicas=active_replicas,
             op_error_message=effects.op_error_message,
+            call_retries=effects.call_retries,
         )
 
 
@@ -484,7 +618,7 @@ class _TemplatePlan:
 
 
 def _plan(template: TraceTemplate, world: World) -> _TemplatePlan:
-    cached = world.plans.get(template.entry_operation)
+    cached = world.plans.get(id(template))
     if cached is not None:
         return cached
     role = template.role
@@ -518,7 +652,7 @@ def _plan(template: TraceTemplate, world: World) -> _TemplatePlan:
         levels=[np.flatnonzero(depth == d) for d in range(1, int(depth.max()) + 1)],
         slots=slots,
     )
-    world.plans[template.entry_operation] = plan
+    world.plans[id(template)] = plan
     return plan
 
 
@@ -566,6 +700,8 @@ def simulate_traces(
     ops = template.operation[S]
     own = (world.op_work_ms[ops] * state.op_work_mult[ops])[:, None] * state.pod_work_mult[pod[S]]
     own = own * np.exp(0.35 * noise[S] - 0.06)
+    # an overloaded pod's queue: the wait comes before the handler runs
+    wait = (state.pod_queue_s[pod[S]] * 1000.0) * (0.75 + 0.5 * u_inc[S])
     own_err = (
         u_err[S]
         < (world.op_base_error[ops] + state.op_error[ops])[:, None] + state.pod_error[pod[S]]
@@ -623,7 +759,7 @@ def simulate_traces(
             err[i] = err[j] | (d_i > limit)
             continue
         own_i = own[own_at[i]]
-        elapsed = own_i * 0.4
+        elapsed = wait[own_at[i]] + own_i * 0.4
         failed_any = child_failed[i]
         for group in plan.slots[i]:
             group_dur: np.ndarray | None = None

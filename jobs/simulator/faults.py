@@ -28,6 +28,11 @@ Entity = dict[str, str]
 class CronJob:
     """The nightly-report job: runs every ``interval_s`` and loads its database while running.
 
+    A run reads its report data in batches: one query after another for as long as the run
+    lasts (a child span of the run each, ``query_cost`` times an ordinary query's cost, slowed
+    down like every other query when the database is), so its database work shows while it
+    runs, not only once the run ends.
+
     Normally short and light. When ``saturate_at_s`` is set, the runs before it grow by 1.6x
     each for ``grow_runs`` runs and the run starting at ``saturate_at_s`` never finishes, its
     load on the database climbing to 0.9 of capacity within three minutes.
@@ -40,6 +45,10 @@ class CronJob:
     base_run_s: float = 20.0
     base_load: float = 0.05
     grow_runs: int = 6
+    query_cost: float = 50.0
+    """A batch query's cost (and duration) relative to an ordinary query of the database."""
+    batch_gap_s: float = 0.02
+    """The job's own work on a batch, between its query and the next."""
     saturate_at_s: float | None = None
 
     def run_seconds(self, start_s: float) -> float:
@@ -443,8 +452,16 @@ class NoisyNeighbour(Fault):
 
 @dataclass
 class CronDatabaseSaturation(Fault):
+    """The cron job's runs grow until the run starting at the onset saturates its database.
+
+    The label's signal is the job's own database queries (``db.client.operation.duration`` on
+    the cron service): from the onset the run's climbing load slows every query it issues, the
+    first thing on the cron service that moves. ``job.run.duration`` cannot show it: a run
+    records its duration only when it ends, and this one does not end.
+    """
+
     fault_class: ClassVar[str] = "cron_database_saturation"
-    signal: ClassVar[str] = "job.run.duration"
+    signal: ClassVar[str] = "db.client.operation.duration"
     description: ClassVar[str] = (
         "a cron job grows run after run until it saturates its database; an unrelated deploy lands at the same time"
     )
@@ -487,6 +504,19 @@ class CronDatabaseSaturation(Fault):
 
 @dataclass
 class RetryStorm(Fault):
+    """A metastable failure: a trigger, and retries that keep the service down after it.
+
+    The latent amplifier is the callers' retry policy: every direct caller of the service
+    retries a failed or timed-out request up to ``caller_retries`` times, with no backoff and no
+    retry budget (callers further up keep their own policies, which compound). It is in place all
+    along and costs nothing while requests succeed. The trigger is a short burst in which the
+    service fails most requests: each failure is re-sent, so the service receives several times
+    its normal requests (real ones: repeated client spans on the callers, server spans on the
+    service), its CPU runs out, its request queue grows past the callers' timeouts, and from then
+    on every attempt times out and is retried, which keeps the load above capacity long after the
+    burst has ended.
+    """
+
     fault_class: ClassVar[str] = "retry_storm"
     signal: ClassVar[str] = "request rate"
     description: ClassVar[str] = (
@@ -494,22 +524,24 @@ class RetryStorm(Fault):
     )
     service: int = 0
     burst_s: float = 45.0
+    burst_error: float = 0.9
+    caller_retries: int = 3
 
     def entity(self, world: World) -> Entity:
         return _service(world, self.service)
 
     def apply(self, ctx: SliceContext) -> None:
-        if not self.active(ctx.t0_s):
-            return
-        svc = ctx.world.topo.services[self.service]
-        if self.elapsed(ctx.t0_s) < self.burst_s:
-            for o in svc.operations:
-                ctx.effects.op_error[o] += 0.5
-        # retries multiply the offered load until the service runs past saturation
-        target = 1.3 / ctx.world.peak_cpu_utilization[self.service]
-        ctx.effects.service_load_mult[self.service] *= 1.0 + (target - 1.0) * min(
-            self.elapsed(ctx.t0_s) / 60.0, 1.0
-        )
+        topo = ctx.world.topo
+        for c in topo.calls:
+            if (
+                c.target_operation is not None
+                and topo.operations[c.target_operation].service == self.service
+            ):
+                retries = ctx.effects.call_retries
+                retries[c.index] = max(int(retries[c.index]), self.caller_retries)
+        if self.active(ctx.t0_s) and self.elapsed(ctx.t0_s) < self.burst_s:
+            for o in topo.services[self.service].operations:
+                ctx.effects.op_error[o] += self.burst_error
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """OTLP metrics as an SDK and the Collector's hostmetrics receiver would export them.
 
 Cumulative duration histograms per pod (server side ``http.server.request.duration``, client side
-``http.client.request.duration``, ``db.client.operation.duration``, messaging durations) fed by the
-spans that ended; gauges from the resource model (CPU, memory, connection pools, consumer lag);
+``http.client.request.duration``, ``db.client.operation.duration``, messaging durations, and the
+cron job's ``job.run.duration`` with bounds for runs of up to an hour) fed by the spans that
+ended; gauges from the resource model (CPU, memory, connection pools, consumer lag);
 restart counters; host CPU. Exported on every scrape, one request per service.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -26,6 +27,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from jobs.simulator.engine import SliceState, SpanBatch, World
 from jobs.simulator.telemetry import (
     HTTP_DURATION_BOUNDS,
+    JOB_RUN_DURATION_BOUNDS,
     Attr,
     ResourceCatalog,
     key_value,
@@ -35,11 +37,9 @@ from jobs.simulator.telemetry import (
 
 @dataclass
 class _Histogram:
+    buckets: np.ndarray
     count: int = 0
     total: float = 0.0
-    buckets: np.ndarray = field(
-        default_factory=lambda: np.zeros(len(HTTP_DURATION_BOUNDS) + 1, np.int64)
-    )
 
 
 class MetricsRecorder:
@@ -51,6 +51,15 @@ class MetricsRecorder:
         self.histograms: dict[tuple[int, int, int], _Histogram] = {}
         """(pod, span key, status variant) -> cumulative duration histogram."""
         self.shapes = span_shapes(world)
+        self.bounds = [
+            JOB_RUN_DURATION_BOUNDS
+            if self._duration_series(key, 0)[0] == "job.run.duration"
+            else HTTP_DURATION_BOUNDS
+            for key in range(len(self.shapes))
+        ]
+        """Explicit bucket bounds per span key."""
+        width = max(len(b) for b in self.bounds)
+        self._bounds_matrix = np.array([list(b) + [np.inf] * (width - len(b)) for b in self.bounds])
         self.run_start_ns = start_ns
         self.pod_start_ns = np.full(len(world.topo.pods), start_ns, dtype=np.int64)
         self.restarts = np.zeros(len(world.topo.pods), dtype=np.int64)
@@ -61,21 +70,23 @@ class MetricsRecorder:
             return
         n_keys = len(self.shapes)
         seconds = (batch.end_ns - batch.start_ns) / 1e9
-        bucket = np.searchsorted(np.asarray(HTTP_DURATION_BOUNDS), seconds, side="left")
+        # the bucket of a value is the number of its key's bounds below it (le buckets)
+        bucket = (self._bounds_matrix[batch.span_key] < seconds[:, None]).sum(axis=1)
         series = (batch.pod * n_keys + batch.span_key) * 3 + batch.variant
         uniq, inv = np.unique(series, return_inverse=True)
         counts = np.bincount(inv)
         sums = np.bincount(inv, weights=seconds)
-        per_bucket = np.zeros((len(uniq), len(HTTP_DURATION_BOUNDS) + 1), dtype=np.int64)
+        per_bucket = np.zeros((len(uniq), self._bounds_matrix.shape[1] + 1), dtype=np.int64)
         np.add.at(per_bucket, (inv, bucket), 1)
         for k, s in enumerate(uniq.tolist()):
             key = (s // 3 // n_keys, s // 3 % n_keys, s % 3)
             h = self.histograms.get(key)
+            n_buckets = len(self.bounds[key[1]]) + 1
             if h is None:
-                h = self.histograms[key] = _Histogram()
+                h = self.histograms[key] = _Histogram(np.zeros(n_buckets, np.int64))
             h.count += int(counts[k])
             h.total += float(sums[k])
-            h.buckets += per_bucket[k]
+            h.buckets += per_bucket[k, :n_buckets]
 
     def _duration_series(self, key: int, variant: int) -> tuple[str, list[Attr]]:
         """Metric name and data-point attributes for the spans of one span key and variant."""
@@ -125,7 +136,7 @@ class MetricsRecorder:
             dp.count = h.count
             dp.sum = h.total
             dp.bucket_counts.extend(h.buckets.tolist())
-            dp.explicit_bounds.extend(HTTP_DURATION_BOUNDS)
+            dp.explicit_bounds.extend(self.bounds[key])
             dp.attributes.extend([key_value(k, v) for k, v in attrs])
         cpu_noise = rng.normal(0.0, 0.01, size=len(topo.pods))
         mem_noise = rng.normal(0.0, 2e6, size=len(topo.pods))

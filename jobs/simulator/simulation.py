@@ -9,7 +9,6 @@ log line never changes a span).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,13 +19,15 @@ from jobs.simulator import changes as ch
 from jobs.simulator import scenarios, topology
 from jobs.simulator.alerts import SloBurnAlerts
 from jobs.simulator.engine import (
+    CAUSE_NONE,
+    CAUSE_OWN,
+    CLIENT_DEPENDENCY,
+    SERVER,
     Effects,
     ResourceModel,
     SliceState,
     SpanBatch,
-    TraceTemplate,
     World,
-    build_template,
     simulate_traces,
 )
 from jobs.simulator.faults import CronJob, Fault, SliceContext
@@ -134,7 +135,9 @@ class Simulation:
         )
         cron_call = self.topology.calls[cron_op.calls[0]]
         self.cron = CronJob(cron_op.index, cron_call.index, cron_call.target_dependency or 0)
-        self.cron_template = _cron_template(self.world, cron_op.index)
+        self.cron_pod = int(self.world.service_pods[cron_op.service][0])
+        self.cron_runs: list[_CronRun] = []
+        """Runs in progress: the batches of their queries are simulated slice by slice."""
         self.active_replicas = self.world.replicas.copy()
         self.new_call: int | None = None
         self.new_call_s: float | None = None
@@ -217,7 +220,9 @@ class Simulation:
             extra_logs.extend(ctx.logs)
             edge_rate = float(self.seasonality.rate_at(t0 + c.slice_s / 2)) * self.noise.step()
             state = self.resources.step(edge_rate, effects, self.active_replicas, c.slice_s)
-            batch = self._ended_spans(self._traces(t0, edge_rate, state), int(t1 * 1e9))
+            started = self._traces(t0, edge_rate, state)
+            self.resources.observe(started)
+            batch = self._ended_spans(started, int(t1 * 1e9))
             for pod in np.nonzero(effects.pod_restarts)[0].tolist():
                 self.metrics.restart(pod, int(t1 * 1e9))
             t1_ms = int(t1 * 1000)
@@ -260,22 +265,98 @@ class Simulation:
         batches = []
         start_ns = int(t0 * 1e9)
         width_ns = int(c.slice_s * 1e9)
-        for template, weight in zip(self.world.templates, self.topology.entry_weights, strict=True):
+        templates = self.world.templates_for(state.call_retries)
+        for template, weight in zip(templates, self.topology.entry_weights, strict=True):
             n = int(rng.poisson(edge_rate * weight * c.slice_s))
             starts = start_ns + np.sort(rng.integers(0, width_ns, size=n))
             batches.append(simulate_traces(self.world, template, starts, state, rng))
-        for run_start in self.cron.runs_starting(t0, t0 + c.slice_s):
-            cron_state = _with_call_latency(
-                state,
-                self.cron.call,
-                self.cron.run_seconds(run_start)
-                * 1000.0
-                / self.world.dep_base_ms[self.cron.database]
-                / max(state.dep_latency_mult[self.cron.database], 1e-9),
-            )
-            starts = np.array([int(run_start * 1e9)], dtype=np.int64)
-            batches.append(simulate_traces(self.world, self.cron_template, starts, cron_state, rng))
+        batches.append(self._cron_spans(t0, t0 + c.slice_s, state))
         return SpanBatch.concat(batches)
+
+    def _cron_spans(self, t0: float, t1: float, state: SliceState) -> SpanBatch:
+        """The cron runs starting in [t0, t1) (their run spans), and the batch queries every
+        run in progress starts in it, one after another, each lasting as long as the database
+        currently takes for a query of its cost."""
+        cron, rng = self.cron, self.rng_spans
+        spans = []
+        for run_start in cron.runs_starting(t0, t1):
+            ids = rng.integers(0, np.iinfo(np.int64).max, size=3, dtype=np.int64)
+            run = _CronRun(
+                trace_id=ids[:2].view(np.uint8).copy(),
+                span_id=ids[2:].view(np.uint8).copy(),
+                start_s=run_start,
+                end_s=run_start + cron.run_seconds(run_start),
+                next_query_s=run_start,
+            )
+            self.cron_runs.append(run)
+            spans.append(self._cron_span(run, cron.operation, run.start_s, run.end_s, root=True))
+        db = cron.database
+        query_ms = (
+            self.world.dep_base_ms[db] * state.dep_latency_mult[db] * cron.query_cost
+            + state.call_extra_ms[cron.call]
+        )
+        for run in self.cron_runs:
+            stop = min(t1, run.end_s)
+            while run.next_query_s < stop:
+                n = int((stop - run.next_query_s) * 1000.0 / query_ms * 1.5) + 2
+                d = query_ms * np.exp(0.3 * rng.standard_normal(n) - 0.045) / 1000.0
+                failed = rng.random(n) < state.dep_error[db]
+                starts = run.next_query_s + np.concatenate(
+                    [[0.0], np.cumsum(d + cron.batch_gap_s)[:-1]]
+                )
+                keep = starts < stop
+                ends = np.minimum(starts + d, run.end_s)
+                spans.append(
+                    self._cron_span(
+                        run,
+                        len(self.topology.operations) + cron.call,
+                        starts[keep],
+                        ends[keep],
+                        variant=failed[keep].astype(np.int64),
+                    )
+                )
+                run.next_query_s = (
+                    float(starts[-1] + d[-1] + cron.batch_gap_s)
+                    if keep.all()
+                    else float(starts[~keep][0])
+                )
+        self.cron_runs = [r for r in self.cron_runs if r.end_s > t1]
+        return SpanBatch.concat(spans)
+
+    def _cron_span(
+        self,
+        run: _CronRun,
+        key: int,
+        start_s: np.ndarray | float,
+        end_s: np.ndarray | float,
+        variant: np.ndarray | None = None,
+        root: bool = False,
+    ) -> SpanBatch:
+        start_ns = (np.atleast_1d(np.asarray(start_s, dtype=np.float64)) * 1e9).astype(np.int64)
+        end_ns = (np.atleast_1d(np.asarray(end_s, dtype=np.float64)) * 1e9).astype(np.int64)
+        n = len(start_ns)
+        span_id = (
+            run.span_id[None, :]
+            if root
+            else self.rng_spans.integers(0, np.iinfo(np.int64).max, size=n, dtype=np.int64)
+            .view(np.uint8)
+            .reshape(n, 8)
+        )
+        variant = np.zeros(n, dtype=np.int64) if variant is None else variant
+        return SpanBatch(
+            span_key=np.full(n, key, dtype=np.int64),
+            variant=variant,
+            cause=np.where(variant > 0, CAUSE_OWN, CAUSE_NONE).astype(np.int64),
+            service=np.full(n, self.world.pod_service[self.cron_pod], dtype=np.int64),
+            pod=np.full(n, self.cron_pod, dtype=np.int64),
+            role=np.full(n, SERVER if root else CLIENT_DEPENDENCY, dtype=np.int64),
+            trace_id=np.repeat(run.trace_id[None, :], n, axis=0),
+            span_id=span_id,
+            parent_id=np.repeat(run.span_id[None, :], n, axis=0),
+            has_parent=np.full(n, not root),
+            start_ns=start_ns,
+            end_ns=np.maximum(end_ns, start_ns + 1000),
+        )
 
     def _ended_spans(self, started: SpanBatch, t1_ns: int) -> SpanBatch:
         spans = SpanBatch.concat([self.in_flight, started])
@@ -340,11 +421,11 @@ def _scrape_times(t0: float, t1: float, interval: float) -> list[float]:
     return [k * interval for k in range(first, last + 1)]
 
 
-def _cron_template(world: World, operation: int) -> TraceTemplate:
-    return build_template(world.topo, operation)
-
-
-def _with_call_latency(state: SliceState, call: int, mult: float) -> SliceState:
-    latency = state.call_latency_mult.copy()
-    latency[call] = mult
-    return dataclasses.replace(state, call_latency_mult=latency)
+@dataclass
+class _CronRun:
+    trace_id: np.ndarray
+    span_id: np.ndarray
+    start_s: float
+    end_s: float
+    next_query_s: float
+    """When the run's next batch query starts."""

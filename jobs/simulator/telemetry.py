@@ -50,6 +50,8 @@ HTTP_DURATION_BOUNDS = (
     7.5,
     10.0,
 )
+JOB_RUN_DURATION_BOUNDS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+"""Seconds: a job run lasts seconds to an hour, far past the request bounds' 10 s."""
 _TRACE_SENTINEL = bytes(range(0xA0, 0xB0))
 _SPAN_SENTINEL = bytes(range(0xC1, 0xC9))
 _PARENT_SENTINEL = bytes(range(0xD1, 0xD9))
