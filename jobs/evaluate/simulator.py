@@ -3,8 +3,11 @@
 Per case: simulate -> replay bundle (temporary directory) -> backfill (segments and world model,
 exactly as the live stages) -> the alert the simulator's SLO rules fired first (parsed as an
 Alertmanager webhook and mapped to a symptom like the causal-search worker does) -> search ->
-metrics. The bundle is cut at the alert's notification time, so the world model knows what it
-would have known live when the alert arrived.
+metrics. The bundle is cut when the world model has closed the alert's interval (its end plus the
+model's allowed lateness), so the world model knows what it would have known live when the
+causal-search worker publishes its settled answer: an alert that fires within its own interval is
+first answered from what was learned before it, then searched again once that interval is learned
+(``jobs.causal.worker``); the settled answer is the one measured.
 
 - A fault run where no alert fired is still searched, on the gateway's latency at onset + 5 min,
   so accuracy is measured; such cases are reported separately ("no alert").
@@ -57,7 +60,7 @@ from jobs.simulator.simulation import Record, RunConfig, Simulation
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
 from pipeline.worldmodel import reads
-from pipeline.worldmodel.model import WorldModel
+from pipeline.worldmodel.model import WorldModel, WorldModelConfig
 from pipeline.worldmodel.signals import MetricDeriver, log_signals, span_signals
 
 FAULT_SCENARIOS = tuple(name for name in SCENARIOS if name != "normal")
@@ -67,6 +70,8 @@ START = dt.datetime(2026, 11, 20, 1, 0, tzinfo=dt.UTC).timestamp()  # a quiet ho
 NO_ALERT_DELAY_S = 300.0  # search time when no alert fired (and the synthetic alert's time)
 BASELINE_WINDOW_S = 600.0  # the incident window BARO and N-Sigma rank over
 HIGH_CONFIDENCE = 0.8
+SETTLE_SLACK_S = 15.0  # a metric scrape interval: telemetry after it moves the watermark on
+CASE_VERSION = 2  # part of a cached case's name: bumped when a case is prepared differently
 BINS = 10
 
 
@@ -202,6 +207,17 @@ def _gateway(labels: dict[str, Any]) -> str:
     return str(next(s["name"] for s in services if s.get("user_facing")))
 
 
+def settled_ms(notified_ms: int, starts_at_s: float) -> int:
+    """When the causal-search worker publishes its settled answer to an alert: once the world
+    model has closed the alert's interval, which takes the interval's end plus the allowed
+    lateness plus the next telemetry that moves the watermark past that (``SETTLE_SLACK_S``),
+    or at notification when that had already happened."""
+    model = WorldModelConfig()
+    interval_end = (math.floor(starts_at_s / model.interval_s) + 1) * model.interval_s
+    settled_s = interval_end + model.allowed_lateness_s + SETTLE_SLACK_S
+    return max(notified_ms, int(settled_s * 1000))
+
+
 def prepare(
     scenario: str, seed: int, suite: SuiteConfig, workdir: Path, *, baselines: bool = True
 ) -> Prepared:
@@ -216,12 +232,12 @@ def prepare(
     ]
     if firing and labels["faults"]:
         record, payload = min(firing, key=lambda x: x[0].timestamp_ms)
-        cut_ms = record.timestamp_ms
+        cut_ms = settled_ms(record.timestamp_ms, parse_webhook(payload)[0].starts_at_s)
         alerted = True
     else:
         t_alert = run.onset_s + NO_ALERT_DELAY_S
         payload = _alert_payload(_gateway(labels), t_alert)
-        cut_ms = int(t_alert * 1000)
+        cut_ms = settled_ms(int(t_alert * 1000), t_alert)
         alerted = False
     bundle = workdir / "bundle"
     writer = BundleWriter(bundle)
@@ -339,7 +355,7 @@ def prepare_all(
     before under the same suite settings is read back instead of simulated again."""
     out = []
     names = [*scenarios, *(["normal"] if normal_runs else [])]
-    tag = "-".join(f"{v:g}" for v in astuple(suite))
+    tag = "-".join(f"{v:g}" for v in (*astuple(suite), CASE_VERSION))
     for seed in seeds:
         for name in names:
             path = cache / f"{name}-{seed}-{tag}-{int(baselines)}.pkl" if cache else None

@@ -41,9 +41,12 @@ def _world(
     levels: Levels,
     fault: dict[tuple[str, str, str], float],
     seed: int = 7,
+    fault_rows: int = INCIDENT_ROWS - FAULT_ROW,
+    delays: dict[tuple[str, str, str], int] | None = None,
 ) -> tuple[WorldModel, float]:
-    """Learn the normal rows, apply the incident window (``fault`` adds to a column from
-    ``FAULT_ROW`` on), return the model and the time to search at."""
+    """Learn the normal rows, apply the incident window (``fault`` adds to a column for
+    ``fault_rows`` rows from ``FAULT_ROW`` on, ``delays`` rows later for the columns named
+    there), return the model and the time to search at."""
     rng = np.random.default_rng(seed)
     columns = sorted(levels)
     rows = NORMAL_ROWS + INCIDENT_ROWS
@@ -54,7 +57,8 @@ def _world(
         values[:, j] = level * (1.0 + noise * rng.standard_normal(rows))
         if column[1] == "availability":
             values[:, j] = np.minimum(values[:, j], 100.0)
-        values[NORMAL_ROWS + FAULT_ROW :, j] += fault.get(column, 0.0)
+        first = NORMAL_ROWS + FAULT_ROW + (delays or {}).get(column, 0)
+        values[first : first + fault_rows, j] += fault.get(column, 0.0)
     frame = Frame(times, columns, values)
     model = new_model(graph, T0)
     offset = apply_frame(model, frame.rows(0, NORMAL_ROWS), "rules", 0)
@@ -64,7 +68,7 @@ def _world(
 
 def _search(world: tuple[WorldModel, float], signal: str, **config: float) -> SearchResult:
     model, t_s = world
-    return CausalSearch(model, SearchConfig(symptom_z_min=1.5, **config)).run(
+    return CausalSearch(model, SearchConfig(**{"symptom_z_min": 1.5, **config})).run(
         [("service:front", signal)], t_s
     )
 
@@ -218,3 +222,171 @@ def test_a_dependency_only_slower_does_not_explain_a_failing_service() -> None:
     assert _top(_search(world, "availability.average", failures_need_failures=False)) == (
         "service:store"
     )
+
+
+def _blip_levels() -> Levels:
+    """front's, app's and other's availability are noisy (a typical 99.5 %, learned spread
+    about 0.5 percentage points)."""
+    levels = _levels({"front": 0.2, "app": 0.08, "other": 0.05})
+    for component in ("front", "app", "other"):
+        levels[(component, "availability", "Average")] = (99.5, 0.002)
+    return levels
+
+
+def test_a_weak_alerted_dip_is_corroborated_by_a_dependency_failing_with_it() -> None:
+    # one 5-minute interval: front's availability dips about 2 spreads (under the symptom
+    # threshold), app's 10 spreads, at the same interval; then both recover
+    levels = _blip_levels()
+    world = _world(
+        [("front", "app"), ("front", "other")],
+        levels,
+        {("front", "availability", "Average"): -0.9, ("app", "availability", "Average"): -4.0},
+        fault_rows=1,
+    )
+    result = _search(world, "availability.average", symptom_z_min=3.0)
+    assert _top(result) == "service:app"
+    assert result.causes[0].onset_s == pytest.approx(
+        T0 + INTERVAL_S * (NORMAL_ROWS + FAULT_ROW), abs=1.0
+    )
+    # without weak corroboration the alert's own signal is too quiet to explain
+    quiet = _search(world, "availability.average", symptom_z_min=3.0, symptom_weak_z=0.0)
+    assert quiet.abstained and "no incident to explain" in (quiet.abstain_reason or "")
+
+
+def test_a_weak_alerted_dip_alone_is_no_incident() -> None:
+    # front dips as weakly, but nothing it depends on is harmed: still nothing to explain
+    levels = _blip_levels()
+    world = _world(
+        [("front", "app"), ("front", "other")],
+        levels,
+        {
+            ("front", "availability", "Average"): -0.9,
+            ("other", "requests", "Sum"): 600.0,  # 20 spreads more calls: traffic, no harm
+        },
+        fault_rows=1,
+    )
+    result = _search(world, "availability.average", symptom_z_min=3.0)
+    assert result.abstained and not result.causes
+
+
+def test_a_weak_latency_alert_is_not_corroborated_by_a_slower_dependency() -> None:
+    # latency moves together a little all the time: front 2 spreads slower while app is 8
+    # spreads slower is not taken for the alerted incident (only failures corroborate)
+    levels = _levels({"front": 0.2, "app": 0.08})
+    world = _world(
+        [("front", "app")],
+        levels,
+        {("front", "latency", "Average"): 0.045, ("app", "latency", "Average"): 0.026},
+        fault_rows=1,
+    )
+    result = _search(world, "latency.average", symptom_z_min=3.0)
+    assert result.abstained and "no incident to explain" in (result.abstain_reason or "")
+
+
+def test_a_cause_is_as_persistent_as_the_symptom_it_recovered_with() -> None:
+    # front fails for one interval and recovers, and so does app (about 4.5 spreads): two calm
+    # intervals follow. Measured to the window's end, app deviated one interval in three
+    # (strength 4.5 x sqrt(1/3) < 3: no evidence); measured while the symptom lasted (plus the
+    # one-interval onset tolerance), one in two (4.5 x sqrt(1/2) > 3)
+    levels = _blip_levels()
+    world = _world(
+        [("front", "app"), ("front", "other")],
+        levels,
+        {("front", "availability", "Average"): -3.0, ("app", "availability", "Average"): -2.2},
+        fault_rows=1,
+    )
+    assert _top(_search(world, "availability.average")) == "service:app"
+    whole_window = _search(world, "availability.average", until_symptom_ends=False)
+    assert _top(whole_window) != "service:app"
+
+
+def test_a_failure_is_not_explained_by_a_dependency_that_is_only_called_less() -> None:
+    # front fails; the queue it publishes to gets far fewer messages (front fails before
+    # publishing): the queue changed because front did, not the other way round
+    levels = _levels({"front": 0.2, "queue": 0.01})
+    levels[("front", "availability", "Average")] = (99.5, 0.002)
+    world = _world(
+        [("front", "queue")],
+        levels,
+        {("front", "availability", "Average"): -4.0, ("queue", "requests", "Sum"): -500.0},
+    )
+    result = _search(world, "availability.average")
+    assert "service:queue" not in [c.entity for c in result.causes]
+    assert any(r.entity == "service:queue" for r in result.ruled_out)
+    # counted like any evidence (weighed down as traffic), the queue is a candidate
+    loose = _search(world, "availability.average", failures_need_harm=False)
+    assert "service:queue" in [c.entity for c in loose.causes]
+
+
+def test_a_dependency_that_began_failing_after_its_caller_does_not_explain_it() -> None:
+    # app fails first; its database fails one interval later (app's retries overload it):
+    # the database is app's consequence, not its cause
+    levels = _levels({"front": 0.2, "app": 0.08, "db": 0.005})
+    for component in ("front", "app", "db"):
+        levels[(component, "availability", "Average")] = (99.5, 0.002)
+    world = _world(
+        [("front", "app"), ("app", "db")],
+        levels,
+        {
+            ("front", "availability", "Average"): -2.0,
+            ("app", "availability", "Average"): -4.0,
+            ("db", "availability", "Average"): -4.0,
+        },
+        delays={("db", "availability", "Average"): 1},
+    )
+    result = _search(world, "availability.average")
+    assert _top(result) == "service:app"
+    assert not any(
+        r.entity == "service:app" and "explained by" in r.reason for r in result.ruled_out
+    )
+    # within the onset tolerance alone, the later database explains app and wins
+    loose = _search(world, "availability.average", explain_needs_precedence=False)
+    assert any(r.entity == "service:app" and "explained by" in r.reason for r in loose.ruled_out)
+    assert _top(loose) == "service:db"
+
+
+def test_a_duration_of_failed_requests_is_latency_not_failure() -> None:
+    from jobs.causal.search import _is_failure
+
+    errored = "http.client.request.duration{error.type=500,http.response.status_code=500}"
+    assert not _is_failure(errored + ".p95")  # how long failing took
+    assert _is_failure(errored + ".rate_per_s")  # how often it failed
+    assert _is_failure("span.error_ratio") and _is_failure("availability.average")
+    assert not _is_failure("span.latency_p95_ms") and not _is_failure("requests.sum")
+
+
+def test_shifted_load_needs_an_alternative_harmed_at_least_as_much() -> None:
+    import networkx as nx
+
+    from jobs.causal.search import Evidence, HypothesisBatch
+
+    # caller sends more requests to both a and b while its own traffic did not grow
+    entities = ["service:a", "service:b", "service:caller"]
+    series = [
+        ("service:caller", "edge.rate_per_s{peer=service:a}"),
+        ("service:caller", "edge.rate_per_s{peer=service:b}"),
+    ]
+    batch = HypothesisBatch(
+        entity=np.array([0, 1]),
+        series=series,
+        modality=np.zeros(2, dtype=np.int8),
+        up_is_bad=np.zeros(2, dtype=bool),
+        z=np.full((2, 3), 8.0),
+        t0_s=0.0,
+        interval_s=60.0,
+        entities=entities,
+    )
+    ev = Evidence(np.full(2, 8.0), np.full(2, 8.0), np.zeros(2), np.ones(2), np.full(2, 120.0))
+    graph = nx.MultiDiGraph([("service:caller", "service:a"), ("service:caller", "service:b")])
+    idx = {e: i for i, e in enumerate(entities)}
+    onset, last = np.zeros(3), np.full(3, 120.0)
+    search = CausalSearch(WorldModel(), SearchConfig())
+
+    def shifted(harm: list[float]) -> dict[int, int]:
+        alive = np.array([True, True, False])
+        return search._shifted_load(alive, batch, ev, graph, idx, onset, last, np.array(harm), 60.0)
+
+    # equally harmed: each would explain the other's load, so neither is explained away
+    assert shifted([30.0, 30.0, 0.0]) == {}
+    # b harmed far less than a: b's extra load is a's doing, not the other way round
+    assert shifted([30.0, 5.0, 0.0]) == {1: 0}

@@ -48,3 +48,18 @@ def test_small_simulator_run(tmp_path: Path) -> None:
     assert db["alerted"] and db["hits"][0], db  # the demo's case: the injected database first
     assert set(db["baselines"]) == {"baro", "nsigma"}
     assert _in_unit(db["probability"])
+
+
+def test_the_settled_answer_waits_for_the_alerts_interval_to_close() -> None:
+    from jobs.evaluate.simulator import SETTLE_SLACK_S, settled_ms
+    from pipeline.worldmodel.model import WorldModelConfig
+
+    config = WorldModelConfig()
+    start = 1_795_138_800.0  # an interval boundary (1-minute intervals)
+    # an alert starting 20 s into an interval, notified at once: answered once the interval
+    # has ended, the allowed lateness has passed and telemetry moved the watermark on
+    expected = start + config.interval_s + config.allowed_lateness_s + SETTLE_SLACK_S
+    assert settled_ms(int((start + 20) * 1000), start + 20) == int(expected * 1000)
+    # notified long after its interval closed: answered at notification
+    late_ms = int((start + 600) * 1000)
+    assert settled_ms(late_ms, start + 20) == late_ms
