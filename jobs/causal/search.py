@@ -74,9 +74,9 @@ class SearchConfig:
     # a dependency explains a dependent only when its deviation began no later (without the
     # onset tolerance): one that began an interval after the dependent is its consequence
     explain_needs_precedence: bool = True
-    # load shifted from another dependency explains a candidate only when that other
-    # dependency is harmed at least as much as the candidate
-    shift_needs_stronger: bool = True
+    # load shifted from another dependency explains a candidate only when the candidate does
+    # not fail: a failing one's extra requests are its callers retrying what failed
+    shift_spares_failing: bool = True
     # + w_late*(intervals its onset follows the symptom's, within the tolerance): a cause
     # precedes its effects; one that began after the symptom did is less likely its cause.
     # Kept small: -0.3 to -1.0 leave the simulator suite and PetShop's train issues unchanged
@@ -620,6 +620,49 @@ class CausalSearch:
                     f" {names[j]}, which they also call, deviated no later",
                 )
             )
+        # what a shifted dependency would have explained, the dependency that shifted the
+        # load onto it explains: a cache that misses slows its callers through the database
+        # the misses fall back to (a caller that sends it the extra requests, or one whose
+        # latency its slowdown accounts for)
+        sent_more = {
+            (_owner(batch.series[r][0]), int(batch.entity[r]))
+            for r in np.flatnonzero(
+                (ev.strength >= config.z_min)
+                & (ev.peak > 0)
+                & np.array(["rate_per_s" in sig for _, sig in batch.series], dtype=bool).reshape(
+                    len(batch)
+                )
+            )
+        }
+        through: dict[int, tuple[int, int]] = {}
+        for i in map(int, np.flatnonzero(alive)):
+            node = names[i]
+            if node not in graph:
+                continue
+            for dep in sorted(set(graph.successors(node))):
+                j = idx.get(dep)
+                if j is None or j not in shifted:
+                    continue
+                k = shifted[j]
+                if (
+                    k != i
+                    and alive[k]
+                    and onset[j]
+                    <= onset[i] + (0.0 if config.explain_needs_precedence else tolerance)
+                    and last_dev[j] >= onset[i] - tolerance
+                    and ((node, j) in sent_more or accounts.for_(j, i))
+                ):
+                    through[i] = (k, j)
+                    break
+        for i, (k, j) in sorted(through.items()):
+            alive[i] = False
+            ruled.append(
+                RuledOut(
+                    names[i],
+                    f"explained by {names[k]} through {names[j]}, which it depends on and"
+                    f" whose extra load {names[k]} explains",
+                )
+            )
         # changes: they count through a deviation of their own entity after them
         change_for: dict[int, dict[str, Any]] = {}
         for change in self.model.changes:
@@ -879,8 +922,14 @@ class CausalSearch:
             for r in np.flatnonzero(strong_up)
             if owners[r] == names[int(batch.entity[r])]
         }
+        # candidates that fail: their extra requests are their callers retrying what failed
+        failing = np.zeros(len(names), dtype=bool)
+        if config.shift_spares_failing:
+            failure = np.array([_is_failure(s) for _, s in batch.series], dtype=bool)
+            failure = failure.reshape(len(batch))
+            np.logical_or.at(failing, batch.entity, failure & (ev.strength >= config.z_min))
         out: dict[int, int] = {}
-        for i in map(int, np.flatnonzero(alive)):
+        for i in map(int, np.flatnonzero(alive & ~failing)):
             rows = np.flatnonzero(strong_up & (batch.entity == i))
             callers = sorted({owners[r] for r in rows if owners[r] != names[i]} - grew)
             if not callers:
@@ -899,10 +948,6 @@ class CausalSearch:
                         or onset[j] > onset[i] + tolerance
                         or last_dev[j] < onset[i] - tolerance
                     ):
-                        continue
-                    if config.shift_needs_stronger and harm_strength[j] < harm_strength[i]:
-                        # i is harmed more than the alternative: its own failure stands,
-                        # whatever sent it the extra requests
                         continue
                     if best is None or harm_strength[j] > best[0]:
                         best = (float(harm_strength[j]), j)

@@ -355,38 +355,50 @@ def test_a_duration_of_failed_requests_is_latency_not_failure() -> None:
     assert not _is_failure("span.latency_p95_ms") and not _is_failure("requests.sum")
 
 
-def test_shifted_load_needs_an_alternative_harmed_at_least_as_much() -> None:
+def test_shifted_load_is_never_both_ways_and_spares_a_failing_dependency() -> None:
     import networkx as nx
 
     from jobs.causal.search import Evidence, HypothesisBatch
 
     # caller sends more requests to both a and b while its own traffic did not grow
     entities = ["service:a", "service:b", "service:caller"]
-    series = [
-        ("service:caller", "edge.rate_per_s{peer=service:a}"),
-        ("service:caller", "edge.rate_per_s{peer=service:b}"),
-    ]
-    batch = HypothesisBatch(
-        entity=np.array([0, 1]),
-        series=series,
-        modality=np.zeros(2, dtype=np.int8),
-        up_is_bad=np.zeros(2, dtype=bool),
-        z=np.full((2, 3), 8.0),
-        t0_s=0.0,
-        interval_s=60.0,
-        entities=entities,
-    )
-    ev = Evidence(np.full(2, 8.0), np.full(2, 8.0), np.zeros(2), np.ones(2), np.full(2, 120.0))
-    graph = nx.MultiDiGraph([("service:caller", "service:a"), ("service:caller", "service:b")])
-    idx = {e: i for i, e in enumerate(entities)}
-    onset, last = np.zeros(3), np.full(3, 120.0)
-    search = CausalSearch(WorldModel(), SearchConfig())
 
-    def shifted(harm: list[float]) -> dict[int, int]:
-        alive = np.array([True, True, False])
-        return search._shifted_load(alive, batch, ev, graph, idx, onset, last, np.array(harm), 60.0)
+    def shifted(b_errors: bool) -> dict[int, int]:
+        series = [
+            ("service:caller", "edge.rate_per_s{peer=service:a}"),
+            ("service:caller", "edge.rate_per_s{peer=service:b}"),
+            ("service:caller", "edge.error_ratio{peer=service:b}"),
+        ]
+        n = len(series)
+        strength = np.array([8.0, 8.0, 8.0 if b_errors else 0.0])
+        batch = HypothesisBatch(
+            entity=np.array([0, 1, 1]),
+            series=series,
+            modality=np.zeros(n, dtype=np.int8),
+            up_is_bad=np.array([False, False, True]),
+            z=np.full((n, 3), 8.0),
+            t0_s=0.0,
+            interval_s=60.0,
+            entities=entities,
+        )
+        ev = Evidence(np.full(n, 8.0), strength, np.zeros(n), np.ones(n), np.full(n, 120.0))
+        graph = nx.MultiDiGraph([("service:caller", "service:a"), ("service:caller", "service:b")])
+        idx = {e: i for i, e in enumerate(entities)}
+        search = CausalSearch(WorldModel(), SearchConfig())
+        return search._shifted_load(
+            np.array([True, True, False]),
+            batch,
+            ev,
+            graph,
+            idx,
+            np.zeros(3),
+            np.full(3, 120.0),
+            np.array([8.0, 8.0, 0.0]),
+            60.0,
+        )
 
-    # equally harmed: each would explain the other's load, so neither is explained away
-    assert shifted([30.0, 30.0, 0.0]) == {}
-    # b harmed far less than a: b's extra load is a's doing, not the other way round
-    assert shifted([30.0, 5.0, 0.0]) == {1: 0}
+    # each would explain the other's extra load: neither is explained away
+    assert shifted(b_errors=False) == {}
+    # b fails: its extra requests are retries of what failed, its failure stands; a's extra
+    # load is b's doing
+    assert shifted(b_errors=True) == {0: 1}
