@@ -93,6 +93,13 @@ class BaselineConfig:
     cusum_threshold: float = 8.0
     cusum_cap: float = 12.0  # bounds how long an alert outlives its cause
     min_intervals_to_alert: int = 30
+    # values are winsorized around the expectation from this many learned intervals on (not
+    # only once alerting starts): an incident early in a series' life bends its level and
+    # spread by at most ``winsorize_z`` spreads per interval. Chosen on PetShop's train issues
+    # (whose temporal scenarios learn from a few earlier incident windows) among
+    # {2, 3, 4, 8, 30}: top-1 0.44 / 0.44 / 0.44 / 0.31 / 0.31, specificity on its normal
+    # data 0.92 / 0.96 / 0.96 / 0.96 / 0.96
+    winsorize_after: int = 4
     warmup_spread_gain: float = 2.0  # spread * (1 + gain / sqrt(intervals learned))
     tier_spread_global: float = 1.5
     tier_spread_day: float = 1.2
@@ -666,7 +673,7 @@ class SeasonalBaseline:
         self._last_value = value
 
         # learning, winsorized around the expectation
-        if warm:
+        if n >= max(2, config.winsorize_after):
             c = (
                 config.winsorize_z_in_deviation
                 if self._alert_direction != 0

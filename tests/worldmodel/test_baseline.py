@@ -623,3 +623,29 @@ def test_the_first_value_sets_the_level_and_is_no_residual(make_baseline: Baseli
     # sigma-equivalent of the residuals, widened while warming up and on the global tier (x4)
     assert spread < 4 * math.sqrt(math.pi / 2) * noise_mad + 1.0
     assert spread < 5.0  # the first value's distance from zero would have made it ~15
+
+
+def test_an_early_incident_bends_a_young_baseline_only_a_little(
+    make_baseline: BaselineFactory,
+) -> None:
+    # ten quiet intervals, then two intervals of an incident 100x the noise, then quiet again:
+    # the incident's second interval must still read as a deviation, and the spread learned
+    # from it stay far below what the raw incident values would make it
+    rng = np.random.default_rng(5)
+    values = 50.0 + 0.5 * rng.standard_normal(24)
+    values[10:12] += 50.0
+    times = MONDAY + 300.0 * np.arange(25)
+
+    def learn(config: BaselineConfig) -> tuple[float, float]:
+        b = make_baseline(config)
+        feed(b, times[:24], values)
+        b.flush(float(times[24]))
+        second = dict(b.recent_scores())[float(times[11])]
+        return second, b.expected(float(times[24]))[1]
+
+    second, spread = learn(BaselineConfig(interval_s=300.0))
+    # winsorized only once alerting starts (30 intervals), the first incident interval is
+    # learned as noise: the second looks nearly normal and the spread stays inflated
+    second_loose, spread_loose = learn(BaselineConfig(interval_s=300.0, winsorize_after=30))
+    assert second > 5.0 and second_loose < 3.0
+    assert spread < 0.5 * spread_loose
