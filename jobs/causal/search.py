@@ -30,6 +30,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from pipeline.worldmodel.baseline import SCORE_LIMIT
 from pipeline.worldmodel.graph import CACHE_SYSTEMS, K8S_SERVICE_DNS, EntityRef
 from pipeline.worldmodel.model import WorldModel
 
@@ -1045,7 +1046,9 @@ class CausalSearch:
             for r in map(int, np.flatnonzero(not_symptom)):
                 if accounts.stats[r] == stat:
                     k = int(others[r])
-                    rise[k] = max(rise[k], accounts.excess(r) or 0.0)
+                    # a score kept at its limit says "at least": the rise may be any larger
+                    saturated = accounts.ev.peak[r] >= SCORE_LIMIT
+                    rise[k] = max(rise[k], math.inf if saturated else accounts.excess(r) or 0.0)
             small = [k for k, x in rise.items() if x < self.config.explain_fraction * needed]
             out |= np.isin(others, small) & accounts.latency
         return out
@@ -1332,12 +1335,13 @@ class _LatencyAccounts:
         needed = self.excess(top)
         if needed is None or needed <= 0:
             return True
-        theirs = [
-            self.excess(int(r)) for r in np.flatnonzero(ent == dependency) if self.stats[r] == stat
-        ]
-        if not theirs:
+        rows = [int(r) for r in np.flatnonzero(ent == dependency) if self.stats[r] == stat]
+        if not rows:
             return True
-        return max((x for x in theirs if x is not None), default=0.0) >= (
+        if any(self.ev.peak[r] >= SCORE_LIMIT for r in rows):
+            # a score kept at its limit says "at least this far": its rise may be any larger
+            return True
+        return max((x for r in rows if (x := self.excess(r)) is not None), default=0.0) >= (
             self.config.explain_fraction * needed
         )
 

@@ -83,15 +83,17 @@ def render(summary: dict[str, Any], published: dict[tuple[str, str], dict[str, f
     }
     lines += [
         "",
-        f"Specificity on normal data ({summary['normal_windows']} alerts on PetSite in windows"
-        " sampled from `noissue`, low and high traffic; right = no cause named):",
+        f"Specificity on normal data ({summary['normal_windows']} alerts on the issues' alerted"
+        " service in windows sampled from `noissue`; right = no cause named):",
         "",
         "| method | all | latency alerts | availability alerts |",
         "|---|---|---|---|",
     ]
     for method, label in (("worldline", "worldline"), ("baro", "BARO"), ("nsigma", "N-Sigma")):
         s = spec[method]
-        lines.append(f"| {label} | {_f(s['all'])} | {_f(s['latency'])} | {_f(s['availability'])} |")
+        lines.append(
+            f"| {label} | {_f(s['all'])} | {_f(s.get('latency'))} | {_f(s.get('availability'))} |"
+        )
     if published:
         lines.append(
             "| published traversal (per scenario, as reported) | | "
@@ -115,9 +117,11 @@ def render(summary: dict[str, Any], published: dict[tuple[str, str], dict[str, f
     "--data",
     "data",
     type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_PETSHOP,
-    show_default="../shared/data/petshop",
-    help="The PetShop folder (with dataset/).",
+    default=None,
+    show_default="../shared/data/petshop, skipped when absent",
+    help="A dataset in PetShop's layout: <scenario>/graph.csv, <scenario>/noissue/metrics.csv"
+    " (optional) and <scenario>/{train,test}/issue_*/{metrics.csv,target.json}, directly or"
+    " under dataset/. Every such scenario folder is evaluated.",
 )
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.option(
@@ -131,8 +135,9 @@ def render(summary: dict[str, Any], published: dict[tuple[str, str], dict[str, f
     "--scenario",
     "scenarios",
     multiple=True,
-    type=click.Choice(petshop.SCENARIOS),
-    help="Only these scenarios (repeatable; default all).",
+    help="Only these scenario folders (repeatable; default all found, e.g. "
+    + ", ".join(petshop.SCENARIOS)
+    + ").",
 )
 @click.option(
     "--normal-windows",
@@ -141,7 +146,7 @@ def render(summary: dict[str, Any], published: dict[tuple[str, str], dict[str, f
     help="Normal windows sampled per scenario for specificity.",
 )
 def petshop_command(
-    data: Path,
+    data: Path | None,
     json_out: Path | None,
     split: str,
     scenarios: tuple[str, ...],
@@ -150,10 +155,24 @@ def petshop_command(
     """PetShop RCA dataset: top-1/top-3 per scenario and alert metric, specificity on normal
     data; worldline's causal search, BARO and N-Sigma in the same run."""
     err = Console(stderr=True, highlight=False)
-    if not (petshop.dataset_dir(data) / "low_traffic").is_dir():
-        err.print(f"PetShop data not found at {data}: skipping (pass --data PATH).")
-        sys.exit(0)
-    names = scenarios or petshop.SCENARIOS
+    found = petshop.discover_scenarios(data or DEFAULT_PETSHOP)
+    if not found:
+        if data is None:
+            err.print(f"PetShop data not found at {DEFAULT_PETSHOP}: skipping (pass --data PATH).")
+            sys.exit(0)
+        raise click.BadParameter(
+            f"{data} holds no scenario in PetShop's layout (a folder with graph.csv and"
+            " train/ or test/ issue_* folders, each with metrics.csv and target.json)",
+            param_hint="--data",
+        )
+    data = data or DEFAULT_PETSHOP
+    unknown = sorted(set(scenarios) - set(found))
+    if unknown:
+        raise click.BadParameter(
+            f"no scenario {', '.join(unknown)} in {data}; found: {', '.join(found)}",
+            param_hint="--scenario",
+        )
+    names = scenarios or tuple(found)
     splits = ("train", "test") if split == "all" else (split,)
     cases: list[petshop.CaseResult] = []
     normals: list[petshop.NormalResult] = []

@@ -162,6 +162,20 @@ def dataset_dir(root: Path) -> Path:
     return root / "dataset" if (root / "dataset").is_dir() else root
 
 
+def discover_scenarios(root: Path) -> list[str]:
+    """Scenario folders of a dataset in PetShop's layout: the four published ones first (in
+    their order), then any other folder with a ``graph.csv`` and issue folders, by name."""
+    base = dataset_dir(root)
+    if not base.is_dir():
+        return []
+    found = {
+        p.name
+        for p in base.iterdir()
+        if (p / "graph.csv").is_file() and any(p.glob("*/issue_*/target.json"))
+    }
+    return [n for n in SCENARIOS if n in found] + sorted(found - set(SCENARIOS))
+
+
 def load_scenario(root: Path, name: str) -> Scenario:
     base = dataset_dir(root) / name
     normal_path = base / "noissue" / "metrics.csv"
@@ -429,6 +443,18 @@ def normal_window_starts(normal: Frame, count: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(first, last, count)})
 
 
+def normal_alerts(scenario: Scenario) -> tuple[str, list[tuple[str, str]]]:
+    """What normal windows are alerted on: the node the scenario's issues alert on most often
+    (PetShop: ``PetSite``), with each (metric, statistic) they alert on."""
+    nodes = [i.alert_node for i in scenario.issues]
+    node = max(sorted(set(nodes)), key=nodes.count) if nodes else "PetSite"
+    pairs = sorted(
+        {(i.alert_metric, i.alert_agg) for i in scenario.issues if i.alert_node == node},
+        key=lambda p: (ALERT_METRICS.index(p[0]) if p[0] in ALERT_METRICS else 99, p),
+    )
+    return node, pairs or [(m, "Average") for m in ALERT_METRICS]
+
+
 def _normal_windows(
     scenario: Scenario,
     config: SearchConfig,
@@ -437,7 +463,8 @@ def _normal_windows(
     on_case: Callable[[str], None],
 ) -> list[NormalResult]:
     """Stream the normal data once; at each sampled window run every method with an alert on
-    PetSite (latency and availability) at the window's third row, as in the issue windows."""
+    the issues' alerted node and metrics (PetShop: PetSite's latency and availability) at the
+    window's third row, as in the issue windows."""
     normal = scenario.normal
     assert normal is not None
     starts = normal_window_starts(normal, count)
@@ -446,17 +473,15 @@ def _normal_windows(
     topic = f"petshop.{scenario.name}.noissue"
     fed = 0
     matrix = matrix_of(normal, columns)
-    alert_node = "PetSite"
+    alert_node, alerts = normal_alerts(scenario)
     for start in starts:
         stop = start + WINDOW_ROWS
         fed = apply_frame(model, normal.rows(fed, stop), topic, fed) if stop > fed else fed
         window = normal.rows(start, stop)
         history = matrix[:start]
         base_answers = baseline_answers(history, matrix[start:stop], columns)
-        for metric in ALERT_METRICS:
-            result = search_window(
-                model, window, alert_node, symptom_signal(metric, "Average"), config
-            )
+        for metric, agg in alerts:
+            result = search_window(model, window, alert_node, symptom_signal(metric, agg), config)
             answers = {"worldline": worldline_answer(result), **base_answers}
             out.append(NormalResult(scenario.name, metric, float(window.timestamps[2]), answers))
         on_case(f"{scenario.name}/noissue@{start}")
@@ -485,9 +510,15 @@ def specificity(normals: Sequence[NormalResult], method: str) -> float:
     return sum(not n.answers[method].ranked for n in normals) / len(normals)
 
 
+def _ordered(values: Sequence[str], known: Sequence[str]) -> list[str]:
+    """Distinct ``values``: the ``known`` ones in their order, then the rest by name."""
+    present = set(values)
+    return [v for v in known if v in present] + sorted(present - set(known))
+
+
 def iter_groups(cases: Sequence[CaseResult]) -> Iterator[tuple[str, str, list[CaseResult]]]:
-    for scenario in SCENARIOS:
-        for metric in ALERT_METRICS:
+    for scenario in _ordered([c.scenario for c in cases], SCENARIOS):
+        for metric in _ordered([c.metric for c in cases], ALERT_METRICS):
             group = [c for c in cases if c.scenario == scenario and c.metric == metric]
             if group:
                 yield scenario, metric, group
@@ -505,7 +536,7 @@ def summarize(cases: Sequence[CaseResult], normals: Sequence[NormalResult]) -> d
             }
         rows.append(row)
     per_scenario = {}
-    for scenario in SCENARIOS:
+    for scenario in _ordered([c.scenario for c in cases], SCENARIOS):
         group = [c for c in cases if c.scenario == scenario]
         if group:
             per_scenario[scenario] = {
@@ -523,7 +554,7 @@ def summarize(cases: Sequence[CaseResult], normals: Sequence[NormalResult]) -> d
             "all": specificity(normals, m),
             **{
                 metric: specificity([n for n in normals if n.metric == metric], m)
-                for metric in ALERT_METRICS
+                for metric in _ordered([n.metric for n in normals], ALERT_METRICS)
             },
         }
         for m in METHODS

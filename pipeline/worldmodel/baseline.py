@@ -66,6 +66,8 @@ ONSET_RING_LENGTH = 32
 MAX_BUCKET_COUNT = 15  # hour-of-week observation counts are packed in 4 bits
 _RING_STEPS_PER_SIGMA = 4.0  # residuals are stored as int8 quarter-sigmas (+-31.75)
 _RING_MISSING = -128
+SCORE_LIMIT = 127 / _RING_STEPS_PER_SIGMA
+"""Recent scores are kept to this magnitude: a score at it says "at least this far"."""
 _MAD_TO_SIGMA = math.sqrt(math.pi / 2.0)  # E|X| = sigma * sqrt(2/pi) for a normal X
 _NONE_INDEX = -(2**63)
 _NAN_DAY = [math.nan] * 24

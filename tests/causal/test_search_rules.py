@@ -104,6 +104,29 @@ def test_a_dependency_too_little_slower_does_not_explain_a_slow_service() -> Non
     assert _top(loose) == "service:db"
 
 
+def test_a_rise_beyond_the_kept_score_limit_still_accounts_for_the_dependent() -> None:
+    # db is typically 5 ms with 0.1 ms of noise; it gets 0.4 s slower, thousands of spreads:
+    # its kept score saturates, and "saturated score x spread" (a few ms) must not read as a
+    # rise too small to account for app's 0.4 s
+    levels = _levels({"front": 0.2, "app": 0.08, "db": 0.005})
+    levels[("db", "latency", "Average")] = (0.005, 0.02)
+    world = _world(
+        [("front", "app"), ("app", "db")],
+        levels,
+        {
+            ("front", "latency", "Average"): 0.4,
+            ("app", "latency", "Average"): 0.4,
+            ("db", "latency", "Average"): 0.4,
+        },
+    )
+    result = _search(world, "latency.average")
+    assert _top(result) == "service:db"
+    assert any(
+        r.entity == "service:app" and "explained by service:db" in r.reason
+        for r in result.ruled_out
+    )
+
+
 def test_an_asynchronous_dependency_slowing_down_is_not_why_the_caller_is_slow() -> None:
     # front hands work to a state machine that typically takes 3 s (longer than front's p99 of
     # 0.5 s: front does not wait for it); it gets 6 s slower while app gets 0.3 s slower

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from click.testing import CliRunner
 
-from jobs.evaluate import petshop
+from jobs.evaluate import cli, petshop
 from jobs.evaluate.baselines import baro, bocpd_change_point, nsigma
 from jobs.evaluate.cli import evaluate
 
@@ -115,7 +116,90 @@ def test_quick_run_on_a_few_issues() -> None:
     assert summary["specificity"]["baro"]["all"] == 0.0
 
 
-def test_cli_skips_cleanly_without_data(tmp_path: Path) -> None:
-    result = CliRunner().invoke(evaluate, ["petshop", "--data", str(tmp_path / "nowhere")])
+def test_cli_refuses_a_folder_without_petshop_layout(tmp_path: Path) -> None:
+    (tmp_path / "dataset" / "low_traffic").mkdir(parents=True)  # no graph.csv, no issues
+    result = CliRunner().invoke(evaluate, ["petshop", "--data", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "PetShop's layout" in result.output
+
+
+def test_cli_skips_cleanly_without_the_default_data(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cli, "DEFAULT_PETSHOP", tmp_path / "nowhere")
+    result = CliRunner().invoke(evaluate, ["petshop"])
     assert result.exit_code == 0
     assert "skipping" in result.output
+
+
+def _write_metrics(
+    path: Path, times: np.ndarray, columns: dict[tuple[str, str, str], np.ndarray]
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(columns)
+    lines = [
+        "microservice," + ",".join(k[0] for k in keys),
+        "metric," + ",".join(k[1] for k in keys),
+        "statistic," + ",".join(k[2] for k in keys),
+        "unix_timestamp," + "," * (len(keys) - 1),
+    ]
+    for i, t in enumerate(times):
+        lines.append(f"{t:.1f}," + ",".join(f"{columns[k][i]:.6f}" for k in keys))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_cli_evaluates_any_scenario_folder_in_petshop_layout(tmp_path: Path) -> None:
+    # a scenario under a name of its own: Shop calls Api, Api calls Table; a day of normal
+    # history, then an issue window in which Table slows down and the alert is on Shop
+    rng = np.random.default_rng(11)
+    scenario = tmp_path / "dataset" / "my_shop"
+    scenario.mkdir(parents=True)
+    (scenario / "graph.csv").write_text(",Shop,Api,Table\nShop,0,1,0\nApi,0,0,1\nTable,0,0,0\n")
+    base = {"Shop": 0.20, "Api": 0.12, "Table": 0.02}
+
+    def frame(t0: float, rows: int, slow_from: int | None) -> tuple[np.ndarray, dict]:
+        times = t0 + 300.0 * np.arange(rows)
+        cols = {}
+        for name, level in base.items():
+            latency = level * (1 + 0.03 * rng.standard_normal(rows))
+            if slow_from is not None:
+                latency[slow_from:] += 0.5  # Table's extra wait, felt by everyone calling it
+            cols[(name, "latency", "Average")] = latency
+            cols[(name, "requests", "Sum")] = 400 + 10 * rng.standard_normal(rows)
+            cols[(name, "availability", "Average")] = np.full(rows, 100.0)
+        return times, cols
+
+    t0 = 1_700_000_000.0 - (1_700_000_000.0 % 86400)
+    _write_metrics(scenario / "noissue" / "metrics.csv", *frame(t0 + 2 * 86400, 300, None))
+    issue = scenario / "test" / "issue_0"
+    times, cols = frame(t0, 5, 2)
+    _write_metrics(issue / "metrics.csv", times, cols)
+    (issue / "target.json").write_text(
+        orjson.dumps(
+            {
+                "target": {
+                    "node": "Shop",
+                    "metric": "latency",
+                    "agg": "Average",
+                    "timestamp": float(times[2]),
+                },
+                "root_cause": {"node": "Table", "metric": None},
+            }
+        ).decode()
+    )
+    assert petshop.discover_scenarios(tmp_path) == ["my_shop"]
+    out = tmp_path / "result.json"
+    result = CliRunner().invoke(
+        evaluate, ["petshop", "--data", str(tmp_path), "--json", str(out), "--normal-windows", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = orjson.loads(out.read_bytes())
+    (case,) = doc["cases"]
+    assert case["case"] == "my_shop/test/issue_0"
+    assert case["answers"]["worldline"]["ranked"][0] == "Table", case
+    assert doc["summary"]["per_scenario"]["my_shop"]["worldline"]["top1"] == 1.0
+    # normal windows are alerted on the issues' node and metric
+    assert doc["normal"] and {n["metric"] for n in doc["normal"]} == {"latency"}
+    assert "my_shop" in result.output
+    bad = CliRunner().invoke(evaluate, ["petshop", "--data", str(tmp_path), "--scenario", "nope"])
+    assert bad.exit_code == 2 and "found: my_shop" in bad.output
