@@ -133,6 +133,10 @@ class SearchConfig:
     # load), and on PetShop's normal data such coincidences named a cause in 5 of 24 latency
     # alerts. 0 turns it off.
     symptom_weak_z: float = 1.5
+    # a leaf dependency (it calls nothing known) harmed together with an instrumented sibling
+    # (same caller, same harm, no earlier) is the caller's view of that sibling, e.g. the load
+    # balancer in front of it, and is explained by it
+    leaf_is_sibling_view: bool = True
     # persistence is measured up to the alerted deviation's end (plus the onset tolerance)
     # when the symptom has recovered: a cause must deviate while the symptom does
     until_symptom_ends: bool = True
@@ -606,6 +610,32 @@ class CausalSearch:
                     f"explained by {names[j]}, which it depends on and which deviated no later",
                 )
             )
+        # a leaf (a dependency that calls nothing known: a load balancer, an uninstrumented
+        # endpoint) harmed together with an instrumented sibling, the same way and no earlier,
+        # is its caller's view of that sibling (a load balancer in front of it): explained by it
+        if config.leaf_is_sibling_view:
+            viewed = self._sibling_views(
+                alive,
+                graph,
+                idx,
+                names,
+                onset,
+                last_dev,
+                harm_strength,
+                accounts,
+                tolerance,
+                set(symptom_ids),
+            )
+            for i, j in sorted(viewed.items()):
+                alive[i] = False
+                ruled.append(
+                    RuledOut(
+                        names[i],
+                        f"explained by {names[j]}: called by the same caller, harmed the same"
+                        " way no later, and instrumented where it calls nothing: it is the"
+                        f" caller's view of {names[j]}",
+                    )
+                )
         # shifted load: a dependency whose extra requests come from callers whose own traffic
         # did not grow, while another dependency of theirs deviated no later (a cache that
         # misses, a call that fails over), is explained by that other dependency
@@ -899,6 +929,58 @@ class CausalSearch:
         quiet = known and not onsets
         end = max(ends) if ends else (max(e for _, e in weak) if quiet and weak else None)
         return (min(onsets) if onsets else None), quiet, weak if quiet else [], end
+
+    def _sibling_views(
+        self,
+        alive: np.ndarray,
+        graph: nx.MultiDiGraph,
+        idx: dict[str, int],
+        names: list[str],
+        onset: np.ndarray,
+        last_dev: np.ndarray,
+        harm_strength: np.ndarray,
+        accounts: _LatencyAccounts,
+        tolerance: float,
+        symptom_ids: set[int],
+    ) -> dict[int, int]:
+        """Leaf candidate -> the instrumented sibling it is taken to be a view of.
+
+        The sibling shares a caller with the leaf, calls dependencies of its own (it is
+        instrumented), does not reach the leaf (then the leaf could be why it deviates), is
+        harmed in the same way (both slow or both failing) from no later than the leaf and
+        still when the leaf's deviation began."""
+        out: dict[int, int] = {}
+        z_min = self.config.z_min
+        for i in map(int, np.flatnonzero(alive)):
+            node = names[i]
+            if i in symptom_ids or node not in graph or any(True for _ in graph.successors(node)):
+                continue
+            siblings = sorted(
+                {s for p in graph.predecessors(node) for s in graph.successors(p)} - {node}
+            )
+            best: tuple[float, int] | None = None
+            for sib in siblings:
+                j = idx.get(sib)
+                if (
+                    j is None
+                    or j in symptom_ids
+                    or harm_strength[j] < z_min
+                    or not any(True for _ in graph.successors(sib))
+                    or onset[j] > onset[i]
+                    or last_dev[j] < onset[i] - tolerance
+                    or not (
+                        (accounts.slow[i] and accounts.slow[j])
+                        or (accounts.fails[i] and accounts.fails[j])
+                    )
+                    or nx.has_path(graph, sib, node)
+                ):
+                    continue
+                key = (-float(harm_strength[j]), j)
+                if best is None or key < best:
+                    best = key
+            if best is not None:
+                out[i] = best[1]
+        return out
 
     def _shifted_load(
         self,

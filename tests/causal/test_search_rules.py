@@ -127,6 +127,44 @@ def test_a_rise_beyond_the_kept_score_limit_still_accounts_for_the_dependent() -
     )
 
 
+def test_a_leaf_failing_with_an_instrumented_sibling_is_the_callers_view_of_it() -> None:
+    # front calls app (which calls db) and, separately, lb: the load balancer in front of app,
+    # which the graph knows only as a leaf. app fails; lb's failures (the same requests, seen
+    # from front's side of the balancer) are a little deeper. app is the cause.
+    levels = _levels({"front": 0.2, "app": 0.08, "db": 0.01, "lb": 0.09})
+    world = _world(
+        [("front", "app"), ("front", "lb"), ("app", "db")],
+        levels,
+        {
+            ("front", "availability", "Average"): -4.0,
+            ("app", "availability", "Average"): -6.0,
+            ("lb", "availability", "Average"): -9.0,
+        },
+    )
+    result = _search(world, "availability.average")
+    assert _top(result) == "service:app"
+    assert any(
+        r.entity == "service:lb" and "view of service:app" in r.reason for r in result.ruled_out
+    )
+    # with the rule off, the leaf that deviates most wins
+    assert _top(_search(world, "availability.average", leaf_is_sibling_view=False)) == "service:lb"
+
+
+def test_a_failing_leaf_is_not_taken_for_a_sibling_that_depends_on_it() -> None:
+    # app calls the leaf store too: app failing may be store's doing, so store stays the cause
+    levels = _levels({"front": 0.2, "app": 0.08, "store": 0.01})
+    world = _world(
+        [("front", "app"), ("front", "store"), ("app", "store")],
+        levels,
+        {
+            ("front", "availability", "Average"): -4.0,
+            ("app", "availability", "Average"): -6.0,
+            ("store", "availability", "Average"): -9.0,
+        },
+    )
+    assert _top(_search(world, "availability.average")) == "service:store"
+
+
 def test_an_asynchronous_dependency_slowing_down_is_not_why_the_caller_is_slow() -> None:
     # front hands work to a state machine that typically takes 3 s (longer than front's p99 of
     # 0.5 s: front does not wait for it); it gets 6 s slower while app gets 0.3 s slower
