@@ -134,8 +134,9 @@ class SearchConfig:
     # alerts. 0 turns it off.
     symptom_weak_z: float = 1.5
     # a leaf dependency (it calls nothing known) harmed together with an instrumented sibling
-    # (same caller, same harm, no earlier) is the caller's view of that sibling, e.g. the load
-    # balancer in front of it, and is explained by it
+    # (same caller, same harm, onsets within the tolerance: the same requests seen from both
+    # sides of a balancer, neither precedes the other) is the caller's view of that sibling,
+    # e.g. the load balancer in front of it, and is explained by it
     leaf_is_sibling_view: bool = True
     # persistence is measured up to the alerted deviation's end (plus the onset tolerance)
     # when the symptom has recovered: a cause must deviate while the symptom does
@@ -611,8 +612,8 @@ class CausalSearch:
                 )
             )
         # a leaf (a dependency that calls nothing known: a load balancer, an uninstrumented
-        # endpoint) harmed together with an instrumented sibling, the same way and no earlier,
-        # is its caller's view of that sibling (a load balancer in front of it): explained by it
+        # endpoint) harmed together with an instrumented sibling, the same way and at the same
+        # time, is its caller's view of that sibling (a load balancer in front of it)
         if config.leaf_is_sibling_view:
             viewed = self._sibling_views(
                 alive,
@@ -632,8 +633,8 @@ class CausalSearch:
                     RuledOut(
                         names[i],
                         f"explained by {names[j]}: called by the same caller, harmed the same"
-                        " way no later, and instrumented where it calls nothing: it is the"
-                        f" caller's view of {names[j]}",
+                        " way at the same time, and instrumented where it calls nothing: it is"
+                        f" the caller's view of {names[j]}",
                     )
                 )
         # shifted load: a dependency whose extra requests come from callers whose own traffic
@@ -947,7 +948,8 @@ class CausalSearch:
 
         The sibling shares a caller with the leaf, calls dependencies of its own (it is
         instrumented), does not reach the leaf (then the leaf could be why it deviates), is
-        harmed in the same way (both slow or both failing) from no later than the leaf and
+        harmed in the same way (both slow or both failing) from within the onset tolerance of
+        the leaf's onset (both measure the same requests: neither precedes the other) and
         still when the leaf's deviation began."""
         out: dict[int, int] = {}
         z_min = self.config.z_min
@@ -966,7 +968,7 @@ class CausalSearch:
                     or j in symptom_ids
                     or harm_strength[j] < z_min
                     or not any(True for _ in graph.successors(sib))
-                    or onset[j] > onset[i]
+                    or onset[j] > onset[i] + tolerance
                     or last_dev[j] < onset[i] - tolerance
                     or not (
                         (accounts.slow[i] and accounts.slow[j])

@@ -148,6 +148,19 @@ def test_a_leaf_failing_with_an_instrumented_sibling_is_the_callers_view_of_it()
     )
     # with the rule off, the leaf that deviates most wins
     assert _top(_search(world, "availability.average", leaf_is_sibling_view=False)) == "service:lb"
+    # the same requests seen from both sides of the balancer: the leaf's view may show the
+    # failures an interval before the service's own rows do, and is still the service's
+    later = _world(
+        [("front", "app"), ("front", "lb"), ("app", "db")],
+        levels,
+        {
+            ("front", "availability", "Average"): -4.0,
+            ("app", "availability", "Average"): -6.0,
+            ("lb", "availability", "Average"): -9.0,
+        },
+        delays={("app", "availability", "Average"): 1},
+    )
+    assert _top(_search(later, "availability.average")) == "service:app"
 
 
 def test_a_failing_leaf_is_not_taken_for_a_sibling_that_depends_on_it() -> None:
