@@ -255,6 +255,27 @@ def test_an_alert_its_own_signal_does_not_show_is_answered_only_for_a_strong_dep
     assert not math.isnan(result.causes[0].logit)
 
 
+def test_a_failure_alert_its_own_signal_does_not_show_is_answered_for_a_failing_dependency() -> (
+    None
+):
+    # front's availability looks normal to its baseline, app fails clearly (about 10 spreads:
+    # far below the 20 a quiet alert needs of any harm) while the alert names failures
+    levels = _levels({"front": 0.2, "app": 0.08})
+    world = _world(
+        [("front", "app")],
+        levels,
+        {("app", "availability", "Average"): -5.0, ("app", "latency", "Average"): 0.008},
+    )
+    result = _search(world, "availability.average")
+    assert _top(result) == "service:app"
+    assert result.causes[0].probability == pytest.approx(0.5, abs=0.01)
+    off = _search(world, "availability.average", uncorroborated_failure_z=0.0)
+    assert off.abstained and "no incident to explain" in (off.abstain_reason or "")
+    # a latency alert is not answered by a failing dependency it does not show
+    latency = _search(world, "latency.average")
+    assert latency.abstained and "no incident to explain" in (latency.abstain_reason or "")
+
+
 def test_latency_statistics_keep_what_follows_the_qualifiers() -> None:
     from jobs.causal.search import _latency_unit, _LatencyAccounts
 
