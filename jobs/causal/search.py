@@ -529,6 +529,7 @@ class CausalSearch:
         ]
         uncorroborated = False
         weakly = False
+        far = np.zeros(n_ent, dtype=bool)
         if symptom_known and symptom_onset is None and weak_runs:
             # the alerted signal moved, but little: it is the alerted deviation when a
             # dependency is clearly harmed over the same intervals
@@ -571,15 +572,18 @@ class CausalSearch:
                 return self._quiet_symptom(symptoms, batch, n_ent, started, scored_ms)
             uncorroborated = True
         alive = best_strength >= config.z_min
-        if uncorroborated:
-            alive &= far
-        elif weakly or (
-            config.failures_need_harm
+        # (a quiet alert answered for a strong dependency: the strong one says there is an
+        # incident; every deviating candidate is ranked, as for any alert, the strong one
+        # among them, and "nothing is wrong" stays at least as likely as the best)
+        if (
+            uncorroborated
+            or weakly
+            or config.failures_need_harm
             and any(signal is not None and _is_failure(signal) for _, signal in symptoms)
         ):
             # an alerted failure is explained only by a candidate that is itself harmed
             harmed = harm_strength >= config.z_min
-            harmed[symptom_ids] = True
+            harmed[symptom_ids] = far[symptom_ids] if uncorroborated else True
             alive &= harmed
         for i in map(int, np.flatnonzero(~alive)):
             ruled.append(RuledOut(names[i], "no deviation from its baseline in the window"))
