@@ -1242,6 +1242,19 @@ class CausalSearch:
             f"the alerted signal ({names}) deviates from its baseline nowhere in the last"
             f" {self.config.symptom_recency_s:.0f} s: there is no incident to explain"
         )
+        learned = [
+            self.model.baselines.get(e, key_signal).intervals_learned  # type: ignore[union-attr]
+            for e, s in symptoms
+            if s is not None
+            for entity, key_signal in self.model.baselines.keys()
+            if entity == e and key_signal.startswith(s.split("_")[0])
+        ]
+        if learned and max(learned) < self.config.warmup_intervals:
+            reason = (
+                f"the alerted signal ({names}) has {max(learned)} interval(s) of history; its"
+                f" scores count from {self.config.warmup_intervals}: too little history to tell"
+                " an incident from its normal"
+            )
         stats = {
             "hypotheses": float(len(batch)),
             "candidates": float(n_ent),

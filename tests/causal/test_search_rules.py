@@ -503,3 +503,18 @@ def test_shifted_load_is_never_both_ways_and_spares_a_failing_dependency() -> No
     # b fails: its extra requests are retries of what failed, its failure stands; a's extra
     # load is b's doing
     assert shifted(b_errors=True) == {0: 1}
+
+
+def test_an_alert_with_too_little_history_says_so() -> None:
+    # five intervals in all: no baseline has learned enough for its scores to count
+    columns = [("front", "latency", "Average"), ("app", "latency", "Average")]
+    values = np.array([[0.2, 0.08], [0.2, 0.08], [0.6, 0.5], [0.6, 0.5], [0.6, 0.5]])
+    times = T0 + INTERVAL_S * np.arange(5)
+    model = new_model([("front", "app")], T0)
+    apply_frame(model, Frame(times, columns, values), "rules", 0)
+    result = CausalSearch(model, SearchConfig(symptom_z_min=1.5)).run(
+        [("service:front", "latency.average")], float(times[-1]) + INTERVAL_S
+    )
+    assert result.abstained and not result.causes
+    assert "5 interval(s) of history" in (result.abstain_reason or "")
+    assert "too little history" in (result.abstain_reason or "")
