@@ -10,9 +10,11 @@ edge list). Name mapping: a service is its ``service.name``; a database, cache o
 ``<system>:<name>`` is compared by ``<name>`` (``bare_names``); an uninstrumented internal
 service seen through ``peer.service`` is ``external:<name>`` and compared by ``<name>``; an
 external API is ``external:<peer.service>``. Truth is the simulator's ``topology.edges``; recall
-is reported against all of them and against the edges the run actually exercised (a call made
-at least once, from the simulator's own span batches: an edge never called cannot be learned
-from telemetry). A topology change (``RunConfig.new_call_after_s``) switches one call on
+is measured against the edges some request can take (``Topology.reachable_calls``: the calls of
+operations reachable from the entry routes, the cron jobs and the queue consumers; a generated
+operation that nothing routes to never runs), and reported against all generated edges and
+against the edges the run actually exercised (a call made at least once, from the simulator's
+own span batches). A topology change (``RunConfig.new_call_after_s``) switches one call on
 mid-run: its edge must be absent before its first span and valid from within one interval of it.
 
 Onsets. For each fault, the affected series are those of the label's entity whose signal
@@ -161,17 +163,21 @@ def measure_graph(
     truth = {tuple(e) for e in labels["topology"]["edges"]}
     topo = sim.topology
     exercised = {topo.call_edge(c) for c in first_call}
+    reachable = {topo.call_edge(c) for c in topo.reachable_calls()}
     precision, recall = edge_precision_recall(learned, truth)
     _, recall_exercised = edge_precision_recall(learned, exercised)
+    _, recall_reachable = edge_precision_recall(learned, reachable)
     out: dict[str, Any] = {
         "precision": precision,
         "recall": recall,
         "recall_exercised": recall_exercised,
+        "recall_reachable": recall_reachable,
+        "reachable": len(reachable),
         "truth": len(truth),
         "exercised": len(exercised),
         "learned": len(learned),
         "extra": sorted(learned - truth)[:5],
-        "missing": sorted(exercised - learned)[:5],
+        "missing": sorted(reachable - learned)[:5],
     }
     if sim.new_call is not None:
         edge = topo.call_edge(sim.new_call)
@@ -351,10 +357,11 @@ def print_report(results: list[Result], week: Result, elapsed: float, command: s
     print(f"\n`{command}`  ({elapsed:.0f} s wall)\n")
     print("## Dependency graph (learned as of the end of the run vs simulator topology)\n")
     print(
-        "| case | spans recs | truth | exercised | learned | precision | recall (all) "
-        "| recall (exercised) | new edge | absent before | within 1 interval | delay s |"
+        "| case | spans recs | truth | reachable | exercised | learned | precision | recall (all)"
+        " | recall (reachable) | recall (exercised) | new edge | absent before"
+        " | within 1 interval | delay s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         g = r.graph
         if r.error:
@@ -362,14 +369,16 @@ def print_report(results: list[Result], week: Result, elapsed: float, command: s
             continue
         new = "-" if "new_edge" not in g else "->".join(g["new_edge"])
         print(
-            f"| {r.case} | {r.spans} | {g['truth']} | {g['exercised']} | {g['learned']} "
-            f"| {_f(g['precision'])} | {_f(g['recall'])} | {_f(g['recall_exercised'])} | {new} "
+            f"| {r.case} | {r.spans} | {g['truth']} | {g['reachable']} | {g['exercised']}"
+            f" | {g['learned']} | {_f(g['precision'])} | {_f(g['recall'])}"
+            f" | {_f(g['recall_reachable'])} | {_f(g['recall_exercised'])} | {new} "
             f"| {g.get('new_edge_absent_before', '-')} | {g.get('new_edge_within_interval', '-')} "
             f"| {_f(g.get('new_edge_delay_s'), 1)} |"
         )
     ok = [r for r in results if not r.error]
     p = float(np.mean([r.graph["precision"] for r in ok])) if ok else 0.0
-    rec = float(np.mean([r.graph["recall_exercised"] for r in ok])) if ok else 0.0
+    rec = float(np.mean([r.graph["recall_reachable"] for r in ok])) if ok else 0.0
+    rec_ex = float(np.mean([r.graph["recall_exercised"] for r in ok])) if ok else 0.0
     rec_all = float(np.mean([r.graph["recall"] for r in ok])) if ok else 0.0
     new_ok = [
         r.graph.get("new_edge_absent_before") and r.graph.get("new_edge_within_interval")
@@ -414,8 +423,7 @@ def print_report(results: list[Result], week: Result, elapsed: float, command: s
     print("|---|---|---|---|")
     rows = [
         ("graph precision (mean)", f"{p:.3f}", ">= 0.95", p >= 0.95),
-        ("graph recall, exercised edges (mean)", f"{rec:.3f}", ">= 0.95", rec >= 0.95),
-        ("graph recall, all topology edges (mean)", f"{rec_all:.3f}", ">= 0.95", rec_all >= 0.95),
+        ("graph recall, edges a request can take (mean)", f"{rec:.3f}", ">= 0.95", rec >= 0.95),
         (
             "new edge valid within 1 interval of its first span",
             f"{sum(bool(x) for x in new_ok)}/{len(new_ok)}",
@@ -437,6 +445,11 @@ def print_report(results: list[Result], week: Result, elapsed: float, command: s
     ]
     for name, value, goal, met in rows:
         print(f"| {name} | {value} | {goal} | {'yes' if met else 'no'} |")
+    print(
+        f"\nAlso: recall over the edges the run exercised {rec_ex:.3f}; over every generated"
+        f" edge {rec_all:.3f} (the calls of generated operations that no route, cron job or"
+        " consumer reaches never run, so no telemetry can show them)."
+    )
     return all(r[3] for r in rows)
 
 

@@ -145,6 +145,11 @@ class SearchConfig:
     # sides of a balancer, neither precedes the other) is the caller's view of that sibling,
     # e.g. the load balancer in front of it, and is explained by it
     leaf_is_sibling_view: bool = True
+    # with less history than the warm-up for the alerted signal (a new deployment, a service
+    # just added), young scores count (their spreads are already widened for youth), and the
+    # best cause is at most ``cold_start_odds`` to one against "nothing is wrong"
+    cold_start: bool = True
+    cold_start_odds: float = 2.0
     # persistence is measured up to the alerted deviation's end (plus the onset tolerance)
     # when the symptom has recovered: a cause must deviate while the symptom does
     until_symptom_ends: bool = True
@@ -414,8 +419,11 @@ class CausalSearch:
                 out[symptom] = 0
         return out, graph
 
-    def hypotheses(self, candidates: dict[str, int], t_s: float) -> HypothesisBatch:
+    def hypotheses(
+        self, candidates: dict[str, int], t_s: float, warmup_intervals: int | None = None
+    ) -> HypothesisBatch:
         config = self.config
+        warmup = config.warmup_intervals if warmup_intervals is None else warmup_intervals
         interval = self.model.config.interval_s
         w = config.window_intervals
         end_interval = math.floor(t_s / interval)
@@ -451,7 +459,7 @@ class CausalSearch:
             if baseline is None or baseline.first_seen_s is None:
                 continue
             # a baseline that has seen little history scores noise as deviation: skip its first intervals
-            warm_from = baseline.first_seen_s + config.warmup_intervals * interval
+            warm_from = baseline.first_seen_s + warmup * interval
             for t_start, score in baseline.recent_scores():
                 col = round((t_start - t0) / interval)
                 if 0 <= col < w and t_start >= warm_from:
@@ -474,7 +482,11 @@ class CausalSearch:
         config = self.config
         symptom_entities = [e for e, _ in symptoms]
         candidates, graph = self.candidates(symptom_entities, t_s)
-        batch = self.hypotheses(candidates, t_s)
+        # cold start: the alerted signal has less history than the warm-up; young scores are
+        # all there is, so they count, with a ceiling on the confidence they can give
+        history = self._symptom_history(symptoms)
+        cold = config.cold_start and history is not None and history < config.warmup_intervals
+        batch = self.hypotheses(candidates, t_s, 0 if cold else None)
         ev = evaluate(batch, config)
         batch, ev = self._until_symptom_ends(symptoms, batch, ev, t_s)
         batch, local = self._caller_local(batch, ev)
@@ -779,6 +791,13 @@ class CausalSearch:
             after = np.clip((onset[survivors] - symptom_onset) / batch.interval_s, 0.0, None)
             logits = logits + config.w_late * np.where(np.isfinite(after), after, 0.0)
         null_logit = config.null_logit
+        if cold and len(logits):
+            # little history: the best cause is at most ``cold_start_odds`` to one against
+            # "nothing is wrong"
+            null_logit = max(
+                null_logit,
+                float(logits.max()) - config.temperature * math.log(config.cold_start_odds),
+            )
         if uncorroborated and len(logits):
             # the alerted signal itself looks normal: "nothing is wrong" stays at least as
             # likely as the best cause
@@ -1229,6 +1248,20 @@ class CausalSearch:
                 out[r] = True
         return out
 
+    def _symptom_history(self, symptoms: list[tuple[str, str | None]]) -> int | None:
+        """Intervals the alerted signal's series have learned (the most of them), or None
+        when no alerted signal is named or known."""
+        learned = [
+            baseline.intervals_learned
+            for e, s in symptoms
+            if s is not None
+            for entity, key_signal in self.model.baselines.keys()
+            if entity == e
+            and key_signal.startswith(s.split("_")[0])
+            and (baseline := self.model.baselines.get(entity, key_signal)) is not None
+        ]
+        return max(learned) if learned else None
+
     def _quiet_symptom(
         self,
         symptoms: list[tuple[str, str | None]],
@@ -1242,18 +1275,12 @@ class CausalSearch:
             f"the alerted signal ({names}) deviates from its baseline nowhere in the last"
             f" {self.config.symptom_recency_s:.0f} s: there is no incident to explain"
         )
-        learned = [
-            self.model.baselines.get(e, key_signal).intervals_learned  # type: ignore[union-attr]
-            for e, s in symptoms
-            if s is not None
-            for entity, key_signal in self.model.baselines.keys()
-            if entity == e and key_signal.startswith(s.split("_")[0])
-        ]
-        if learned and max(learned) < self.config.warmup_intervals:
+        history = self._symptom_history(symptoms)
+        if history is not None and history < self.config.warmup_intervals:
             reason = (
-                f"the alerted signal ({names}) has {max(learned)} interval(s) of history; its"
-                f" scores count from {self.config.warmup_intervals}: too little history to tell"
-                " an incident from its normal"
+                f"the alerted signal ({names}) has {history} interval(s) of history"
+                f" (scores are trusted from {self.config.warmup_intervals}) and does not"
+                " deviate in it: too little history to tell an incident from its normal"
             )
         stats = {
             "hypotheses": float(len(batch)),

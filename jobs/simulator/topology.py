@@ -213,6 +213,31 @@ class Topology:
             if c.target_dependency == dep
         }
 
+    def reachable_calls(self) -> set[int]:
+        """Calls some request can make: those of the operations reachable from the entry
+        routes and the cron jobs, through calls and through the queues consumers read. A
+        generated operation that nothing routes to never runs; its calls are no part of the
+        running system's topology."""
+        roots = list(self.entry_operations) + [
+            o for s in self.services if s.tier == "cron" for o in s.operations
+        ]
+        seen: set[int] = set()
+        stack = roots
+        while stack:
+            o = stack.pop()
+            if o in seen:
+                continue
+            seen.add(o)
+            for c_index in self.operations[o].calls:
+                c = self.calls[c_index]
+                if c.target_operation is not None:
+                    stack.append(c.target_operation)
+                elif c.target_dependency is not None:
+                    consumer = self.dependencies[c.target_dependency].consumer_operation
+                    if consumer is not None:
+                        stack.append(consumer)
+        return {c for o in seen for c in self.operations[o].calls}
+
     def call_edge(self, call: int) -> tuple[str, str]:
         """(caller service, callee service or dependency name) of a call, as in ``describe``."""
         c = self.calls[call]

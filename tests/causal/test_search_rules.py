@@ -505,16 +505,32 @@ def test_shifted_load_is_never_both_ways_and_spares_a_failing_dependency() -> No
     assert shifted(b_errors=True) == {0: 1}
 
 
-def test_an_alert_with_too_little_history_says_so() -> None:
-    # five intervals in all: no baseline has learned enough for its scores to count
+def _young_world(values: list[list[float]]) -> tuple[WorldModel, float]:
+    """front calls app; only these rows of (front, app) latency have ever been seen."""
     columns = [("front", "latency", "Average"), ("app", "latency", "Average")]
-    values = np.array([[0.2, 0.08], [0.2, 0.08], [0.6, 0.5], [0.6, 0.5], [0.6, 0.5]])
-    times = T0 + INTERVAL_S * np.arange(5)
+    times = T0 + INTERVAL_S * np.arange(len(values))
     model = new_model([("front", "app")], T0)
-    apply_frame(model, Frame(times, columns, values), "rules", 0)
-    result = CausalSearch(model, SearchConfig(symptom_z_min=1.5)).run(
-        [("service:front", "latency.average")], float(times[-1]) + INTERVAL_S
-    )
+    apply_frame(model, Frame(times, columns, np.array(values)), "rules", 0)
+    return model, float(times[-1]) + INTERVAL_S
+
+
+def test_a_cold_start_counts_young_scores() -> None:
+    # five intervals in all, front and app about 3x slower from the third: with no history
+    # to speak of, the young scores (spreads widened for youth) are all the evidence there is
+    steady = [[0.20, 0.08], [0.21, 0.082], [0.6, 0.5], [0.6, 0.5], [0.6, 0.5]]
+    world = _young_world(steady)
+    result = _search(world, "latency.average")
+    assert _top(result) == "service:app"
+    assert 0.35 <= result.causes[0].probability <= 2 / 3 + 1e-9
+    # without the cold start the scores of so young a series are not trusted
+    off = _search(world, "latency.average", cold_start=False)
+    assert off.abstained and "too little history" in (off.abstain_reason or "")
+
+
+def test_an_alert_with_too_little_history_says_so() -> None:
+    # five intervals in all, and nothing moves in them: the alert cannot be judged
+    world = _young_world([[0.20, 0.08], [0.21, 0.082], [0.2, 0.08], [0.205, 0.081], [0.2, 0.08]])
+    result = _search(world, "latency.average")
     assert result.abstained and not result.causes
     assert "5 interval(s) of history" in (result.abstain_reason or "")
     assert "too little history" in (result.abstain_reason or "")

@@ -75,6 +75,12 @@ def test_graph_matches_the_simulated_topology(endpoint_errors: Run) -> None:
     _, recall = edge_precision_recall(learned, exercised)
     assert precision >= 0.95 and recall >= 0.95, learned ^ exercised
     assert len(exercised) >= 20
+    # what a request can take: every exercised call, and the run exercised nearly all of it
+    reachable_calls = sim.topology.reachable_calls()
+    assert set(first_call) <= reachable_calls
+    reachable = {sim.topology.call_edge(c) for c in reachable_calls}
+    _, recall_reachable = edge_precision_recall(learned, reachable)
+    assert recall_reachable >= 0.95, reachable - learned
 
 
 def test_a_dependency_added_mid_run_appears_with_its_first_span(endpoint_errors: Run) -> None:
