@@ -1186,7 +1186,7 @@ class CausalSearch:
         symptoms: list[str],
         t_s: float,
     ) -> np.ndarray:
-        """Latency rows of candidates whose latency cannot reach the symptom's.
+        """Rows of candidates whose deviation cannot reach the symptom's requests.
 
         A dependency whose *typical* latency (its lowest statistic) exceeds the symptom's
         slowest statistic (same unit) by ``async_margin`` is not waited for by the symptom's
@@ -1195,7 +1195,9 @@ class CausalSearch:
         symptom's requests would exceed it, which their p99 denies unless f < 2%. It is
         called asynchronously (a queue, a state machine) or on a negligible share, and so is
         everything reached only through it. The latency of those candidates is no evidence
-        for the symptom; their errors and availability still are."""
+        for the symptom, and neither are the errors and availability of what is reached only
+        through the asynchronous dependency (the dependency's own failures still are: handing
+        work over is a call that can fail)."""
         config = self.config
         out = np.zeros(len(batch), dtype=bool)
         latency = [
@@ -1203,7 +1205,12 @@ class CausalSearch:
             for r, (_, signal) in enumerate(batch.series)
             if (unit := _latency_unit(signal)) is not None
         ]
-        deviating = [r for r, _ in latency if ev.strength[r] >= config.z_min]
+        deviating = [
+            r
+            for r, (_, signal) in enumerate(batch.series)
+            if ev.strength[r] >= config.z_min
+            and (_latency_unit(signal) is not None or _is_failure(signal))
+        ]
         names = batch.entities
         symptom_set = set(symptoms)
         if not any(names[int(batch.entity[r])] not in symptom_set for r in deviating):
@@ -1245,6 +1252,19 @@ class CausalSearch:
         for r, _ in latency:
             name = names[int(batch.entity[r])]
             if name in asynchronous or (name in graph and name not in reached):
+                out[r] = True
+        # nor can what runs only behind the asynchronous hop fail the symptom's requests: its
+        # errors and availability are no evidence either (the hop's own are: a call that hands
+        # work over can itself fail)
+        handed_to = {d for n in reached if n in graph for d in graph.successors(n)}
+        for r, (_, signal) in enumerate(batch.series):
+            name = names[int(batch.entity[r])]
+            if (
+                name in graph
+                and name not in reached
+                and name not in handed_to
+                and _is_failure(signal)
+            ):
                 out[r] = True
         return out
 

@@ -204,6 +204,19 @@ def test_an_asynchronous_dependency_slowing_down_is_not_why_the_caller_is_slow()
     assert _top(_search(world, "latency.average", async_margin=math.inf)) == "service:worker"
 
 
+def test_what_runs_behind_an_asynchronous_hop_cannot_fail_the_callers_requests() -> None:
+    # the worker behind the state machine fails clearly while front's availability looks
+    # normal: front never waits for the worker, so its failures say nothing about front's
+    levels = _levels({"front": 0.2, "app": 0.08, "statemachine": 3.0, "worker": 2.5})
+    graph = [("front", "app"), ("front", "statemachine"), ("statemachine", "worker")]
+    fault = {("worker", "availability", "Average"): -5.0}
+    result = _search(_world(graph, levels, fault), "availability.average")
+    assert result.abstained and "no incident to explain" in (result.abstain_reason or "")
+    # a synchronous path (front waits for the state machine) makes the same failure the answer
+    sync = _search(_world(graph, levels, fault), "availability.average", async_margin=math.inf)
+    assert _top(sync) == "service:worker"
+
+
 def test_inbound_traffic_alone_ranks_below_a_slow_dependency() -> None:
     levels = _levels({"front": 0.2, "app": 0.08, "lambda": 0.05})
     world = _world(
