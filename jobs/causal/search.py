@@ -128,10 +128,12 @@ class SearchConfig:
     uncorroborated_z: float = 20.0
     # ... or, when the alerted signal is a failure (errors, availability), a dependency whose
     # failures deviate this much now: failures are rare, and the alert names them. Chosen as
-    # the lowest of {3, 4, 6, 8, 12} keeping specificity on PetShop's normal data >= 0.9
-    # (0.875 / 0.896 / 0.917 / 0.938 / 0.938; 0.958 without it); no train issue reaches
-    # this path (train top-1 0.81 for every value). 0 turns it off.
-    uncorroborated_failure_z: float = 6.0
+    # the lowest of {3, 4, 6, 8, 12} keeping specificity on PetShop's normal data >= 0.9: first
+    # 6 (0.875 / 0.896 / 0.917 / 0.938 / 0.938, 0.958 without it), then, once failures behind
+    # an asynchronous hop stopped counting, 3 (0.958 for every value): the evidence threshold
+    # ``z_min`` itself. No train issue reaches this path (train top-1 0.81 for every value).
+    # 0 turns it off.
+    uncorroborated_failure_z: float = 3.0
     # an alerted failure signal (errors, availability) that deviates only weakly (harmful
     # direction, at least this many spreads, under ``symptom_z_min``) is corroborated by a
     # dependency that fails clearly (``z_min``) over the same intervals: failures are rare, so
