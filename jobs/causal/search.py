@@ -1273,6 +1273,13 @@ class CausalSearch:
     def _symptom_history(self, symptoms: list[tuple[str, str | None]]) -> int | None:
         """Intervals the alerted signal's series have learned (the most of them), or None
         when no alerted signal is named or known."""
+        exact = [
+            baseline.intervals_learned
+            for e, s in symptoms
+            if s is not None and (baseline := self.model.baselines.get(e, s)) is not None
+        ]
+        if exact:
+            return max(exact)
         learned = [
             baseline.intervals_learned
             for e, s in symptoms
