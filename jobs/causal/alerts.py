@@ -42,6 +42,18 @@ SIGNAL_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"error|5xx|fail|availab|exception", re.I), "span.error_ratio"),
     (re.compile(r"throughput|traffic|request.?rate|rps|qps", re.I), "span.rate_per_s"),
 )
+# when the entity has no span-derived signal of that kind (metrics only: Prometheus, CloudWatch,
+# a dataset's gauges), the entity's own series of the same kind, in order of preference
+SIGNAL_KINDS: dict[str, tuple[re.Pattern[str], ...]] = {
+    "span.latency_p95_ms": (re.compile(r"latenc|duration|response.?time", re.I),),
+    "span.error_ratio": (
+        re.compile(r"error|fail|5xx|fault|exception", re.I),
+        re.compile(r"availab|success", re.I),
+    ),
+    "span.rate_per_s": (re.compile(r"request|throughput|calls|rate_per_s|invocation", re.I),),
+}
+STATISTICS = ("p95", "p99", "p90", "average", "avg", "mean", "p50", "median")
+"""Preferred statistics of a latency-like series, when the alert names none of them."""
 
 
 def parse_time(text: str) -> float | None:
@@ -99,8 +111,13 @@ class Symptom:
 class SymptomMapper:
     """Maps alert labels to a known entity and signal; ``known`` lists the model's entities."""
 
-    def __init__(self, known_entities: Iterable[str]) -> None:
+    def __init__(
+        self,
+        known_entities: Iterable[str],
+        signals_of: Callable[[str], Iterable[str]] | None = None,
+    ) -> None:
         self.known = set(known_entities)
+        self.signals_of = signals_of
         self.by_name: dict[str, list[str]] = {}
         for key in self.known:
             kind, _, name = key.partition(":")
@@ -123,12 +140,16 @@ class SymptomMapper:
             if label in labels:
                 found = self._lookup(labels[label])
                 if found:
-                    return Symptom(found, self.signal(alert), f"label {label}={labels[label]}")
+                    return Symptom(
+                        found, self.signal(alert, found), f"label {label}={labels[label]}"
+                    )
         for label in HOST_LABELS:
             if label in labels:
                 found = self._lookup(labels[label])
                 if found:
-                    return Symptom(found, self.signal(alert), f"label {label}={labels[label]}")
+                    return Symptom(
+                        found, self.signal(alert, found), f"label {label}={labels[label]}"
+                    )
         # last resort: a known service name appearing as a word in the alert's name or summary
         text = " ".join(
             [
@@ -140,17 +161,35 @@ class SymptomMapper:
         words = {w.lower() for w in re.findall(r"[A-Za-z0-9_.-]+", text)}
         hits = sorted(k for w in words for k in self.by_name.get(w, []) if k.startswith("service:"))
         if len(hits) == 1:
-            return Symptom(hits[0], self.signal(alert), "service name in the alert text")
+            return Symptom(hits[0], self.signal(alert, hits[0]), "service name in the alert text")
         named = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
         return Symptom(None, self.signal(alert), f"no known entity in labels ({named})")
 
-    @staticmethod
-    def signal(alert: Alert) -> str | None:
+    def signal(self, alert: Alert, entity: str | None = None) -> str | None:
+        """The alerted signal: its kind from the alert's words; then, when the entity's own
+        series are known and hold no span-derived signal of that kind, the entity's series of
+        that kind (the statistic the alert names, else p95, p99, p90, average, p50)."""
         text = " ".join([alert.name, *alert.labels.values(), alert.annotations.get("summary", "")])
-        for pattern, signal in SIGNAL_WORDS:
-            if pattern.search(text):
-                return signal
-        return None
+        kind = next((signal for pattern, signal in SIGNAL_WORDS if pattern.search(text)), None)
+        if kind is None or entity is None or self.signals_of is None:
+            return kind
+        own = sorted({s for s in self.signals_of(entity) if not s.startswith("edge.")})
+        if not own or kind in own:
+            return kind
+        named = [st for st in STATISTICS if re.search(rf"\b{st}\b", text, re.I)]
+        for pattern in SIGNAL_KINDS[kind]:
+            matching = [s for s in own if pattern.search(s)]
+            if matching:
+                return min(matching, key=lambda s: _statistic_rank(s, named))
+        return kind
+
+
+def _statistic_rank(signal: str, named: list[str]) -> tuple[int, int, str]:
+    """Sort key of a series: a statistic the alert names first, then ``STATISTICS`` order."""
+    tail = signal.lower().replace("_", ".").split(".")
+    named_hit = next((i for i, st in enumerate(named) if st in tail), len(named))
+    preferred = next((i for i, st in enumerate(STATISTICS) if st in tail), len(STATISTICS))
+    return (named_hit, preferred, signal)
 
 
 def _kind_rank(key: str) -> tuple[int, str]:

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -226,7 +227,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             arrived: dict[str, float] = {}
             now = dt.datetime.now(dt.UTC)
             model = await asyncio.to_thread(models.get)
-            mapper = SymptomMapper(_known_entities(model))
+            mapper = SymptomMapper(_known_entities(model), _signals_of(model))
             for event in events:
                 try:
                     parsed = parse_webhook(orjson.loads(event.value))
@@ -265,6 +266,16 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             )
 
     return app
+
+
+def _signals_of(model: WorldModel | None) -> Callable[[str], list[str]]:
+    """The series each entity has (read when an alert's signal is resolved)."""
+    if model is None:
+        return lambda _entity: []
+    index: dict[str, list[str]] = {}
+    for entity, signal in model.baselines.keys():
+        index.setdefault(entity, []).append(signal)
+    return lambda entity: index.get(entity, [])
 
 
 def _known_entities(model: WorldModel | None) -> set[str]:

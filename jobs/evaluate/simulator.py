@@ -251,7 +251,10 @@ def prepare(
     [alert] = parse_webhook(payload)
     known = {e for e, _ in model.baselines.keys()}
     known.update(str(n) for n in model.graph.as_of(model.watermark or 2**62).nodes)
-    symptom = SymptomMapper(known).map(alert)
+    signals: dict[str, list[str]] = {}
+    for entity, signal in model.baselines.keys():
+        signals.setdefault(entity, []).append(signal)
+    symptom = SymptomMapper(known, lambda e: signals.get(e, [])).map(alert)
     symptoms = [(symptom.entity, symptom.signal)] if symptom.entity else []
     prepared = Prepared(scenario, seed, labels, model, symptoms, alert.starts_at_s, alerted)
     if baselines:
