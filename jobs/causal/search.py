@@ -921,7 +921,7 @@ class CausalSearch:
             onset_of = ev.onset_s
             end_of = ev.end_s if ev.end_s is not None else ev.onset_s
             if signal is not None:
-                family = signal.split("_")[0]
+                family = _family(signal)
                 of_signal = np.array(
                     [r for r in mine if batch.series[r][1].startswith(family)], dtype=np.int64
                 )
@@ -1522,6 +1522,16 @@ class _LatencyAccounts:
 
 
 LATENCY_UNIT = re.compile(r"_(ms|us|ns|s|seconds|milliseconds)(?=$|[{.])")
+
+
+def _family(signal: str) -> str:
+    """The prefix of the series that measure what ``signal`` names: a span-derived signal's
+    kind (``span.latency_p95_ms`` -> every ``span.latency`` statistic); any other series is
+    itself (an alert on a metric's statistic is about that statistic; splitting such a name
+    on ``_`` would take ``http_server_duration_seconds`` for every ``http`` series)."""
+    if signal.startswith(("span.", "edge.")):
+        return signal.split("_")[0]
+    return signal
 
 
 def _latency_unit(signal: str) -> str | None:

@@ -64,3 +64,13 @@ def test_without_known_series_the_kind_is_all_there_is() -> None:
     assert symptom.signal == "span.latency_p95_ms"
     unknown = _mapper(METRICS_ONLY).map(_alert("Something", {"service": "nowhere"}))
     assert unknown.entity is None and "no known entity" in unknown.how
+
+
+def test_the_alerted_series_family() -> None:
+    from jobs.causal.search import _family
+
+    # a span-derived kind covers its statistics; a metric's statistic is itself (an
+    # underscore-split prefix would take every "http" series for one)
+    assert _family("span.latency_p95_ms") == "span.latency"
+    assert _family("http_server_duration_seconds.p99") == "http_server_duration_seconds.p99"
+    assert _family("latency.average") == "latency.average"
