@@ -19,8 +19,10 @@ by whole days so it ends before the scenario's first issue window (hour-of-day s
 and is learned once per scenario, then each issue window is applied on a restored copy. A
 scenario without normal history (``temporal_traffic*``) learns from what a live deployment
 would have seen: the windows of the same scenario recorded before the target one (labels are
-never read). The search runs when the window's last interval has closed, the alert being on
-``PetSite`` at the dataset's alert time.
+never read). The search answers the alert (on ``PetSite``, at the dataset's alert time) as the
+live stage does: with the data through the first row at or after the alert's time, the row the
+alert fired on, not the rows recorded after it (searching at the window's end instead gave
+test top-1 / top-3 0.90 / 0.94 and train 0.81 / 0.84; at the alert, 0.90 / 0.93 and 1.00 / 1.00).
 """
 
 from __future__ import annotations
@@ -300,10 +302,18 @@ def symptom_signal(metric: str, agg: str) -> str:
 
 
 def search_window(
-    model: WorldModel, issue_frame: Frame, alert_node: str, signal: str, config: SearchConfig
+    model: WorldModel,
+    issue_frame: Frame,
+    alert_node: str,
+    signal: str,
+    config: SearchConfig,
+    alert_s: float,
 ) -> SearchResult:
-    """The search once the window's last interval has closed."""
-    t_eval = float(issue_frame.timestamps[-1]) + INTERVAL_S
+    """The search as the live stage answers the alert: with the data of the first row at or
+    after the alert's time (the row the alert fired on, once it has closed), not the rows
+    recorded after it; never beyond the window."""
+    first_row = math.ceil(alert_s / INTERVAL_S) * INTERVAL_S
+    t_eval = min(float(issue_frame.timestamps[-1]), first_row)
     return CausalSearch(model, config).run([(entity_key(alert_node), signal)], t_eval)
 
 
@@ -426,7 +436,7 @@ def _case(
     columns: list[tuple[str, str, str]],
 ) -> CaseResult:
     signal = symptom_signal(issue.alert_metric, issue.alert_agg)
-    result = search_window(model, issue.frame, issue.alert_node, signal, config)
+    result = search_window(model, issue.frame, issue.alert_node, signal, config, issue.alert_time_s)
     answers = {"worldline": worldline_answer(result)}
     answers.update(baseline_answers(normal, window, columns))
     return CaseResult(
@@ -482,7 +492,14 @@ def _normal_windows(
         history = matrix[:start]
         base_answers = baseline_answers(history, matrix[start:stop], columns)
         for metric, agg in alerts:
-            result = search_window(model, window, alert_node, symptom_signal(metric, agg), config)
+            result = search_window(
+                model,
+                window,
+                alert_node,
+                symptom_signal(metric, agg),
+                config,
+                float(window.timestamps[2]),
+            )
             answers = {"worldline": worldline_answer(result), **base_answers}
             out.append(NormalResult(scenario.name, metric, float(window.timestamps[2]), answers))
         on_case(f"{scenario.name}/noissue@{start}")
