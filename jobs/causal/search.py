@@ -155,6 +155,15 @@ class SearchConfig:
     # persistence is measured up to the alerted deviation's end (plus the onset tolerance)
     # when the symptom has recovered: a cause must deviate while the symptom does
     until_symptom_ends: bool = True
+    # a candidate already harmed as much as now (at least ``standing_ratio`` of its peak, in
+    # spreads) at an interval before the symptom began (beyond the onset tolerance) while the
+    # alerted signal was measured normal is a standing condition: it held and the symptom did
+    # not follow, so it does not explain why the symptom began. Its evidence counts
+    # ``standing_weight`` when ranking; it is still ranked, and still explains what it can.
+    # Only with the symptom's onset measured: an alert's time says little about when its
+    # signal began to change (alerts wait, burn rates average over hours).
+    standing_weight: float = 0.1
+    standing_ratio: float = 0.8
 
 
 @dataclass
@@ -194,12 +203,7 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
         empty = np.zeros(0)
         return Evidence(empty, empty, empty, empty, empty)
     filled = np.nan_to_num(z, nan=0.0)
-    down = batch.down_is_bad if batch.down_is_bad is not None else np.zeros(n, dtype=bool)
-    harmful = np.where(
-        batch.up_is_bad[:, None],
-        np.maximum(filled, 0.0),
-        np.where(down[:, None], np.maximum(-filled, 0.0), np.abs(filled)),
-    )
+    harmful = _harmful(batch)
     # the peak is taken among the deviations still going on near the window's end: a run
     # that was over long before (an isolated spike of a low-traffic series) is weighed down
     dev_h = harmful >= config.z_min
@@ -239,6 +243,18 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     strength = np.where(chronic, strength * config.chronic_weight, strength)
     strength = np.where(stale[rows, peak_idx], strength * config.stale_weight, strength)
     return Evidence(peak_z, strength, onset, persistence, end)
+
+
+def _harmful(batch: HypothesisBatch) -> np.ndarray:
+    """Each score in its harmful direction (0 where unknown or harmless)."""
+    filled = np.nan_to_num(batch.z, nan=0.0)
+    n = len(batch)
+    down = batch.down_is_bad if batch.down_is_bad is not None else np.zeros(n, dtype=bool)
+    return np.where(
+        batch.up_is_bad[:, None],
+        np.maximum(filled, 0.0),
+        np.where(down[:, None], np.maximum(-filled, 0.0), np.abs(filled)),
+    )
 
 
 @dataclass
@@ -768,6 +784,9 @@ class CausalSearch:
         weighted = ev.strength * np.where(
             (traffic & ~symptom_row) | small, config.traffic_weight, 1.0
         )
+        standing = self._standing(symptoms, batch, ev, idx, symptom_onset, tolerance) & ~symptom_row
+        if standing.any():
+            weighted = np.where(standing, weighted * config.standing_weight, weighted)
         rank_strength = np.zeros(n_ent)
         np.maximum.at(rank_strength, ent, weighted)
         # each entity's cause row: its strongest evidence as ranked
@@ -1290,6 +1309,50 @@ class CausalSearch:
             and (baseline := self.model.baselines.get(entity, key_signal)) is not None
         ]
         return max(learned) if learned else None
+
+    def _standing(
+        self,
+        symptoms: list[tuple[str, str | None]],
+        batch: HypothesisBatch,
+        ev: Evidence,
+        idx: dict[str, int],
+        began: float | None,
+        tolerance: float,
+    ) -> np.ndarray:
+        """Rows harmed at least ``standing_ratio`` of their peak at an interval ending before
+        the symptom began (less the tolerance) while every series of the alerted signal was
+        measured and under ``z_min`` there: conditions the symptom did not follow."""
+        config = self.config
+        out = np.zeros(len(batch), dtype=bool)
+        if began is None or len(batch) == 0 or config.standing_weight >= 1.0:
+            return out
+        w = batch.z.shape[1]
+        cols = np.arange(w)
+        before = batch.t0_s + (cols + 1) * batch.interval_s <= began - tolerance
+        if not before.any():
+            return out
+        own = [
+            r
+            for r, (series, k) in enumerate(zip(batch.series, batch.entity, strict=True))
+            for entity, signal in symptoms
+            if idx.get(entity) == int(k)
+            and _owner(series[0]) == entity
+            and (signal is None or series[1].startswith(_family(signal)))
+        ]
+        if not own:
+            return out
+        harmful = _harmful(batch)
+        z_own = batch.z[own]
+        quiet = before & ~np.isnan(z_own).any(axis=0) & (harmful[own].max(axis=0) < config.z_min)
+        if not quiet.any():
+            return out
+        held = np.where(quiet[None, :], harmful, 0.0).max(axis=1)
+        peak = np.minimum(np.abs(ev.peak), SCORE_LIMIT)
+        return (
+            (ev.strength >= config.z_min)
+            & (held >= config.z_min)
+            & (held >= config.standing_ratio * peak)
+        )
 
     def _quiet_symptom(
         self,

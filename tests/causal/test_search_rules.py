@@ -459,6 +459,43 @@ def test_a_dependency_that_began_failing_after_its_caller_does_not_explain_it() 
     assert _top(loose) == "service:db"
 
 
+def test_a_condition_that_held_while_the_symptom_was_normal_does_not_explain_it() -> None:
+    # lb, a dependency of front, fails every request from the window's first row on while
+    # front stays healthy for two intervals; then app fails and front with it: lb's failure
+    # held and front did not follow, so app is why front began failing
+    levels = _levels({"front": 0.2, "app": 0.08, "lb": 0.01})
+    for component in ("front", "app", "lb"):
+        levels[(component, "availability", "Average")] = (99.5, 0.002)
+    lb = ("lb", "availability", "Average")
+    world = _world(
+        [("front", "app"), ("front", "lb")],
+        levels,
+        {
+            ("front", "availability", "Average"): -2.0,
+            ("app", "availability", "Average"): -4.0,
+            lb: -99.0,
+        },
+        fault_rows=INCIDENT_ROWS,
+        delays={lb: -FAULT_ROW},
+    )
+    result = _search(world, "availability.average")
+    assert _top(result) == "service:app"
+    assert [c.entity for c in result.causes[:2]] == ["service:app", "service:lb"]
+    # counted in full, lb's (far larger) failure wins
+    loose = _search(world, "availability.average", standing_weight=1.0)
+    assert _top(loose) == "service:lb"
+    # the same failure beginning with front's is its cause
+    together = _search(
+        _world(
+            [("front", "app"), ("front", "lb")],
+            levels,
+            {("front", "availability", "Average"): -2.0, lb: -99.0},
+        ),
+        "availability.average",
+    )
+    assert _top(together) == "service:lb"
+
+
 def test_a_duration_of_failed_requests_is_latency_not_failure() -> None:
     from jobs.causal.search import _is_failure
 
