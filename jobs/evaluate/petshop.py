@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -86,18 +87,32 @@ class Frame:
 
 def read_metrics(path: Path) -> Frame:
     """Parse the three header rows (microservice, metric, statistic), the index-name row
-    (``unix_timestamp``) and the data rows."""
+    (``unix_timestamp``) and the data rows (read columnar: long histories stay cheap)."""
     with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    if len(rows) < 3 or rows[0][0] != "microservice":
+        head = [next(csv.reader([fh.readline()]), []) for _ in range(3)]
+    if (
+        not head[0]
+        or head[0][0] != "microservice"
+        or not (len(head[0]) == len(head[1]) == len(head[2]))
+    ):
         raise ValueError(f"{path}: not a PetShop metrics file (three header rows expected)")
-    header = list(zip(rows[0][1:], rows[1][1:], rows[2][1:], strict=True))
-    data = [r for r in rows[3:] if r and r[0] not in ("unix_timestamp", "")]
-    times = np.array([float(r[0]) for r in data], dtype=np.float64)
-    values = np.array(
-        [[float(v) if v not in ("", "nan", "NaN") else math.nan for v in r[1:]] for r in data],
-        dtype=np.float64,
-    ).reshape(len(data), len(header))
+    header = list(zip(head[0][1:], head[1][1:], head[2][1:], strict=True))
+    table = pl.read_csv(
+        path,
+        has_header=False,
+        skip_rows=3,
+        infer_schema=False,
+        new_columns=[f"c{j}" for j in range(len(header) + 1)],
+    )
+    index = pl.col("c0").str.strip_chars()
+    table = table.filter(index.is_not_null() & (index != "") & (index != "unix_timestamp"))
+    numbers = table.select(
+        pl.all().str.strip_chars().cast(pl.Float64, strict=False).fill_null(math.nan)
+    ).to_numpy()
+    times = numbers[:, 0].astype(np.float64)
+    if np.isnan(times).any():
+        raise ValueError(f"{path}: a row's timestamp is not a number")
+    values = np.ascontiguousarray(numbers[:, 1:], dtype=np.float64).reshape(len(times), len(header))
     order = np.argsort(times, kind="stable")
     return Frame(times[order], header, values[order])
 
@@ -230,11 +245,27 @@ def to_requests(frame: Frame, shift_s: float = 0.0) -> list[ExportMetricsService
     return requests
 
 
+CHUNK_ROWS = 288  # a day of 5-minute rows per segment: memory stays bounded on long histories
+
+
 def apply_frame(
     model: WorldModel, frame: Frame, topic: str, first_offset: int, shift_s: float = 0.0
 ) -> int:
-    """Apply a frame's rows to the model as one series and one points segment (offsets
-    ``first_offset`` .. one per row), then close the intervals they cover. Returns the next offset."""
+    """Apply a frame's rows to the model in segments of at most ``CHUNK_ROWS`` rows (offsets
+    ``first_offset`` .. one per row), closing the intervals each covers, as a live stream
+    delivers them. Returns the next offset."""
+    offset = first_offset
+    for start in range(0, len(frame), CHUNK_ROWS):
+        offset = _apply_rows(
+            model, frame.rows(start, min(len(frame), start + CHUNK_ROWS)), topic, offset, shift_s
+        )
+    return offset
+
+
+def _apply_rows(
+    model: WorldModel, frame: Frame, topic: str, first_offset: int, shift_s: float
+) -> int:
+    """One series and one points segment for ``frame``'s rows, then the intervals they cover."""
     if len(frame) == 0:
         return first_offset
     columns = MetricColumns()

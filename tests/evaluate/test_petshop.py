@@ -49,6 +49,37 @@ def test_loader_reads_three_header_rows_sorted_timestamps_and_nan(tmp_path: Path
     assert names == {"latency.average", "availability.average", "requests.sum"}  # NaN skipped
 
 
+def test_loader_refuses_a_file_without_the_three_header_rows(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text("time,PetSite\n1681857120.0,0.5\n")
+    with pytest.raises(ValueError, match="three header rows"):
+        petshop.read_metrics(path)
+    path.write_text(METRICS_CSV.replace("1681857120.0", "soon"))
+    with pytest.raises(ValueError, match="timestamp"):
+        petshop.read_metrics(path)
+
+
+def test_a_long_history_is_applied_in_bounded_segments_with_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(3)
+    rows = 40
+    times = 1_700_000_100.0 + petshop.INTERVAL_S * np.arange(rows)
+    columns = [("PetSite", "latency", "Average"), ("PetSearch", "requests", "Sum")]
+    values = np.column_stack([0.2 + 0.01 * rng.standard_normal(rows), rng.poisson(50, rows)])
+    values[7, 0] = np.nan
+    frame = petshop.Frame(times, columns, values.astype(float))
+    states = []
+    for chunk in (rows, 6):
+        monkeypatch.setattr(petshop, "CHUNK_ROWS", chunk)
+        model = petshop.new_model([("PetSite", "PetSearch")], float(times[0]))
+        assert petshop.apply_frame(model, frame, "t", 10) == 10 + rows
+        states.append(
+            {key: model.baselines.get(*key).to_bytes() for key in sorted(model.baselines.keys())}
+        )
+    assert len(states[0]) == 2 and states[0] == states[1]
+
+
 def test_graph_rows_call_columns_and_become_given_edges(tmp_path: Path) -> None:
     path = tmp_path / "graph.csv"
     path.write_text(GRAPH_CSV)
