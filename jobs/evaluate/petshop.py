@@ -16,7 +16,8 @@ on PetSite, counted right when the method names no cause.
 Time. Each row aggregates 5 minutes, so the world model runs with 300 s intervals. The normal
 history (``noissue``, ~49 h) was recorded months *after* the issues; it is moved back in time
 by whole days so it ends before the scenario's first issue window (hour-of-day stays aligned)
-and is learned once per scenario, then each issue window is applied on a restored copy. A
+and is learned once per scenario, then each issue window's rows through the one the alert is
+answered with (below) are applied on a restored copy: the model never holds later rows. A
 scenario without normal history (``temporal_traffic*``) learns from what a live deployment
 would have seen: the windows of the same scenario recorded before the target one (labels are
 never read). The search answers the alert (on ``PetSite``, at the dataset's alert time) as the
@@ -332,6 +333,23 @@ def symptom_signal(metric: str, agg: str) -> str:
     return signal_name(metric, "average" if agg.lower() in ("average", "mean") else agg)
 
 
+def alert_time(frame: Frame, alert_s: float) -> float:
+    """Start of the row the live stage answers an alert fired at ``alert_s`` in ``frame``'s
+    window with: the first row starting at or after it (a row covers the 5 minutes from its
+    timestamp; the issue's time is when it began, and the first row that can show it is the
+    next to start), never beyond the window's last row. The answer comes once that row closes."""
+    first_row = math.ceil(alert_s / INTERVAL_S) * INTERVAL_S
+    return min(float(frame.timestamps[-1]), first_row)
+
+
+def rows_through(frame: Frame, t_s: float) -> Frame:
+    """The rows of ``frame`` in the world model's intervals up to the one starting at ``t_s``
+    (intervals are aligned to the epoch; a row's is the one its timestamp falls in): all the
+    model has when that interval has closed, not the rows recorded after it."""
+    interval_start = np.floor(frame.timestamps / INTERVAL_S) * INTERVAL_S
+    return frame.rows(0, int(np.searchsorted(interval_start, t_s, side="right")))
+
+
 def search_window(
     model: WorldModel,
     issue_frame: Frame,
@@ -340,11 +358,9 @@ def search_window(
     config: SearchConfig,
     alert_s: float,
 ) -> SearchResult:
-    """The search as the live stage answers the alert: with the data of the first row at or
-    after the alert's time (the row the alert fired on, once it has closed), not the rows
-    recorded after it; never beyond the window."""
-    first_row = math.ceil(alert_s / INTERVAL_S) * INTERVAL_S
-    t_eval = min(float(issue_frame.timestamps[-1]), first_row)
+    """The search as the live stage answers the alert: at ``alert_time``, with the data
+    through that row (the model given ``rows_through`` it)."""
+    t_eval = alert_time(issue_frame, alert_s)
     return CausalSearch(model, config).run([(entity_key(alert_node), signal)], t_eval)
 
 
@@ -433,7 +449,7 @@ def run_scenario(
         normal_matrix = matrix_of(scenario.normal, columns)
         for issue in issues:
             model = WorldModel.restore(snapshot)
-            apply_frame(model, issue.frame, topic, offset)
+            apply_frame(model, _until_alert(issue), topic, offset)
             cases.append(
                 _case(issue, model, config, normal_matrix, matrix_of(issue.frame, columns), columns)
             )
@@ -449,13 +465,18 @@ def run_scenario(
             offset = 0
             for frame in prior:
                 offset = apply_frame(model, frame, topic, offset)
-            apply_frame(model, issue.frame, topic, offset)
+            apply_frame(model, _until_alert(issue), topic, offset)
             history = np.concatenate([matrix_of(f, columns) for f in prior]) if prior else None
             cases.append(
                 _case(issue, model, config, history, matrix_of(issue.frame, columns), columns)
             )
             on_case(issue.key)
     return cases, normals
+
+
+def _until_alert(issue: Issue) -> Frame:
+    """The issue window's rows the world model has when the alert is answered."""
+    return rows_through(issue.frame, alert_time(issue.frame, issue.alert_time_s))
 
 
 def _case(
@@ -518,18 +539,16 @@ def _normal_windows(
     alert_node, alerts = normal_alerts(scenario)
     for start in starts:
         stop = start + WINDOW_ROWS
-        fed = apply_frame(model, normal.rows(fed, stop), topic, fed) if stop > fed else fed
         window = normal.rows(start, stop)
+        at = float(window.timestamps[2])
+        # the model has the rows through the one the alert is answered with, as live
+        until = start + len(rows_through(window, alert_time(window, at)))
+        fed = apply_frame(model, normal.rows(fed, until), topic, fed) if until > fed else fed
         history = matrix[:start]
         base_answers = baseline_answers(history, matrix[start:stop], columns)
         for metric, agg in alerts:
             result = search_window(
-                model,
-                window,
-                alert_node,
-                symptom_signal(metric, agg),
-                config,
-                float(window.timestamps[2]),
+                model, window, alert_node, symptom_signal(metric, agg), config, at
             )
             answers = {"worldline": worldline_answer(result), **base_answers}
             out.append(NormalResult(scenario.name, metric, float(window.timestamps[2]), answers))

@@ -59,6 +59,19 @@ def test_loader_refuses_a_file_without_the_three_header_rows(tmp_path: Path) -> 
         petshop.read_metrics(path)
 
 
+def test_the_alert_is_answered_with_the_rows_through_the_first_one_after_it() -> None:
+    # rows every 5 minutes, 120 s off the epoch-aligned intervals (as low_traffic's)
+    t0 = 1_681_885_920.0
+    times = t0 + petshop.INTERVAL_S * np.arange(5)
+    frame = petshop.Frame(times, [("PetSite", "latency", "Average")], np.zeros((5, 1)))
+    alert = t0 + 403.0  # within row 1
+    at = petshop.alert_time(frame, alert)
+    assert at == t0 + 480.0  # the interval row 2 falls in
+    assert len(petshop.rows_through(frame, at)) == 3  # rows 0, 1, 2; not 3 and 4
+    assert len(petshop.rows_through(frame, at - 1.0)) == 2
+    assert petshop.alert_time(frame, times[-1] + 900.0) == times[-1]  # never past the window
+
+
 def test_a_long_history_is_applied_in_bounded_segments_with_the_same_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
