@@ -603,8 +603,8 @@ class CausalSearch:
             uncorroborated = True
         alive = best_strength >= config.z_min
         # (a quiet alert answered for a strong dependency: the strong one says there is an
-        # incident; every deviating candidate is ranked, as for any alert, the strong one
-        # among them, and "nothing is wrong" stays at least as likely as the best)
+        # incident; every deviating candidate is ranked, as for any alert, those strong ones
+        # first, and "nothing is wrong" stays at least as likely as the best)
         if (
             uncorroborated
             or weakly
@@ -787,6 +787,10 @@ class CausalSearch:
         standing = self._standing(symptoms, batch, ev, idx, symptom_onset, tolerance) & ~symptom_row
         if standing.any():
             weighted = np.where(standing, weighted * config.standing_weight, weighted)
+        if uncorroborated:
+            # the alert is answered because of the dependencies harmed far beyond their normal
+            # (``far``): evidence that alone would not have answered it ranks behind theirs
+            weighted = np.where(far[ent], weighted, weighted * config.traffic_weight)
         rank_strength = np.zeros(n_ent)
         np.maximum.at(rank_strength, ent, weighted)
         # each entity's cause row: its strongest evidence as ranked

@@ -295,6 +295,26 @@ def test_a_failure_alert_its_own_signal_does_not_show_is_answered_for_a_failing_
     assert latency.abstained and "no incident to explain" in (latency.abstain_reason or "")
 
 
+def test_a_quiet_failure_alert_ranks_the_failing_dependency_before_a_merely_slower_one() -> None:
+    # front's availability looks normal; app fails clearly, slow gets a lot slower (far more
+    # spreads than app's failure, but under the 20 a quiet alert needs of latency): the alert is
+    # answered because app fails, and slow's latency alone would not have answered it
+    levels = _levels({"front": 0.2, "app": 0.08, "slow": 0.05})
+    world = _world(
+        [("front", "app"), ("front", "slow")],
+        levels,
+        {
+            ("app", "availability", "Average"): -5.0,
+            ("slow", "latency", "Average"): 0.045,  # about 13 spreads
+        },
+    )
+    result = _search(world, "availability.average")
+    assert [c.entity for c in result.causes[:2]] == ["service:app", "service:slow"]
+    # ranked on strength alone, the slower one comes first
+    loose = _search(world, "availability.average", traffic_weight=1.0)
+    assert _top(loose) == "service:slow"
+
+
 def test_latency_statistics_keep_what_follows_the_qualifiers() -> None:
     from jobs.causal.search import _latency_unit, _LatencyAccounts
 
