@@ -145,12 +145,21 @@ def render(summary: dict[str, Any], published: dict[tuple[str, str], dict[str, f
     show_default=True,
     help="Normal windows sampled per scenario for specificity.",
 )
+@click.option(
+    "--interval-s",
+    type=click.FloatRange(min=1.0, max=3600.0),
+    default=petshop.INTERVAL_S,
+    show_default=True,
+    help="The world model's interval (the setting interval_s). The rows are 5 minutes; a"
+    " shorter interval shows what a deployment whose interval is finer than its data sees.",
+)
 def petshop_command(
     data: Path | None,
     json_out: Path | None,
     split: str,
     scenarios: tuple[str, ...],
     normal_windows: int,
+    interval_s: float,
 ) -> None:
     """PetShop RCA dataset: top-1/top-3 per scenario and alert metric, specificity on normal
     data; worldline's causal search, BARO and N-Sigma in the same run."""
@@ -202,6 +211,7 @@ def petshop_command(
                 splits,
                 on_case=lambda _key: progress.advance(task),
                 specificity_windows=normal_windows,
+                interval_s=interval_s,
             )
             cases += c
             normals += n
@@ -212,6 +222,7 @@ def petshop_command(
         doc = {
             "dataset": "petshop",
             "split": split,
+            "interval_s": interval_s,
             "summary": summary,
             "published": {f"{s}/{m}": v for (s, m), v in published.items()},
             "cases": [

@@ -296,8 +296,12 @@ def _apply_rows(
     return last_offset + 1
 
 
-def new_model(graph: Sequence[tuple[str, str]], t_s: float) -> WorldModel:
-    model = WorldModel(WorldModelConfig(interval_s=INTERVAL_S, allowed_lateness_s=0.0))
+def new_model(
+    graph: Sequence[tuple[str, str]], t_s: float, interval_s: float = INTERVAL_S
+) -> WorldModel:
+    """A world model with ``graph``'s given edges, its intervals ``interval_s`` long (the rows'
+    5 minutes by default)."""
+    model = WorldModel(WorldModelConfig(interval_s=interval_s, allowed_lateness_s=0.0))
     for caller, callee in graph:
         model.graph.add_given_edge(
             EntityRef.from_key(entity_key(caller)),
@@ -333,20 +337,21 @@ def symptom_signal(metric: str, agg: str) -> str:
     return signal_name(metric, "average" if agg.lower() in ("average", "mean") else agg)
 
 
-def alert_time(frame: Frame, alert_s: float) -> float:
-    """Start of the row the live stage answers an alert fired at ``alert_s`` in ``frame``'s
-    window with: the first row starting at or after it (a row covers the 5 minutes from its
-    timestamp; the issue's time is when it began, and the first row that can show it is the
-    next to start), never beyond the window's last row. The answer comes once that row closes."""
-    first_row = math.ceil(alert_s / INTERVAL_S) * INTERVAL_S
-    return min(float(frame.timestamps[-1]), first_row)
+def alert_time(frame: Frame, alert_s: float, interval_s: float = INTERVAL_S) -> float:
+    """When the live stage answers an alert fired at ``alert_s`` in ``frame``'s window: at the
+    start of the model interval (``interval_s``) holding the first row that starts at or after
+    it (a row covers the 5 minutes from its timestamp; the issue's time is when it began, and
+    the first row that can show it is the next to start), never beyond the window's last row.
+    The answer comes once that interval closes."""
+    i = min(int(np.searchsorted(frame.timestamps, alert_s, side="left")), len(frame) - 1)
+    return math.floor(float(frame.timestamps[i]) / interval_s) * interval_s
 
 
-def rows_through(frame: Frame, t_s: float) -> Frame:
-    """The rows of ``frame`` in the world model's intervals up to the one starting at ``t_s``
-    (intervals are aligned to the epoch; a row's is the one its timestamp falls in): all the
-    model has when that interval has closed, not the rows recorded after it."""
-    interval_start = np.floor(frame.timestamps / INTERVAL_S) * INTERVAL_S
+def rows_through(frame: Frame, t_s: float, interval_s: float = INTERVAL_S) -> Frame:
+    """The rows of ``frame`` in the world model's intervals (``interval_s``, aligned to the
+    epoch) up to the one starting at ``t_s``: all the model has when that interval has closed,
+    not the rows recorded after it."""
+    interval_start = np.floor(frame.timestamps / interval_s) * interval_s
     return frame.rows(0, int(np.searchsorted(interval_start, t_s, side="right")))
 
 
@@ -360,7 +365,7 @@ def search_window(
 ) -> SearchResult:
     """The search as the live stage answers the alert: at ``alert_time``, with the data
     through that row (the model given ``rows_through`` it)."""
-    t_eval = alert_time(issue_frame, alert_s)
+    t_eval = alert_time(issue_frame, alert_s, model.config.interval_s)
     return CausalSearch(model, config).run([(entity_key(alert_node), signal)], t_eval)
 
 
@@ -433,7 +438,11 @@ def run_scenario(
     config: SearchConfig | None = None,
     on_case: Callable[[str], None] = lambda _key: None,
     specificity_windows: int = SPECIFICITY_WINDOWS,
+    interval_s: float = INTERVAL_S,
 ) -> tuple[list[CaseResult], list[NormalResult]]:
+    """Every issue of ``splits`` and the normal windows, each answered as live, by a world model
+    of ``interval_s`` intervals (the rows' 5 minutes by default; shorter ones show what a
+    deployment whose interval is finer than its data would see)."""
     config = config or PETSHOP_SEARCH
     issues = [i for i in scenario.issues if i.split in splits]
     columns = sorted({c for i in scenario.issues for c in i.frame.columns})
@@ -443,29 +452,32 @@ def run_scenario(
     if scenario.normal is not None:
         first_start = min(float(i.frame.timestamps[0]) for i in scenario.issues)
         shift = history_shift(scenario.normal, first_start)
-        base = new_model(scenario.graph, float(scenario.normal.timestamps[0]) + shift)
+        base = new_model(scenario.graph, float(scenario.normal.timestamps[0]) + shift, interval_s)
         offset = apply_frame(base, scenario.normal, topic, 0, shift)
         snapshot = base.checkpoint()
         normal_matrix = matrix_of(scenario.normal, columns)
         for issue in issues:
             model = WorldModel.restore(snapshot)
-            apply_frame(model, _until_alert(issue), topic, offset)
+            apply_frame(model, _until_alert(issue, interval_s), topic, offset)
             cases.append(
                 _case(issue, model, config, normal_matrix, matrix_of(issue.frame, columns), columns)
             )
             on_case(issue.key)
-        normals = _normal_windows(scenario, config, columns, specificity_windows, on_case)
+        normals = _normal_windows(
+            scenario, config, columns, specificity_windows, on_case, interval_s
+        )
     else:
         for issue in issues:
             prior = _prior_windows(scenario, issue)
             model = new_model(
                 scenario.graph,
                 float(prior[0].timestamps[0] if prior else issue.frame.timestamps[0]),
+                interval_s,
             )
             offset = 0
             for frame in prior:
                 offset = apply_frame(model, frame, topic, offset)
-            apply_frame(model, _until_alert(issue), topic, offset)
+            apply_frame(model, _until_alert(issue, interval_s), topic, offset)
             history = np.concatenate([matrix_of(f, columns) for f in prior]) if prior else None
             cases.append(
                 _case(issue, model, config, history, matrix_of(issue.frame, columns), columns)
@@ -474,9 +486,10 @@ def run_scenario(
     return cases, normals
 
 
-def _until_alert(issue: Issue) -> Frame:
+def _until_alert(issue: Issue, interval_s: float) -> Frame:
     """The issue window's rows the world model has when the alert is answered."""
-    return rows_through(issue.frame, alert_time(issue.frame, issue.alert_time_s))
+    at = alert_time(issue.frame, issue.alert_time_s, interval_s)
+    return rows_through(issue.frame, at, interval_s)
 
 
 def _case(
@@ -524,6 +537,7 @@ def _normal_windows(
     columns: list[tuple[str, str, str]],
     count: int,
     on_case: Callable[[str], None],
+    interval_s: float = INTERVAL_S,
 ) -> list[NormalResult]:
     """Stream the normal data once; at each sampled window run every method with an alert on
     the issues' alerted node and metrics (PetShop: PetSite's latency and availability) at the
@@ -532,7 +546,7 @@ def _normal_windows(
     assert normal is not None
     starts = normal_window_starts(normal, count)
     out: list[NormalResult] = []
-    model = new_model(scenario.graph, float(normal.timestamps[0]))
+    model = new_model(scenario.graph, float(normal.timestamps[0]), interval_s)
     topic = f"petshop.{scenario.name}.noissue"
     fed = 0
     matrix = matrix_of(normal, columns)
@@ -542,7 +556,7 @@ def _normal_windows(
         window = normal.rows(start, stop)
         at = float(window.timestamps[2])
         # the model has the rows through the one the alert is answered with, as live
-        until = start + len(rows_through(window, alert_time(window, at)))
+        until = start + len(rows_through(window, alert_time(window, at, interval_s), interval_s))
         fed = apply_frame(model, normal.rows(fed, until), topic, fed) if until > fed else fed
         history = matrix[:start]
         base_answers = baseline_answers(history, matrix[start:stop], columns)

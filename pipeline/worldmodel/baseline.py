@@ -343,6 +343,16 @@ class SeasonalBaseline:
         return self._n
 
     @property
+    def coverage(self) -> float | None:
+        """Share of the intervals from the first to the last learned that had a value (1: one
+        every interval; 0.2: one in five, e.g. 5-minute metrics at a 60 s interval); None
+        before ten intervals have passed."""
+        if self._first_interval is None or self._last_interval is None:
+            return None
+        span = self._last_interval - self._first_interval + 1
+        return None if span < 10 else min(1.0, self._n / span)
+
+    @property
     def late_values(self) -> int:
         """Values dropped because their interval had already been learned."""
         return self._late_values
@@ -634,8 +644,34 @@ class SeasonalBaseline:
         signed = [None if r is None else direction * r for r in residuals]
         return _best_change_point(signed, first)
 
+    def _spacing(self, interval: int) -> int:
+        """Intervals each value of this series stands for: the gap since the last learned one
+        when the series is regularly that sparse (every gap between the values still in the
+        onset ring is at least as long: 5-minute metrics at a 60 s interval stand for 5), else 1
+        (values every interval, or bursts such as a job's latency, which only exists while it
+        runs: a long silence before a burst is no evidence of how fast its level drifts)."""
+        last = self._last_interval
+        if last is None or interval - last <= 1:
+            return 1
+        gap = interval - last
+        known = [
+            i
+            for i in range(last - ONSET_RING_LENGTH + 1, last + 1)
+            if self._ring[i % ONSET_RING_LENGTH] != _RING_MISSING
+        ]
+        if len(known) < 2:
+            return 1
+        return min(gap, min(b - a for a, b in zip(known, known[1:], strict=False)))
+
     def _learn(self, interval: int, value: float, exposure: float, resolution: float) -> None:
         config = self.config
+        # EWMA memories are event time: a value standing for k intervals weighs as k of them
+        steps = self._spacing(interval)
+
+        def alpha_of(memory_s: float) -> float:
+            a = config.alpha(memory_s)
+            return a if steps == 1 else 1.0 - (1.0 - a) ** steps
+
         t_mid = (interval + 0.5) * config.interval_s
         hour_index = math.floor((t_mid + config.utc_offset_s) / SECONDS_PER_HOUR)
         if self._acc_hour is not None and hour_index != self._acc_hour:
@@ -682,29 +718,29 @@ class SeasonalBaseline:
                 else config.winsorize_z
             )
             value = max(expected - c * spread, min(expected + c * spread, value))
-        alpha = max(1.0 / (n + 1), config.alpha(config.level_memory_s))
+        alpha = max(1.0 / (n + 1), alpha_of(config.level_memory_s))
         self._global_level += alpha * (value - self._global_level)
         if self._alert_direction == 0:
-            scale_alpha = max(1.0 / (n + 1), config.alpha(config.scale_memory_s))
+            scale_alpha = max(1.0 / (n + 1), alpha_of(config.scale_memory_s))
             self._resolution = _to_float32(
                 self._resolution + scale_alpha * (resolution - self._resolution)
             )
         if self._alert_direction == 0 and n > 0:
             residual = abs(value - expected)
-            scale_alpha = max(1.0 / n, config.alpha(config.scale_memory_s))
+            scale_alpha = max(1.0 / n, alpha_of(config.scale_memory_s))
             self._scale += scale_alpha * (residual - self._scale)
             if self._scale > 0:
                 hour_of_day = hour_index % HOURS_PER_DAY
                 shape = self._shape[hour_of_day]
                 ratio = min(residual / self._scale, 5.0)
-                shape += config.alpha(config.shape_memory_s) * (ratio - shape)
+                shape += alpha_of(config.shape_memory_s) * (ratio - shape)
                 self._shape[hour_of_day] = _to_float16(max(0.2, min(5.0, shape)))
         if tier != self._offset_tier:
             # the drift learned against one tier's profile means nothing against another's
             self._offset = 0.0
             self._offset_tier = tier
         if tier != "global":
-            offset_alpha = config.alpha(config.offset_memory_s)
+            offset_alpha = alpha_of(config.offset_memory_s)
             self._offset += offset_alpha * (value - seasonal - self._offset)
         if self._acc_hour is None:
             self._acc_hour = hour_index

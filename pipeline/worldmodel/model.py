@@ -394,6 +394,25 @@ class WorldModel:
                 self.dropped.get("graph_deltas_unpublished", 0) + 1
             )
 
+    def sampling(self) -> dict[str, float]:
+        """How densely the series are sampled at this model's interval: the median coverage
+        (share of intervals with a value) and the typical spacing of values in seconds. Data
+        coarser than the interval (5-minute metrics at 60 s) leaves most intervals empty; the
+        baselines' memories and the search's tolerances are set in intervals of the model, so
+        ``interval_s`` should be the data's resolution."""
+        coverages = sorted(
+            c
+            for key in self.baselines.keys()
+            if (b := self.baselines.get(*key)) is not None and (c := b.coverage) is not None
+        )
+        if not coverages:
+            return {}
+        median = coverages[len(coverages) // 2]
+        return {
+            "series_coverage_median": round(median, 3),
+            "series_spacing_s": round(self.config.interval_s / max(median, 1e-9), 1),
+        }
+
     def take_graph_deltas(self) -> list[dict[str, Any]]:
         """Deltas produced since the last call (for the ``graph.deltas`` topic)."""
         out = list(self.graph_deltas)

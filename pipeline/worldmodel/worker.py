@@ -33,6 +33,7 @@ from pipeline.worldmodel.model import WorldModel, WorldModelConfig
 
 log = logging.getLogger("worldline.worldmodel")
 
+SPARSE_COVERAGE = 0.5  # under this median share of intervals with a value, warn once
 STAGE = "world-model"
 CHECKPOINT_NAME = "worldmodel.ckpt"
 MODEL_SIGNALS = ("spans", "logs", "metric_series", "metrics")
@@ -169,8 +170,26 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
         if force or time.monotonic() - state["last_checkpoint"] >= settings.checkpoint_every_s:
             await asyncio.to_thread(save_model, store, model)
             state["last_checkpoint"] = time.monotonic()
+            sampling = model.sampling()
+            coverage = sampling.get("series_coverage_median", 1.0)
+            if coverage < SPARSE_COVERAGE and not state.get("warned_sparse"):
+                state["warned_sparse"] = 1.0
+                log.warning(
+                    "most series have a value on only %.0f%% of the %g s intervals (one every"
+                    " ~%g s): set interval_s to the data's resolution, or baselines and the"
+                    " causal search see mostly gaps",
+                    100 * coverage,
+                    settings.interval_s,
+                    sampling.get("series_spacing_s", 0.0),
+                )
             write_stats(
-                stats_file, {**counters, **model.dropped, "watermark_unix_nano": model.watermark}
+                stats_file,
+                {
+                    **counters,
+                    **model.dropped,
+                    **sampling,
+                    "watermark_unix_nano": model.watermark,
+                },
             )
 
     signal_of = {"otlp_spans": "spans", "otlp_logs": "logs", "otlp_metrics": "metrics"}

@@ -649,3 +649,39 @@ def test_an_early_incident_bends_a_young_baseline_only_a_little(
     second_loose, spread_loose = learn(BaselineConfig(interval_s=300.0, winsorize_after=30))
     assert second > 5.0 and second_loose < 3.0
     assert spread < 0.5 * spread_loose
+
+
+def test_memories_are_event_time_whatever_the_interval_the_values_come_in() -> None:
+    """5-minute values learned at a 60 s interval (one value in five intervals) follow a level
+    shift as fast, in event time, as at a 300 s interval; a burst after a long silence does not
+    count its silence."""
+    rng = np.random.default_rng(5)
+    rows = 2 * 288 + 24  # two days of 5-minute values, then two hours 1.5 spreads higher
+    values = 100.0 + 2.0 * rng.standard_normal(rows)
+    values[2 * 288 :] += 3.0
+    learned = {}
+    for interval_s in (300.0, 60.0):
+        baseline = SeasonalBaseline(BaselineConfig(interval_s=interval_s))
+        for k in range(rows):
+            baseline.update(MONDAY + 300.0 * k, float(values[k]))
+        baseline.flush(MONDAY + 300.0 * rows)
+        learned[interval_s] = baseline.expected(MONDAY + 300.0 * rows)
+    (coarse, spread, _), (fine, _, _) = learned[300.0], learned[60.0]
+    assert coarse - 100.0 > 1.0  # the shift is being learned
+    assert fine == pytest.approx(coarse, abs=0.05 * spread)
+    # a job's latency: a burst of values every interval, then silence for an hour
+    config = BaselineConfig(interval_s=60.0)
+    burst = SeasonalBaseline(config)
+    for start in (0.0, 3600.0):
+        for k in range(5):
+            burst.update(MONDAY + start + 60.0 * k, 1.0 + 0.01 * k)
+    burst.update(MONDAY + 7200.0, 1.15)  # the next burst's first value, after the silence
+    burst.flush(MONDAY + 7260.0)
+    steady = SeasonalBaseline(config)
+    for k in range(10):
+        steady.update(MONDAY + 60.0 * k, 1.0 + 0.01 * (k % 5))
+    steady.update(MONDAY + 600.0, 1.15)
+    steady.flush(MONDAY + 660.0)
+    assert burst.expected(MONDAY + 7260.0)[0] == pytest.approx(
+        steady.expected(MONDAY + 660.0)[0], rel=0.02
+    )

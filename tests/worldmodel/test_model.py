@@ -148,3 +148,23 @@ def test_each_counted_rate_gets_one_value_per_interval(store: SegmentStore) -> N
     assert cart is not None and cart.count_scale == 60.0
     cpu = model.baselines.get("service:cart", "process.cpu.utilization")
     assert cpu is not None and cpu.count_scale == 0.0
+
+
+def test_sampling_says_when_the_data_is_coarser_than_the_interval() -> None:
+    import numpy as np
+
+    from jobs.evaluate.petshop import Frame, apply_frame
+
+    rows = 60
+    times = 1_700_000_100.0 + 300.0 * np.arange(rows)  # 5-minute rows
+    columns = [("a", "latency", "Average"), ("b", "latency", "p90")]
+    frame = Frame(times, columns, np.full((rows, 2), 0.2))
+    coarse = WorldModel(WorldModelConfig(interval_s=60.0, allowed_lateness_s=0.0))
+    apply_frame(coarse, frame, "t", 0)
+    sampling = coarse.sampling()
+    assert sampling["series_coverage_median"] == pytest.approx(0.2, abs=0.01)
+    assert sampling["series_spacing_s"] == pytest.approx(300.0, rel=0.05)
+    matched = WorldModel(WorldModelConfig(interval_s=300.0, allowed_lateness_s=0.0))
+    apply_frame(matched, frame, "t", 0)
+    assert matched.sampling()["series_coverage_median"] == 1.0
+    assert WorldModel(WorldModelConfig(interval_s=60.0)).sampling() == {}
