@@ -36,6 +36,10 @@ log = logging.getLogger("worldline.causal")
 
 STAGE = "causal-search"
 REFRESH_GIVE_UP_S = 600.0
+# an alert whose time precedes the interval that shows its deviation (an alert on a fast rule,
+# the time an issue began, a scrape that lands late) finds its signal normal: while it fires, it
+# is searched again as each of the next FOLLOW_INTERVALS intervals closes, until one shows it
+FOLLOW_INTERVALS = 2
 BOOK_NAME = "incidents.json"
 
 
@@ -74,14 +78,43 @@ def connected(model: WorldModel, t_s: float, hops: int = 3) -> Any:
     return check
 
 
+def answer_time(incident: Incident, interval_s: float, follow: int = 0) -> float:
+    """The event time an incident is searched at: its latest alert's, or ``follow`` intervals
+    after it when following up an alert its data did not show yet."""
+    return max(a.starts_at_s for a in incident.alerts.values()) + follow * interval_s
+
+
+def needed_time(t_s: float, interval_s: float) -> float:
+    """When the world model must have closed through for a search at ``t_s`` to see its data:
+    the end of the interval holding ``t_s``."""
+    return (t_s // interval_s + 1) * interval_s
+
+
+def follows_up(record: dict[str, Any], incident: Incident, follow: int) -> bool:
+    """Whether a record with nothing found is searched again an interval later: the incident
+    still fires, and fewer than FOLLOW_INTERVALS follow-ups were made."""
+    return (
+        bool(record["abstained"])
+        and not record["causes"]
+        and incident.open
+        and follow < FOLLOW_INTERVALS
+    )
+
+
 def search_incident(
-    model: WorldModel, incident: Incident, config: SearchConfig, now_s: float
+    model: WorldModel,
+    incident: Incident,
+    config: SearchConfig,
+    now_s: float,
+    t_s: float | None = None,
 ) -> dict[str, Any]:
-    """Search one incident and build its record (the alert's time is the event time)."""
+    """Search one incident and build its record (event time ``t_s``: by default the latest
+    alert's time)."""
     from jobs.causal.search import SearchResult
 
     symptoms = [(s.entity, s.signal) for s in incident.symptoms.values() if s.entity]
-    t_s = max(a.starts_at_s for a in incident.alerts.values())
+    if t_s is None:
+        t_s = answer_time(incident, model.config.interval_s)
     if not symptoms:
         hows = "; ".join(sorted({s.how for s in incident.symptoms.values()}))
         result = SearchResult(
@@ -153,23 +186,23 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         "abstained": 0,
         "refreshed": 0,
         "refresh_given_up": 0,
+        "followed_up": 0,
     }
-    # incidents answered before the world model had learned the alert's interval: searched again
-    # (a new update of the same incident) once it has, or given up after REFRESH_GIVE_UP_S
-    awaiting: dict[str, tuple[float, float]] = {}  # incident -> (event time needed, wall deadline)
+    # incidents answered before the world model had learned the alert's interval (or followed up
+    # an interval later, FOLLOW_INTERVALS): searched again (a new update of the same incident)
+    # once it has, or given up after REFRESH_GIVE_UP_S
+    # incident -> (event time needed, wall deadline, follow-ups made)
+    awaiting: dict[str, tuple[float, float, int]] = {}
     lock = asyncio.Lock()
 
     def learned_through(model: WorldModel | None) -> float:
         return 0.0 if model is None else model.closed_through / 1e9
 
-    def needed_time(model: WorldModel | None, incident: Incident) -> float:
-        interval = model.config.interval_s if model is not None else 60.0
-        t_alert = max(a.starts_at_s for a in incident.alerts.values())
-        return (t_alert // interval + 1) * interval
-
     async def publish(
-        incident: Incident, model: WorldModel | None, now: dt.datetime
+        incident: Incident, model: WorldModel | None, now: dt.datetime, follow: int = 0
     ) -> dict[str, Any]:
+        interval = model.config.interval_s if model is not None else settings.interval_s
+        t_s = answer_time(incident, interval, follow)
         if model is None:
             from jobs.causal.search import SearchResult
 
@@ -185,14 +218,18 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             record = build_record(incident, result, now.timestamp())
         else:
             record = await asyncio.to_thread(
-                search_incident, model, incident, config, now.timestamp()
+                search_incident, model, incident, config, now.timestamp(), t_s
             )
         counters["records"] += 1
         counters["abstained"] += int(record["abstained"])
         await ranked.send(key=incident.incident_id.encode(), value=orjson.dumps(record))
-        needed = needed_time(model, incident)
+        needed = needed_time(t_s, interval)
+        deadline = time.monotonic() + REFRESH_GIVE_UP_S
         if learned_through(model) < needed:
-            awaiting[incident.incident_id] = (needed, time.monotonic() + REFRESH_GIVE_UP_S)
+            awaiting[incident.incident_id] = (needed, deadline, follow)
+        elif follows_up(record, incident, follow):
+            awaiting[incident.incident_id] = (needed + interval, deadline, follow + 1)
+            counters["followed_up"] += 1
         else:
             awaiting.pop(incident.incident_id, None)
         return record
@@ -204,7 +241,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         async with lock:
             model = await asyncio.to_thread(models.get)
             now = dt.datetime.now(dt.UTC)
-            for incident_id, (needed, deadline) in sorted(awaiting.items()):
+            for incident_id, (needed, deadline, follow) in sorted(awaiting.items()):
                 incident = book.incidents.get(incident_id)
                 if incident is None or time.monotonic() > deadline:
                     awaiting.pop(incident_id, None)
@@ -212,7 +249,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                     continue
                 if learned_through(model) >= needed:
                     incident.updates += 1
-                    await publish(incident, model, now)
+                    await publish(incident, model, now, follow)
                     counters["refreshed"] += 1
             await app.producer.flush()
             await asyncio.to_thread(save_book, book_path, book)

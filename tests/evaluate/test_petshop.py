@@ -69,7 +69,11 @@ def test_the_alert_is_answered_with_the_rows_through_the_first_one_after_it() ->
     assert at == t0 + 480.0  # the interval row 2 falls in
     assert len(petshop.rows_through(frame, at)) == 3  # rows 0, 1, 2; not 3 and 4
     assert len(petshop.rows_through(frame, at - 1.0)) == 2
-    assert petshop.alert_time(frame, times[-1] + 900.0) == times[-1]  # never past the window
+    # never past the window: the interval of its last row
+    assert petshop.alert_time(frame, times[-1] + 900.0) == times[-1] - 120.0
+    # at a finer model interval, the start of the interval the first row after the alert is in
+    assert petshop.alert_time(frame, alert, 60.0) == t0 + 600.0
+    assert len(petshop.rows_through(frame, t0 + 600.0, 60.0)) == 3
 
 
 def test_a_long_history_is_applied_in_bounded_segments_with_the_same_result(

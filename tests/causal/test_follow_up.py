@@ -1,0 +1,60 @@
+"""An alert whose time precedes the interval that shows its deviation is followed up: the
+causal stage searches it again as the next intervals close (``FOLLOW_INTERVALS``)."""
+
+from __future__ import annotations
+
+from jobs.causal.alerts import Alert, Incident, Symptom
+from jobs.causal.search import SearchConfig
+from jobs.causal.worker import (
+    FOLLOW_INTERVALS,
+    answer_time,
+    follows_up,
+    needed_time,
+    search_incident,
+)
+from jobs.evaluate.petshop import INTERVAL_S
+from tests.causal.test_search_rules import (
+    FAULT_ROW,
+    NORMAL_ROWS,
+    T0,
+    _levels,
+    _world,
+)
+
+
+def _incident(at_s: float, status: str = "firing") -> Incident:
+    alert = Alert("fp1", status, "HighLatency", {"service": "front"}, {}, at_s, None)
+    incident = Incident("inc-1", at_s)
+    incident.alerts[alert.fingerprint] = alert
+    incident.symptoms[alert.fingerprint] = Symptom(
+        "service:front", "latency.average", "label service=front"
+    )
+    return incident
+
+
+def test_an_alert_before_the_interval_that_shows_it_is_answered_when_that_interval_closes() -> None:
+    world, _ = _world(
+        [("front", "app")],
+        _levels({"front": 0.2, "app": 0.08}),
+        {("front", "latency", "Average"): 0.4, ("app", "latency", "Average"): 0.4},
+    )
+    fault_row_start = T0 + INTERVAL_S * (NORMAL_ROWS + FAULT_ROW)
+    # the alert is stamped a minute before the row in which the slowdown shows
+    incident = _incident(fault_row_start - 60.0)
+    config = SearchConfig(symptom_z_min=1.5)
+    first_t = answer_time(incident, INTERVAL_S)
+    first = search_incident(world, incident, config, 0.0, first_t)
+    assert first["abstained"] and not first["causes"]
+    assert needed_time(first_t, INTERVAL_S) == fault_row_start
+    assert follows_up(first, incident, 0)
+    then_t = answer_time(incident, INTERVAL_S, 1)
+    assert needed_time(then_t, INTERVAL_S) == fault_row_start + INTERVAL_S
+    then = search_incident(world, incident, config, 0.0, then_t)
+    assert not then["abstained"] and then["causes"][0]["entity"] == {
+        "kind": "service",
+        "name": "app",
+    }
+    assert not follows_up(then, incident, 1)  # answered: no more follow-ups
+    # bounded, and only while the alert fires
+    assert not follows_up(first, incident, FOLLOW_INTERVALS)
+    assert not follows_up(first, _incident(fault_row_start - 60.0, "resolved"), 0)
