@@ -179,6 +179,15 @@ class HypothesisBatch:
     interval_s: float
     entities: list[str]
     down_is_bad: np.ndarray | None = None  # bool: only decreases are harmful
+    # intervals between the alerted series' values when they come sparser than one per interval
+    # (5-minute metrics at a 60 s interval: 5): tolerances and recency count in values, not
+    # in empty intervals
+    spacing: int = 1
+
+    @property
+    def step_s(self) -> float:
+        """Event time between the alerted series' values."""
+        return self.interval_s * self.spacing
 
     def __len__(self) -> int:
         return len(self.series)
@@ -211,7 +220,7 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     run_end[:, w - 1] = w - 1
     for t in range(w - 2, -1, -1):
         run_end[:, t] = np.where(dev_h[:, t + 1], run_end[:, t + 1], t)
-    stale = run_end < w - 1 - config.recent_intervals
+    stale = run_end < w - 1 - config.recent_intervals * batch.spacing
     peak_idx = (harmful * np.where(stale, config.stale_weight, 1.0)).argmax(axis=1)
     rows = np.arange(n)
     peak_z = filled[rows, peak_idx]
@@ -505,6 +514,7 @@ class CausalSearch:
         history = self._symptom_history(symptoms)
         cold = config.cold_start and history is not None and history < config.warmup_intervals
         batch = self.hypotheses(candidates, t_s, 0 if cold else None)
+        batch.spacing = self._spacing(symptoms)
         ev = evaluate(batch, config)
         batch, ev = self._until_symptom_ends(symptoms, batch, ev, t_s)
         batch, local = self._caller_local(batch, ev)
@@ -514,7 +524,7 @@ class CausalSearch:
             ev = replace(ev, strength=np.where(decoupled, 0.0, ev.strength))
         n_ent = len(batch.entities)
         ent = batch.entity
-        tolerance = max(config.onset_tolerance_s, config.tolerance_intervals * batch.interval_s)
+        tolerance = max(config.onset_tolerance_s, config.tolerance_intervals * batch.step_s)
         names = batch.entities
         idx = {e: i for i, e in enumerate(names)}
         symptom_onset, symptom_known, weak_runs, _ = self._symptom_onset(
@@ -585,7 +595,7 @@ class CausalSearch:
             # the alert fired but its own signal looks normal to the baseline: answer only
             # for a dependency that is harmed far beyond its normal right now, or, for an
             # alerted failure, one that clearly fails right now
-            recent_end = t_s - 2 * max(config.onset_tolerance_s, batch.interval_s)
+            recent_end = t_s - 2 * max(config.onset_tolerance_s, batch.step_s)
             far = harm_strength >= config.uncorroborated_z
             if config.uncorroborated_failure_z > 0 and any(
                 signal is not None and _is_failure(signal) for _, signal in symptoms
@@ -813,7 +823,7 @@ class CausalSearch:
             + config.w_explains * np.log1p(explains)
         )
         if symptom_onset is not None and config.w_late:
-            after = np.clip((onset[survivors] - symptom_onset) / batch.interval_s, 0.0, None)
+            after = np.clip((onset[survivors] - symptom_onset) / batch.step_s, 0.0, None)
             logits = logits + config.w_late * np.where(np.isfinite(after), after, 0.0)
         null_logit = config.null_logit
         if cold and len(logits):
@@ -899,7 +909,7 @@ class CausalSearch:
         if end is None or (onset is None and not weak):
             return batch, ev
         tolerance = max(
-            self.config.onset_tolerance_s, self.config.tolerance_intervals * batch.interval_s
+            self.config.onset_tolerance_s, self.config.tolerance_intervals * batch.step_s
         )
         keep = int(math.floor((end + tolerance - batch.t0_s) / batch.interval_s)) + 1
         known = np.flatnonzero(~np.isnan(batch.z).all(axis=0))
@@ -963,13 +973,14 @@ class CausalSearch:
                         down_is_bad=None
                         if batch.down_is_bad is None
                         else batch.down_is_bad[of_signal],
+                        spacing=batch.spacing,
                     )
                     sev = evaluate(sub, replace(config, z_min=config.symptom_z_min))
                     sends = sev.end_s if sev.end_s is not None else sev.onset_s
                     keep = (sev.strength >= config.symptom_z_min) & (sends >= recent)
                     # the alert fires now: a deviation still going on near its time is the
                     # alerted one, an earlier run that ended (a spike) is not
-                    ongoing = sends >= t_s - 2 * max(config.onset_tolerance_s, batch.interval_s)
+                    ongoing = sends >= t_s - 2 * max(config.onset_tolerance_s, batch.step_s)
                     if (keep & ongoing).any():
                         keep &= ongoing
                     onset_of = np.full(len(batch), np.nan)
@@ -1292,6 +1303,16 @@ class CausalSearch:
             ):
                 out[r] = True
         return out
+
+    def _spacing(self, symptoms: list[tuple[str, str | None]]) -> int:
+        """Intervals between the alerted series' recent values (``SeasonalBaseline.spacing``):
+        1 for data at the model's interval."""
+        spacing = 1
+        for entity, signal in symptoms:
+            baseline = self.model.baselines.get(entity, signal) if signal else None
+            if baseline is not None:
+                spacing = max(spacing, baseline.spacing)
+        return spacing
 
     def _symptom_history(self, symptoms: list[tuple[str, str | None]]) -> int | None:
         """Intervals the alerted signal's series have learned (the most of them), or None

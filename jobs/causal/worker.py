@@ -23,6 +23,13 @@ import orjson
 
 import schemas
 from jobs.causal.alerts import Alert, Incident, IncidentBook, Symptom, SymptomMapper, parse_webhook
+from jobs.causal.followup import (
+    FOLLOW_INTERVALS,
+    answer_time,
+    follow_step,
+    needed_time,
+    record_settled,
+)
 from jobs.causal.record import build_record
 from jobs.causal.search import CausalSearch, SearchConfig
 from pipeline.ingest.core import deadletter_for_message
@@ -36,10 +43,6 @@ log = logging.getLogger("worldline.causal")
 
 STAGE = "causal-search"
 REFRESH_GIVE_UP_S = 600.0
-# an alert whose time precedes the interval that shows its deviation (an alert on a fast rule,
-# the time an issue began, a scrape that lands late) finds its signal normal: while it fires, it
-# is searched again as each of the next FOLLOW_INTERVALS intervals closes, until one shows it
-FOLLOW_INTERVALS = 2
 BOOK_NAME = "incidents.json"
 
 
@@ -78,27 +81,11 @@ def connected(model: WorldModel, t_s: float, hops: int = 3) -> Any:
     return check
 
 
-def answer_time(incident: Incident, interval_s: float, follow: int = 0) -> float:
-    """The event time an incident is searched at: its latest alert's, or ``follow`` intervals
-    after it when following up an alert its data did not show yet."""
-    return max(a.starts_at_s for a in incident.alerts.values()) + follow * interval_s
-
-
-def needed_time(t_s: float, interval_s: float) -> float:
-    """When the world model must have closed through for a search at ``t_s`` to see its data:
-    the end of the interval holding ``t_s``."""
-    return (t_s // interval_s + 1) * interval_s
-
-
 def follows_up(record: dict[str, Any], incident: Incident, follow: int) -> bool:
-    """Whether a record with nothing found is searched again an interval later: the incident
-    still fires, and fewer than FOLLOW_INTERVALS follow-ups were made."""
-    return (
-        bool(record["abstained"])
-        and not record["causes"]
-        and incident.open
-        and follow < FOLLOW_INTERVALS
-    )
+    """Whether an incident is searched again when the alerted series' next value has arrived:
+    its answer is not settled (``followup.settled``), it still fires, and fewer than
+    FOLLOW_INTERVALS follow-ups were made."""
+    return not record_settled(record) and incident.open and follow < FOLLOW_INTERVALS
 
 
 def search_incident(
@@ -202,7 +189,9 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         incident: Incident, model: WorldModel | None, now: dt.datetime, follow: int = 0
     ) -> dict[str, Any]:
         interval = model.config.interval_s if model is not None else settings.interval_s
-        t_s = answer_time(incident, interval, follow)
+        symptoms = [(s.entity, s.signal) for s in incident.symptoms.values() if s.entity]
+        step = follow_step(model, symptoms) if model is not None else interval
+        t_s = answer_time(incident, step, follow)
         if model is None:
             from jobs.causal.search import SearchResult
 
@@ -228,7 +217,8 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         if learned_through(model) < needed:
             awaiting[incident.incident_id] = (needed, deadline, follow)
         elif follows_up(record, incident, follow):
-            awaiting[incident.incident_id] = (needed + interval, deadline, follow + 1)
+            later = needed_time(answer_time(incident, step, follow + 1), interval)
+            awaiting[incident.incident_id] = (later, deadline, follow + 1)
             counters["followed_up"] += 1
         else:
             awaiting.pop(incident.incident_id, None)

@@ -343,16 +343,6 @@ class SeasonalBaseline:
         return self._n
 
     @property
-    def coverage(self) -> float | None:
-        """Share of the intervals from the first to the last learned that had a value (1: one
-        every interval; 0.2: one in five, e.g. 5-minute metrics at a 60 s interval); None
-        before ten intervals have passed."""
-        if self._first_interval is None or self._last_interval is None:
-            return None
-        span = self._last_interval - self._first_interval + 1
-        return None if span < 10 else min(1.0, self._n / span)
-
-    @property
     def late_values(self) -> int:
         """Values dropped because their interval had already been learned."""
         return self._late_values
@@ -644,16 +634,14 @@ class SeasonalBaseline:
         signed = [None if r is None else direction * r for r in residuals]
         return _best_change_point(signed, first)
 
-    def _spacing(self, interval: int) -> int:
-        """Intervals each value of this series stands for: the gap since the last learned one
-        when the series is regularly that sparse (every gap between the values still in the
-        onset ring is at least as long: 5-minute metrics at a 60 s interval stand for 5), else 1
-        (values every interval, or bursts such as a job's latency, which only exists while it
-        runs: a long silence before a burst is no evidence of how fast its level drifts)."""
+    @property
+    def spacing(self) -> int:
+        """Intervals between this series' recent values when they come regularly that sparse:
+        the shortest gap between the values still in the onset ring (5-minute metrics at a 60 s
+        interval: 5); 1 with fewer than two of them."""
         last = self._last_interval
-        if last is None or interval - last <= 1:
+        if last is None:
             return 1
-        gap = interval - last
         known = [
             i
             for i in range(last - ONSET_RING_LENGTH + 1, last + 1)
@@ -661,7 +649,18 @@ class SeasonalBaseline:
         ]
         if len(known) < 2:
             return 1
-        return min(gap, min(b - a for a, b in zip(known, known[1:], strict=False)))
+        return min(b - a for a, b in zip(known, known[1:], strict=False))
+
+    def _spacing(self, interval: int) -> int:
+        """Intervals the value of ``interval`` stands for: the gap since the last learned one
+        when the series is regularly that sparse (``spacing``: every gap between the values
+        still in the onset ring is at least as long), else 1 (values every interval, or bursts
+        such as a job's latency, which only exists while it runs: a long silence before a burst
+        is no evidence of how fast its level drifts)."""
+        last = self._last_interval
+        if last is None or interval - last <= 1:
+            return 1
+        return min(interval - last, self.spacing)
 
     def _learn(self, interval: int, value: float, exposure: float, resolution: float) -> None:
         config = self.config

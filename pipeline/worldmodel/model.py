@@ -395,22 +395,22 @@ class WorldModel:
             )
 
     def sampling(self) -> dict[str, float]:
-        """How densely the series are sampled at this model's interval: the median coverage
-        (share of intervals with a value) and the typical spacing of values in seconds. Data
-        coarser than the interval (5-minute metrics at 60 s) leaves most intervals empty; the
-        baselines' memories and the search's tolerances are set in intervals of the model, so
-        ``interval_s`` should be the data's resolution."""
-        coverages = sorted(
-            c
+        """How densely the series are sampled at this model's interval: the median spacing of
+        their recent values (in intervals and seconds) and the share of series sparser than one
+        value per interval. Data coarser than the interval (5-minute metrics at 60 s) leaves
+        most intervals empty; ``interval_s`` should be the data's resolution."""
+        spacings = sorted(
+            b.spacing
             for key in self.baselines.keys()
-            if (b := self.baselines.get(*key)) is not None and (c := b.coverage) is not None
+            if (b := self.baselines.get(*key)) is not None and b.intervals_learned >= 2
         )
-        if not coverages:
+        if not spacings:
             return {}
-        median = coverages[len(coverages) // 2]
+        median = spacings[len(spacings) // 2]
         return {
-            "series_coverage_median": round(median, 3),
-            "series_spacing_s": round(self.config.interval_s / max(median, 1e-9), 1),
+            "series_spacing_intervals": float(median),
+            "series_spacing_s": median * self.config.interval_s,
+            "series_sparse_share": round(sum(s > 1 for s in spacings) / len(spacings), 3),
         }
 
     def take_graph_deltas(self) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from pipeline.worldmodel.model import WorldModel, WorldModelConfig
 
 log = logging.getLogger("worldline.worldmodel")
 
-SPARSE_COVERAGE = 0.5  # under this median share of intervals with a value, warn once
+SPARSE_SPACING = 2.0  # median intervals between a series' values from which to warn, once
 STAGE = "world-model"
 CHECKPOINT_NAME = "worldmodel.ckpt"
 MODEL_SIGNALS = ("spans", "logs", "metric_series", "metrics")
@@ -171,14 +171,14 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
             await asyncio.to_thread(save_model, store, model)
             state["last_checkpoint"] = time.monotonic()
             sampling = model.sampling()
-            coverage = sampling.get("series_coverage_median", 1.0)
-            if coverage < SPARSE_COVERAGE and not state.get("warned_sparse"):
+            spacing = sampling.get("series_spacing_intervals", 1.0)
+            if spacing >= SPARSE_SPACING and not state.get("warned_sparse"):
                 state["warned_sparse"] = 1.0
                 log.warning(
-                    "most series have a value on only %.0f%% of the %g s intervals (one every"
-                    " ~%g s): set interval_s to the data's resolution, or baselines and the"
-                    " causal search see mostly gaps",
-                    100 * coverage,
+                    "most series have one value every %g intervals of %g s: set interval_s to"
+                    " the data's resolution (%g s), or baselines and the causal search see"
+                    " mostly gaps",
+                    spacing,
                     settings.interval_s,
                     sampling.get("series_spacing_s", 0.0),
                 )

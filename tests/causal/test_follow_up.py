@@ -1,17 +1,13 @@
-"""An alert whose time precedes the interval that shows its deviation is followed up: the
-causal stage searches it again as the next intervals close (``FOLLOW_INTERVALS``)."""
+"""An alert whose answer is not settled (its data does not show it yet, or the search abstains)
+is followed up: the causal stage searches it again as the alerted series' next values arrive
+(``FOLLOW_INTERVALS``)."""
 
 from __future__ import annotations
 
 from jobs.causal.alerts import Alert, Incident, Symptom
+from jobs.causal.followup import FOLLOW_INTERVALS, answer_time, needed_time, settled
 from jobs.causal.search import SearchConfig
-from jobs.causal.worker import (
-    FOLLOW_INTERVALS,
-    answer_time,
-    follows_up,
-    needed_time,
-    search_incident,
-)
+from jobs.causal.worker import follows_up, search_incident
 from jobs.evaluate.petshop import INTERVAL_S
 from tests.causal.test_search_rules import (
     FAULT_ROW,
@@ -54,7 +50,11 @@ def test_an_alert_before_the_interval_that_shows_it_is_answered_when_that_interv
         "kind": "service",
         "name": "app",
     }
-    assert not follows_up(then, incident, 1)  # answered: no more follow-ups
+    assert not follows_up(then, incident, 1)  # settled: no more follow-ups
+    assert then["symptoms"][0]["onset"] is not None
+    abstained = {**then, "abstained": True}  # an abstention is followed up too
+    assert follows_up(abstained, incident, 1)
+    assert settled(True, False) and not settled(False, False) and not settled(True, True)
     # bounded, and only while the alert fires
     assert not follows_up(first, incident, FOLLOW_INTERVALS)
     assert not follows_up(first, _incident(fault_row_start - 60.0, "resolved"), 0)

@@ -59,21 +59,46 @@ def test_loader_refuses_a_file_without_the_three_header_rows(tmp_path: Path) -> 
         petshop.read_metrics(path)
 
 
-def test_the_alert_is_answered_with_the_rows_through_the_first_one_after_it() -> None:
+def test_rows_through_an_interval_follow_the_models_epoch_aligned_intervals() -> None:
     # rows every 5 minutes, 120 s off the epoch-aligned intervals (as low_traffic's)
     t0 = 1_681_885_920.0
     times = t0 + petshop.INTERVAL_S * np.arange(5)
     frame = petshop.Frame(times, [("PetSite", "latency", "Average")], np.zeros((5, 1)))
-    alert = t0 + 403.0  # within row 1
-    at = petshop.alert_time(frame, alert)
-    assert at == t0 + 480.0  # the interval row 2 falls in
-    assert len(petshop.rows_through(frame, at)) == 3  # rows 0, 1, 2; not 3 and 4
-    assert len(petshop.rows_through(frame, at - 1.0)) == 2
-    # never past the window: the interval of its last row
-    assert petshop.alert_time(frame, times[-1] + 900.0) == times[-1] - 120.0
-    # at a finer model interval, the start of the interval the first row after the alert is in
-    assert petshop.alert_time(frame, alert, 60.0) == t0 + 600.0
-    assert len(petshop.rows_through(frame, t0 + 600.0, 60.0)) == 3
+    assert len(petshop.rows_through(frame, t0 + 480.0)) == 3  # row 2 is in [t0+480, t0+780)
+    assert len(petshop.rows_through(frame, t0 + 479.0)) == 2
+    assert len(petshop.rows_through(frame, t0 + 600.0, 60.0)) == 3  # at a finer interval
+
+
+def test_an_alert_is_answered_as_the_stage_answers_it_followed_up_until_settled() -> None:
+    """The alert is stamped a minute before the row its slowdown shows in: the first search
+    finds nothing, the follow-up names the cause, and the model holds no later row."""
+    from tests.causal.test_search_rules import FAULT_ROW, NORMAL_ROWS, T0, _levels
+
+    levels = _levels({"PetSite": 0.2, "app": 0.08})
+    rng = np.random.default_rng(7)
+    rows = NORMAL_ROWS + 5
+    times = T0 + petshop.INTERVAL_S * np.arange(rows)
+    columns = sorted(levels)
+    values = np.empty((rows, len(columns)))
+    for j, column in enumerate(columns):
+        level, noise = levels[column]
+        values[:, j] = level * (1.0 + noise * rng.standard_normal(rows))
+        if column[1] == "availability":
+            values[:, j] = np.minimum(values[:, j], 100.0)
+        if column[1] == "latency" and column[2] == "Average":
+            values[NORMAL_ROWS + FAULT_ROW :, j] += 0.4
+    frame = petshop.Frame(times, columns, values)
+    model = petshop.new_model([("PetSite", "app")], T0)
+    offset = petshop.apply_frame(model, frame.rows(0, NORMAL_ROWS), "t", 0)
+    window = frame.rows(NORMAL_ROWS, rows)
+    alert = float(window.timestamps[FAULT_ROW]) - 60.0
+    config = petshop.SearchConfig(symptom_z_min=1.5)
+    result, fed, _ = petshop.answer_as_live(
+        model, window, "PetSite", "latency.average", config, alert, "t", offset
+    )
+    assert result.causes and result.causes[0].entity == "service:app"
+    assert fed == FAULT_ROW + 1  # through the fault's row, not beyond
+    assert result.symptom_onset_s == float(window.timestamps[FAULT_ROW])
 
 
 def test_a_long_history_is_applied_in_bounded_segments_with_the_same_result(

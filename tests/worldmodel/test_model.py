@@ -162,9 +162,11 @@ def test_sampling_says_when_the_data_is_coarser_than_the_interval() -> None:
     coarse = WorldModel(WorldModelConfig(interval_s=60.0, allowed_lateness_s=0.0))
     apply_frame(coarse, frame, "t", 0)
     sampling = coarse.sampling()
-    assert sampling["series_coverage_median"] == pytest.approx(0.2, abs=0.01)
-    assert sampling["series_spacing_s"] == pytest.approx(300.0, rel=0.05)
+    assert sampling["series_spacing_intervals"] == 5.0
+    assert sampling["series_spacing_s"] == 300.0
+    assert sampling["series_sparse_share"] == 1.0
     matched = WorldModel(WorldModelConfig(interval_s=300.0, allowed_lateness_s=0.0))
     apply_frame(matched, frame, "t", 0)
-    assert matched.sampling()["series_coverage_median"] == 1.0
+    assert matched.sampling()["series_spacing_intervals"] == 1.0
+    assert matched.sampling()["series_sparse_share"] == 0.0
     assert WorldModel(WorldModelConfig(interval_s=60.0)).sampling() == {}
