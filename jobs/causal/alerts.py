@@ -205,6 +205,9 @@ class Incident:
     symptoms: dict[str, Symptom] = field(default_factory=dict)  # by fingerprint
     updates: int = 0
     last_alert_s: float = 0.0
+    # a search still due (kept across restarts): (event time the world model must have closed
+    # through, follow-ups made so far); None when the last answer stands
+    pending: tuple[float, int] | None = None
 
     @property
     def open(self) -> bool:

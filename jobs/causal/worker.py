@@ -120,6 +120,7 @@ def save_book(path: Path, book: IncidentBook) -> None:
                 "opened_at_s": i.opened_at_s,
                 "updates": i.updates,
                 "last_alert_s": i.last_alert_s,
+                "pending": list(i.pending) if i.pending is not None else None,
                 "alerts": [asdict(a) for a in i.alerts.values()],
                 "symptoms": {fp: asdict(s) for fp, s in i.symptoms.items()},
             }
@@ -143,6 +144,9 @@ def load_book(path: Path) -> IncidentBook:
             updates=doc["updates"],
             last_alert_s=doc["last_alert_s"],
         )
+        pending = doc.get("pending")
+        if pending is not None:
+            incident.pending = (float(pending[0]), int(pending[1]))
         for a in doc["alerts"]:
             alert = Alert(**a)
             incident.alerts[alert.fingerprint] = alert
@@ -179,7 +183,13 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
     # an interval later, FOLLOW_INTERVALS): searched again (a new update of the same incident)
     # once it has, or given up after REFRESH_GIVE_UP_S
     # incident -> (event time needed, wall deadline, follow-ups made)
-    awaiting: dict[str, tuple[float, float, int]] = {}
+    # incident -> wall deadline; what is due is the incident's ``pending`` (saved with the book,
+    # so a restart resumes it with a fresh deadline)
+    awaiting: dict[str, float] = {
+        i.incident_id: time.monotonic() + REFRESH_GIVE_UP_S
+        for i in book.incidents.values()
+        if i.pending is not None
+    }
     lock = asyncio.Lock()
 
     def learned_through(model: WorldModel | None) -> float:
@@ -215,12 +225,15 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         needed = needed_time(t_s, interval)
         deadline = time.monotonic() + REFRESH_GIVE_UP_S
         if learned_through(model) < needed:
-            awaiting[incident.incident_id] = (needed, deadline, follow)
+            incident.pending = (needed, follow)
+            awaiting[incident.incident_id] = deadline
         elif follows_up(record, incident, follow):
             later = needed_time(answer_time(incident, step, follow + 1), interval)
-            awaiting[incident.incident_id] = (later, deadline, follow + 1)
+            incident.pending = (later, follow + 1)
+            awaiting[incident.incident_id] = deadline
             counters["followed_up"] += 1
         else:
+            incident.pending = None
             awaiting.pop(incident.incident_id, None)
         return record
 
@@ -231,12 +244,17 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         async with lock:
             model = await asyncio.to_thread(models.get)
             now = dt.datetime.now(dt.UTC)
-            for incident_id, (needed, deadline, follow) in sorted(awaiting.items()):
+            for incident_id, deadline in sorted(awaiting.items()):
                 incident = book.incidents.get(incident_id)
-                if incident is None or time.monotonic() > deadline:
+                if incident is None or incident.pending is None:
                     awaiting.pop(incident_id, None)
+                    continue
+                if time.monotonic() > deadline:
+                    awaiting.pop(incident_id, None)
+                    incident.pending = None
                     counters["refresh_given_up"] += 1
                     continue
+                needed, follow = incident.pending
                 if learned_through(model) >= needed:
                     incident.updates += 1
                     await publish(incident, model, now, follow)

@@ -4,6 +4,8 @@ is followed up: the causal stage searches it again as the alerted series' next v
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from jobs.causal.alerts import Alert, Incident, Symptom
 from jobs.causal.followup import FOLLOW_INTERVALS, answer_time, needed_time, settled
 from jobs.causal.search import SearchConfig
@@ -58,3 +60,20 @@ def test_an_alert_before_the_interval_that_shows_it_is_answered_when_that_interv
     # bounded, and only while the alert fires
     assert not follows_up(first, incident, FOLLOW_INTERVALS)
     assert not follows_up(first, _incident(fault_row_start - 60.0, "resolved"), 0)
+
+
+def test_a_search_still_due_survives_a_restart(tmp_path: Path) -> None:
+    from jobs.causal.alerts import IncidentBook
+    from jobs.causal.worker import load_book, save_book
+
+    book = IncidentBook()
+    due = _incident(1_700_000_000.0)
+    due.pending = (1_700_000_300.0, 1)
+    done = _incident(1_700_000_000.0)
+    done.incident_id = "inc-2"
+    book.incidents = {due.incident_id: due, done.incident_id: done}
+    save_book(tmp_path / "incidents.json", book)
+    loaded = load_book(tmp_path / "incidents.json")
+    assert loaded.incidents["inc-1"].pending == (1_700_000_300.0, 1)
+    assert loaded.incidents["inc-2"].pending is None
+    assert loaded.incidents["inc-1"].alerts["fp1"].starts_at_s == 1_700_000_000.0
