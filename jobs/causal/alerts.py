@@ -208,6 +208,7 @@ class Incident:
     # a search still due (kept across restarts): (event time the world model must have closed
     # through, follow-ups made so far); None when the last answer stands
     pending: tuple[float, int] | None = None
+    named: bool = False  # the last record published for it named a cause
 
     @property
     def open(self) -> bool:

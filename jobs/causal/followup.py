@@ -51,6 +51,13 @@ def record_settled(record: dict[str, Any]) -> bool:
     return settled(seen, bool(record["abstained"]))
 
 
+def supersedes(names_a_cause: bool, earlier_named: bool, follow: int) -> bool:
+    """Whether an answer replaces the incident's last one: always, except a follow-up that
+    finds nothing after an answer that named a cause (the earlier answer stands; the follow-up
+    was looking for more, not for less)."""
+    return follow == 0 or names_a_cause or not earlier_named
+
+
 def needed_time(t_s: float, interval_s: float) -> float:
     """When the world model must have closed through for a search at ``t_s`` to see its data:
     the end of the interval holding ``t_s``."""

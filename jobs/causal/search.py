@@ -504,7 +504,11 @@ class CausalSearch:
         )
 
     # ---------------------------------------------------------------------- search
-    def run(self, symptoms: list[tuple[str, str | None]], t_s: float) -> SearchResult:
+    def run(
+        self, symptoms: list[tuple[str, str | None]], t_s: float, alert_s: float | None = None
+    ) -> SearchResult:
+        """Search at event time ``t_s`` (the data through its interval) for an alert fired at
+        ``alert_s`` (default ``t_s``; earlier when the answer is a follow-up)."""
         started = time.perf_counter()
         config = self.config
         symptom_entities = [e for e, _ in symptoms]
@@ -606,7 +610,9 @@ class CausalSearch:
                 fail_strength = np.zeros(n_ent)
                 np.maximum.at(fail_strength, ent[failure_rows], ev.strength[failure_rows])
                 far |= fail_strength >= config.uncorroborated_failure_z
-            strong_now = far & (last_dev >= recent_end)
+            # ... and whose harm began by the alert's time: what began after it did not fire it
+            fired_by = (t_s if alert_s is None else alert_s) + tolerance
+            strong_now = far & (last_dev >= recent_end) & (onset <= fired_by)
             strong_now[symptom_ids] = False
             if not strong_now.any():
                 return self._quiet_symptom(symptoms, batch, n_ent, started, scored_ms)

@@ -29,6 +29,7 @@ from jobs.causal.followup import (
     follow_step,
     needed_time,
     record_settled,
+    supersedes,
 )
 from jobs.causal.record import build_record
 from jobs.causal.search import CausalSearch, SearchConfig
@@ -108,7 +109,8 @@ def search_incident(
             [], [], True, f"the alerts name no entity worldline knows: {hows}", [], None, {}
         )
     else:
-        result = CausalSearch(model, config).run(symptoms, t_s)
+        alert_s = answer_time(incident, model.config.interval_s)
+        result = CausalSearch(model, config).run(symptoms, t_s, alert_s)
     return build_record(incident, result, now_s)
 
 
@@ -121,6 +123,7 @@ def save_book(path: Path, book: IncidentBook) -> None:
                 "updates": i.updates,
                 "last_alert_s": i.last_alert_s,
                 "pending": list(i.pending) if i.pending is not None else None,
+                "named": i.named,
                 "alerts": [asdict(a) for a in i.alerts.values()],
                 "symptoms": {fp: asdict(s) for fp, s in i.symptoms.items()},
             }
@@ -144,6 +147,7 @@ def load_book(path: Path) -> IncidentBook:
             updates=doc["updates"],
             last_alert_s=doc["last_alert_s"],
         )
+        incident.named = bool(doc.get("named", False))
         pending = doc.get("pending")
         if pending is not None:
             incident.pending = (float(pending[0]), int(pending[1]))
@@ -178,6 +182,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         "refreshed": 0,
         "refresh_given_up": 0,
         "followed_up": 0,
+        "follow_ups_kept_earlier": 0,
     }
     # incidents answered before the world model had learned the alert's interval (or followed up
     # an interval later, FOLLOW_INTERVALS): searched again (a new update of the same incident)
@@ -219,6 +224,13 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             record = await asyncio.to_thread(
                 search_incident, model, incident, config, now.timestamp(), t_s
             )
+        named = bool(record["causes"])
+        if not supersedes(named, incident.named, follow):
+            counters["follow_ups_kept_earlier"] += 1
+            incident.pending = None
+            awaiting.pop(incident.incident_id, None)
+            return record
+        incident.named = named
         counters["records"] += 1
         counters["abstained"] += int(record["abstained"])
         await ranked.send(key=incident.incident_id.encode(), value=orjson.dumps(record))

@@ -43,7 +43,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
-from jobs.causal.followup import FOLLOW_INTERVALS, follow_step, settled
+from jobs.causal.followup import FOLLOW_INTERVALS, follow_step, settled, supersedes
 from jobs.causal.search import CausalSearch, SearchConfig, SearchResult
 from jobs.evaluate.baselines import baro, nsigma
 from pipeline.ingest.metrics import MetricColumns
@@ -360,7 +360,7 @@ def answer_as_live(
     """The alert answered as the causal stage answers it, feeding ``model`` the window's rows as
     they close: searched at the alert's time once its interval has closed, then, while the
     answer is not settled (``jobs.causal.followup``), again as the alerted series' next values
-    arrive, within the window; the last answer stands. The model never holds a row after the last search's interval. Returns the
+    arrive, within the window; the last answer stands (``supersedes``). The model never holds a row after the last search's interval. Returns the
     answer, the rows of ``frame`` fed and the next offset."""
     interval = model.config.interval_s
     symptoms: list[tuple[str, str | None]] = [(entity_key(alert_node), signal)]
@@ -376,7 +376,10 @@ def answer_as_live(
             fed = len(through)
         if follow == 0:
             step = follow_step(model, symptoms)
-        result = CausalSearch(model, config).run(symptoms, t_s)
+        answer = CausalSearch(model, config).run(symptoms, t_s, alert_s)
+        if result is not None and not supersedes(bool(answer.causes), bool(result.causes), follow):
+            break
+        result = answer
         seen = result.symptom_onset_s is not None
         if settled(seen, result.abstained) or t_s + step > last + interval:
             break

@@ -69,6 +69,7 @@ def test_a_search_still_due_survives_a_restart(tmp_path: Path) -> None:
     book = IncidentBook()
     due = _incident(1_700_000_000.0)
     due.pending = (1_700_000_300.0, 1)
+    due.named = True
     done = _incident(1_700_000_000.0)
     done.incident_id = "inc-2"
     book.incidents = {due.incident_id: due, done.incident_id: done}
@@ -76,4 +77,13 @@ def test_a_search_still_due_survives_a_restart(tmp_path: Path) -> None:
     loaded = load_book(tmp_path / "incidents.json")
     assert loaded.incidents["inc-1"].pending == (1_700_000_300.0, 1)
     assert loaded.incidents["inc-2"].pending is None
+    assert loaded.incidents["inc-1"].named and not loaded.incidents["inc-2"].named
     assert loaded.incidents["inc-1"].alerts["fp1"].starts_at_s == 1_700_000_000.0
+
+
+def test_a_follow_up_that_finds_nothing_does_not_replace_an_answer() -> None:
+    from jobs.causal.followup import supersedes
+
+    assert supersedes(False, True, 0)  # a new alert's answer always replaces
+    assert not supersedes(False, True, 1)  # a follow-up finding nothing keeps the earlier one
+    assert supersedes(True, True, 1) and supersedes(False, False, 2)

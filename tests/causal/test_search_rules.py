@@ -604,3 +604,18 @@ def test_an_alert_with_too_little_history_says_so() -> None:
     assert result.abstained and not result.causes
     assert "5 interval(s) of history" in (result.abstain_reason or "")
     assert "too little history" in (result.abstain_reason or "")
+
+
+def test_a_quiet_alert_is_not_answered_by_a_harm_that_began_after_it_fired() -> None:
+    # front's availability looks normal; app begins failing two intervals after the alert
+    # fired: searched later (a follow-up), app's failure cannot be why the alert fired
+    levels = _levels({"front": 0.2, "app": 0.08})
+    app = ("app", "availability", "Average")
+    model, t_s = _world([("front", "app")], levels, {app: -5.0}, delays={app: 2})
+    alert_s = T0 + INTERVAL_S * (NORMAL_ROWS + FAULT_ROW)
+    search = CausalSearch(model, SearchConfig(symptom_z_min=1.5))
+    later = search.run([("service:front", "availability.average")], t_s, alert_s)
+    assert later.abstained and not later.causes
+    # an alert fired when app was already failing is answered for it
+    now = search.run([("service:front", "availability.average")], t_s)
+    assert _top(now) == "service:app"
