@@ -212,7 +212,7 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
         empty = np.zeros(0)
         return Evidence(empty, empty, empty, empty, empty)
     filled = np.nan_to_num(z, nan=0.0)
-    harmful = _harmful(batch)
+    harmful = _harmful(batch, filled)
     # the peak is taken among the deviations still going on near the window's end: a run
     # that was over long before (an isolated spike of a low-traffic series) is weighed down
     dev_h = harmful >= config.z_min
@@ -254,9 +254,11 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     return Evidence(peak_z, strength, onset, persistence, end)
 
 
-def _harmful(batch: HypothesisBatch) -> np.ndarray:
-    """Each score in its harmful direction (0 where unknown or harmless)."""
-    filled = np.nan_to_num(batch.z, nan=0.0)
+def _harmful(batch: HypothesisBatch, filled: np.ndarray | None = None) -> np.ndarray:
+    """Each score in its harmful direction (0 where unknown or harmless); ``filled``: the
+    scores with unknown ones as 0, when already at hand."""
+    if filled is None:
+        filled = np.nan_to_num(batch.z, nan=0.0)
     n = len(batch)
     down = batch.down_is_bad if batch.down_is_bad is not None else np.zeros(n, dtype=bool)
     return np.where(
