@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from jobs.causal.search import symptom_spacing
+
 if TYPE_CHECKING:
     from jobs.causal.alerts import Incident
     from pipeline.worldmodel.model import WorldModel
@@ -19,10 +21,15 @@ FOLLOW_INTERVALS = 2
 FOLLOW_MAX_STEP_S = 900.0  # a follow-up waits for the alerted series' next value, at most this
 
 
+def latest_alert_s(incident: Incident) -> float:
+    """When the incident's latest alert fired."""
+    return max(a.starts_at_s for a in incident.alerts.values())
+
+
 def answer_time(incident: Incident, step_s: float, follow: int = 0) -> float:
     """The event time an incident is searched at: its latest alert's, or ``follow`` steps
     (``follow_step``) after it when following up an alert its data did not show yet."""
-    return max(a.starts_at_s for a in incident.alerts.values()) + follow * step_s
+    return latest_alert_s(incident) + follow * step_s
 
 
 def follow_step(model: WorldModel, symptoms: list[tuple[str, str | None]]) -> float:
@@ -30,12 +37,7 @@ def follow_step(model: WorldModel, symptoms: list[tuple[str, str | None]]) -> fl
     alerted series' values when they are sparser (5-minute metrics at a 60 s interval: the next
     interval would hold no new value), at most FOLLOW_MAX_STEP_S."""
     interval = model.config.interval_s
-    step = interval
-    for entity, signal in symptoms:
-        baseline = model.baselines.get(entity, signal) if signal else None
-        if baseline is not None:
-            step = max(step, baseline.spacing * interval)
-    return min(step, max(interval, FOLLOW_MAX_STEP_S))
+    return min(symptom_spacing(model, symptoms) * interval, max(interval, FOLLOW_MAX_STEP_S))
 
 
 def settled(symptom_seen: bool, abstained: bool) -> bool:

@@ -254,6 +254,30 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     return Evidence(peak_z, strength, onset, persistence, end)
 
 
+def _own_mask(batch: HypothesisBatch) -> np.ndarray:
+    """Rows that are their entity's own series (not a caller's view of it)."""
+    return np.array(
+        [
+            _owner(series[0]) == batch.entities[k]
+            for series, k in zip(batch.series, batch.entity, strict=True)
+        ],
+        dtype=bool,
+    ).reshape(len(batch))
+
+
+def _in_family(batch: HypothesisBatch, rows: np.ndarray, signal: str | None) -> np.ndarray:
+    """``rows`` of the alerted signal's family (all of them when no signal is named)."""
+    if signal is None:
+        return rows
+    family = _family(signal)
+    return np.array([r for r in rows if batch.series[r][1].startswith(family)], dtype=np.int64)
+
+
+def _tolerance(config: SearchConfig, batch: HypothesisBatch) -> float:
+    """How much later than another a deviation may begin and still count as simultaneous."""
+    return max(config.onset_tolerance_s, config.tolerance_intervals * batch.step_s)
+
+
 def _harmful(batch: HypothesisBatch, filled: np.ndarray | None = None) -> np.ndarray:
     """Each score in its harmful direction (0 where unknown or harmless); ``filled``: the
     scores with unknown ones as 0, when already at hand."""
@@ -420,6 +444,17 @@ def _peer_entity(peer: str, known_services: set[str]) -> str:
     return peer
 
 
+def symptom_spacing(model: WorldModel, symptoms: list[tuple[str, str | None]]) -> int:
+    """Intervals between the alerted series' recent values (``SeasonalBaseline.spacing``, the
+    sparsest of them): 1 for data at the model's interval."""
+    spacing = 1
+    for entity, signal in symptoms:
+        baseline = model.baselines.get(entity, signal) if signal else None
+        if baseline is not None:
+            spacing = max(spacing, baseline.spacing)
+    return spacing
+
+
 class CausalSearch:
     """Search one incident over a world model."""
 
@@ -520,7 +555,7 @@ class CausalSearch:
         history = self._symptom_history(symptoms)
         cold = config.cold_start and history is not None and history < config.warmup_intervals
         batch = self.hypotheses(candidates, t_s, 0 if cold else None)
-        batch.spacing = self._spacing(symptoms)
+        batch.spacing = symptom_spacing(self.model, symptoms)
         ev = evaluate(batch, config)
         batch, ev = self._until_symptom_ends(symptoms, batch, ev, t_s)
         batch, local = self._caller_local(batch, ev)
@@ -530,7 +565,7 @@ class CausalSearch:
             ev = replace(ev, strength=np.where(decoupled, 0.0, ev.strength))
         n_ent = len(batch.entities)
         ent = batch.entity
-        tolerance = max(config.onset_tolerance_s, config.tolerance_intervals * batch.step_s)
+        tolerance = _tolerance(config, batch)
         names = batch.entities
         idx = {e: i for i, e in enumerate(names)}
         symptom_onset, symptom_known, weak_runs, _ = self._symptom_onset(
@@ -916,9 +951,7 @@ class CausalSearch:
         onset, _, weak, end = self._symptom_onset(symptoms, batch, ev, idx, t_s)
         if end is None or (onset is None and not weak):
             return batch, ev
-        tolerance = max(
-            self.config.onset_tolerance_s, self.config.tolerance_intervals * batch.step_s
-        )
+        tolerance = _tolerance(self.config, batch)
         keep = int(math.floor((end + tolerance - batch.t0_s) / batch.interval_s)) + 1
         known = np.flatnonzero(~np.isnan(batch.z).all(axis=0))
         if len(known) == 0 or keep > int(known[-1]) or keep < 1:
@@ -946,13 +979,7 @@ class CausalSearch:
         weak: list[tuple[float, float]] = []
         known = False
         recent = t_s - config.symptom_recency_s
-        own = np.array(
-            [
-                _owner(series[0]) == batch.entities[k]
-                for series, k in zip(batch.series, batch.entity, strict=True)
-            ],
-            dtype=bool,
-        ).reshape(len(batch))
+        own = _own_mask(batch)
         for entity, signal in symptoms:
             i = idx.get(entity)
             if i is None:
@@ -962,10 +989,7 @@ class CausalSearch:
             onset_of = ev.onset_s
             end_of = ev.end_s if ev.end_s is not None else ev.onset_s
             if signal is not None:
-                family = _family(signal)
-                of_signal = np.array(
-                    [r for r in mine if batch.series[r][1].startswith(family)], dtype=np.int64
-                )
+                of_signal = _in_family(batch, mine, signal)
                 if len(of_signal):
                     known = True
                     # the alerted signal, at the (lower) corroboration threshold
@@ -1312,16 +1336,6 @@ class CausalSearch:
                 out[r] = True
         return out
 
-    def _spacing(self, symptoms: list[tuple[str, str | None]]) -> int:
-        """Intervals between the alerted series' recent values (``SeasonalBaseline.spacing``):
-        1 for data at the model's interval."""
-        spacing = 1
-        for entity, signal in symptoms:
-            baseline = self.model.baselines.get(entity, signal) if signal else None
-            if baseline is not None:
-                spacing = max(spacing, baseline.spacing)
-        return spacing
-
     def _symptom_history(self, symptoms: list[tuple[str, str | None]]) -> int | None:
         """Intervals the alerted signal's series have learned (the most of them), or None
         when no alerted signal is named or known."""
@@ -1364,14 +1378,15 @@ class CausalSearch:
         before = batch.t0_s + (cols + 1) * batch.interval_s <= began - tolerance
         if not before.any():
             return out
-        own = [
-            r
-            for r, (series, k) in enumerate(zip(batch.series, batch.entity, strict=True))
-            for entity, signal in symptoms
-            if idx.get(entity) == int(k)
-            and _owner(series[0]) == entity
-            and (signal is None or series[1].startswith(_family(signal)))
-        ]
+        mask = _own_mask(batch)
+        own = sorted(
+            {
+                int(r)
+                for entity, signal in symptoms
+                if (i := idx.get(entity)) is not None
+                for r in _in_family(batch, np.flatnonzero((batch.entity == i) & mask), signal)
+            }
+        )
         if not own:
             return out
         harmful = _harmful(batch)

@@ -27,6 +27,7 @@ from jobs.causal.followup import (
     FOLLOW_INTERVALS,
     answer_time,
     follow_step,
+    latest_alert_s,
     needed_time,
     record_settled,
     supersedes,
@@ -101,15 +102,15 @@ def search_incident(
     from jobs.causal.search import SearchResult
 
     symptoms = [(s.entity, s.signal) for s in incident.symptoms.values() if s.entity]
+    alert_s = latest_alert_s(incident)
     if t_s is None:
-        t_s = answer_time(incident, model.config.interval_s)
+        t_s = alert_s
     if not symptoms:
         hows = "; ".join(sorted({s.how for s in incident.symptoms.values()}))
         result = SearchResult(
             [], [], True, f"the alerts name no entity worldline knows: {hows}", [], None, {}
         )
     else:
-        alert_s = answer_time(incident, model.config.interval_s)
         result = CausalSearch(model, config).run(symptoms, t_s, alert_s)
     return build_record(incident, result, now_s)
 
@@ -184,12 +185,10 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         "followed_up": 0,
         "follow_ups_kept_earlier": 0,
     }
-    # incidents answered before the world model had learned the alert's interval (or followed up
-    # an interval later, FOLLOW_INTERVALS): searched again (a new update of the same incident)
-    # once it has, or given up after REFRESH_GIVE_UP_S
-    # incident -> (event time needed, wall deadline, follow-ups made)
-    # incident -> wall deadline; what is due is the incident's ``pending`` (saved with the book,
-    # so a restart resumes it with a fresh deadline)
+    # incidents answered before the world model had learned the alert's interval, or followed
+    # up (FOLLOW_INTERVALS): searched again (a new update of the same incident) once it has, or
+    # given up after REFRESH_GIVE_UP_S. incident -> wall deadline; what is due is the
+    # incident's ``pending`` (saved with the book, so a restart resumes it, freshly timed)
     awaiting: dict[str, float] = {
         i.incident_id: time.monotonic() + REFRESH_GIVE_UP_S
         for i in book.incidents.values()

@@ -356,12 +356,12 @@ def answer_as_live(
     alert_s: float,
     topic: str,
     offset: int,
-) -> tuple[SearchResult, int, int]:
-    """The alert answered as the causal stage answers it, feeding ``model`` the window's rows as
-    they close: searched at the alert's time once its interval has closed, then, while the
-    answer is not settled (``jobs.causal.followup``), again as the alerted series' next values
-    arrive, within the window; the last answer stands (``supersedes``). The model never holds a row after the last search's interval. Returns the
-    answer, the rows of ``frame`` fed and the next offset."""
+) -> SearchResult:
+    """The alert answered as the causal stage answers it, feeding ``model`` the window's rows
+    (offsets from ``offset``) as they close: searched at the alert's time once its interval has
+    closed, then, while the answer is not settled (``jobs.causal.followup``), again as the
+    alerted series' next values arrive, within the window; the last answer stands
+    (``supersedes``). The model never holds a row after the last search's interval."""
     interval = model.config.interval_s
     symptoms: list[tuple[str, str | None]] = [(entity_key(alert_node), signal)]
     fed = 0
@@ -384,7 +384,7 @@ def answer_as_live(
         if settled(seen, result.abstained) or t_s + step > last + interval:
             break
     assert result is not None
-    return result, fed, offset
+    return result
 
 
 def history_shift(normal: Frame, first_window_start_s: float) -> float:
@@ -511,7 +511,7 @@ def _case(
     offset: int,
 ) -> CaseResult:
     signal = symptom_signal(issue.alert_metric, issue.alert_agg)
-    result, _, _ = answer_as_live(
+    result = answer_as_live(
         model, issue.frame, issue.alert_node, signal, config, issue.alert_time_s, topic, offset
     )
     answers = {"worldline": worldline_answer(result)}
@@ -573,7 +573,7 @@ def _normal_windows(
         history = matrix[:start]
         base_answers = baseline_answers(history, matrix[start:stop], columns)
         for metric, agg in alerts:
-            result, _, _ = answer_as_live(
+            result = answer_as_live(
                 WorldModel.restore(snapshot),
                 window,
                 alert_node,

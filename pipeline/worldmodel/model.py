@@ -394,14 +394,17 @@ class WorldModel:
                 self.dropped.get("graph_deltas_unpublished", 0) + 1
             )
 
-    def sampling(self) -> dict[str, float]:
+    def sampling(self, max_series: int = 4096) -> dict[str, float]:
         """How densely the series are sampled at this model's interval: the median spacing of
         their recent values (in intervals and seconds) and the share of series sparser than one
-        value per interval. Data coarser than the interval (5-minute metrics at 60 s) leaves
-        most intervals empty; ``interval_s`` should be the data's resolution."""
+        value per interval, over at most ``max_series`` series spread evenly over the keys.
+        Data coarser than the interval (5-minute metrics at 60 s) leaves most intervals empty;
+        ``interval_s`` should be the data's resolution."""
+        keys = self.baselines.keys()
+        every = max(1, len(keys) // max_series)
         spacings = sorted(
             b.spacing
-            for key in self.baselines.keys()
+            for key in keys[::every]
             if (b := self.baselines.get(*key)) is not None and b.intervals_learned >= 2
         )
         if not spacings:

@@ -170,7 +170,7 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
         if force or time.monotonic() - state["last_checkpoint"] >= settings.checkpoint_every_s:
             await asyncio.to_thread(save_model, store, model)
             state["last_checkpoint"] = time.monotonic()
-            sampling = model.sampling()
+            sampling = await asyncio.to_thread(model.sampling)
             spacing = sampling.get("series_spacing_intervals", 1.0)
             if spacing >= SPARSE_SPACING and not state.get("warned_sparse"):
                 state["warned_sparse"] = 1.0

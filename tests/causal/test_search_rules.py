@@ -36,17 +36,15 @@ def _levels(latency: dict[str, float], extra: Levels | None = None) -> Levels:
     return out
 
 
-def _world(
-    graph: list[tuple[str, str]],
+def _frame(
     levels: Levels,
     fault: dict[tuple[str, str, str], float],
     seed: int = 7,
     fault_rows: int = INCIDENT_ROWS - FAULT_ROW,
     delays: dict[tuple[str, str, str], int] | None = None,
-) -> tuple[WorldModel, float]:
-    """Learn the normal rows, apply the incident window (``fault`` adds to a column for
-    ``fault_rows`` rows from ``FAULT_ROW`` on, ``delays`` rows later for the columns named
-    there), return the model and the time to search at."""
+) -> Frame:
+    """The normal rows then the incident window: ``fault`` adds to a column for ``fault_rows``
+    rows from ``FAULT_ROW`` of the window on, ``delays`` rows later for the columns named there."""
     rng = np.random.default_rng(seed)
     columns = sorted(levels)
     rows = NORMAL_ROWS + INCIDENT_ROWS
@@ -59,11 +57,24 @@ def _world(
             values[:, j] = np.minimum(values[:, j], 100.0)
         first = NORMAL_ROWS + FAULT_ROW + (delays or {}).get(column, 0)
         values[first : first + fault_rows, j] += fault.get(column, 0.0)
-    frame = Frame(times, columns, values)
+    return Frame(times, columns, values)
+
+
+def _world(
+    graph: list[tuple[str, str]],
+    levels: Levels,
+    fault: dict[tuple[str, str, str], float],
+    seed: int = 7,
+    fault_rows: int = INCIDENT_ROWS - FAULT_ROW,
+    delays: dict[tuple[str, str, str], int] | None = None,
+) -> tuple[WorldModel, float]:
+    """Learn the normal rows, apply the incident window (``_frame``), return the model and the
+    time to search at."""
+    frame = _frame(levels, fault, seed, fault_rows, delays)
     model = new_model(graph, T0)
     offset = apply_frame(model, frame.rows(0, NORMAL_ROWS), "rules", 0)
-    apply_frame(model, frame.rows(NORMAL_ROWS, rows), "rules", offset)
-    return model, float(times[-1]) + INTERVAL_S
+    apply_frame(model, frame.rows(NORMAL_ROWS, len(frame)), "rules", offset)
+    return model, float(frame.timestamps[-1]) + INTERVAL_S
 
 
 def _search(world: tuple[WorldModel, float], signal: str, **config: float) -> SearchResult:

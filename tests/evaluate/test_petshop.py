@@ -72,32 +72,23 @@ def test_rows_through_an_interval_follow_the_models_epoch_aligned_intervals() ->
 def test_an_alert_is_answered_as_the_stage_answers_it_followed_up_until_settled() -> None:
     """The alert is stamped a minute before the row its slowdown shows in: the first search
     finds nothing, the follow-up names the cause, and the model holds no later row."""
-    from tests.causal.test_search_rules import FAULT_ROW, NORMAL_ROWS, T0, _levels
+    from tests.causal.test_search_rules import FAULT_ROW, NORMAL_ROWS, T0, _frame, _levels
 
     levels = _levels({"PetSite": 0.2, "app": 0.08})
-    rng = np.random.default_rng(7)
-    rows = NORMAL_ROWS + 5
-    times = T0 + petshop.INTERVAL_S * np.arange(rows)
-    columns = sorted(levels)
-    values = np.empty((rows, len(columns)))
-    for j, column in enumerate(columns):
-        level, noise = levels[column]
-        values[:, j] = level * (1.0 + noise * rng.standard_normal(rows))
-        if column[1] == "availability":
-            values[:, j] = np.minimum(values[:, j], 100.0)
-        if column[1] == "latency" and column[2] == "Average":
-            values[NORMAL_ROWS + FAULT_ROW :, j] += 0.4
-    frame = petshop.Frame(times, columns, values)
+    latency = {c: 0.4 for c in levels if c[1] == "latency" and c[2] == "Average"}
+    frame = _frame(levels, latency)
     model = petshop.new_model([("PetSite", "app")], T0)
     offset = petshop.apply_frame(model, frame.rows(0, NORMAL_ROWS), "t", 0)
-    window = frame.rows(NORMAL_ROWS, rows)
+    window = frame.rows(NORMAL_ROWS, len(frame))
     alert = float(window.timestamps[FAULT_ROW]) - 60.0
     config = petshop.SearchConfig(symptom_z_min=1.5)
-    result, fed, _ = petshop.answer_as_live(
+    result = petshop.answer_as_live(
         model, window, "PetSite", "latency.average", config, alert, "t", offset
     )
     assert result.causes and result.causes[0].entity == "service:app"
-    assert fed == FAULT_ROW + 1  # through the fault's row, not beyond
+    # the model was fed through the fault's row, not beyond
+    fault_row = float(window.timestamps[FAULT_ROW])
+    assert model.closed_through / 1e9 == fault_row + petshop.INTERVAL_S
     assert result.symptom_onset_s == float(window.timestamps[FAULT_ROW])
 
 
