@@ -546,14 +546,39 @@ class CausalSearch:
     ) -> SearchResult:
         """Search at event time ``t_s`` (the data through its interval) for an alert fired at
         ``alert_s`` (default ``t_s``; earlier when the answer is a follow-up)."""
-        started = time.perf_counter()
         config = self.config
-        symptom_entities = [e for e, _ in symptoms]
-        candidates, graph = self.candidates(symptom_entities, t_s)
         # cold start: the alerted signal has less history than the warm-up; young scores are
         # all there is, so they count, with a ceiling on the confidence they can give
         history = self._symptom_history(symptoms)
         cold = config.cold_start and history is not None and history < config.warmup_intervals
+        result = self._search(symptoms, t_s, alert_s, cold)
+        recency = math.ceil(config.symptom_recency_s / self.model.config.interval_s)
+        if (
+            config.cold_start
+            and not cold
+            and history is not None
+            and history < config.warmup_intervals + recency
+            and result.stats.get("quiet_symptom")
+        ):
+            # just past its warm-up, the alerted signal looks normal in its trusted scores:
+            # its deviation may have begun in the warm-up, so the young scores are read too
+            # (as a cold start); the quiet answer stands when they show nothing either
+            young = self._search(symptoms, t_s, alert_s, True)
+            if not young.stats.get("quiet_symptom"):
+                return young
+        return result
+
+    def _search(
+        self,
+        symptoms: list[tuple[str, str | None]],
+        t_s: float,
+        alert_s: float | None,
+        cold: bool,
+    ) -> SearchResult:
+        started = time.perf_counter()
+        config = self.config
+        symptom_entities = [e for e, _ in symptoms]
+        candidates, graph = self.candidates(symptom_entities, t_s)
         batch = self.hypotheses(candidates, t_s, 0 if cold else None)
         batch.spacing = symptom_spacing(self.model, symptoms)
         ev = evaluate(batch, config)
@@ -923,6 +948,7 @@ class CausalSearch:
                 reason = f"the evidence is weak: the best hypothesis has probability {causes[0].probability:.2f}"
                 separating = [f"more history or telemetry from {causes[0].entity}"]
         stats = {
+            "cold_start": float(cold),
             "hypotheses": float(len(batch)),
             "candidates": float(n_ent),
             "eliminated": float(n_ent - len(survivors)),
@@ -1423,6 +1449,7 @@ class CausalSearch:
                 " deviate in it: too little history to tell an incident from its normal"
             )
         stats = {
+            "quiet_symptom": 1.0,
             "hypotheses": float(len(batch)),
             "candidates": float(n_ent),
             "eliminated": float(n_ent),

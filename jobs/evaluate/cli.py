@@ -148,10 +148,10 @@ def render(summary: dict[str, Any], published: dict[tuple[str, str], dict[str, f
 @click.option(
     "--interval-s",
     type=click.FloatRange(min=1.0, max=3600.0),
-    default=petshop.INTERVAL_S,
-    show_default=True,
-    help="The world model's interval (the setting interval_s). The rows are 5 minutes; a"
-    " shorter interval shows what a deployment whose interval is finer than its data sees.",
+    default=None,
+    help="The world model's interval (the setting interval_s). Default: the rows' spacing"
+    " (median gap between rows: 300 s for PetShop's 5-minute rows); a shorter interval shows"
+    " what a deployment whose interval is finer than its data sees.",
 )
 def petshop_command(
     data: Path | None,
@@ -159,7 +159,7 @@ def petshop_command(
     split: str,
     scenarios: tuple[str, ...],
     normal_windows: int,
-    interval_s: float,
+    interval_s: float | None,
 ) -> None:
     """PetShop RCA dataset: top-1/top-3 per scenario and alert metric, specificity on normal
     data; worldline's causal search, BARO and N-Sigma in the same run."""
@@ -194,6 +194,9 @@ def petshop_command(
         transient=False,
     ) as progress:
         loaded = [petshop.load_scenario(data, name) for name in names]
+        if interval_s is None:
+            interval_s = petshop.row_spacing_s(loaded)
+            err.print(f"interval: {interval_s:g} s (the rows' spacing)")
         total = sum(
             sum(i.split in splits for i in s.issues)
             + (
@@ -283,6 +286,15 @@ def _seeds(text: str) -> list[int]:
 )
 @click.option("--no-normal", is_flag=True, help="Skip the fault-free runs.")
 @click.option(
+    "--history-s",
+    type=click.FloatRange(min=60.0),
+    default=simulator.SuiteConfig.history_s,
+    show_default=True,
+    help="Normal telemetry before each fault, in seconds. Under the search's warm-up (15"
+    " intervals: 900 at the default 60 s interval) every case is a cold start, as for a"
+    " service just deployed or a replay of a short capture.",
+)
+@click.option(
     "--cache",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
@@ -295,6 +307,7 @@ def simulator_command(
     quick: bool,
     scenarios: tuple[str, ...],
     no_normal: bool,
+    history_s: float,
     cache: Path | None,
     json_out: Path | None,
 ) -> None:
@@ -308,7 +321,7 @@ def simulator_command(
     )
     held = [1] if quick and seeds == "1-2" else _seeds(seeds)
     train = _seeds(train_seeds) if train_seeds else []
-    suite = simulator.SuiteConfig()
+    suite = simulator.SuiteConfig(history_s=history_s)
     config = SearchConfig()
     per_seed = len(names) + (0 if no_normal else 1)
     with Progress(

@@ -214,6 +214,24 @@ def load_scenario(root: Path, name: str) -> Scenario:
     return scenario
 
 
+def row_spacing_s(scenarios: Sequence[Scenario], default: float = INTERVAL_S) -> float:
+    """The rows' spacing in whole seconds: the median gap between consecutive rows over every
+    frame (``default`` when no frame has two rows). PetShop's rows are 5 minutes apart; a
+    dataset in its layout with finer rows runs the world model at their resolution."""
+    gaps = [
+        np.diff(frame.timestamps)
+        for scenario in scenarios
+        for frame in [
+            *([] if scenario.normal is None else [scenario.normal]),
+            *(issue.frame for issue in scenario.issues),
+        ]
+        if len(frame.timestamps) > 1
+    ]
+    every = np.concatenate(gaps) if gaps else np.array([])
+    every = every[every > 0]
+    return float(max(1.0, round(float(np.median(every))))) if len(every) else default
+
+
 # ---------------------------------------------------------------- into the world model
 def entity_key(component: str) -> str:
     return f"service:{component}"

@@ -103,6 +103,9 @@ class BaselineConfig:
     # data 0.92 / 0.96 / 0.96 / 0.96 / 0.96
     winsorize_after: int = 4
     warmup_spread_gain: float = 2.0  # spread * (1 + gain / sqrt(intervals learned))
+    # the CUSUM runs (and a deviation in progress stops the spread learning) from
+    # ``winsorize_after`` intervals on, not only once alerting starts
+    young_cusum: bool = True
     tier_spread_global: float = 1.5
     tier_spread_day: float = 1.2
     min_spread_relative: float = 0.005
@@ -381,6 +384,10 @@ class SeasonalBaseline:
             for level, count in zip(self._week_level, self._week_count, strict=True)
         ]
 
+    @property
+    def _warm(self) -> bool:
+        return self._n >= self.config.min_intervals_to_alert
+
     def expected(self, t_unix_s: float) -> tuple[float, float, Tier]:
         """Expected value, spread (sigma-equivalent) and tier used at event time ``t``."""
         expected, spread, tier, _ = self._expectation(t_unix_s)
@@ -388,13 +395,13 @@ class SeasonalBaseline:
 
     def onset(self) -> float | None:
         """Estimated start (unix s) of the sustained deviation in progress, else None."""
-        if self._alert_direction == 0 or self._alert_onset is None:
+        if self._alert_direction == 0 or self._alert_onset is None or not self._warm:
             return None
         return self._alert_onset * self.config.interval_s
 
     def deviation(self) -> Deviation | None:
         """The sustained deviation in progress, scored at the last learned interval."""
-        if self._alert_direction == 0 or self._last_interval is None:
+        if self._alert_direction == 0 or self._last_interval is None or not self._warm:
             return None
         interval_s = self.config.interval_s
         t_start = self._last_interval * interval_s
@@ -684,8 +691,11 @@ class SeasonalBaseline:
         z = (value - expected) / spread if n >= 2 else 0.0
         warm = n >= config.min_intervals_to_alert
 
-        # onset detection on the residual, before learning from it
-        if warm:
+        # onset detection on the residual, before learning from it. It runs from
+        # ``winsorize_after`` on so that a sustained deviation in a young series is not learned
+        # as its normal (its spread would widen until an incident stops scoring); a deviation
+        # is reported (``deviation``, ``onset``, ``alerts_raised``) only once warm
+        if n >= max(2, config.winsorize_after) if config.young_cusum else warm:
             clipped = max(-config.z_clip, min(config.z_clip, z))
             pos = max(0.0, self._cusum_pos + clipped - config.cusum_slack)
             neg = max(0.0, self._cusum_neg - clipped - config.cusum_slack)
@@ -704,16 +714,21 @@ class SeasonalBaseline:
                 run_start = self._pos_start if direction > 0 else self._neg_start
                 self._alert_onset = self._estimate_onset(direction, interval, run_start, z)
                 self._alert_direction = direction
-                self._alerts_raised += 1
+                if warm:
+                    self._alerts_raised += 1
         self._push_residual(interval, z)
         self._last_interval = interval
         self._last_value = value
 
-        # learning, winsorized around the expectation
+        # learning, winsorized around the expectation; before the CUSUM can have confirmed a
+        # deviation, a young series' value beyond ``winsorize_z`` spreads is learned as one in
+        # a deviation is (it widens the spread by a fifth, not by half or more, while the
+        # CUSUM gathers the evidence)
         if n >= max(2, config.winsorize_after):
             c = (
                 config.winsorize_z_in_deviation
                 if self._alert_direction != 0
+                or (config.young_cusum and not warm and abs(z) > config.winsorize_z)
                 else config.winsorize_z
             )
             value = max(expected - c * spread, min(expected + c * spread, value))

@@ -608,6 +608,26 @@ def test_a_cold_start_counts_young_scores() -> None:
     assert off.abstained and "too little history" in (off.abstain_reason or "")
 
 
+def test_an_incident_that_began_in_the_warm_up_is_read_from_the_young_scores() -> None:
+    # fifteen intervals in all (the warm-up), front and app about 3x slower over the last
+    # four: every score that shows the incident is a young one, so the trusted scores alone
+    # say the alert's signal is normal; the search reads the young ones as a cold start
+    rng = np.random.default_rng(3)
+    rows = [[0.20 * (1 + 0.04 * a), 0.08 * (1 + 0.04 * b)] for a, b in rng.standard_normal((15, 2))]
+    for row in rows[11:]:
+        row[0] += 0.4
+        row[1] += 0.4
+    world = _young_world(rows)
+    model, _ = world
+    assert model.baselines.get("service:front", "latency.average").intervals_learned == 15
+    result = _search(world, "latency.average")
+    assert _top(result) == "service:app"
+    assert result.causes[0].probability <= 2 / 3 + 1e-9
+    assert result.stats["cold_start"] == 1.0
+    off = _search(world, "latency.average", cold_start=False)
+    assert off.abstained and "nowhere" in (off.abstain_reason or "")
+
+
 def test_an_alert_with_too_little_history_says_so() -> None:
     # five intervals in all, and nothing moves in them: the alert cannot be judged
     world = _young_world([[0.20, 0.08], [0.21, 0.082], [0.2, 0.08], [0.205, 0.081], [0.2, 0.08]])

@@ -212,9 +212,11 @@ def _write_metrics(
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_cli_evaluates_any_scenario_folder_in_petshop_layout(tmp_path: Path) -> None:
-    # a scenario under a name of its own: Shop calls Api, Api calls Table; a day of normal
-    # history, then an issue window in which Table slows down and the alert is on Shop
+@pytest.mark.parametrize("row_s", [300.0, 60.0])
+def test_cli_evaluates_any_scenario_folder_in_petshop_layout(tmp_path: Path, row_s: float) -> None:
+    # a scenario under a name of its own: Shop calls Api, Api calls Table; normal history
+    # (a day of PetShop's 5-minute rows, or 1-minute rows), then an issue window in which
+    # Table slows down and the alert is on Shop; the world model runs at the rows' spacing
     rng = np.random.default_rng(11)
     scenario = tmp_path / "dataset" / "my_shop"
     scenario.mkdir(parents=True)
@@ -222,7 +224,7 @@ def test_cli_evaluates_any_scenario_folder_in_petshop_layout(tmp_path: Path) -> 
     base = {"Shop": 0.20, "Api": 0.12, "Table": 0.02}
 
     def frame(t0: float, rows: int, slow_from: int | None) -> tuple[np.ndarray, dict]:
-        times = t0 + 300.0 * np.arange(rows)
+        times = t0 + row_s * np.arange(rows)
         cols = {}
         for name, level in base.items():
             latency = level * (1 + 0.03 * rng.standard_normal(rows))
@@ -234,7 +236,8 @@ def test_cli_evaluates_any_scenario_folder_in_petshop_layout(tmp_path: Path) -> 
         return times, cols
 
     t0 = 1_700_000_000.0 - (1_700_000_000.0 % 86400)
-    _write_metrics(scenario / "noissue" / "metrics.csv", *frame(t0 + 2 * 86400, 300, None))
+    normal_rows = int(1.5 * 86400 / row_s)  # the normal windows are judged after a day
+    _write_metrics(scenario / "noissue" / "metrics.csv", *frame(t0 + 2 * 86400, normal_rows, None))
     issue = scenario / "test" / "issue_0"
     times, cols = frame(t0, 5, 2)
     _write_metrics(issue / "metrics.csv", times, cols)
@@ -258,6 +261,7 @@ def test_cli_evaluates_any_scenario_folder_in_petshop_layout(tmp_path: Path) -> 
     )
     assert result.exit_code == 0, result.output
     doc = orjson.loads(out.read_bytes())
+    assert doc["interval_s"] == row_s
     (case,) = doc["cases"]
     assert case["case"] == "my_shop/test/issue_0"
     assert case["answers"]["worldline"]["ranked"][0] == "Table", case
