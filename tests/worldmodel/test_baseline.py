@@ -363,8 +363,9 @@ def test_an_incident_in_a_young_series_keeps_scoring(make_baseline: BaselineFact
 
     kept = last_scores(BaselineConfig())
     assert min(kept) > 3.0
-    # learning the young spread from the step (the switch off) makes it normal within a few
-    learned = last_scores(BaselineConfig(young_cusum=False))
+    # learning the young spread from the step (as when neither winsorizing nor the CUSUM
+    # starts before the series is warm) makes it normal within a few intervals
+    learned = last_scores(BaselineConfig(winsorize_after=30))
     assert max(learned[-5:]) < 3.0
 
 
@@ -422,6 +423,13 @@ def test_store_merge_unions_keys_under_the_cap() -> None:
     assert left.refusals == {"series_cap": 4, "non_finite": 1}  # 1 in right, 3 on merge
     merged = left.get("a0", "rate")
     assert merged is not None
+
+
+def test_default_config_fingerprint_is_stable() -> None:
+    # snapshots and world-model checkpoints restore only under the fingerprint that wrote
+    # them: a new field or default changes it and makes every deployed checkpoint refuse to
+    # load on upgrade. Change this value only together with a way to migrate them.
+    assert BaselineConfig().fingerprint() == 3551007656
 
 
 def test_snapshot_from_another_config_is_refused() -> None:
