@@ -54,9 +54,13 @@ def naive_evaluate(batch: HypothesisBatch, config: SearchConfig) -> list[tuple[f
         peak = max(range(len(values)), key=lambda i: (harm[i], -i))
         sign = 1.0 if values[peak] > 0 else -1.0
         dev = [abs(v) >= config.z_min and (v > 0) == (sign > 0) for v in values]
+        # the run reaches back over deviating values and over intervals without a value
         start = peak
-        while start > 0 and dev[start - 1]:
-            start -= 1
+        for i in range(peak - 1, -1, -1):
+            if dev[i]:
+                start = i
+            elif not np.isnan(batch.z[row][i]):
+                break
         after = [dev[i] for i in range(start, len(values)) if not np.isnan(batch.z[row][i])]
         persistence = sum(after) / max(len(after), 1)
         strength = min(abs(values[peak]), config.z_cap) * persistence**0.5 if dev[peak] else 0.0

@@ -226,20 +226,21 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     peak_z = filled[rows, peak_idx]
     sign = np.sign(peak_z)
     deviating = (np.abs(filled) >= config.z_min) & (np.sign(filled) == sign[:, None])
-    idx = np.arange(w)
-    # the run of deviating intervals that ends at the peak starts after the last calm interval
-    calm_before = np.where(~deviating & (idx[None, :] <= peak_idx[:, None]), idx[None, :], -1).max(
-        axis=1
-    )
-    start = calm_before + 1
-    calm_after = np.where(~deviating & (idx[None, :] > peak_idx[:, None]), idx[None, :], w).min(
-        axis=1
-    )
+    idx = np.arange(w)[None, :]
+    known = ~np.isnan(z)
+    # the run of deviating values around the peak: from the first after the last calm value
+    # before it to the last before the first calm value after it. Intervals without a value
+    # neither end nor start a run (a series sparser than the interval has gaps between its
+    # values; a gap is no evidence of calm)
+    calm = known & ~deviating
+    calm_before = np.where(calm & (idx <= peak_idx[:, None]), idx, -1).max(axis=1)
+    calm_after = np.where(calm & (idx > peak_idx[:, None]), idx, w).min(axis=1)
+    start = np.where(deviating & (idx > calm_before[:, None]), idx, w).min(axis=1)
+    last = np.where(deviating & (idx < calm_after[:, None]), idx, -1).max(axis=1)
     valid = deviating[rows, peak_idx]
     onset = np.where(valid, batch.t0_s + start * batch.interval_s, np.nan)
-    end = np.where(valid, batch.t0_s + (calm_after - 1) * batch.interval_s, np.nan)
-    after = idx[None, :] >= start[:, None]
-    known = ~np.isnan(z)
+    end = np.where(valid, batch.t0_s + last * batch.interval_s, np.nan)
+    after = idx >= start[:, None]
     counted = (after & known).sum(axis=1)
     persistence = np.where(
         counted > 0, (deviating & after).sum(axis=1) / np.maximum(counted, 1), 0.0
@@ -247,7 +248,7 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     strength = np.where(valid, np.minimum(np.abs(peak_z), config.z_cap) * np.sqrt(persistence), 0.0)
     # a run that already deviates at the window's first known interval is older than the window:
     # a chronic condition, not the start of this incident
-    first_known = np.where(known, idx[None, :], w).min(axis=1)
+    first_known = np.where(known, idx, w).min(axis=1)
     chronic = valid & (start <= first_known)
     strength = np.where(chronic, strength * config.chronic_weight, strength)
     strength = np.where(stale[rows, peak_idx], strength * config.stale_weight, strength)

@@ -245,6 +245,37 @@ def test_evaluation_is_vectorised_over_a_large_batch() -> None:
     assert np.allclose(ev.onset_s[::100], 20 * 60.0)
 
 
+def test_a_sparse_series_deviation_runs_over_the_gaps_between_its_values() -> None:
+    import numpy as np
+
+    from jobs.causal.search import HypothesisBatch
+
+    # one value every 5 intervals (5-minute data in 60 s intervals): calm, then deviating
+    # from column 12 on, hitting its highest score only at column 22; a second series is
+    # dense with a gap of missing values inside its deviation
+    w = 30
+    z = np.full((2, w), np.nan)
+    z[0, 2:30:5] = [0.2, -0.4, 9.0, 20.0, 31.0, 31.0]
+    z[1, :] = 0.1
+    z[1, 10:] = 12.0
+    z[1, 14:18] = np.nan
+    batch = HypothesisBatch(
+        entity=np.array([0, 1]),
+        series=[("a", "latency.average"), ("b", "latency.average")],
+        modality=np.zeros(2, dtype=np.int8),
+        up_is_bad=np.ones(2, dtype=bool),
+        z=z,
+        t0_s=0.0,
+        interval_s=60.0,
+        entities=["a", "b"],
+    )
+    ev = evaluate(batch, SearchConfig())
+    # the run began at the first deviating value, not at the peak after a gap
+    assert ev.onset_s.tolist() == [12 * 60.0, 10 * 60.0]
+    assert ev.end_s is not None and ev.end_s.tolist() == [27 * 60.0, 29 * 60.0]
+    assert ev.persistence.tolist() == [1.0, 1.0]
+
+
 @pytest.mark.parametrize("hops", [1, 6])
 def test_candidates_follow_the_graph(hops: int) -> None:
     model = _model({})
