@@ -95,13 +95,12 @@ class BaselineConfig:
     cusum_threshold: float = 8.0
     cusum_cap: float = 12.0  # bounds how long an alert outlives its cause
     min_intervals_to_alert: int = 30
-    # values are winsorized around the expectation, and the CUSUM runs, from this many
-    # learned intervals on (not only once alerting starts): an incident early in a series'
-    # life bends its level and spread by at most ``winsorize_z`` spreads per interval, and
-    # once the CUSUM confirms it, not at all. Chosen on PetShop's train issues
+    # values are winsorized around the expectation from this many learned intervals on (not
+    # only once alerting starts): an incident early in a series' life bends its level and
+    # spread by at most ``winsorize_z`` spreads per interval. Chosen on PetShop's train issues
     # (whose temporal scenarios learn from a few earlier incident windows) among
     # {2, 3, 4, 8, 30}: top-1 0.44 / 0.44 / 0.44 / 0.31 / 0.31, specificity on its normal
-    # data 0.92 / 0.96 / 0.96 / 0.96 / 0.96 (before the CUSUM started here too)
+    # data 0.92 / 0.96 / 0.96 / 0.96 / 0.96
     winsorize_after: int = 4
     warmup_spread_gain: float = 2.0  # spread * (1 + gain / sqrt(intervals learned))
     tier_spread_global: float = 1.5
@@ -382,10 +381,6 @@ class SeasonalBaseline:
             for level, count in zip(self._week_level, self._week_count, strict=True)
         ]
 
-    @property
-    def _warm(self) -> bool:
-        return self._n >= self.config.min_intervals_to_alert
-
     def expected(self, t_unix_s: float) -> tuple[float, float, Tier]:
         """Expected value, spread (sigma-equivalent) and tier used at event time ``t``."""
         expected, spread, tier, _ = self._expectation(t_unix_s)
@@ -393,13 +388,13 @@ class SeasonalBaseline:
 
     def onset(self) -> float | None:
         """Estimated start (unix s) of the sustained deviation in progress, else None."""
-        if self._alert_direction == 0 or self._alert_onset is None or not self._warm:
+        if self._alert_direction == 0 or self._alert_onset is None:
             return None
         return self._alert_onset * self.config.interval_s
 
     def deviation(self) -> Deviation | None:
         """The sustained deviation in progress, scored at the last learned interval."""
-        if self._alert_direction == 0 or self._last_interval is None or not self._warm:
+        if self._alert_direction == 0 or self._last_interval is None:
             return None
         interval_s = self.config.interval_s
         t_start = self._last_interval * interval_s
@@ -689,11 +684,8 @@ class SeasonalBaseline:
         z = (value - expected) / spread if n >= 2 else 0.0
         warm = n >= config.min_intervals_to_alert
 
-        # onset detection on the residual, before learning from it. It runs from
-        # ``winsorize_after`` on so that a sustained deviation in a young series is not learned
-        # as its normal (its spread would widen until an incident stops scoring); a deviation
-        # is reported (``deviation``, ``onset``, ``alerts_raised``) only once warm
-        if n >= max(2, config.winsorize_after):
+        # onset detection on the residual, before learning from it
+        if warm:
             clipped = max(-config.z_clip, min(config.z_clip, z))
             pos = max(0.0, self._cusum_pos + clipped - config.cusum_slack)
             neg = max(0.0, self._cusum_neg - clipped - config.cusum_slack)
@@ -712,20 +704,16 @@ class SeasonalBaseline:
                 run_start = self._pos_start if direction > 0 else self._neg_start
                 self._alert_onset = self._estimate_onset(direction, interval, run_start, z)
                 self._alert_direction = direction
-                if warm:
-                    self._alerts_raised += 1
+                self._alerts_raised += 1
         self._push_residual(interval, z)
         self._last_interval = interval
         self._last_value = value
 
-        # learning, winsorized around the expectation; before the CUSUM can have confirmed a
-        # deviation, a young series' value beyond ``winsorize_z`` spreads is learned as one in
-        # a deviation is (it widens the spread by a fifth, not by half or more, while the
-        # CUSUM gathers the evidence)
+        # learning, winsorized around the expectation
         if n >= max(2, config.winsorize_after):
             c = (
                 config.winsorize_z_in_deviation
-                if self._alert_direction != 0 or (not warm and abs(z) > config.winsorize_z)
+                if self._alert_direction != 0
                 else config.winsorize_z
             )
             value = max(expected - c * spread, min(expected + c * spread, value))
