@@ -1207,10 +1207,13 @@ class CausalSearch:
                 for c, rows in groups.items()
                 if c != name and known[rows].sum() >= config.warmup_intervals
             }
+            # a caller sees the dependency unhealthy in its latency, errors or saturation; a
+            # change in how much it calls it (a rate) says nothing of the dependency's health
             deviating = [
                 c
                 for c, rows in callers.items()
-                if max(ev.strength[r] for r in rows) >= config.z_min
+                if max((float(ev.strength[r]) for r in rows if directed[r]), default=0.0)
+                >= config.z_min
             ]
             if len(callers) < 2 or len(deviating) != 1 or deviating[0] not in idx:
                 continue

@@ -276,6 +276,50 @@ def test_a_sparse_series_deviation_runs_over_the_gaps_between_its_values() -> No
     assert ev.persistence.tolist() == [1.0, 1.0]
 
 
+def test_a_fault_on_one_callers_side_is_that_callers_even_if_other_callers_traffic_moves() -> None:
+    # checkout and billing both call the (uninstrumented) database; checkout's own view of it
+    # slows 5x (its connection pool), billing's stays healthy but it sends half the queries
+    # (its traffic moved, which says nothing about the database's health): the fault is on
+    # checkout's side of the call, not the database's
+    from pipeline.worldmodel.graph import EntityRef
+
+    model = WorldModel()
+    series = {
+        ("service:frontend", "span.latency_p95_ms"): 10.0,
+        ("service:checkout", "span.latency_p95_ms"): 8.0,
+        ("service:billing", "span.latency_p95_ms"): 6.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
+        ("service:billing", f"edge.latency_p95_ms{{peer={DB}}}"): 4.0,
+        ("service:billing", f"edge.rate_per_s{{peer={DB}}}"): 20.0,
+    }
+    faults = {
+        ("service:frontend", "span.latency_p95_ms"): 3.0,
+        ("service:checkout", "span.latency_p95_ms"): 4.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
+        ("service:billing", f"edge.rate_per_s{{peer={DB}}}"): 0.5,
+    }
+    rng = random.Random(11)
+    for i in range(END):
+        t = T0 + i * MIN
+        for key, level in series.items():
+            value = level * (1 + rng.gauss(0, 0.03)) * (faults.get(key, 1.0) if i >= FAULT else 1.0)
+            model.baselines.update(key[0], key[1], t, value)
+    model.baselines.advance(T0 + END * MIN)
+    model.closed_through = int((T0 + END * MIN) * 1e9)
+    for caller, callee in [
+        ("service:frontend", "service:checkout"),
+        ("service:frontend", "service:billing"),
+        ("service:checkout", DB),
+        ("service:billing", DB),
+    ]:
+        model.graph.add_given_edge(
+            EntityRef.from_key(caller), EntityRef.from_key(callee), "calls", int(T0 * 1e9)
+        )
+    result = _search(model)
+    assert result.causes and result.causes[0].entity == "service:checkout"
+    assert any(r.entity == DB and "side of the call" in r.reason for r in result.ruled_out)
+
+
 @pytest.mark.parametrize("hops", [1, 6])
 def test_candidates_follow_the_graph(hops: int) -> None:
     model = _model({})
