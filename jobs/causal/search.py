@@ -1207,23 +1207,16 @@ class CausalSearch:
                 for c, rows in groups.items()
                 if c != name and known[rows].sum() >= config.warmup_intervals
             }
-            # a caller sees the dependency unhealthy in its latency, errors or saturation; a
-            # change in how much it calls it (a rate) says nothing of the dependency's health
-            deviating = [
-                c
+            # how unhealthy each caller sees the dependency: its latency, errors or saturation;
+            # a change in how much it calls it (a rate) says nothing of the dependency's health
+            seen = {
+                c: max((float(ev.strength[r]) for r in rows if directed[r]), default=0.0)
                 for c, rows in callers.items()
-                if max((float(ev.strength[r]) for r in rows if directed[r]), default=0.0)
-                >= config.z_min
-            ]
+            }
+            deviating = [c for c, harm in seen.items() if harm >= config.z_min]
             if len(callers) < 2 or len(deviating) != 1 or deviating[0] not in idx:
                 continue
-            quiet = all(
-                max((float(ev.strength[r]) for r in rows if directed[r]), default=0.0)
-                < config.quiet_z
-                for c, rows in callers.items()
-                if c != deviating[0]
-            )
-            if not quiet:
+            if any(harm >= config.quiet_z for c, harm in seen.items() if c != deviating[0]):
                 continue
             entity[callers[deviating[0]]] = idx[deviating[0]]
             local.append((name, deviating[0]))
