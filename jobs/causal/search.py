@@ -160,8 +160,12 @@ class SearchConfig:
     # alerted signal was measured normal is a standing condition: it held and the symptom did
     # not follow, so it does not explain why the symptom began. Its evidence counts
     # ``standing_weight`` when ranking; it is still ranked, and still explains what it can.
-    # Only with the symptom's onset measured: an alert's time says little about when its
-    # signal began to change (alerts wait, burn rates average over hours).
+    # Measured against the symptom's onset; an alert's time says little about when its signal
+    # began to change (alerts wait, burn rates average over hours). When the alerted signal
+    # never deviates (an answer for a dependency harmed far beyond its normal, ``far`` in the
+    # search), the alert's time is all there is, and only a harm older than the window (a
+    # chronic one) that already held at an interval ending before the alert fired, while the
+    # alerted signal was measured normal, is standing.
     standing_weight: float = 0.1
     standing_ratio: float = 0.8
 
@@ -202,6 +206,8 @@ class Evidence:
     onset_s: np.ndarray  # nan where the series never deviated
     persistence: np.ndarray
     end_s: np.ndarray | None = None  # start of the last interval of the deviating run
+    # the run already deviates at the window's first known interval: older than the window
+    chronic: np.ndarray | None = None
 
 
 def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
@@ -210,7 +216,7 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     n, w = z.shape if z.ndim == 2 else (0, config.window_intervals)
     if n == 0:
         empty = np.zeros(0)
-        return Evidence(empty, empty, empty, empty, empty)
+        return Evidence(empty, empty, empty, empty, empty, np.zeros(0, dtype=bool))
     filled = np.nan_to_num(z, nan=0.0)
     harmful = _harmful(batch, filled)
     # the peak is taken among the deviations still going on near the window's end: a run
@@ -252,7 +258,7 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     chronic = valid & (start <= first_known)
     strength = np.where(chronic, strength * config.chronic_weight, strength)
     strength = np.where(stale[rows, peak_idx], strength * config.stale_weight, strength)
-    return Evidence(peak_z, strength, onset, persistence, end)
+    return Evidence(peak_z, strength, onset, persistence, end, chronic)
 
 
 def _own_mask(batch: HypothesisBatch) -> np.ndarray:
@@ -863,7 +869,18 @@ class CausalSearch:
         weighted = ev.strength * np.where(
             (traffic & ~symptom_row) | small, config.traffic_weight, 1.0
         )
-        standing = self._standing(symptoms, batch, ev, idx, symptom_onset, tolerance) & ~symptom_row
+        if symptom_onset is not None:
+            standing = self._standing(symptoms, batch, ev, idx, symptom_onset, tolerance)
+        elif uncorroborated and ev.chronic is not None:
+            # no onset of the alerted deviation to measure against: a harm older than the
+            # window that already held at an interval ending before the alert fired (its time
+            # is exact: no rounding to tolerate). One that began in the window, before the
+            # alert, may be what the alert waited for (alerts fire minutes into a condition)
+            fired = t_s if alert_s is None else alert_s
+            standing = self._standing(symptoms, batch, ev, idx, fired, 0.0) & ev.chronic
+        else:
+            standing = np.zeros(len(batch), dtype=bool)
+        standing &= ~symptom_row
         if standing.any():
             weighted = np.where(standing, weighted * config.standing_weight, weighted)
         if uncorroborated:

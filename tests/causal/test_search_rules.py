@@ -650,3 +650,34 @@ def test_a_quiet_alert_is_not_answered_by_a_harm_that_began_after_it_fired() -> 
     # an alert fired when app was already failing is answered for it
     now = search.run([("service:front", "availability.average")], t_s)
     assert _top(now) == "service:app"
+
+
+def test_a_quiet_alert_is_not_answered_by_a_chronic_failure_that_held_before_it_fired() -> None:
+    # front's availability looks normal throughout; lb has failed every request since long
+    # before the search's window (a chronic condition); app begins failing when the alert
+    # fires: lb's failure held while front was measured normal and no alert fired, so it ranks
+    # behind app's (it is still ranked: it may yet matter)
+    levels = _levels({"front": 0.2, "app": 0.08, "lb": 0.01})
+    lb = ("lb", "availability", "Average")
+    window = SearchConfig().window_intervals
+    graph = [("front", "app"), ("front", "lb")]
+    model, t_s = _world(
+        graph,
+        levels,
+        {("app", "availability", "Average"): -2.0, lb: -99.0},
+        fault_rows=window + 2 * INCIDENT_ROWS,
+        delays={lb: -FAULT_ROW - window},
+    )
+    alert_s = T0 + INTERVAL_S * (NORMAL_ROWS + FAULT_ROW)
+    symptoms: list[tuple[str, str | None]] = [("service:front", "availability.average")]
+    result = CausalSearch(model, SearchConfig(symptom_z_min=1.5)).run(symptoms, t_s, alert_s)
+    assert result.symptom_onset_s is None  # the alerted signal itself never deviates
+    assert [c.entity for c in result.causes[:2]] == ["service:app", "service:lb"]
+    # counted in full, lb's failure wins (far larger, though weighed down for its age)
+    loose = CausalSearch(model, SearchConfig(symptom_z_min=1.5, standing_weight=1.0))
+    assert _top(loose.run(symptoms, t_s, alert_s)) == "service:lb"
+    # a failure that began in the window, even intervals before the alert fired (alerts wait),
+    # is the answer
+    recent = _world(graph, levels, {lb: -99.0}, delays={lb: -1})
+    search = CausalSearch(recent[0], SearchConfig(symptom_z_min=1.5))
+    assert _top(search.run(symptoms, recent[1], alert_s)) == "service:lb"
