@@ -353,7 +353,11 @@ def worldline_answer(result: SearchResult) -> Answer:
     return Answer(ranked, result.causes[0].probability)
 
 
-def symptom_signal(metric: str, agg: str) -> str:
+def symptom_signal(metric: str, agg: str, latency_statistic: str | None = None) -> str:
+    """The alerted series of an issue's (metric, statistic); ``latency_statistic`` replaces
+    the statistic of latency alerts (what alerts on another statistic would be answered)."""
+    if latency_statistic and metric == "latency":
+        agg = latency_statistic
     return signal_name(metric, "average" if agg.lower() in ("average", "mean") else agg)
 
 
@@ -475,6 +479,7 @@ def run_scenario(
     on_case: Callable[[str], None] = lambda _key: None,
     specificity_windows: int = SPECIFICITY_WINDOWS,
     interval_s: float = INTERVAL_S,
+    latency_statistic: str | None = None,
 ) -> tuple[list[CaseResult], list[NormalResult]]:
     """Every issue of ``splits`` and the normal windows, each answered as live, by a world model
     of ``interval_s`` intervals (the rows' 5 minutes by default; shorter ones show what a
@@ -495,10 +500,22 @@ def run_scenario(
         for issue in issues:
             model = WorldModel.restore(snapshot)
             window = matrix_of(issue.frame, columns)
-            cases.append(_case(issue, model, config, normal_matrix, window, columns, topic, offset))
+            cases.append(
+                _case(
+                    issue,
+                    model,
+                    config,
+                    normal_matrix,
+                    window,
+                    columns,
+                    topic,
+                    offset,
+                    latency_statistic,
+                )
+            )
             on_case(issue.key)
         normals = _normal_windows(
-            scenario, config, columns, specificity_windows, on_case, interval_s
+            scenario, config, columns, specificity_windows, on_case, interval_s, latency_statistic
         )
     else:
         for issue in issues:
@@ -513,7 +530,11 @@ def run_scenario(
                 offset = apply_frame(model, frame, topic, offset)
             history = np.concatenate([matrix_of(f, columns) for f in prior]) if prior else None
             window = matrix_of(issue.frame, columns)
-            cases.append(_case(issue, model, config, history, window, columns, topic, offset))
+            cases.append(
+                _case(
+                    issue, model, config, history, window, columns, topic, offset, latency_statistic
+                )
+            )
             on_case(issue.key)
     return cases, normals
 
@@ -527,8 +548,9 @@ def _case(
     columns: list[tuple[str, str, str]],
     topic: str,
     offset: int,
+    latency_statistic: str | None = None,
 ) -> CaseResult:
-    signal = symptom_signal(issue.alert_metric, issue.alert_agg)
+    signal = symptom_signal(issue.alert_metric, issue.alert_agg, latency_statistic)
     result = answer_as_live(
         model, issue.frame, issue.alert_node, signal, config, issue.alert_time_s, topic, offset
     )
@@ -568,6 +590,7 @@ def _normal_windows(
     count: int,
     on_case: Callable[[str], None],
     interval_s: float = INTERVAL_S,
+    latency_statistic: str | None = None,
 ) -> list[NormalResult]:
     """Stream the normal data once; at each sampled window run every method with an alert on
     the issues' alerted node and metrics (PetShop: PetSite's latency and availability) at the
@@ -595,7 +618,7 @@ def _normal_windows(
                 WorldModel.restore(snapshot),
                 window,
                 alert_node,
-                symptom_signal(metric, agg),
+                symptom_signal(metric, agg, latency_statistic),
                 config,
                 at,
                 topic,

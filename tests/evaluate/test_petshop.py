@@ -59,6 +59,14 @@ def test_loader_refuses_a_file_without_the_three_header_rows(tmp_path: Path) -> 
         petshop.read_metrics(path)
 
 
+def test_latency_alerts_can_be_answered_on_another_statistic() -> None:
+    assert petshop.symptom_signal("latency", "Average") == "latency.average"
+    assert petshop.symptom_signal("latency", "Average", "p95") == "latency.p95"
+    # availability has one statistic: the override is about latency only
+    assert petshop.symptom_signal("availability", "Average", "p95") == "availability.average"
+    assert petshop.symptom_signal("latency", "p99", None) == "latency.p99"
+
+
 def test_rows_through_an_interval_follow_the_models_epoch_aligned_intervals() -> None:
     # rows every 5 minutes, 120 s off the epoch-aligned intervals (as low_traffic's)
     t0 = 1_681_885_920.0
