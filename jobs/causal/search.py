@@ -140,7 +140,11 @@ class SearchConfig:
     # the coincidence is the evidence the alert names. Latency is not corroborated this way: a
     # service's latency and its dependencies' move together a little all the time (shared
     # load), and on PetShop's normal data such coincidences named a cause in 5 of 24 latency
-    # alerts. 0 turns it off.
+    # alerts. 0 turns it off. It is also the least rise (in spreads) of a candidate's latency
+    # statistic that counts, under ``z_min``, when judging whether the candidate is too little
+    # slower to account for the alerted statistic's rise: a tail statistic (p95, p99) is noisy
+    # and may rise by less than ``z_min`` of its spreads while rising by far more than the
+    # ``explain_fraction`` of the alerted one.
     symptom_weak_z: float = 1.5
     # a leaf dependency (it calls nothing known) harmed together with an instrumented sibling
     # (same caller, same harm, onsets within the tolerance: the same requests seen from both
@@ -1250,7 +1254,8 @@ class CausalSearch:
     ) -> np.ndarray:
         """Latency rows of candidates whose rise is too small to account for an alerted
         latency: the alerted statistic rose by X at the symptom, the same statistic of the
-        candidate by less than ``explain_fraction`` of X (see ``_LatencyAccounts``). For an
+        candidate by less than ``explain_fraction`` of X (see ``_LatencyAccounts``; a rise
+        under the evidence threshold counts from ``symptom_weak_z`` spreads on). For an
         alerted failure that does not slow the symptom: the latency rows of candidates that
         do not fail."""
         out = np.zeros(len(batch), dtype=bool)
@@ -1281,7 +1286,9 @@ class CausalSearch:
                     k = int(others[r])
                     # a score kept at its limit says "at least": the rise may be any larger
                     saturated = accounts.ev.peak[r] >= SCORE_LIMIT
-                    rise[k] = max(rise[k], math.inf if saturated else accounts.excess(r) or 0.0)
+                    rise[k] = max(
+                        rise[k], math.inf if saturated else accounts.excess(r, True) or 0.0
+                    )
             small = [k for k, x in rise.items() if x < self.config.explain_fraction * needed]
             out |= np.isin(others, small) & accounts.latency
         return out
@@ -1628,8 +1635,20 @@ class _LatencyAccounts:
         name = _bare(signal)
         return name.split(".", 1)[1] if name.startswith(("span.", "edge.")) else name
 
-    def excess(self, row: int) -> float | None:
-        """Absolute rise at the row's peak (peak z times the baseline's spread at its onset)."""
+    def excess(self, row: int, below_threshold: bool = False) -> float | None:
+        """Absolute rise at the row's peak (peak z times the baseline's spread at its onset);
+        with ``below_threshold``, also of a row whose rise stayed under the evidence threshold
+        but reached the weak one (``symptom_weak_z``; its spread at the window's last
+        interval): a small rise is still a rise, a rise within the noise is none."""
+        if below_threshold and not math.isfinite(float(self.ev.onset_s[row])):
+            entity, signal = self.batch.series[row]
+            baseline = self.model.baselines.get(entity, signal)
+            weak = self.config.symptom_weak_z
+            if baseline is None or weak <= 0 or self.ev.peak[row] < weak:
+                return None
+            last = self.batch.t0_s + (self.batch.z.shape[1] - 1) * self.batch.interval_s
+            _, spread, _ = baseline.expected(last)
+            return float(self.ev.peak[row]) * spread if math.isfinite(spread) else None
         if row not in self._excess:
             value = None
             onset = float(self.ev.onset_s[row])

@@ -115,6 +115,31 @@ def test_a_dependency_too_little_slower_does_not_explain_a_slow_service() -> Non
     assert _top(loose) == "service:db"
 
 
+def test_a_rise_of_the_alerted_statistic_under_the_evidence_threshold_still_counts() -> None:
+    # the alert is on front's p99; app is much slower in its median and mean, and its p99 rose
+    # too, by less than the evidence threshold in its own (noisy) spreads but by far more than
+    # a tenth of front's rise: app is not "too little slower" to account for front
+    levels = _levels({"front": 0.2, "app": 0.08, "lambda": 0.05})
+    world = _world(
+        [("front", "app"), ("front", "lambda")],
+        levels,
+        {
+            ("front", "latency", "Average"): 0.06,
+            ("front", "latency", "p99"): 0.3,  # ~10 spreads
+            ("app", "latency", "Average"): 0.06,
+            ("app", "latency", "p50"): 0.06,
+            ("app", "latency", "p99"): 0.025,  # ~2 spreads, a twelfth of front's rise
+            ("lambda", "requests", "Sum"): 3000.0,  # more calls only: weak evidence
+        },
+    )
+    result = _search(world, "latency.p99")
+    assert _top(result) == "service:app"
+    # a rise within the noise (under the weak threshold) is none: app would be too little
+    # slower, weighed as little as lambda's traffic, which is larger
+    noise = _search(world, "latency.p99", symptom_weak_z=4.0)
+    assert _top(noise) == "service:lambda"
+
+
 def test_a_rise_beyond_the_kept_score_limit_still_accounts_for_the_dependent() -> None:
     # db is typically 5 ms with 0.1 ms of noise; it gets 0.4 s slower, thousands of spreads:
     # its kept score saturates, and "saturated score x spread" (a few ms) must not read as a
