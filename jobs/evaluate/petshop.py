@@ -4,7 +4,9 @@ causal search, BARO and N-Sigma side by side.
 Loading goes through the same world-model code as live telemetry: every row of a PetShop
 ``metrics.csv`` becomes an OTLP ExportMetricsServiceRequest (one gauge per (metric, statistic)
 column, named ``<metric>.<statistic>`` such as ``latency.p90``, resource ``service.name`` = the
-component), the requests go through ``MetricColumns`` into series and points tables, and those
+component; a ``Sum`` column, the increase of a counter over the row's period, is a delta sum
+named after its metric, and ``requests`` count events one by one: unit ``{request}``, so one
+call of a rarely called endpoint is counting noise, not 30 spreads), the requests go through ``MetricColumns`` into series and points tables, and those
 into ``WorldModel.apply`` as sealed-segment manifests, so baselines learn through
 ``MetricDeriver`` exactly as they do from a collector. The call graph (``graph.csv``: a row calls a
 column) becomes ``given`` edges of the world model's ``EdgeStore``.
@@ -42,6 +44,7 @@ import polars as pl
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from jobs.causal.followup import FOLLOW_INTERVALS, follow_step, settled, supersedes
 from jobs.causal.search import CausalSearch, SearchConfig, SearchResult
@@ -242,7 +245,8 @@ def signal_name(metric: str, statistic: str) -> str:
 
 
 def to_requests(frame: Frame, shift_s: float = 0.0) -> list[ExportMetricsServiceRequest]:
-    """One ExportMetricsServiceRequest per row: per component a resource, per column a gauge."""
+    """One ExportMetricsServiceRequest per row: per component a resource, per column a gauge
+    (a delta sum for a ``Sum`` column)."""
     by_component: dict[str, list[int]] = {}
     for j, (component, _, _) in enumerate(frame.columns):
         by_component.setdefault(component, []).append(j)
@@ -260,8 +264,21 @@ def to_requests(frame: Frame, shift_s: float = 0.0) -> list[ExportMetricsService
             sm.scope.name = "petshop"
             for j in cols:
                 _, metric, statistic = frame.columns[j]
+                value = float(frame.values[i, j])
+                if statistic.lower() == "sum":
+                    # a Sum over the row's period is the increase of a counter in it: a delta
+                    # sum (its rate per second over the model's interval), counting events one
+                    # by one when it counts requests
+                    unit = "{request}" if metric.lower() == "requests" else ""
+                    total = sm.metrics.add(name=metric, unit=unit).sum
+                    total.aggregation_temporality = (
+                        AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+                    )
+                    total.is_monotonic = True
+                    total.data_points.add(time_unix_nano=t_ns, as_double=value)
+                    continue
                 gauge = sm.metrics.add(name=signal_name(metric, statistic)).gauge
-                gauge.data_points.add(time_unix_nano=t_ns, as_double=float(frame.values[i, j]))
+                gauge.data_points.add(time_unix_nano=t_ns, as_double=value)
         requests.append(req)
     return requests
 

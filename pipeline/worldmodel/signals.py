@@ -344,7 +344,9 @@ class MetricDeriver:
     ) -> list[tuple[str, float, float, float]]:
         """(suffix, value, exposure, resolution) per derived value of one point: a histogram's
         rate counts its observations (exposure ``interval_s``) and its quantiles are known to a
-        bucket's width; a sum's rate may count anything (bytes, seconds), so it is not a count."""
+        bucket's width; a monotonic sum's rate counts events when its unit says it counts
+        (``counts_events``: exposure the seconds it was counted over), otherwise it may count
+        anything (bytes, seconds) and is not a count."""
         t = int(row["time_unix_nano"])  # type: ignore[call-overload]
         if kind == "gauge":
             return [("", float(row["value"]), 0.0, 0.0)] if row["value"] is not None else []  # type: ignore[arg-type]
@@ -352,8 +354,15 @@ class MetricDeriver:
             value = float(row["value"]) if row["value"] is not None else None  # type: ignore[arg-type]
             if value is None:
                 return []
-            if info.get("temporality") == 1:  # delta
-                return [(".rate_per_s", value / self.interval_s, 0.0, 0.0)]
+            events = bool(info.get("monotonic")) and counts_events(info.get("unit"))
+            if info.get("temporality") == 1:  # delta: the increase over [start, time)
+                start = row.get("start_unix_nano")
+                seconds = (
+                    (t - int(start)) / 1e9  # type: ignore[call-overload]
+                    if start and 0 < int(start) < t  # type: ignore[call-overload]
+                    else self.interval_s
+                )
+                return [(".rate_per_s", value / seconds, seconds if events else 0.0, 0.0)]
             previous = self._remember(sid, _Last(t, value))
             if previous is None or t <= previous.time_unix_nano:
                 return []
@@ -361,7 +370,8 @@ class MetricDeriver:
             if delta < 0:  # counter reset: the new value is the increase since the reset
                 self.dropped["counter_reset"] += 1
                 delta = value
-            return [(".rate_per_s", delta / ((t - previous.time_unix_nano) / 1e9), 0.0, 0.0)]
+            seconds = (t - previous.time_unix_nano) / 1e9
+            return [(".rate_per_s", delta / seconds, seconds if events else 0.0, 0.0)]
         if kind in ("histogram", "exponential_histogram"):
             counts = tuple(float(c) for c in (row["bucket_counts"] or []))  # type: ignore[attr-defined]
             bounds = [float(b) for b in (row["explicit_bounds"] or [])]  # type: ignore[attr-defined]
@@ -387,6 +397,14 @@ class MetricDeriver:
             vs = row["quantile_values"] or []
             return [(f".q{float(q):g}", float(v), 0.0, 0.0) for q, v in zip(qs, vs, strict=False)]  # type: ignore[call-overload]
         return []
+
+
+def counts_events(unit: object) -> bool:
+    """Whether a monotonic sum with this unit counts events, one by one: the dimensionless
+    unit ``1`` or a UCUM annotation alone (``{request}``, ``{restart}``), as OpenTelemetry's
+    semantic conventions write counts. Bytes, seconds or no unit at all may be anything."""
+    text = str(unit or "").strip()
+    return text == "1" or (text.startswith("{") and text.endswith("}") and len(text) > 2)
 
 
 def histogram_quantile(q: float, bounds: list[float], counts: tuple[float, ...]) -> float:

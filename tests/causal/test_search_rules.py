@@ -706,3 +706,32 @@ def test_a_quiet_alert_is_not_answered_by_a_chronic_failure_that_held_before_it_
     recent = _world(graph, levels, {lb: -99.0}, delays={lb: -1})
     search = CausalSearch(recent[0], SearchConfig(symptom_z_min=1.5))
     assert _top(search.run(symptoms, recent[1], alert_s)) == "service:lb"
+
+
+def test_one_call_to_a_rarely_called_dependency_is_no_deviation() -> None:
+    # sts is called now and then in the afternoons and evenings (once in about every third
+    # row), never in the mornings; in the fault's first row, a morning, it is called once: one
+    # request is counting noise, not a deviation
+    levels = _levels({"front": 0.2, "app": 0.08})
+    fault = {
+        ("front", "latency", "Average"): 0.1,
+        ("app", "latency", "Average"): 0.1,
+        ("app", "latency", "p50"): 0.1,
+    }
+    frame = _frame(levels, fault)
+    hours = (frame.timestamps // 3600) % 24
+    calls = np.where((hours >= 12) & (np.arange(len(frame)) % 3 == 0), 1.0, 0.0)
+    assert hours[NORMAL_ROWS + FAULT_ROW] < 12
+    calls[NORMAL_ROWS + FAULT_ROW] = 1.0
+    frame = Frame(
+        frame.timestamps,
+        [*frame.columns, ("sts", "requests", "Sum")],
+        np.column_stack([frame.values, calls]),
+    )
+    model = new_model([("front", "app"), ("front", "sts")], T0)
+    offset = apply_frame(model, frame.rows(0, NORMAL_ROWS), "rules", 0)
+    apply_frame(model, frame.rows(NORMAL_ROWS, len(frame)), "rules", offset)
+    result = _search((model, float(frame.timestamps[-1]) + INTERVAL_S), "latency.average")
+    assert _top(result) == "service:app"
+    assert "service:sts" not in [c.entity for c in result.causes]
+    assert any(r.entity == "service:sts" and "no deviation" in r.reason for r in result.ruled_out)

@@ -46,7 +46,17 @@ def test_loader_reads_three_header_rows_sorted_timestamps_and_nan(tmp_path: Path
     names = {
         m.name for rm in requests[1].resource_metrics for sm in rm.scope_metrics for m in sm.metrics
     }
-    assert names == {"latency.average", "availability.average", "requests.sum"}  # NaN skipped
+    assert names == {"latency.average", "availability.average", "requests"}  # NaN skipped
+    # a Sum column is a counter's increase over the row: a delta sum counting requests
+    (total,) = [
+        m
+        for rm in requests[1].resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "requests"
+    ]
+    assert total.WhichOneof("data") == "sum" and total.unit == "{request}"
+    assert total.sum.aggregation_temporality == 1 and total.sum.is_monotonic
 
 
 def test_loader_refuses_a_file_without_the_three_header_rows(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -119,15 +120,62 @@ def test_metric_rates_quantiles_and_resets() -> None:
     p95 = _value(frame, "service:cart", "http.server.request.duration.p95")
     assert p95 and all(0 <= v <= 1.0 for v in p95)
     # a histogram's rate counts observations; its quantiles are known to a bucket's width; a
-    # counter's rate may count anything (bytes, seconds) and a gauge is no count
+    # counter counts events when its unit says so ({request}: over the 15 s between its
+    # points); a gauge is no count
     name = "http.server.request.duration"
     assert set(_value(frame, "service:cart", name + ".rate_per_s", "exposure")) == {15.0}
     widths = _value(frame, "service:cart", name + ".p95", "resolution")
     assert len(widths) == len(p95) and all(w > 0 for w in widths)
     assert set(_value(frame, "service:cart", name + ".p95", "exposure")) == {0.0}
     counter = "http.server.request.count{http.route=/}.rate_per_s"
-    assert set(_value(frame, "service:cart", counter, "exposure")) == {0.0}
+    assert set(_value(frame, "service:cart", counter, "exposure")) == {15.0}
     assert set(_value(frame, "service:cart", "process.cpu.utilization", "resolution")) == {0.0}
+
+
+def _sum_request(unit: str, temporality: int, values: list[float], start_s: float | None) -> Any:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    from pipeline.testing import kv
+
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    rm.resource.attributes.append(kv("service.name", "cart"))
+    total = rm.scope_metrics.add().metrics.add(name="sent", unit=unit).sum
+    total.aggregation_temporality = temporality
+    total.is_monotonic = True
+    for i, v in enumerate(values):
+        t = BASE_NS + (i + 1) * 60_000_000_000
+        start = 0 if start_s is None else t - int(start_s * 1e9)
+        total.data_points.add(time_unix_nano=t, start_time_unix_nano=start, as_double=v)
+    return req
+
+
+@pytest.mark.parametrize(
+    ("unit", "events"), [("{request}", True), ("1", True), ("By", False), ("s", False), ("", False)]
+)
+def test_a_counter_counts_events_only_when_its_unit_says_so(unit: str, events: bool) -> None:
+    # cumulative: the rate between points; the exposure is the 60 s it was counted over
+    series, points = metrics_tables([_sum_request(unit, 2, [10.0, 40.0, 100.0], None)])
+    frame = MetricDeriver(interval_s=60).derive(series, points)
+    assert _value(frame, "service:cart", "sent.rate_per_s") == pytest.approx([0.5, 1.0])
+    assert set(_value(frame, "service:cart", "sent.rate_per_s", "exposure")) == {
+        60.0 if events else 0.0
+    }
+
+
+def test_a_delta_sum_is_a_rate_over_its_own_period() -> None:
+    # 5-minute deltas into a 60 s model: 300 requests in 300 s is 1 per second, counted over
+    # 300 s (one event in it is a rate of 1/300); without a start time, the model's interval
+    series, points = metrics_tables([_sum_request("{request}", 1, [300.0, 600.0], 300.0)])
+    frame = MetricDeriver(interval_s=60).derive(series, points)
+    assert _value(frame, "service:cart", "sent.rate_per_s") == pytest.approx([1.0, 2.0])
+    assert set(_value(frame, "service:cart", "sent.rate_per_s", "exposure")) == {300.0}
+    series, points = metrics_tables([_sum_request("{request}", 1, [300.0], None)])
+    frame = MetricDeriver(interval_s=60).derive(series, points)
+    assert _value(frame, "service:cart", "sent.rate_per_s") == pytest.approx([5.0])
+    assert _value(frame, "service:cart", "sent.rate_per_s", "exposure") == [60.0]
 
 
 def test_histogram_quantile_is_linear_within_buckets() -> None:
