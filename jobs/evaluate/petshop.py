@@ -375,6 +375,8 @@ def symptom_signal(metric: str, agg: str, latency_statistic: str | None = None) 
     the statistic of latency alerts (what alerts on another statistic would be answered)."""
     if latency_statistic and metric == "latency":
         agg = latency_statistic
+    if agg.lower() == "sum":
+        return f"{metric}.rate_per_s"  # a Sum column is loaded as a delta sum (``to_requests``)
     return signal_name(metric, "average" if agg.lower() in ("average", "mean") else agg)
 
 

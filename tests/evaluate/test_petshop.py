@@ -75,6 +75,8 @@ def test_latency_alerts_can_be_answered_on_another_statistic() -> None:
     # availability has one statistic: the override is about latency only
     assert petshop.symptom_signal("availability", "Average", "p95") == "availability.average"
     assert petshop.symptom_signal("latency", "p99", None) == "latency.p99"
+    # a Sum column is loaded as a delta sum: an alert on it is on the rate derived from it
+    assert petshop.symptom_signal("requests", "Sum") == "requests.rate_per_s"
 
 
 def test_rows_through_an_interval_follow_the_models_epoch_aligned_intervals() -> None:
@@ -129,6 +131,9 @@ def test_a_long_history_is_applied_in_bounded_segments_with_the_same_result(
             {key: model.baselines.get(*key).to_bytes() for key in sorted(model.baselines.keys())}
         )
     assert len(states[0]) == 2 and states[0] == states[1]
+    # the Sum column is the series an alert on it names
+    signal = petshop.symptom_signal("requests", "Sum")
+    assert ("service:PetSearch", signal) in set(model.baselines.keys())
 
 
 def test_graph_rows_call_columns_and_become_given_edges(tmp_path: Path) -> None:
