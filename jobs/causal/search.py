@@ -1610,7 +1610,7 @@ class _LatencyAccounts:
         self.batch = batch
         self.ev = ev
         self.config = config
-        self._excess: dict[int, float | None] = {}
+        self._excess: dict[tuple[int, bool], float | None] = {}
         n = len(batch)
         # per row: its latency statistic (None: not latency-like), whether it is a latency row
         # and whether it says the entity is slow or fails; per entity: slow, fails
@@ -1640,26 +1640,21 @@ class _LatencyAccounts:
         with ``below_threshold``, also of a row whose rise stayed under the evidence threshold
         but reached the weak one (``symptom_weak_z``; its spread at the window's last
         interval): a small rise is still a rise, a rise within the noise is none."""
-        if below_threshold and not math.isfinite(float(self.ev.onset_s[row])):
-            entity, signal = self.batch.series[row]
-            baseline = self.model.baselines.get(entity, signal)
-            weak = self.config.symptom_weak_z
-            if baseline is None or weak <= 0 or self.ev.peak[row] < weak:
-                return None
-            last = self.batch.t0_s + (self.batch.z.shape[1] - 1) * self.batch.interval_s
-            _, spread, _ = baseline.expected(last)
-            return float(self.ev.peak[row]) * spread if math.isfinite(spread) else None
-        if row not in self._excess:
+        key = (row, below_threshold)
+        if key not in self._excess:
             value = None
-            onset = float(self.ev.onset_s[row])
-            entity, signal = self.batch.series[row]
-            baseline = self.model.baselines.get(entity, signal)
-            if baseline is not None and math.isfinite(onset) and self.ev.peak[row] > 0:
-                _, spread, _ = baseline.expected(onset)
+            at = float(self.ev.onset_s[row])
+            peak = float(self.ev.peak[row])
+            weak = self.config.symptom_weak_z
+            if not math.isfinite(at) and below_threshold and 0 < weak <= peak:
+                at = self.batch.t0_s + (self.batch.z.shape[1] - 1) * self.batch.interval_s
+            baseline = self.model.baselines.get(*self.batch.series[row])
+            if baseline is not None and math.isfinite(at) and peak > 0:
+                _, spread, _ = baseline.expected(at)
                 if math.isfinite(spread):
-                    value = float(self.ev.peak[row]) * spread
-            self._excess[row] = value
-        return self._excess[row]
+                    value = peak * spread
+            self._excess[key] = value
+        return self._excess[key]
 
     def for_(self, dependency: int, dependent: int) -> bool:
         if self.fails[dependency] and self.fails[dependent]:

@@ -6,10 +6,11 @@ Loading goes through the same world-model code as live telemetry: every row of a
 column, named ``<metric>.<statistic>`` such as ``latency.p90``, resource ``service.name`` = the
 component; a ``Sum`` column, the increase of a counter over the row's period, is a delta sum
 named after its metric, and ``requests`` count events one by one: unit ``{request}``, so one
-call of a rarely called endpoint is counting noise, not 30 spreads), the requests go through ``MetricColumns`` into series and points tables, and those
-into ``WorldModel.apply`` as sealed-segment manifests, so baselines learn through
-``MetricDeriver`` exactly as they do from a collector. The call graph (``graph.csv``: a row calls a
-column) becomes ``given`` edges of the world model's ``EdgeStore``.
+call of a rarely called endpoint is counting noise, not 30 spreads), the requests go through
+``MetricColumns`` into series and points tables, and those into ``WorldModel.apply`` as
+sealed-segment manifests, so baselines learn through ``MetricDeriver`` exactly as they do from a
+collector. The call graph (``graph.csv``: a row calls a column) becomes ``given`` edges of the
+world model's ``EdgeStore``.
 
 Protocol (per scenario and alert metric): top-1 / top-3 recall of the root-cause node, an empty
 answer being a miss; specificity on normal data: windows taken from ``noissue`` with an "alert"
