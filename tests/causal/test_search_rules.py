@@ -633,6 +633,23 @@ def test_a_cold_start_counts_young_scores() -> None:
     assert off.abstained and "too little history" in (off.abstain_reason or "")
 
 
+def test_a_fault_at_the_second_value_ever_seen_is_read_against_the_prior_spread() -> None:
+    # one normal value, then front twice and app 3.5 times slower: no spread is learned yet,
+    # the prior on it (a tenth of the level, widened for youth) is all there is, and it says
+    # both moved far more than normal; app accounts for front's rise
+    world = _young_world([[0.10, 0.18], [0.21, 0.65]])
+    model, _ = world
+    front = model.baselines.get("service:front", "latency.average")
+    assert [round(z, 1) for _, z in front.recent_scores()] == [0.0, 4.5]
+    result = _search(world, "latency.average")
+    assert _top(result) == "service:app"
+    assert result.stats["cold_start"] == 1.0
+    assert result.causes[0].probability <= 2 / 3 + 1e-9
+    # a normal second value (within a tenth) says nothing is wrong
+    calm = _search(_young_world([[0.10, 0.18], [0.105, 0.19]]), "latency.average")
+    assert calm.abstained and not calm.causes
+
+
 def test_an_incident_that_began_in_the_warm_up_is_read_from_the_young_scores() -> None:
     # fifteen intervals in all (the warm-up), front and app about 3x slower over the last
     # four: every score that shows the incident is a young one, so the trusted scores alone

@@ -692,3 +692,50 @@ def test_memories_are_event_time_whatever_the_interval_the_values_come_in() -> N
     assert burst.expected(MONDAY + 7260.0)[0] == pytest.approx(
         steady.expected(MONDAY + 660.0)[0], rel=0.02
     )
+
+
+def _second_score(config: BaselineConfig, first: float, second: float) -> float:
+    """The recorded score of a series' second value (flushed past its interval)."""
+    baseline = SeasonalBaseline(config)
+    baseline.update(MONDAY, first)
+    baseline.update(MONDAY + config.interval_s, second)
+    baseline.flush(MONDAY + 2 * config.interval_s)
+    scores = baseline.recent_scores()
+    assert [t for t, _ in scores] == [MONDAY, MONDAY + config.interval_s]
+    return scores[1][1]
+
+
+def test_a_second_value_is_scored_against_a_prior_on_the_spread() -> None:
+    # one value learned, no spread yet: a small change is no deviation, a latency tripling is,
+    # but the score is clipped (a prior says how large a normal change is, not how far beyond
+    # normal this one is), and a snapshot restores under another prior (scoring only)
+    config = BaselineConfig()
+    assert 0 < _second_score(config, 0.10, 0.11) < 1.0
+    assert _second_score(config, 0.10, 0.30) == pytest.approx(config.z_clip, abs=0.25)
+    assert _second_score(config, 1.00, 10.0) == pytest.approx(config.z_clip, abs=0.25)
+    # the spread: 0.1 of the level, widened for youth as a learned one is (x 2.41)
+    assert _second_score(config, 0.10, 0.15) == pytest.approx(0.05 / 0.0241, abs=0.25)
+    assert _second_score(config, 0.10, 0.02) == pytest.approx(-0.08 / 0.0241, abs=0.25)
+    assert _second_score(BaselineConfig(prior_spread_relative=0.0), 0.10, 0.30) == 0.0
+    # a gauge at 0 that counts nothing has no prior: its second value is not scored
+    assert _second_score(config, 0.0, 5.0) == 0.0
+    other = BaselineConfig(prior_spread_relative=0.3)
+    assert other.fingerprint() == config.fingerprint()
+    baseline = SeasonalBaseline(config)
+    baseline.update(MONDAY, 0.10)
+    baseline.flush(MONDAY + config.interval_s)
+    restored = SeasonalBaseline.from_bytes(baseline.to_bytes(), other)
+    assert restored.score(MONDAY + config.interval_s, 0.13).score == pytest.approx(
+        0.03 / (0.3 * 0.10 * (1 + 2 / math.sqrt(2))), abs=0.25
+    )
+
+
+def test_a_second_count_is_scored_against_its_counting_noise() -> None:
+    # a rate that counts events has the counting noise as its spread from the second value on:
+    # 0 events, then 4 in an interval, is 4 events against a floor of one
+    config = BaselineConfig(interval_s=60.0)
+    baseline = SeasonalBaseline(config, count_scale=60.0)
+    baseline.update(MONDAY, 0.0)
+    baseline.update(MONDAY + 60.0, 4 / 60.0)
+    baseline.flush(MONDAY + 120.0)
+    assert baseline.recent_scores()[1][1] == pytest.approx(4.0, abs=0.25)
