@@ -6,10 +6,12 @@ Loading goes through the same world-model code as live telemetry: every row of a
 column, named ``<metric>.<statistic>`` such as ``latency.p90``, resource ``service.name`` = the
 component; a ``Sum`` column, the increase of a counter over the row's period, is a delta sum
 named after its metric, and ``requests`` count events one by one: unit ``{request}``, so one
-call of a rarely called endpoint is counting noise, not 30 spreads), the requests go through
-``MetricColumns`` into series and points tables, and those into ``WorldModel.apply`` as
-sealed-segment manifests, so baselines learn through ``MetricDeriver`` exactly as they do from a
-collector. The call graph (``graph.csv``: a row calls a column) becomes ``given`` edges of the
+call of a rarely called endpoint is counting noise, not 30 spreads; a metric with an ``Average``
+and percentiles, ``latency``, is a summary of the row's requests when their count is known, so
+the median of 5 calls is known to its sampling error, not as if it were the median of 500), the
+requests go through ``MetricColumns`` into series and points tables, and those into
+``WorldModel.apply`` as sealed-segment manifests, so baselines learn through ``MetricDeriver``
+exactly as they do from a collector. The call graph (``graph.csv``: a row calls a column) becomes ``given`` edges of the
 world model's ``EdgeStore``.
 
 Protocol (per scenario and alert metric): top-1 / top-3 recall of the root-cause node, an empty
@@ -35,6 +37,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,9 +248,47 @@ def signal_name(metric: str, statistic: str) -> str:
     return f"{metric}.{statistic}".lower()
 
 
+PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$")
+
+
+def _request_count(frame: Frame, i: int, cols: list[int]) -> float:
+    """The component's requests in row ``i`` (its ``requests`` ``Sum`` column), 0 if unknown."""
+    for j in cols:
+        _, metric, statistic = frame.columns[j]
+        if metric.lower() == "requests" and statistic.lower() == "sum":
+            value = float(frame.values[i, j])
+            return value if math.isfinite(value) and value > 0 else 0.0
+    return 0.0
+
+
+def _summarised(frame: Frame, i: int, cols: list[int], count: float) -> dict[str, list[int]]:
+    """Metrics of a component's row that are statistics of its requests: an ``Average`` with
+    percentiles (``p50``, ``p99``...), when the row's request count is known; metric -> its
+    columns."""
+    if count <= 0:
+        return {}
+    by_metric: dict[str, list[int]] = {}
+    for j in cols:
+        by_metric.setdefault(frame.columns[j][1], []).append(j)
+    out = {}
+    for metric, js in by_metric.items():
+        statistics = {frame.columns[j][2].lower() for j in js}
+        if "average" in statistics and any(PERCENTILE.match(x) for x in statistics):
+            out[metric] = [
+                j
+                for j in js
+                if frame.columns[j][2].lower() == "average"
+                or PERCENTILE.match(frame.columns[j][2].lower())
+            ]
+    return out
+
+
 def to_requests(frame: Frame, shift_s: float = 0.0) -> list[ExportMetricsServiceRequest]:
     """One ExportMetricsServiceRequest per row: per component a resource, per column a gauge
-    (a delta sum for a ``Sum`` column)."""
+    (a delta sum for a ``Sum`` column). A metric with an ``Average`` and percentiles is a
+    statistic of the component's requests: when the row's request count is known, it is one
+    summary (count, sum = average x count, the percentiles as quantiles), so each statistic is
+    known to its sampling error over that many requests."""
     by_component: dict[str, list[int]] = {}
     for j, (component, _, _) in enumerate(frame.columns):
         by_component.setdefault(component, []).append(j)
@@ -263,7 +304,22 @@ def to_requests(frame: Frame, shift_s: float = 0.0) -> list[ExportMetricsService
             rm.resource.attributes.append(kv("service.name", component))
             sm = rm.scope_metrics.add()
             sm.scope.name = "petshop"
+            count = _request_count(frame, i, cols)
+            summarised = _summarised(frame, i, cols, count)
+            for metric, js in summarised.items():
+                statistics = {frame.columns[j][2].lower(): float(frame.values[i, j]) for j in js}
+                n = max(1, round(count))
+                point = sm.metrics.add(name=metric.lower()).summary.data_points.add(
+                    time_unix_nano=t_ns, count=n, sum=statistics["average"] * n
+                )
+                for statistic, value in sorted(statistics.items()):
+                    found = PERCENTILE.match(statistic)
+                    if found:
+                        point.quantile_values.add(quantile=float(found.group(1)) / 100, value=value)
+            done = {j for js in summarised.values() for j in js}
             for j in cols:
+                if j in done:
+                    continue
                 _, metric, statistic = frame.columns[j]
                 value = float(frame.values[i, j])
                 if statistic.lower() == "sum":

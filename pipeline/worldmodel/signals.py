@@ -8,7 +8,8 @@ qualifiers that make a series unique in braces (``edge.latency_p95_ms{peer=postg
 apply), for the baselines' noise floors: ``value * exposure`` is the number of events the value
 counted (a rate per second: the interval's length; an error ratio: its request count), and
 ``resolution`` is the step in which the value is known (a quantile from histogram buckets: the
-width of the bucket it fell in).
+width of the bucket it fell in; a statistic of a summary's ``count`` observations: its sampling
+error, ``sampling_resolution``).
 
 - Spans: per service and per operation (server-side spans: kind server/consumer, or roots):
   request rate, error ratio, latency p50/p95/p99; per caller and callee (client-side spans):
@@ -17,12 +18,15 @@ width of the bucket it fell in).
   for the first time are reported by ``new_templates``.
 - Metrics: every numeric series whatever its name. Gauges give their mean; cumulative sums
   become rates (resets handled); delta sums become rates; histograms give p50/p95/p99 from the
-  bucket increments; summaries their quantiles. Cumulative series need the previous point,
+  bucket increments; summaries their quantiles (``p50``, ``p90``, ... as histograms name them)
+  and, when they have a count, their average (sum / count), each known to its sampling error
+  over the count's observations. Cumulative series need the previous point,
   which ``MetricDeriver`` keeps per series (bounded, counted, snapshot-able).
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -393,10 +397,37 @@ class MetricDeriver:
                 out.append((f".{name}", value, 0.0, width))
             return out
         if kind == "summary":
-            qs = row["quantiles"] or []
-            vs = row["quantile_values"] or []
-            return [(f".q{float(q):g}", float(v), 0.0, 0.0) for q, v in zip(qs, vs, strict=False)]  # type: ignore[call-overload]
+            qs = [float(q) for q in row["quantiles"] or []]  # type: ignore[attr-defined]
+            vs = [float(v) for v in row["quantile_values"] or []]  # type: ignore[attr-defined]
+            count = float(row["count"] or 0)  # type: ignore[arg-type]
+            out = []
+            if count > 0 and row["sum"] is not None:
+                average = float(row["sum"]) / count  # type: ignore[arg-type]
+                out.append((".average", average, 0.0, sampling_resolution(None, average, count)))
+            for q, v in zip(qs, vs, strict=False):
+                out.append((f".p{100 * q:g}", v, 0.0, sampling_resolution(q, v, count)))
+            return out
         return []
+
+
+def sampling_resolution(quantile: float | None, value: float, count: float) -> float:
+    """Sampling error of a statistic of ``count`` observations (0 when the count is unknown):
+    the average's (``quantile`` None) or a quantile's, as if the observations were exponential
+    around it (latency-like: as variable as their mean), where both are asymptotically
+    ``|value| * k / sqrt(count)``, ``k`` 1 for the average and ``sqrt(q / (1 - q)) / -ln(1 - q)``
+    for the ``q`` quantile (1.44 for the median, 1.30 p90, 1.46 p95, 2.16 p99). A median of
+    470 requests is known to 7 %, one of 5 requests to 64 %: a noisy statistic of a rarely
+    called dependency is not evidence its spread learned from a few quiet intervals would say
+    it is. The minimum and maximum (q 0 or 1) have no such error: 0."""
+    if count <= 0 or not math.isfinite(value):
+        return 0.0
+    if quantile is None:
+        k = 1.0
+    elif 0.0 < quantile < 1.0:
+        k = math.sqrt(quantile / (1.0 - quantile)) / -math.log1p(-quantile)
+    else:
+        return 0.0
+    return abs(value) * k / math.sqrt(count)
 
 
 def counts_events(unit: object) -> bool:

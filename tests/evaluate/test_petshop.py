@@ -294,3 +294,30 @@ def test_cli_evaluates_any_scenario_folder_in_petshop_layout(tmp_path: Path, row
     assert "my_shop" in result.output
     bad = CliRunner().invoke(evaluate, ["petshop", "--data", str(tmp_path), "--scenario", "nope"])
     assert bad.exit_code == 2 and "found: my_shop" in bad.output
+
+
+def test_a_latency_with_percentiles_and_a_request_count_is_a_summary_of_those_requests() -> None:
+    # row 0: 200 requests, so latency is one summary (count, sum, quantiles) and its statistics
+    # are known to their sampling error; row 1: the request count is missing, gauges as before
+    columns = [
+        ("PetSite", "latency", "Average"),
+        ("PetSite", "latency", "p90"),
+        ("PetSite", "availability", "Average"),
+        ("PetSite", "requests", "Sum"),
+    ]
+    values = np.array([[0.25, 0.6, 100.0, 200.0], [0.3, 0.7, 100.0, np.nan]])
+    frame = petshop.Frame(np.array([0.0, 300.0]) + 1_681_856_820.0, columns, values)
+    first, second = petshop.to_requests(frame)
+    metrics = {m.name: m for m in first.resource_metrics[0].scope_metrics[0].metrics}
+    assert metrics["latency"].WhichOneof("data") == "summary"
+    [point] = metrics["latency"].summary.data_points
+    assert (point.count, point.sum) == (200, pytest.approx(50.0))
+    assert [(q.quantile, q.value) for q in point.quantile_values] == [(0.9, 0.6)]
+    assert metrics["availability.average"].WhichOneof("data") == "gauge"
+    names = {m.name for m in second.resource_metrics[0].scope_metrics[0].metrics}
+    assert names == {"latency.average", "latency.p90", "availability.average"}
+    # either way the model learns the same signals
+    model = petshop.new_model([], float(frame.timestamps[0]))
+    petshop.apply_frame(model, frame, "t", 0)
+    learned = {signal for entity, signal in model.baselines.keys() if entity == "service:PetSite"}
+    assert {"latency.average", "latency.p90", "availability.average"} <= learned

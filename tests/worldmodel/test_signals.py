@@ -18,6 +18,7 @@ from pipeline.worldmodel.signals import (
     histogram_quantile_step,
     log_signals,
     new_templates,
+    sampling_resolution,
     span_signals,
 )
 
@@ -194,3 +195,58 @@ def test_histogram_quantile_resolution_is_the_width_of_its_bucket() -> None:
     # in the +Inf bucket: pinned at the top bound, known no better than the last finite bucket
     assert histogram_quantile_step(0.99, bounds, (1, 0, 0, 0, 9)) == pytest.approx((0.1, 0.05))
     assert histogram_quantile_step(0.5, [], (3,))[1] == 0.0
+
+
+def _summary_request(count: int, total: float, quantiles: dict[float, float]) -> Any:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    from pipeline.testing import kv
+
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    rm.resource.attributes.append(kv("service.name", "cart"))
+    summary = rm.scope_metrics.add().metrics.add(name="latency", unit="s").summary
+    point = summary.data_points.add(time_unix_nano=BASE_NS + 60_000_000_000, count=count, sum=total)
+    for q, v in quantiles.items():
+        point.quantile_values.add(quantile=q, value=v)
+    return req
+
+
+def test_a_summary_gives_its_average_and_percentiles_known_to_their_sampling_error() -> None:
+    # 100 requests averaging 0.2 s: the average and the percentiles, named as a histogram's
+    # are, each known to its sampling error over 100 requests; the maximum (q 1) exactly
+    series, points = metrics_tables([_summary_request(100, 20.0, {0.5: 0.15, 0.9: 0.4, 1.0: 2.0})])
+    frame = MetricDeriver(interval_s=60).derive(series, points)
+    assert _value(frame, "service:cart", "latency.average") == pytest.approx([0.2])
+    assert _value(frame, "service:cart", "latency.p50") == pytest.approx([0.15])
+    assert _value(frame, "service:cart", "latency.p90") == pytest.approx([0.4])
+    resolution = {
+        signal: _value(frame, "service:cart", signal, "resolution")[0]
+        for signal in ("latency.average", "latency.p50", "latency.p90", "latency.p100")
+    }
+    assert resolution == pytest.approx(
+        {
+            "latency.average": 0.2 / 10,
+            "latency.p50": 0.15 * 1.4427 / 10,
+            "latency.p90": 0.4 * 1.3029 / 10,
+            "latency.p100": 0.0,
+        },
+        rel=1e-3,
+    )
+    # no count: the quantiles alone, known exactly as far as anyone can say
+    series, points = metrics_tables([_summary_request(0, 0.0, {0.5: 0.15})])
+    frame = MetricDeriver(interval_s=60).derive(series, points)
+    assert set(frame["signal"].to_list()) == {"latency.p50"}
+    assert _value(frame, "service:cart", "latency.p50", "resolution") == [0.0]
+
+
+def test_sampling_error_shrinks_with_the_square_root_of_the_count() -> None:
+    # a median of 470 requests is known to 7 %, one of 5 requests to 64 %
+    assert sampling_resolution(0.5, 1.0, 470) == pytest.approx(0.0666, abs=1e-3)
+    assert sampling_resolution(0.5, 1.0, 5) == pytest.approx(0.645, abs=1e-3)
+    assert sampling_resolution(0.99, 2.0, 100) == pytest.approx(2 * 2.161 / 10, abs=1e-3)
+    assert sampling_resolution(None, -3.0, 9) == pytest.approx(1.0)
+    assert sampling_resolution(0.5, 1.0, 0) == 0.0
+    assert sampling_resolution(0.0, 1.0, 10) == 0.0
