@@ -287,8 +287,9 @@ def to_requests(frame: Frame, shift_s: float = 0.0) -> list[ExportMetricsService
     """One ExportMetricsServiceRequest per row: per component a resource, per column a gauge
     (a delta sum for a ``Sum`` column). A metric with an ``Average`` and percentiles is a
     statistic of the component's requests: when the row's request count is known, it is one
-    summary (count, sum = average x count, the percentiles as quantiles), so each statistic is
-    known to its sampling error over that many requests."""
+    summary of those requests alone (count, sum = average x count, the percentiles as
+    quantiles, a start time of its own), so each statistic is known to its sampling error over
+    that many requests."""
     by_component: dict[str, list[int]] = {}
     for j, (component, _, _) in enumerate(frame.columns):
         by_component.setdefault(component, []).append(j)
@@ -309,8 +310,13 @@ def to_requests(frame: Frame, shift_s: float = 0.0) -> list[ExportMetricsService
             for metric, js in summarised.items():
                 statistics = {frame.columns[j][2].lower(): float(frame.values[i, j]) for j in js}
                 n = max(1, round(count))
+                # a summary of the row's requests alone: its own start time (stamped, as every
+                # column of the row is, at the row's timestamp, the row's period before it)
                 point = sm.metrics.add(name=metric.lower()).summary.data_points.add(
-                    time_unix_nano=t_ns, count=n, sum=statistics["average"] * n
+                    start_time_unix_nano=t_ns - int(INTERVAL_S * 1e9),
+                    time_unix_nano=t_ns,
+                    count=n,
+                    sum=statistics["average"] * n,
                 )
                 for statistic, value in sorted(statistics.items()):
                     found = PERCENTILE.match(statistic)

@@ -474,7 +474,7 @@ class WorldModel:
             "dropped": self.dropped,
             "metric_series": list(self.metric_series.values()),
             "metric_last": [
-                [sid, v.time_unix_nano, v.value, list(v.buckets)]
+                [sid, v.time_unix_nano, v.value, list(v.buckets), v.total, v.start_unix_nano]
                 for sid, v in self.metrics.last.items()
             ],
             "metric_dropped": self.metrics.dropped,
@@ -518,8 +518,12 @@ class WorldModel:
         model.events = deque(doc["events"])
         model.dropped = dict(doc["dropped"])
         model.metric_series = {int(r["series_id"]): r for r in doc["metric_series"]}
-        for sid, t, v, buckets in doc["metric_last"]:
-            model.metrics.last[int(sid)] = _Last(int(t), float(v), tuple(buckets))
+        for sid, t, v, buckets, *summary in doc["metric_last"]:
+            # a summary's sum and start time (absent from checkpoints written before them)
+            total, start = summary if summary else (0.0, 0)
+            model.metrics.last[int(sid)] = _Last(
+                int(t), float(v), tuple(buckets), float(total), int(start)
+            )
         model.metrics.dropped = dict(doc["metric_dropped"])
         return model
 

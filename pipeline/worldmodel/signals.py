@@ -19,9 +19,10 @@ error, ``sampling_resolution``).
 - Metrics: every numeric series whatever its name. Gauges give their mean; cumulative sums
   become rates (resets handled); delta sums become rates; histograms give p50/p95/p99 from the
   bucket increments; summaries their quantiles (``p50``, ``p90``, ... as histograms name them)
-  and, when they have a count, their average (sum / count), each known to its sampling error
-  over the count's observations. Cumulative series need the previous point,
-  which ``MetricDeriver`` keeps per series (bounded, counted, snapshot-able).
+  and the average of the observations each point adds (count and sum are cumulative since the
+  start time), each known to its sampling error over those observations. Cumulative series
+  need the previous point, which ``MetricDeriver`` keeps per series (bounded, counted,
+  snapshot-able).
 """
 
 from __future__ import annotations
@@ -250,6 +251,8 @@ class _Last:
     time_unix_nano: int
     value: float
     buckets: tuple[float, ...] = ()
+    total: float = 0.0  # a summary's sum
+    start_unix_nano: int = 0  # a summary's start time
 
 
 @dataclass
@@ -343,6 +346,27 @@ class MetricDeriver:
             self.dropped["series_state_evicted"] += 1
         return previous
 
+    def _summary(
+        self, sid: int, t: int, row: dict[str, object]
+    ) -> list[tuple[str, float, float, float]]:
+        """A summary point's average over the observations it adds (``_summary_population``)
+        and its quantiles, named as a histogram's are (``p50``, ``p90``, ...), each known to its
+        sampling error over those observations (none when their number cannot be told)."""
+        qs = [float(q) for q in row["quantiles"] or []]  # type: ignore[attr-defined]
+        vs = [float(v) for v in row["quantile_values"] or []]  # type: ignore[attr-defined]
+        count = float(row["count"] or 0)  # type: ignore[arg-type]
+        total = float(row["sum"] or 0.0)  # type: ignore[arg-type]
+        start = int(row.get("start_unix_nano") or 0)  # type: ignore[call-overload]
+        previous = self._remember(sid, _Last(t, count, (), total, start))
+        n, added = _summary_population(previous, t, start, count, total)
+        out = []
+        if n > 0:
+            average = added / n
+            out.append((".average", average, 0.0, sampling_resolution(None, average, n)))
+        for q, v in zip(qs, vs, strict=False):
+            out.append((f".p{100 * q:g}", v, 0.0, sampling_resolution(q, v, n)))
+        return out
+
     def _values(
         self, sid: int, kind: object, info: dict[str, object], row: dict[str, object]
     ) -> list[tuple[str, float, float, float]]:
@@ -397,17 +421,28 @@ class MetricDeriver:
                 out.append((f".{name}", value, 0.0, width))
             return out
         if kind == "summary":
-            qs = [float(q) for q in row["quantiles"] or []]  # type: ignore[attr-defined]
-            vs = [float(v) for v in row["quantile_values"] or []]  # type: ignore[attr-defined]
-            count = float(row["count"] or 0)  # type: ignore[arg-type]
-            out = []
-            if count > 0 and row["sum"] is not None:
-                average = float(row["sum"]) / count  # type: ignore[arg-type]
-                out.append((".average", average, 0.0, sampling_resolution(None, average, count)))
-            for q, v in zip(qs, vs, strict=False):
-                out.append((f".p{100 * q:g}", v, 0.0, sampling_resolution(q, v, count)))
-            return out
+            return self._summary(sid, t, row)
         return []
+
+
+def _summary_population(
+    previous: _Last | None, t: int, start: int, count: float, total: float
+) -> tuple[float, float]:
+    """(count, sum) of the observations a summary point adds, or (0, 0) when that cannot be
+    told. A summary's count and sum are cumulative since its start time: the increase over the
+    previous point of the same run (same start, no reset), or, for a point whose start time
+    is known and not before the previous point (a first point, a restart, or a summary of each
+    period on its own), the point's own."""
+    if (
+        previous is not None
+        and start == previous.start_unix_nano
+        and count >= previous.value
+        and t > previous.time_unix_nano
+    ):
+        return count - previous.value, total - previous.total
+    if 0 < start < t and (previous is None or start >= previous.time_unix_nano):
+        return count, total
+    return 0.0, 0.0
 
 
 def sampling_resolution(quantile: float | None, value: float, count: float) -> float:

@@ -170,3 +170,13 @@ def test_sampling_says_when_the_data_is_coarser_than_the_interval() -> None:
     assert matched.sampling()["series_spacing_intervals"] == 1.0
     assert matched.sampling()["series_sparse_share"] == 0.0
     assert WorldModel(WorldModelConfig(interval_s=60.0)).sampling() == {}
+
+
+def test_a_checkpoint_keeps_what_a_summary_needs_to_tell_its_next_increase() -> None:
+    from pipeline.worldmodel.signals import _Last
+
+    model = WorldModel(WorldModelConfig())
+    model.metrics.last[7] = _Last(120, 1100.0, (), 230.0, 60)
+    model.metrics.last[8] = _Last(120, 5.0, (1.0, 2.0))
+    restored = WorldModel.restore(model.checkpoint())
+    assert dict(restored.metrics.last) == dict(model.metrics.last)

@@ -197,7 +197,11 @@ def test_histogram_quantile_resolution_is_the_width_of_its_bucket() -> None:
     assert histogram_quantile_step(0.5, [], (3,))[1] == 0.0
 
 
-def _summary_request(count: int, total: float, quantiles: dict[float, float]) -> Any:
+def _summary_request(
+    points: list[tuple[int, int, float, dict[float, float]]],
+) -> Any:
+    """One summary series: (start in s after BASE, count, sum, quantiles) per point, a minute
+    apart."""
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
         ExportMetricsServiceRequest,
     )
@@ -208,16 +212,25 @@ def _summary_request(count: int, total: float, quantiles: dict[float, float]) ->
     rm = req.resource_metrics.add()
     rm.resource.attributes.append(kv("service.name", "cart"))
     summary = rm.scope_metrics.add().metrics.add(name="latency", unit="s").summary
-    point = summary.data_points.add(time_unix_nano=BASE_NS + 60_000_000_000, count=count, sum=total)
-    for q, v in quantiles.items():
-        point.quantile_values.add(quantile=q, value=v)
+    for i, (start_s, count, total, quantiles) in enumerate(points):
+        point = summary.data_points.add(
+            start_time_unix_nano=BASE_NS + start_s * 1_000_000_000 if start_s >= 0 else 0,
+            time_unix_nano=BASE_NS + (i + 1) * 60_000_000_000,
+            count=count,
+            sum=total,
+        )
+        for q, v in quantiles.items():
+            point.quantile_values.add(quantile=q, value=v)
     return req
 
 
 def test_a_summary_gives_its_average_and_percentiles_known_to_their_sampling_error() -> None:
     # 100 requests averaging 0.2 s: the average and the percentiles, named as a histogram's
     # are, each known to its sampling error over 100 requests; the maximum (q 1) exactly
-    series, points = metrics_tables([_summary_request(100, 20.0, {0.5: 0.15, 0.9: 0.4, 1.0: 2.0})])
+    # (a point with a start time of its own: the observations since then)
+    series, points = metrics_tables(
+        [_summary_request([(0, 100, 20.0, {0.5: 0.15, 0.9: 0.4, 1.0: 2.0})])]
+    )
     frame = MetricDeriver(interval_s=60).derive(series, points)
     assert _value(frame, "service:cart", "latency.average") == pytest.approx([0.2])
     assert _value(frame, "service:cart", "latency.p50") == pytest.approx([0.15])
@@ -236,7 +249,7 @@ def test_a_summary_gives_its_average_and_percentiles_known_to_their_sampling_err
         rel=1e-3,
     )
     # no count: the quantiles alone, known exactly as far as anyone can say
-    series, points = metrics_tables([_summary_request(0, 0.0, {0.5: 0.15})])
+    series, points = metrics_tables([_summary_request([(0, 0, 0.0, {0.5: 0.15})])])
     frame = MetricDeriver(interval_s=60).derive(series, points)
     assert set(frame["signal"].to_list()) == {"latency.p50"}
     assert _value(frame, "service:cart", "latency.p50", "resolution") == [0.0]
@@ -250,3 +263,27 @@ def test_sampling_error_shrinks_with_the_square_root_of_the_count() -> None:
     assert sampling_resolution(None, -3.0, 9) == pytest.approx(1.0)
     assert sampling_resolution(0.5, 1.0, 0) == 0.0
     assert sampling_resolution(0.0, 1.0, 10) == 0.0
+
+
+def test_a_cumulative_summary_gives_the_average_of_what_each_point_adds() -> None:
+    # count and sum are cumulative since the start time: the first point, without a start
+    # time, says nothing of its interval but its quantiles; then 100 requests adding 30 s
+    # (0.3 s each), then a restart (a new start time): the point's own 10 requests, 1 s
+    series, points = metrics_tables(
+        [
+            _summary_request(
+                [
+                    (-1, 1000, 200.0, {0.5: 0.1}),
+                    (-1, 1100, 230.0, {0.5: 0.2}),
+                    (150, 10, 10.0, {0.5: 0.9}),
+                ]
+            )
+        ]
+    )
+    frame = MetricDeriver(interval_s=60).derive(series, points)
+    assert _value(frame, "service:cart", "latency.p50") == pytest.approx([0.1, 0.2, 0.9])
+    assert _value(frame, "service:cart", "latency.average") == pytest.approx([0.3, 1.0])
+    assert _value(frame, "service:cart", "latency.average", "resolution") == pytest.approx(
+        [0.3 / 10, 1.0 / math.sqrt(10)]
+    )
+    assert _value(frame, "service:cart", "latency.p50", "resolution")[0] == 0.0
