@@ -8,8 +8,8 @@ qualifiers that make a series unique in braces (``edge.latency_p95_ms{peer=postg
 apply), for the baselines' noise floors: ``value * exposure`` is the number of events the value
 counted (a rate per second: the interval's length; an error ratio: its request count), and
 ``resolution`` is the step in which the value is known (a quantile from histogram buckets: the
-width of the bucket it fell in; a statistic of a summary's ``count`` observations: its sampling
-error, ``sampling_resolution``).
+width of the bucket it fell in; a statistic of few observations, a span latency quantile, a
+histogram's or a summary's: its sampling error over them, ``sampling_resolution``, when wider).
 
 - Spans: per service and per operation (server-side spans: kind server/consumer, or roots):
   request rate, error ratio, latency p50/p95/p99; per caller and callee (client-side spans):
@@ -90,13 +90,22 @@ def _melt(
         .then(count)
         .otherwise(0.0)
     )
+    # a latency quantile of the group's ``__count`` spans: known to its sampling error
+    resolution: pl.Expr = pl.lit(0.0, pl.Float64)
+    for quantile_name, q in QUANTILES:
+        k = sampling_resolution(q, 1.0, 1.0)
+        resolution = (
+            pl.when(pl.col("stat") == f"latency_{quantile_name}_ms")
+            .then(pl.col("value").abs() * k / count.cast(pl.Float64).sqrt())
+            .otherwise(resolution)
+        )
     return long.select(
         pl.col("interval_start_unix_nano").cast(pl.Int64),
         pl.col("entity"),
         name.alias("signal"),
         pl.col("value").cast(pl.Float64),
         exposure.cast(pl.Float64).alias("exposure"),
-        pl.lit(0.0, pl.Float64).alias("resolution"),
+        resolution.fill_nan(0.0).fill_null(0.0).cast(pl.Float64).alias("resolution"),
     )
 
 
@@ -418,7 +427,9 @@ class MetricDeriver:
             out = [(".rate_per_s", total / self.interval_s, self.interval_s, 0.0)]
             for name, q in QUANTILES:
                 value, width = histogram_quantile_step(q, bounds, increments)
-                out.append((f".{name}", value, 0.0, width))
+                # known to a bucket's width, and no better than its sampling error
+                error = sampling_resolution(q, value, total)
+                out.append((f".{name}", value, 0.0, max(width, error)))
             return out
         if kind == "summary":
             return self._summary(sid, t, row)

@@ -52,11 +52,17 @@ def test_span_signals_match_a_direct_computation() -> None:
     errors = sum(1 for s in cart if s.status.code == 2)
     assert _value(frame, "service:cart", "span.error_ratio") == pytest.approx([errors / len(cart)])
     # how precisely each value was measured: a ratio counted len(cart) requests, a rate per
-    # second counted events over 60 s, a latency quantile of raw spans is exact
+    # second counted events over 60 s, a latency quantile of len(cart) spans is known to its
+    # sampling error over them; nothing else has a resolution
     assert _value(frame, "service:cart", "span.error_ratio", "exposure") == [len(cart)]
     assert _value(frame, "service:cart", "span.rate_per_s", "exposure") == [60.0]
     assert _value(frame, "service:cart", "span.latency_p95_ms", "exposure") == [0.0]
-    assert set(frame["resolution"].to_list()) == {0.0}
+    assert _value(frame, "service:cart", "span.latency_p95_ms", "resolution") == pytest.approx(
+        [sampling_resolution(0.95, np.quantile(durations, 0.95), len(cart))]
+    )
+    latency = pl.col("signal").str.contains("latency_p")
+    assert set(frame.filter(~latency)["resolution"].to_list()) == {0.0}
+    assert frame.filter(latency)["resolution"].min() > 0
     edge_ratio = frame.filter(pl.col("signal").str.starts_with("edge.error_ratio"))
     edge_rate = frame.filter(pl.col("signal").str.starts_with("edge.rate_per_s"))
     joined = edge_ratio.join(
@@ -127,6 +133,12 @@ def test_metric_rates_quantiles_and_resets() -> None:
     assert set(_value(frame, "service:cart", name + ".rate_per_s", "exposure")) == {15.0}
     widths = _value(frame, "service:cart", name + ".p95", "resolution")
     assert len(widths) == len(p95) and all(w > 0 for w in widths)
+    # ... and no better than its sampling error over the interval's observations
+    counts = [r * 15.0 for r in _value(frame, "service:cart", name + ".rate_per_s")]
+    assert all(
+        w >= sampling_resolution(0.95, v, n) * (1 - 1e-9)
+        for w, v, n in zip(widths, p95, counts, strict=True)
+    )
     assert set(_value(frame, "service:cart", name + ".p95", "exposure")) == {0.0}
     counter = "http.server.request.count{http.route=/}.rate_per_s"
     assert set(_value(frame, "service:cart", counter, "exposure")) == {15.0}
