@@ -11,8 +11,8 @@ and percentiles, ``latency``, is a summary of the row's requests when their coun
 the median of 5 calls is known to its sampling error, not as if it were the median of 500), the
 requests go through ``MetricColumns`` into series and points tables, and those into
 ``WorldModel.apply`` as sealed-segment manifests, so baselines learn through ``MetricDeriver``
-exactly as they do from a collector. The call graph (``graph.csv``: a row calls a column) becomes ``given`` edges of the
-world model's ``EdgeStore``.
+exactly as they do from a collector. The call graph (``graph.csv``: a row calls a column)
+becomes ``given`` edges of the world model's ``EdgeStore``.
 
 Protocol (per scenario and alert metric): top-1 / top-3 recall of the root-cause node, an empty
 answer being a miss; specificity on normal data: windows taken from ``noissue`` with an "alert"
@@ -269,18 +269,14 @@ def _summarised(frame: Frame, i: int, cols: list[int], count: float) -> dict[str
         return {}
     by_metric: dict[str, list[int]] = {}
     for j in cols:
-        by_metric.setdefault(frame.columns[j][1], []).append(j)
-    out = {}
-    for metric, js in by_metric.items():
-        statistics = {frame.columns[j][2].lower() for j in js}
-        if "average" in statistics and any(PERCENTILE.match(x) for x in statistics):
-            out[metric] = [
-                j
-                for j in js
-                if frame.columns[j][2].lower() == "average"
-                or PERCENTILE.match(frame.columns[j][2].lower())
-            ]
-    return out
+        statistic = frame.columns[j][2].lower()
+        if statistic == "average" or PERCENTILE.match(statistic):
+            by_metric.setdefault(frame.columns[j][1], []).append(j)
+    return {
+        metric: js
+        for metric, js in by_metric.items()
+        if any(frame.columns[j][2].lower() == "average" for j in js) and len(js) > 1
+    }
 
 
 def to_requests(frame: Frame, shift_s: float = 0.0) -> list[ExportMetricsServiceRequest]:

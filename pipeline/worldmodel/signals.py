@@ -93,10 +93,9 @@ def _melt(
     # a latency quantile of the group's ``__count`` spans: known to its sampling error
     resolution: pl.Expr = pl.lit(0.0, pl.Float64)
     for quantile_name, q in QUANTILES:
-        k = sampling_resolution(q, 1.0, 1.0)
         resolution = (
             pl.when(pl.col("stat") == f"latency_{quantile_name}_ms")
-            .then(pl.col("value").abs() * k / count.cast(pl.Float64).sqrt())
+            .then(pl.col("value").abs() * sampling_factor(q) / count.cast(pl.Float64).sqrt())
             .otherwise(resolution)
         )
     return long.select(
@@ -456,24 +455,27 @@ def _summary_population(
     return 0.0, 0.0
 
 
+def sampling_factor(quantile: float | None) -> float:
+    """``k`` of ``sampling_resolution``: 1 for the average (``quantile`` None),
+    ``sqrt(q / (1 - q)) / -ln(1 - q)`` for the ``q`` quantile (1.44 for the median, 1.30 p90,
+    1.46 p95, 2.16 p99), 0 for the minimum and maximum (q 0 or 1), which have no such error."""
+    if quantile is None:
+        return 1.0
+    if 0.0 < quantile < 1.0:
+        return math.sqrt(quantile / (1.0 - quantile)) / -math.log1p(-quantile)
+    return 0.0
+
+
 def sampling_resolution(quantile: float | None, value: float, count: float) -> float:
     """Sampling error of a statistic of ``count`` observations (0 when the count is unknown):
     the average's (``quantile`` None) or a quantile's, as if the observations were exponential
     around it (latency-like: as variable as their mean), where both are asymptotically
-    ``|value| * k / sqrt(count)``, ``k`` 1 for the average and ``sqrt(q / (1 - q)) / -ln(1 - q)``
-    for the ``q`` quantile (1.44 for the median, 1.30 p90, 1.46 p95, 2.16 p99). A median of
-    470 requests is known to 7 %, one of 5 requests to 64 %: a noisy statistic of a rarely
-    called dependency is not evidence its spread learned from a few quiet intervals would say
-    it is. The minimum and maximum (q 0 or 1) have no such error: 0."""
+    ``|value| * k / sqrt(count)`` (``sampling_factor``). A median of 470 requests is known to
+    7 %, one of 5 requests to 64 %: a noisy statistic of a rarely called dependency is not
+    evidence its spread learned from a few quiet intervals would say it is."""
     if count <= 0 or not math.isfinite(value):
         return 0.0
-    if quantile is None:
-        k = 1.0
-    elif 0.0 < quantile < 1.0:
-        k = math.sqrt(quantile / (1.0 - quantile)) / -math.log1p(-quantile)
-    else:
-        return 0.0
-    return abs(value) * k / math.sqrt(count)
+    return abs(value) * sampling_factor(quantile) / math.sqrt(count)
 
 
 def counts_events(unit: object) -> bool:
