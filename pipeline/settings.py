@@ -111,6 +111,27 @@ class Settings(BaseModel):
     checkpoint_every_s: float = Field(
         default=10.0, gt=0, le=3600, description="How often the world model writes its checkpoint."
     )
+    answer_wait_s: float = Field(
+        default=50.0,
+        ge=0,
+        le=3600,
+        description="How long an alert's first answer waits for the world model to hold the data"
+        " received up to the alert's startsAt (then it answers, saying how far the model covers).",
+    )
+    alert_group_window_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="Alerts join one incident only when their startsAt lie within this of the"
+        " incident's first alert (and their entities are connected in the graph).",
+    )
+    alert_resolve_timeout_s: float = Field(
+        default=15000.0,
+        gt=0,
+        le=7 * 86400,
+        description="A firing alert not notified again within this (event time) is taken as"
+        " resolved (Alertmanager repeats a firing alert every repeat_interval, 4 h by default).",
+    )
     catch_up_chunk: int = Field(
         default=50,
         ge=1,

@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import schemas
@@ -209,6 +209,13 @@ class Incident:
     # through, follow-ups made so far); None when the last answer stands
     pending: tuple[float, int] | None = None
     named: bool = False  # the last record published for it named a cause
+    due: bool = False  # an answer waits for the world model to hold its alert's data
+    # fingerprint -> event time of its latest notification (the book's clock then)
+    notified_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def first_alert_s(self) -> float:
+        return min((a.starts_at_s for a in self.alerts.values()), default=self.opened_at_s)
 
     @property
     def open(self) -> bool:
@@ -221,29 +228,45 @@ class Incident:
 
 @dataclass
 class IncidentBook:
-    """Open incidents; an alert joins one if close in time and connected in the graph."""
+    """Incidents; an alert joins an open one when its ``startsAt`` and every other alert's lie
+    within ``group_window_s`` of each other (measured from the incident's first alert, never
+    chained from its latest) and its entity is connected in the graph to one of the incident's.
 
-    group_window_s: float = 900.0
+    Event time is the book's clock: the latest ``startsAt`` it has seen. A firing alert not
+    notified again within ``resolve_timeout_s`` of that clock is taken as resolved (Alertmanager
+    repeats a firing alert's notification every ``repeat_interval``)."""
+
+    group_window_s: float = 300.0
+    resolve_timeout_s: float = 15000.0
     max_incidents: int = 10_000
     incidents: dict[str, Incident] = field(default_factory=dict)
     by_fingerprint: dict[str, str] = field(default_factory=dict)
     evicted: int = 0
+    timed_out: int = 0
+    clock_s: float = 0.0
 
     def add(
         self, alert: Alert, symptom: Symptom, connected: Callable[[str, str], bool]
     ) -> tuple[Incident, bool]:
         """File an alert; returns its incident and whether the incident changed."""
+        self.clock_s = max(self.clock_s, alert.starts_at_s)
+        self.expire()
         known = self.by_fingerprint.get(alert.fingerprint)
         if known is not None and known in self.incidents:
             incident = self.incidents[known]
             before = incident.alerts.get(alert.fingerprint)
+            incident.notified_s[alert.fingerprint] = self.clock_s
             if before is not None and before.status == alert.status:
                 return incident, False  # a re-sent notification: nothing new
             incident.alerts[alert.fingerprint] = alert
             incident.updates += 1
             return incident, True
         for incident in sorted(self.incidents.values(), key=lambda i: -i.last_alert_s):
-            if not incident.open or alert.starts_at_s - incident.last_alert_s > self.group_window_s:
+            if not incident.open:
+                continue
+            first = min(incident.first_alert_s, alert.starts_at_s)
+            last = max(incident.last_alert_s, alert.starts_at_s)
+            if last - first > self.group_window_s:
                 continue
             entities = {s.entity for s in incident.symptoms.values() if s.entity}
             if symptom.entity and any(
@@ -258,9 +281,30 @@ class IncidentBook:
             self.evicted += 1
         return self._join(incident, alert, symptom), True
 
+    def expire(self) -> list[Incident]:
+        """Resolve the firing alerts not notified within ``resolve_timeout_s`` of the clock;
+        returns the incidents that closed because of it."""
+        closed: list[Incident] = []
+        horizon = self.clock_s - self.resolve_timeout_s
+        for incident in self.incidents.values():
+            if not incident.open:
+                continue
+            for fingerprint, alert in list(incident.alerts.items()):
+                last = incident.notified_s.get(fingerprint, alert.starts_at_s)
+                if alert.firing and last < horizon:
+                    incident.alerts[fingerprint] = replace(
+                        alert, status="resolved", ends_at_s=last + self.resolve_timeout_s
+                    )
+                    self.timed_out += 1
+            if not incident.open:
+                incident.pending = None
+                closed.append(incident)
+        return closed
+
     def _join(self, incident: Incident, alert: Alert, symptom: Symptom) -> Incident:
         incident.alerts[alert.fingerprint] = alert
         incident.symptoms[alert.fingerprint] = symptom
+        incident.notified_s[alert.fingerprint] = self.clock_s
         incident.last_alert_s = max(incident.last_alert_s, alert.starts_at_s)
         if incident.alerts and len(incident.alerts) > 1:
             incident.updates += 1

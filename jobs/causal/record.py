@@ -25,8 +25,14 @@ def _entity(key: str) -> dict[str, str]:
     return {"kind": kind, "name": name}
 
 
-def build_record(incident: Incident, result: SearchResult, generated_at_s: float) -> dict[str, Any]:
-    """The record, validated against the schema (a bug here must not reach consumers)."""
+def build_record(
+    incident: Incident,
+    result: SearchResult,
+    generated_at_s: float,
+    coverage: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The record, validated against the schema (a bug here must not reach consumers);
+    ``coverage`` says how far the world model behind it holds the data."""
     symptoms = []
     for fingerprint in incident.fingerprints:
         symptom = incident.symptoms.get(fingerprint)
@@ -45,6 +51,7 @@ def build_record(incident: Incident, result: SearchResult, generated_at_s: float
         "alert_fingerprints": incident.fingerprints,
         "generated_at": _iso(generated_at_s),
         "symptoms": symptoms,
+        **({"coverage": coverage} if coverage is not None else {}),
         "abstained": result.abstained,
         "abstain_reason": result.abstain_reason,
         "separating_evidence": result.separating_evidence,

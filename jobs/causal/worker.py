@@ -2,9 +2,14 @@
 
 A faust agent on ``alerts``: each Alertmanager payload is validated (invalid ones go to
 ``deadletter``), its alerts are deduplicated and grouped into incidents, and every incident that
-changed is searched over the world model and published as one record per update. The world model
-is the world-model stage's last checkpoint, reloaded when it changes; the incident book is saved
-beside it after every batch, so a restart neither forgets nor reopens incidents.
+changed is answered once the world model holds the data of its alert: the stage notes what the
+broker had received on the telemetry topics when the alert arrived and waits (at most
+``answer_wait_s``) until the world-model stage's checkpoint has applied it up to the alert's
+``startsAt``. The search then runs on a copy of that model whose still-open intervals, up to
+the alert's, are closed as they stand (scored provisionally); the record says how far the model
+covers. When the real model has closed the alert's interval, the incident is searched again (a
+new update). The incident book is saved beside the checkpoint after every batch, so a restart
+neither forgets nor reopens incidents, nor an answer still waiting for its data.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import TopicPartition
 
 import schemas
 from jobs.causal.alerts import Alert, Incident, IncidentBook, Symptom, SymptomMapper, parse_webhook
@@ -34,6 +40,7 @@ from jobs.causal.followup import (
 )
 from jobs.causal.record import build_record
 from jobs.causal.search import CausalSearch, SearchConfig
+from pipeline import kafka, topics
 from pipeline.ingest.core import deadletter_for_message
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
@@ -54,6 +61,7 @@ class ModelCache:
     def __init__(self, store: SegmentStore) -> None:
         self.path = checkpoint_path(store)
         self.mtime_ns = -1
+        self.data: bytes | None = None
         self.model: WorldModel | None = None
 
     def get(self) -> WorldModel | None:
@@ -62,9 +70,20 @@ class ModelCache:
         except FileNotFoundError:
             return self.model
         if mtime != self.mtime_ns:
-            self.model = WorldModel.restore(self.path.read_bytes())
+            data = self.path.read_bytes()
+            self.model = WorldModel.restore(data)
+            self.data = data
             self.mtime_ns = mtime
         return self.model
+
+    def view(self, t_s: float) -> WorldModel | None:
+        """A copy of the model with every interval up to the one holding ``t_s`` closed as it
+        stands (``WorldModel.provisional``): what a search at ``t_s`` reads."""
+        if self.data is None:
+            return None
+        copy = WorldModel.restore(self.data)
+        copy.provisional(int(t_s * 1e9))
+        return copy
 
 
 def connected(model: WorldModel, t_s: float, hops: int = 3) -> Any:
@@ -96,11 +115,14 @@ def search_incident(
     config: SearchConfig,
     now_s: float,
     t_s: float | None = None,
+    coverage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Search one incident and build its record (event time ``t_s``: by default the latest
-    alert's time)."""
+    alert's time). The alerts' entities and signals are resolved again on this model, so an
+    alert that named nothing known at intake is answered once its entity has sent data."""
     from jobs.causal.search import SearchResult
 
+    resolve_symptoms(model, incident)
     symptoms = [(s.entity, s.signal) for s in incident.symptoms.values() if s.entity]
     alert_s = latest_alert_s(incident)
     if t_s is None:
@@ -112,7 +134,52 @@ def search_incident(
         )
     else:
         result = CausalSearch(model, config).run(symptoms, t_s, alert_s)
-    return build_record(incident, result, now_s)
+    return build_record(incident, result, now_s, coverage)
+
+
+def resolve_symptoms(model: WorldModel, incident: Incident) -> None:
+    """Map every alert of the incident to an entity and signal of ``model``: an alert whose
+    symptom is not one of the model's series (its entity or signal unknown when it was filed)
+    is mapped again."""
+    mapper: SymptomMapper | None = None
+    for fingerprint, alert in incident.alerts.items():
+        known = incident.symptoms.get(fingerprint)
+        if (
+            known is not None
+            and known.entity
+            and known.signal
+            and model.baselines.get(known.entity, known.signal) is not None
+        ):
+            continue
+        if mapper is None:
+            mapper = SymptomMapper(_known_entities(model), _signals_of(model))
+        incident.symptoms[fingerprint] = mapper.map(alert)
+
+
+def coverage_of(
+    model: WorldModel | None,
+    received: dict[str, tuple[str, int]],
+    alert_s: float,
+    waited_s: float,
+) -> dict[str, Any]:
+    """The record's ``coverage``: how far ``model`` holds what the broker had received."""
+    if model is None:
+        covers, complete = 0, False
+    else:
+        covers, complete = model.coverage(received)
+    reaches = complete or covers >= alert_s * 1e9
+    closed = model.closed_through / 1e9 if model is not None and model.closed_through else None
+    return {
+        "alert_at": _iso(alert_s),
+        "covers_until": _iso(covers / 1e9) if covers else None,
+        "complete": bool(reaches),
+        "closed_through": _iso(closed) if closed is not None else None,
+        "waited_s": round(max(0.0, waited_s), 3),
+    }
+
+
+def _iso(t_s: float) -> str:
+    return dt.datetime.fromtimestamp(t_s, tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def save_book(path: Path, book: IncidentBook) -> None:
@@ -125,6 +192,8 @@ def save_book(path: Path, book: IncidentBook) -> None:
                 "last_alert_s": i.last_alert_s,
                 "pending": list(i.pending) if i.pending is not None else None,
                 "named": i.named,
+                "due": i.due,
+                "notified_s": i.notified_s,
                 "alerts": [asdict(a) for a in i.alerts.values()],
                 "symptoms": {fp: asdict(s) for fp, s in i.symptoms.items()},
             }
@@ -137,8 +206,8 @@ def save_book(path: Path, book: IncidentBook) -> None:
     os.replace(tmp, path)
 
 
-def load_book(path: Path) -> IncidentBook:
-    book = IncidentBook()
+def load_book(path: Path, book: IncidentBook | None = None) -> IncidentBook:
+    book = book if book is not None else IncidentBook()
     if not path.exists():
         return book
     for doc in orjson.loads(path.read_bytes())["incidents"]:
@@ -149,6 +218,8 @@ def load_book(path: Path) -> IncidentBook:
             last_alert_s=doc["last_alert_s"],
         )
         incident.named = bool(doc.get("named", False))
+        incident.due = bool(doc.get("due", False))
+        incident.notified_s = {k: float(v) for k, v in doc.get("notified_s", {}).items()}
         pending = doc.get("pending")
         if pending is not None:
             incident.pending = (float(pending[0]), int(pending[1]))
@@ -158,7 +229,43 @@ def load_book(path: Path) -> IncidentBook:
             book.by_fingerprint[alert.fingerprint] = incident.incident_id
         incident.symptoms = {fp: Symptom(**s) for fp, s in doc["symptoms"].items()}
         book.incidents[incident.incident_id] = incident
+        book.clock_s = max(book.clock_s, incident.last_alert_s)
     return book
+
+
+def source_partitions(settings: Settings) -> dict[TopicPartition, str]:
+    """The telemetry topics' partitions -> the segment signal that marks them applied."""
+    signal_of = {"otlp_spans": "spans", "otlp_logs": "logs", "otlp_metrics": "metrics"}
+    return {
+        TopicPartition(settings.topic(logical), p): signal
+        for logical, signal in signal_of.items()
+        for p in range(topics.spec(logical).partitions)
+    }
+
+
+async def received_now(
+    bootstrap: str, partitions: dict[TopicPartition, str]
+) -> dict[str, tuple[str, int]]:
+    """What the broker holds on the telemetry topics: "topic/partition" -> (marker signal, last
+    offset), partitions without records left out. Empty when the broker cannot be read (the
+    answer then waits for nothing it cannot name)."""
+    try:
+        marks = await kafka.high_water_marks(bootstrap, list(partitions))
+    except Exception as e:  # the broker is briefly unreachable: answer from what is there
+        log.warning("cannot read the telemetry topics' high-water marks: %s", e)
+        return {}
+    return {
+        f"{tp.topic}/{tp.partition}": (partitions[tp], hw - 1) for tp, hw in marks.items() if hw > 0
+    }
+
+
+@dataclass
+class Waiting:
+    """An incident whose answer waits for the world model to hold its alert's data."""
+
+    received: dict[str, tuple[str, int]]  # what the broker held when the alert arrived
+    arrived: float  # monotonic time the alert was read
+    deadline: float
 
 
 def build_causal_app(settings: Settings, bootstrap: str) -> Any:
@@ -166,8 +273,15 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
     store = SegmentStore(settings.data_dir / "segments")
     models = ModelCache(store)
     book_path = store.state_dir() / BOOK_NAME
-    book = load_book(book_path)
+    book = load_book(
+        book_path,
+        IncidentBook(
+            group_window_s=settings.alert_group_window_s,
+            resolve_timeout_s=settings.alert_resolve_timeout_s,
+        ),
+    )
     config = SearchConfig()
+    partitions = source_partitions(settings)
     alerts = app.topic(settings.topic("alerts"), value_serializer="raw", key_serializer="raw")
     ranked = app.topic(
         settings.topic("causes.ranked"), value_serializer="raw", key_serializer="raw"
@@ -180,12 +294,17 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         "records": 0,
         "refused": 0,
         "abstained": 0,
+        "answered_covered": 0,
+        "answered_uncovered": 0,
         "refreshed": 0,
         "refresh_given_up": 0,
         "followed_up": 0,
         "follow_ups_kept_earlier": 0,
     }
-    # incidents answered before the world model had learned the alert's interval, or followed
+    # first answers waiting for the data of their alert (``Incident.due``, saved with the book:
+    # after a restart they wait again, with what the broker holds then)
+    waiting: dict[str, Waiting] = {}
+    # incidents answered before the world model had closed the alert's interval, or followed
     # up (FOLLOW_INTERVALS): searched again (a new update of the same incident) once it has, or
     # given up after REFRESH_GIVE_UP_S. incident -> wall deadline; what is due is the
     # incident's ``pending`` (saved with the book, so a restart resumes it, freshly timed)
@@ -195,18 +314,29 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         if i.pending is not None
     }
     lock = asyncio.Lock()
+    latencies_ms: list[float] = []
+    stats_file = stats_path(settings, STAGE)
 
     def learned_through(model: WorldModel | None) -> float:
         return 0.0 if model is None else model.closed_through / 1e9
 
     async def publish(
-        incident: Incident, model: WorldModel | None, now: dt.datetime, follow: int = 0
+        incident: Incident,
+        model: WorldModel | None,
+        now: dt.datetime,
+        follow: int = 0,
+        received: dict[str, tuple[str, int]] | None = None,
+        waited_s: float = 0.0,
     ) -> dict[str, Any]:
         interval = model.config.interval_s if model is not None else settings.interval_s
         symptoms = [(s.entity, s.signal) for s in incident.symptoms.values() if s.entity]
         step = follow_step(model, symptoms) if model is not None else interval
         t_s = answer_time(incident, step, follow)
-        if model is None:
+        if received is None:
+            received = await received_now(bootstrap, partitions)
+        coverage = coverage_of(model, received, latest_alert_s(incident), waited_s)
+        view = await asyncio.to_thread(models.view, t_s) if model is not None else None
+        if view is None:
             from jobs.causal.search import SearchResult
 
             result = SearchResult(
@@ -218,11 +348,16 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                 None,
                 {},
             )
-            record = build_record(incident, result, now.timestamp())
+            record = build_record(incident, result, now.timestamp(), coverage)
         else:
             record = await asyncio.to_thread(
-                search_incident, model, incident, config, now.timestamp(), t_s
+                search_incident, view, incident, config, now.timestamp(), t_s, coverage
             )
+            if not coverage["complete"] and record["abstained"]:
+                record["abstain_reason"] = (
+                    f"the world model covers up to {coverage['covers_until']}, not yet the"
+                    f" alert at {coverage['alert_at']}: {record['abstain_reason']}"
+                )
         named = bool(record["causes"])
         if not supersedes(named, incident.named, follow):
             counters["follow_ups_kept_earlier"] += 1
@@ -248,6 +383,70 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             awaiting.pop(incident.incident_id, None)
         return record
 
+    async def answer_waiting() -> None:
+        """Answer every waiting incident whose alert's data the model now holds, or whose
+        wait ran out."""
+        if not waiting:
+            return
+        model = await asyncio.to_thread(models.get)
+        now = dt.datetime.now(dt.UTC)
+        for incident_id, wait in sorted(waiting.items()):
+            incident = book.incidents.get(incident_id)
+            if incident is None or not incident.due:
+                waiting.pop(incident_id, None)
+                continue
+            alert_s = latest_alert_s(incident)
+            if model is None:  # no checkpoint yet: wait only if there is data to wait for
+                reached = not wait.received
+            else:
+                covers, complete = model.coverage(wait.received)
+                reached = complete or covers >= alert_s * 1e9
+            if not reached and time.monotonic() < wait.deadline:
+                continue
+            waiting.pop(incident_id, None)
+            incident.due = False
+            waited = time.monotonic() - wait.arrived
+            await publish(incident, model, now, 0, wait.received, waited)
+            counters["answered_covered" if reached else "answered_uncovered"] += 1
+            latencies_ms.append(waited * 1000)
+            del latencies_ms[:-1000]
+
+    async def wait_for_data(incident: Incident, arrived: float) -> None:
+        incident.due = True
+        incident.pending = None
+        awaiting.pop(incident.incident_id, None)
+        received = await received_now(bootstrap, partitions)
+        waiting[incident.incident_id] = Waiting(received, arrived, arrived + settings.answer_wait_s)
+
+    def write_counters() -> None:
+        p95 = sorted(latencies_ms)[int(0.95 * (len(latencies_ms) - 1))] if latencies_ms else None
+        write_stats(
+            stats_file,
+            {
+                **counters,
+                "waiting": len(waiting),
+                "alert_to_record_p95_ms": p95,
+                "incidents_evicted": book.evicted,
+                "alerts_timed_out": book.timed_out,
+            },
+        )
+
+    @app.task
+    async def resume_waiting() -> None:
+        for incident in book.incidents.values():
+            if incident.due:
+                await wait_for_data(incident, time.monotonic())
+
+    @app.timer(interval=1.0)
+    async def answer_when_covered() -> None:
+        if not waiting:
+            return
+        async with lock:
+            await answer_waiting()
+            await app.producer.flush()
+            await asyncio.to_thread(save_book, book_path, book)
+            write_counters()
+
     @app.timer(interval=2.0)
     async def refresh_early_answers() -> None:
         if not awaiting:
@@ -257,7 +456,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             now = dt.datetime.now(dt.UTC)
             for incident_id, deadline in sorted(awaiting.items()):
                 incident = book.incidents.get(incident_id)
-                if incident is None or incident.pending is None:
+                if incident is None or incident.pending is None or incident.due:
                     awaiting.pop(incident_id, None)
                     continue
                 if time.monotonic() > deadline:
@@ -273,53 +472,42 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             await app.producer.flush()
             await asyncio.to_thread(save_book, book_path, book)
 
-    latencies_ms: list[float] = []
-    stats_file = stats_path(settings, STAGE)
-
     @app.agent(alerts, name="search-incidents")
     async def search_incidents(stream: Any) -> None:
         async for events in stream.take_events(100, within=0.2):
             changed: dict[str, Incident] = {}
-            arrived: dict[str, float] = {}
+            arrived = time.monotonic()
             now = dt.datetime.now(dt.UTC)
             model = await asyncio.to_thread(models.get)
             mapper = SymptomMapper(_known_entities(model), _signals_of(model))
-            for event in events:
-                try:
-                    parsed = parse_webhook(orjson.loads(event.value))
-                except (orjson.JSONDecodeError, schemas.SchemaViolation) as e:
-                    counters["refused"] += 1
-                    letter = deadletter_for_message(
-                        STAGE, "invalid_alert", str(e), event.message, event.value, now
-                    )
-                    await deadletter.send(key=b"alerts", value=orjson.dumps(letter))
-                    continue
-                for alert in parsed:
-                    counters["alerts"] += 1
-                    symptom = mapper.map(alert)
-                    check = (
-                        connected(model, alert.starts_at_s)
-                        if model is not None
-                        else (lambda a, b: False)
-                    )
-                    incident, updated = book.add(alert, symptom, check)
-                    if updated:
-                        changed[incident.incident_id] = incident
-                        arrived[incident.incident_id] = event.message.timestamp
             async with lock:
+                for event in events:
+                    try:
+                        parsed = parse_webhook(orjson.loads(event.value))
+                    except (orjson.JSONDecodeError, schemas.SchemaViolation) as e:
+                        counters["refused"] += 1
+                        letter = deadletter_for_message(
+                            STAGE, "invalid_alert", str(e), event.message, event.value, now
+                        )
+                        await deadletter.send(key=b"alerts", value=orjson.dumps(letter))
+                        continue
+                    for alert in parsed:
+                        counters["alerts"] += 1
+                        symptom = mapper.map(alert)
+                        check = (
+                            connected(model, alert.starts_at_s)
+                            if model is not None
+                            else (lambda a, b: False)
+                        )
+                        incident, updated = book.add(alert, symptom, check)
+                        if updated:
+                            changed[incident.incident_id] = incident
                 for incident in changed.values():
-                    await publish(incident, model, now)
-                    latencies_ms.append((time.time() - arrived[incident.incident_id]) * 1000)
-                    del latencies_ms[:-1000]
-            await app.producer.flush()
-            await asyncio.to_thread(save_book, book_path, book)
-            p95 = (
-                sorted(latencies_ms)[int(0.95 * (len(latencies_ms) - 1))] if latencies_ms else None
-            )
-            write_stats(
-                stats_file,
-                {**counters, "alert_to_record_p95_ms": p95, "incidents_evicted": book.evicted},
-            )
+                    await wait_for_data(incident, arrived)
+                await answer_waiting()
+                await app.producer.flush()
+                await asyncio.to_thread(save_book, book_path, book)
+                write_counters()
 
     return app
 

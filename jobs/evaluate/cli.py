@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from jobs.evaluate import petshop, simulator
+from jobs.evaluate.replay_baselines import replay_baseline
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PETSHOP = REPO_ROOT.parent / "shared" / "data" / "petshop"
@@ -407,3 +408,6 @@ def simulator_command(
             orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
         )
         err.print(f"wrote {json_out}")
+
+
+evaluate.add_command(replay_baseline)

@@ -292,11 +292,44 @@ class WorldModel:
         marks.extend(self.watermarks.values())
         return min(marks)
 
+    def coverage(self, received: dict[str, tuple[str, int]]) -> tuple[int, bool]:
+        """How far this model holds what the broker had received: ``received`` maps
+        "topic/partition" to (marker signal, last offset), read when an alert arrived. Returns
+        the event time (unix ns) up to which every such partition is applied (a partition whose
+        received records are all applied does not hold it back) and whether all of them are.
+        """
+        behind = [
+            self.watermarks.get(key, 0)
+            for key, (signal, last) in received.items()
+            if self.applied.get(f"{signal}/{key}", -1) < last
+        ]
+        latest = max(self.watermarks.values(), default=0)
+        if behind:
+            return min(behind), False
+        return latest, True
+
     def advance(self) -> int:
         """Close every interval that ended before the watermark minus the allowed lateness."""
         interval_ns = int(self.config.interval_s * 1e9)
         horizon = self.watermark - int(self.config.allowed_lateness_s * 1e9)
-        close_before = (horizon // interval_ns) * interval_ns
+        return self._close((horizon // interval_ns) * interval_ns)
+
+    def provisional(self, through_ns: int) -> int:
+        """Close every interval up to the one holding ``through_ns``, the still-open ones
+        included, as they stand: what has arrived is scored now rather than after the allowed
+        lateness. For a search at an alert's time, on a copy of the model (``restore`` of a
+        checkpoint): rows arriving later for these intervals would count as late here. The
+        last interval is covered only up to the data the model holds (at most its end), so its
+        counted rates are events over that part, with that part as their exposure."""
+        interval_ns = int(self.config.interval_s * 1e9)
+        close_before = (through_ns // interval_ns + 1) * interval_ns
+        latest = max(self.watermarks.values(), default=0)
+        covered_until = min(close_before, max(latest, through_ns))
+        return self._close(close_before, covered_until)
+
+    def _close(self, close_before: int, covered_until: int | None = None) -> int:
+        """Close the intervals before ``close_before``; the last one holds data only up to
+        ``covered_until`` when given."""
         if close_before <= self.closed_through:
             return 0
         closed = 0
@@ -313,7 +346,8 @@ class WorldModel:
                 span_rows = span_signals(done, self.config.interval_s)
                 closed += done.num_rows
         # silence is filled even when a source sent nothing at all for the closed intervals
-        self._learn(self._zero_fill(span_rows, close_before, SPAN_COUNTED_RATES))
+        span_rows = self._zero_fill(span_rows, close_before, SPAN_COUNTED_RATES)
+        self._learn(self._partial(span_rows, close_before, covered_until, SPAN_COUNTED_RATES))
         log_rows = empty_signals()
         if self.logs is not None and self.logs.height:
             done = self.logs.filter(pl.col("time_unix_nano") < close_before)
@@ -321,7 +355,8 @@ class WorldModel:
             if done.height:
                 log_rows = log_signals(done.to_arrow(), self.config.interval_s)
                 closed += done.height
-        self._learn(self._zero_fill(log_rows, close_before, LOG_COUNTED_RATES))
+        log_rows = self._zero_fill(log_rows, close_before, LOG_COUNTED_RATES)
+        self._learn(self._partial(log_rows, close_before, covered_until, LOG_COUNTED_RATES))
         if self.points is not None and self.points.height:
             done = self.points.filter(pl.col("time_unix_nano") < close_before)
             self.points = self.points.filter(pl.col("time_unix_nano") >= close_before)
@@ -331,6 +366,34 @@ class WorldModel:
         self.closed_through = close_before
         self.baselines.advance(close_before / 1e9)
         return closed
+
+    def _partial(
+        self,
+        signals: pl.DataFrame,
+        close_before: int,
+        covered_until: int | None,
+        counted: tuple[str, ...],
+    ) -> pl.DataFrame:
+        """Counted rates of the last closed interval over the part of it that is covered (a
+        provisional close): events per covered second, exposed for those seconds."""
+        interval_ns = int(self.config.interval_s * 1e9)
+        last = close_before - interval_ns
+        if covered_until is None or covered_until >= close_before or not signals.height:
+            return signals
+        covered_s = max(covered_until - last, int(1e9)) / 1e9
+        factor = self.config.interval_s / covered_s
+        partial = (pl.col("interval_start_unix_nano") == last) & pl.col("signal").str.starts_with(
+            counted[0]
+        )
+        for prefix in counted[1:]:
+            partial = partial | (
+                (pl.col("interval_start_unix_nano") == last)
+                & pl.col("signal").str.starts_with(prefix)
+            )
+        return signals.with_columns(
+            pl.when(partial).then(pl.col("value") * factor).otherwise(pl.col("value")),
+            pl.when(partial).then(pl.col("exposure") / factor).otherwise(pl.col("exposure")),
+        )
 
     def _zero_fill(
         self, signals: pl.DataFrame, close_before: int, counted: tuple[str, ...]

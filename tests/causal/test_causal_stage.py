@@ -43,6 +43,7 @@ def test_stage_dead_letters_bad_alerts_and_answers_good_ones(
         env,
         WORLDLINE_TOPIC_ALERTS=renames["alerts"],
         WORLDLINE_TOPIC_CAUSES_RANKED=renames["causes.ranked"],
+        WORLDLINE_ANSWER_WAIT_S="5",
     )
     bad = b'{"version": "4", "alerts": []}'
     good = orjson.dumps(schemas.examples("alerts")[0])
