@@ -229,7 +229,10 @@ def load_book(path: Path, book: IncidentBook | None = None) -> IncidentBook:
             book.by_fingerprint[alert.fingerprint] = incident.incident_id
         incident.symptoms = {fp: Symptom(**s) for fp, s in doc["symptoms"].items()}
         book.incidents[incident.incident_id] = incident
-        book.clock_s = max(book.clock_s, incident.last_alert_s)
+        book.clock_s = max(
+            [book.clock_s, *incident.notified_s.values()]
+            + [a.starts_at_s for a in incident.alerts.values()]
+        )
     return book
 
 

@@ -74,3 +74,55 @@ def test_the_alerted_series_family() -> None:
     assert _family("span.latency_p95_ms") == "span.latency"
     assert _family("http_server_duration_seconds.p99") == "http_server_duration_seconds.p99"
     assert _family("latency.average") == "latency.average"
+
+
+def _timed(fingerprint: str, starts_at_s: float, status: str = "firing") -> Alert:
+    return Alert(
+        fingerprint,
+        status,
+        "HighLatency",
+        {"alertname": "HighLatency", "service": "frontend"},
+        {},
+        starts_at_s,
+        None,
+    )
+
+
+def _same(a: str, b: str) -> bool:
+    return True
+
+
+def test_incidents_group_alerts_by_distance_from_their_first_not_chained() -> None:
+    from jobs.causal.alerts import IncidentBook, Symptom
+
+    book = IncidentBook(group_window_s=300.0)
+    symptom = Symptom("service:frontend", "span.latency_p95_ms", "label service=frontend")
+    first, _ = book.add(_timed("a", 1000.0), symptom, _same)
+    second, _ = book.add(_timed("b", 1240.0), symptom, _same)
+    assert second is first  # 240 s after the first
+    # 240 s after the latest but 480 s after the first: a new incident, never a chain
+    third, _ = book.add(_timed("c", 1480.0), symptom, _same)
+    assert third is not first
+    assert first.fingerprints == ["a", "b"] and third.fingerprints == ["c"]
+    starts = [a.starts_at_s for a in first.alerts.values()]
+    assert max(starts) - min(starts) <= book.group_window_s
+
+
+def test_an_alert_not_notified_again_within_the_resolve_timeout_is_resolved() -> None:
+    from jobs.causal.alerts import IncidentBook, Symptom
+
+    book = IncidentBook(group_window_s=300.0, resolve_timeout_s=600.0)
+    symptom = Symptom("service:frontend", "span.latency_p95_ms", "label service=frontend")
+    old, _ = book.add(_timed("a", 1000.0), symptom, _same)
+    kept, _ = book.add(_timed("b", 1100.0), symptom, _same)
+    assert kept is old and old.open
+    # "a" is notified again at the book's clock 1500: re-sent, nothing new, but still alive
+    assert book.add(_timed("c", 1500.0), symptom, _same)[0] is not old
+    assert book.add(_timed("a", 1000.0), symptom, _same) == (old, False)
+    # 1800: "b" was last notified at 1100, more than 600 s ago; "a" at 1500
+    book.add(_timed("d", 1800.0), symptom, _same)
+    assert old.alerts["b"].status == "resolved" and old.alerts["a"].firing
+    assert old.open and book.timed_out == 1
+    book.add(_timed("e", 2200.0), symptom, _same)
+    assert not old.open and old.alerts["a"].ends_at_s == 2100.0
+    assert book.timed_out >= 2

@@ -70,6 +70,8 @@ def test_a_search_still_due_survives_a_restart(tmp_path: Path) -> None:
     due = _incident(1_700_000_000.0)
     due.pending = (1_700_000_300.0, 1)
     due.named = True
+    due.due = True
+    due.notified_s = {"fp1": 1_700_000_100.0}
     done = _incident(1_700_000_000.0)
     done.incident_id = "inc-2"
     book.incidents = {due.incident_id: due, done.incident_id: done}
@@ -79,6 +81,28 @@ def test_a_search_still_due_survives_a_restart(tmp_path: Path) -> None:
     assert loaded.incidents["inc-2"].pending is None
     assert loaded.incidents["inc-1"].named and not loaded.incidents["inc-2"].named
     assert loaded.incidents["inc-1"].alerts["fp1"].starts_at_s == 1_700_000_000.0
+    # an answer still waiting for its data waits again after the restart
+    assert loaded.incidents["inc-1"].due and not loaded.incidents["inc-2"].due
+    assert loaded.incidents["inc-1"].notified_s == {"fp1": 1_700_000_100.0}
+    assert loaded.clock_s == 1_700_000_100.0
+
+
+def test_an_alert_that_named_nothing_known_at_intake_is_mapped_again_when_searched() -> None:
+    world, _ = _world(
+        [("front", "app")],
+        _levels({"front": 0.2, "app": 0.08}),
+        {("front", "latency", "Average"): 0.4, ("app", "latency", "Average"): 0.4},
+    )
+    fault_row_start = T0 + INTERVAL_S * (NORMAL_ROWS + FAULT_ROW)
+    incident = _incident(fault_row_start + 60.0)
+    # filed before the model knew service front
+    incident.symptoms["fp1"] = Symptom(None, "span.latency_p95_ms", "no known entity in labels")
+    record = search_incident(
+        world, incident, SearchConfig(symptom_z_min=1.5), 0.0, fault_row_start + 60.0
+    )
+    assert incident.symptoms["fp1"].entity == "service:front"
+    assert record["symptoms"][0]["entity"] == {"kind": "service", "name": "front"}
+    assert record["causes"] and record["causes"][0]["entity"]["name"] == "app"
 
 
 def test_a_follow_up_that_finds_nothing_does_not_replace_an_answer() -> None:

@@ -180,3 +180,68 @@ def test_a_checkpoint_keeps_what_a_summary_needs_to_tell_its_next_increase() -> 
     model.metrics.last[8] = _Last(120, 5.0, (1.0, 2.0))
     restored = WorldModel.restore(model.checkpoint())
     assert dict(restored.metrics.last) == dict(model.metrics.last)
+
+
+def test_a_provisional_close_scores_the_open_intervals_through_the_alert(
+    store: SegmentStore,
+) -> None:
+    model = WorldModel(WorldModelConfig(interval_s=60, allowed_lateness_s=60))
+    _feed(model, store)
+    assert model.closed_through == BASE_NS + 8 * MINUTE
+    copy = WorldModel.restore(model.checkpoint())
+    alert_ns = BASE_NS + 9 * MINUTE + 30 * 10**9
+    assert copy.provisional(alert_ns) > 0
+    # every interval through the one holding the alert is closed in the copy, not in the model
+    assert copy.closed_through == BASE_NS + 10 * MINUTE
+    assert model.closed_through == BASE_NS + 8 * MINUTE
+    learned = copy.baselines.get("service:cart", "span.rate_per_s")
+    assert learned is not None and learned.intervals_learned == 10
+    before = model.baselines.get("service:cart", "span.rate_per_s")
+    assert before is not None and before.intervals_learned == 8
+    # closing again up to the same instant is a no-op
+    assert copy.provisional(alert_ns) == 0
+
+
+def test_the_last_partial_interval_counts_events_over_its_covered_part() -> None:
+    model = WorldModel(WorldModelConfig(interval_s=60))
+    frame = pl.DataFrame(
+        {
+            "interval_start_unix_nano": [0, MINUTE, MINUTE, MINUTE],
+            "entity": ["service:a"] * 4,
+            "signal": ["span.rate_per_s", "span.rate_per_s", "span.latency_p95_ms", "x.rate"],
+            "value": [2.0, 0.5, 100.0, 3.0],
+            "exposure": [60.0, 60.0, 30.0, 60.0],
+            "resolution": [0.0] * 4,
+        }
+    )
+    # 30 events seen in the first 15 s of the last minute: 2 per second over 15 s, not 0.5
+    out = model._partial(frame, 2 * MINUTE, MINUTE + 15 * 10**9, ("span.rate_per_s",))
+    assert out["value"].to_list() == [2.0, 2.0, 100.0, 3.0]
+    assert out["exposure"].to_list() == [60.0, 15.0, 30.0, 60.0]
+    # a full interval, or no coverage limit, is left as it is
+    assert model._partial(frame, 2 * MINUTE, 2 * MINUTE, ("span.rate_per_s",)).equals(frame)
+    assert model._partial(frame, 2 * MINUTE, None, ("span.rate_per_s",)).equals(frame)
+
+
+def test_coverage_is_how_far_the_model_holds_what_the_broker_received(
+    store: SegmentStore,
+) -> None:
+    model = WorldModel(WorldModelConfig(interval_s=60, allowed_lateness_s=60))
+    _feed(model, store)
+    applied = {
+        key.split("/", 1)[1]: (key.split("/", 1)[0], last)
+        for key, last in model.applied.items()
+        if key.startswith(("spans/", "logs/", "metrics/"))
+    }
+    covers, complete = model.coverage(applied)
+    assert complete and covers == max(model.watermarks.values())
+    # one partition holds a record the model has not applied: it holds coverage back at the
+    # event time it reached
+    behind = dict(applied)
+    signal, last = behind["otlp_spans/1"]
+    behind["otlp_spans/1"] = (signal, last + 1)
+    covers, complete = model.coverage(behind)
+    assert not complete and covers == model.watermarks["otlp_spans/1"]
+    # a partition the model never saw holds it back at 0
+    covers, complete = model.coverage({**applied, "otlp_logs/3": ("logs", 0)})
+    assert not complete and covers == 0
