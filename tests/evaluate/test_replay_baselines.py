@@ -235,6 +235,37 @@ def test_history_is_bounded_and_counts_what_it_drops() -> None:
     assert h.dropped["too_old"] == 1
 
 
+def test_an_alert_waits_for_the_metrics_the_broker_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait before an answer ends once every partition is read up to the high-water mark
+    taken when the alert was read, or at the timeout, incomplete."""
+    tps = [TopicPartition(rb.METRICS_TOPIC, 0), TopicPartition(rb.METRICS_TOPIC, 1)]
+
+    async def marks(bootstrap: str, asked: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tps[0]: 20, tps[1]: 5}
+
+    monkeypatch.setattr("pipeline.kafka.high_water_marks", marks)
+
+    async def scenario(timeout_s: float) -> tuple[bool, float, int]:
+        runner = rb.Runner(rb.RunConfig(bootstrap="unused", method="baro"))
+        runner.config.catchup_timeout_s = timeout_s
+        runner.applied = {tps[0]: 10, tps[1]: 5}
+
+        async def consume() -> None:
+            await asyncio.sleep(0.2)
+            runner.applied[tps[0]] = 20
+            runner.progressed.set()
+
+        task = asyncio.create_task(consume())
+        result = await runner._caught_up(tps)
+        await task
+        return result
+
+    complete, waited, behind = asyncio.run(scenario(5.0))
+    assert complete and 0.15 < waited < 1.0 and behind == 10
+    complete, waited, behind = asyncio.run(scenario(0.05))
+    assert not complete and waited < 0.2 and behind == 10
+
+
 def test_help_teaches_the_command() -> None:
     result = CliRunner().invoke(evaluate, ["replay-baseline", "--help"])
     assert result.exit_code == 0
