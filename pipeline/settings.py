@@ -132,6 +132,28 @@ class Settings(BaseModel):
         description="A firing alert not notified again within this (event time) is taken as"
         " resolved (Alertmanager repeats a firing alert every repeat_interval, 4 h by default).",
     )
+    idle_partition_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="A telemetry partition that received nothing for this long (wall time) stops"
+        " holding the world model's event time back once applied; until then every partition"
+        " that carries data does, so rows are not dropped as late.",
+    )
+    history_every_s: float = Field(
+        default=1800.0,
+        gt=0,
+        le=7 * 86400,
+        description="Event time between the world-model checkpoints kept as history, from which"
+        " a search at a past time is rebuilt with the stored segments.",
+    )
+    history_keep: int = Field(
+        default=48,
+        ge=0,
+        le=10_000,
+        description="How many checkpoints are kept as history (0: none; searches then read only"
+        " the model's recent memory).",
+    )
     catch_up_chunk: int = Field(
         default=50,
         ge=1,

@@ -45,8 +45,9 @@ from pipeline.ingest.core import deadletter_for_message
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
 from pipeline.workers import faust_app, stats_path, write_stats
+from pipeline.worldmodel.baseline import ONSET_RING_LENGTH
 from pipeline.worldmodel.model import WorldModel
-from pipeline.worldmodel.worker import checkpoint_path
+from pipeline.worldmodel.worker import checkpoint_path, model_at
 
 log = logging.getLogger("worldline.causal")
 
@@ -56,13 +57,21 @@ BOOK_NAME = "incidents.json"
 
 
 class ModelCache:
-    """The world model from the latest checkpoint, reloaded only when the file changed."""
+    """The world model from the latest checkpoint, reloaded only when the file changed.
 
-    def __init__(self, store: SegmentStore) -> None:
+    ``memory_intervals``: how many intervals past a search's time the model may have closed
+    and still hold the scores of the search's window (the baselines keep the scores of their
+    last ``ONSET_RING_LENGTH`` intervals); a model further on is rebuilt as of the search's time
+    from the stored history (``model_at``)."""
+
+    def __init__(self, store: SegmentStore, memory_intervals: int = 0) -> None:
+        self.store = store
         self.path = checkpoint_path(store)
+        self.memory_intervals = memory_intervals
         self.mtime_ns = -1
         self.data: bytes | None = None
         self.model: WorldModel | None = None
+        self.rebuilt = 0
 
     def get(self) -> WorldModel | None:
         try:
@@ -77,12 +86,20 @@ class ModelCache:
         return self.model
 
     def view(self, t_s: float) -> WorldModel | None:
-        """A copy of the model with every interval up to the one holding ``t_s`` closed as it
-        stands (``WorldModel.provisional``): what a search at ``t_s`` reads."""
+        """A copy of the model as of ``t_s`` with every interval up to the one holding it
+        closed as it stands (``WorldModel.provisional``): what a search at ``t_s`` reads."""
         if self.data is None:
             return None
         copy = WorldModel.restore(self.data)
-        copy.provisional(int(t_s * 1e9))
+        t_ns = int(t_s * 1e9)
+        interval_ns = int(copy.config.interval_s * 1e9)
+        ends = (t_ns // interval_ns + 1 + self.memory_intervals) * interval_ns
+        if copy.closed_through > ends:
+            past = model_at(self.store, t_ns)
+            if past is not None:
+                copy = past
+                self.rebuilt += 1
+        copy.provisional(t_ns)
         return copy
 
 
@@ -127,13 +144,21 @@ def search_incident(
     alert_s = latest_alert_s(incident)
     if t_s is None:
         t_s = alert_s
-    if not symptoms:
+    if not symptoms and not model.baselines.keys():
         hows = "; ".join(sorted({s.how for s in incident.symptoms.values()}))
         result = SearchResult(
             [], [], True, f"the alerts name no entity worldline knows: {hows}", [], None, {}
         )
     else:
-        result = CausalSearch(model, config).run(symptoms, t_s, alert_s)
+        # an alert on something worldline does not observe (a synthetic probe, an SLO on a
+        # load balancer) still says a symptom exists at its time: every entity is a candidate
+        # and what deviated before it is ranked
+        searched = symptoms or [(f"alert:{a.name}", None) for a in incident.alerts.values()]
+        result = CausalSearch(model, config).run(sorted(set(searched)), t_s, alert_s)
+        if not symptoms:  # the alert's own node is no entity of the record
+            result.ruled_out = [r for r in result.ruled_out if not r.entity.startswith("alert:")]
+            for cause in result.causes:
+                cause.path = [p for p in cause.path if not p.startswith("alert:")]
     return build_record(incident, result, now_s, coverage)
 
 
@@ -274,7 +299,8 @@ class Waiting:
 def build_causal_app(settings: Settings, bootstrap: str) -> Any:
     app = faust_app(settings, f"worldline-{STAGE}", bootstrap)
     store = SegmentStore(settings.data_dir / "segments")
-    models = ModelCache(store)
+    config = SearchConfig()
+    models = ModelCache(store, max(0, ONSET_RING_LENGTH - config.window_intervals))
     book_path = store.state_dir() / BOOK_NAME
     book = load_book(
         book_path,
@@ -283,7 +309,6 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             resolve_timeout_s=settings.alert_resolve_timeout_s,
         ),
     )
-    config = SearchConfig()
     partitions = source_partitions(settings)
     alerts = app.topic(settings.topic("alerts"), value_serializer="raw", key_serializer="raw")
     ranked = app.topic(
@@ -431,6 +456,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                 "alert_to_record_p95_ms": p95,
                 "incidents_evicted": book.evicted,
                 "alerts_timed_out": book.timed_out,
+                "searches_rebuilt_from_history": models.rebuilt,
             },
         )
 

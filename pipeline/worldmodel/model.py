@@ -104,6 +104,9 @@ class WorldModel:
     # what the broker holds, from the live shell: "topic/partition" -> (marker signal, last offset);
     # transient (not checkpointed): refreshed by the worker from the topics' high-water marks
     sources: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # partitions of ``sources`` that have received nothing for a while (transient, from the live
+    # shell): once applied, they no longer hold event time back
+    idle: frozenset[str] = frozenset()
     spans: pa.Table | None = None
     logs: pl.DataFrame | None = None
     graph: EdgeStore = field(default_factory=EdgeStore)
@@ -267,19 +270,22 @@ class WorldModel:
     def watermark(self) -> int:
         """Event time up to which no more data is expected.
 
-        Live (``sources`` known): every partition that holds records not yet applied keeps time
-        back at the event time it reached (0 if none of it arrived yet, so a topic whose segments
-        come late is waited for); partitions fully applied do not hold time back. Replay (no
-        sources): every partition of every topic seen so far must have reached the instant.
+        Live (``sources`` known): the minimum over every partition that carries data, at the
+        event time it reached (0 if none of it was applied yet, so a topic whose segments come
+        late is waited for): a partition that is behind now may still bring rows older than
+        another's latest. Only a partition fully applied and ``idle`` (nothing new on the
+        broker for a while) stops holding time back, so one quiet partition cannot stall the
+        model. Replay (no sources): every partition of every topic seen so far must have
+        reached the instant.
         """
         if self.sources:
-            pending = [
+            holding = [
                 self.watermarks.get(key, 0)
                 for key, (signal, last) in self.sources.items()
-                if self.applied.get(f"{signal}/{key}", -1) < last
+                if self.applied.get(f"{signal}/{key}", -1) < last or key not in self.idle
             ]
-            if pending:
-                return min(pending)
+            if holding:
+                return min(holding)
             return max(self.watermarks.values()) if self.watermarks else 0
         if not self.watermarks:
             return 0

@@ -36,6 +36,7 @@ log = logging.getLogger("worldline.worldmodel")
 SPARSE_SPACING = 2.0  # median intervals between a series' values from which to warn, once
 STAGE = "world-model"
 CHECKPOINT_NAME = "worldmodel.ckpt"
+HISTORY_DIR = "history"
 MODEL_SIGNALS = ("spans", "logs", "metric_series", "metrics")
 
 
@@ -59,6 +60,52 @@ def save_model(store: SegmentStore, model: WorldModel) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def history_dir(store: SegmentStore) -> Path:
+    return store.state_dir() / HISTORY_DIR
+
+
+def archive_checkpoint(store: SegmentStore, model: WorldModel, every_s: float, keep: int) -> bool:
+    """Keep the checkpoint just written as a point of history when the model has closed at
+    least ``every_s`` of event time since the newest one kept; at most ``keep`` are kept (the
+    oldest go). A search at a time the model has moved past starts from one of them and
+    applies the stored segments up to that time (``model_at``)."""
+    if keep <= 0 or not model.closed_through:
+        return False
+    folder = history_dir(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = sorted(folder.glob("*.ckpt"))
+    newest = int(kept[-1].stem) if kept else 0
+    if model.closed_through - newest < every_s * 1e9:
+        return False
+    target = folder / f"{model.closed_through:020d}.ckpt"
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    os.link(checkpoint_path(store), tmp)  # the file is replaced, never rewritten: a link is a copy
+    os.replace(tmp, target)
+    for old in sorted(folder.glob("*.ckpt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return True
+
+
+def model_at(store: SegmentStore, t_ns: int) -> WorldModel | None:
+    """The world model as it stood when the data up to ``t_ns`` had been applied: the newest
+    kept checkpoint that had not closed past ``t_ns``, then every stored segment it had not
+    counted that begins by ``t_ns`` (in ``merge_order``). None without such a checkpoint."""
+    kept = [p for p in sorted(history_dir(store).glob("*.ckpt")) if int(p.stem) <= t_ns]
+    if not kept:
+        return None
+    model = WorldModel.restore(kept[-1].read_bytes())
+    store.refresh()
+    pending = [
+        m
+        for m in store.manifests()
+        if m.signal in MODEL_SIGNALS and not model.already_applied(m) and m.start_unix_nano <= t_ns
+    ]
+    for m in merge_order(pending):
+        model.apply(m, store.read(m))
+        model.advance()
+    return model
 
 
 def merge_order(manifests: list[Manifest]) -> list[Manifest]:
@@ -169,6 +216,13 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
         await publish_graph_deltas()
         if force or time.monotonic() - state["last_checkpoint"] >= settings.checkpoint_every_s:
             await asyncio.to_thread(save_model, store, model)
+            await asyncio.to_thread(
+                archive_checkpoint,
+                store,
+                model,
+                settings.history_every_s,
+                settings.history_keep,
+            )
             state["last_checkpoint"] = time.monotonic()
             sampling = await asyncio.to_thread(model.sampling)
             spacing = sampling.get("series_spacing_intervals", 1.0)
@@ -199,18 +253,28 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
         for p in range(topics.spec(logical).partitions)
     ]
 
+    moved: dict[str, tuple[int, float]] = {}  # partition -> (last offset, when it last grew)
+
     async def read_sources() -> dict[str, tuple[str, int]] | None:
-        """What the broker holds, so a topic whose segments arrive late is waited for."""
+        """What the broker holds, so a topic whose segments arrive late is waited for; the
+        partitions that received nothing for ``idle_partition_s`` become the model's ``idle``."""
         try:
             hws = await kafka.high_water_marks(bootstrap, source_tps)
         except Exception as e:  # the broker is briefly unreachable: keep the last view
             log.warning("cannot read high-water marks: %s", e)
             return None
         sources = {}
+        now = time.monotonic()
         for tp, hw in hws.items():
             if hw > 0:
                 logical = topics.logical_name(tp.topic, settings.topics) or ""
-                sources[f"{tp.topic}/{tp.partition}"] = (signal_of.get(logical, "spans"), hw - 1)
+                key = f"{tp.topic}/{tp.partition}"
+                sources[key] = (signal_of.get(logical, "spans"), hw - 1)
+                if moved.get(key, (-1, 0.0))[0] != hw - 1:
+                    moved[key] = (hw - 1, now)
+        model.idle = frozenset(
+            key for key, (_, since) in moved.items() if now - since >= settings.idle_partition_s
+        )
         return sources
 
     @app.timer(interval=2.0)

@@ -111,3 +111,29 @@ def test_a_follow_up_that_finds_nothing_does_not_replace_an_answer() -> None:
     assert supersedes(False, True, 0)  # a new alert's answer always replaces
     assert not supersedes(False, True, 1)  # a follow-up finding nothing keeps the earlier one
     assert supersedes(True, True, 1) and supersedes(False, False, 2)
+
+
+def test_an_alert_on_something_worldline_does_not_observe_is_evidence_of_a_symptom() -> None:
+    world, _ = _world(
+        [("front", "app")],
+        _levels({"front": 0.2, "app": 0.08}),
+        {("front", "latency", "Average"): 0.4, ("app", "latency", "Average"): 0.4},
+    )
+    at = T0 + INTERVAL_S * (NORMAL_ROWS + FAULT_ROW) + 60.0
+    # a synthetic probe of the shop's public address: no entity, no signal worldline has
+    probe = Alert(
+        "fp9",
+        "firing",
+        "ProbeFailed",
+        {"alertname": "ProbeFailed", "instance": "https://shop.example.com/"},
+        {},
+        at,
+        None,
+    )
+    incident = Incident("inc-9", at)
+    incident.alerts[probe.fingerprint] = probe
+    record = search_incident(world, incident, SearchConfig(), 0.0, at)
+    assert incident.symptoms["fp9"].entity is None
+    assert not record["abstained"] and record["symptoms"] == []
+    assert record["causes"][0]["entity"] == {"kind": "service", "name": "app"}
+    assert all(not r["entity"]["kind"] == "alert" for r in record["ruled_out"])

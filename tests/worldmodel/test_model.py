@@ -245,3 +245,58 @@ def test_coverage_is_how_far_the_model_holds_what_the_broker_received(
     # a partition the model never saw holds it back at 0
     covers, complete = model.coverage({**applied, "otlp_logs/3": ("logs", 0)})
     assert not complete and covers == 0
+
+
+def test_a_past_time_is_rebuilt_from_kept_history_and_the_stored_segments(
+    store: SegmentStore, tmp_path: Path
+) -> None:
+    import shutil
+
+    from pipeline.worldmodel.worker import (
+        archive_checkpoint,
+        history_dir,
+        model_at,
+        save_model,
+    )
+
+    copy = SegmentStore(tmp_path / "store")
+    shutil.copytree(store.root, copy.root, dirs_exist_ok=True)
+    copy.refresh()
+    config = WorldModelConfig(interval_s=60, allowed_lateness_s=60)
+    live = WorldModel(config)
+    assert model_at(copy, BASE_NS + 9 * MINUTE) is None  # no history kept yet
+    kept = []
+    for upto in (12, 12, 12, 100):
+        _feed(live, copy, upto)
+        save_model(copy, live)
+        kept.append(archive_checkpoint(copy, live, every_s=60.0, keep=2))
+    assert kept.count(True) >= 2 and len(list(history_dir(copy).glob("*.ckpt"))) <= 2
+    # the live model has moved on to the end; a search at minute 6 reads the model as it
+    # stood then: the segments beginning by then applied to the newest history kept before
+    t_ns = BASE_NS + 6 * MINUTE + 30 * 10**9
+    past = model_at(copy, t_ns)
+    assert past is not None and past.closed_through <= t_ns < live.closed_through
+    reference = WorldModel(config)
+    for m in merge_order(
+        [m for m in copy.manifests() if m.signal in MODEL_SIGNALS and m.start_unix_nano <= t_ns]
+    ):
+        reference.apply(m, copy.read(m))
+        reference.advance()
+    assert past.closed_through == reference.closed_through
+    assert past.baselines.snapshot() == reference.baselines.snapshot()
+
+
+def test_live_watermark_is_the_minimum_over_every_partition_that_carries_data() -> None:
+    model = WorldModel()
+    model.watermarks = {"otlp_spans/0": 10 * MINUTE, "otlp_spans/1": 4 * MINUTE}
+    model.applied = {"spans/otlp_spans/0": 99, "spans/otlp_spans/1": 50}
+    model.sources = {"otlp_spans/0": ("spans", 99), "otlp_spans/1": ("spans", 50)}
+    # partition 1 is fully applied but still carries data: its next rows may be older than
+    # partition 0's latest, so it holds time back
+    assert model.watermark == 4 * MINUTE
+    # once quiet for a while (the shell marks it idle) it stops holding time back...
+    model.idle = frozenset({"otlp_spans/1"})
+    assert model.watermark == 10 * MINUTE
+    # ...unless it holds records not applied yet
+    model.sources["otlp_spans/1"] = ("spans", 51)
+    assert model.watermark == 4 * MINUTE
