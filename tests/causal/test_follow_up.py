@@ -136,4 +136,4 @@ def test_an_alert_on_something_worldline_does_not_observe_is_evidence_of_a_sympt
     assert incident.symptoms["fp9"].entity is None
     assert not record["abstained"] and record["symptoms"] == []
     assert record["causes"][0]["entity"] == {"kind": "service", "name": "app"}
-    assert all(not r["entity"]["kind"] == "alert" for r in record["ruled_out"])
+    assert all(r["entity"]["kind"] != "alert" for r in record["ruled_out"])
