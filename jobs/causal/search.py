@@ -610,6 +610,12 @@ class CausalSearch:
         symptom_onset, symptom_known, weak_runs, _ = self._symptom_onset(
             symptoms, batch, ev, idx, t_s
         )
+        if all(signal is None for _, signal in symptoms):
+            # the alerted signal is none of worldline's series (an SLO, a probe): the alert
+            # says the symptom exists at its time, not when it began. The entity's own earliest
+            # deviation in the window may be an earlier incident's; it is no onset to measure
+            # candidates against (they are still evidence about the entity itself)
+            symptom_onset = None
         if symptom_onset is not None and ev.end_s is not None:
             # a deviation that was over before the symptom began is no evidence for it
             over_rows = ev.end_s < symptom_onset - tolerance

@@ -405,8 +405,10 @@ class WorldModel:
         self, signals: pl.DataFrame, close_before: int, counted: tuple[str, ...]
     ) -> pl.DataFrame:
         """Counted rates (``counted``: one source's) of known series are 0 in a closed interval
-        without events: silence is a value, not a gap (else a rare event's series learns only its
-        bursts)."""
+        without events while the source reports (it brought rows of any series for that
+        interval): silence is a value, not a gap (else a rare event's series learns only its
+        bursts). An interval in which the source brought nothing at all (sampled traces, logs
+        shipped in windows, an outage) is a gap: no zero is learned."""
         interval_ns = int(self.config.interval_s * 1e9)
         first = self.closed_through
         if signals.height:
@@ -416,7 +418,8 @@ class WorldModel:
         if first == 0 or first >= close_before:
             return signals
         first = max(first, close_before - ZERO_FILL_MAX_INTERVALS * interval_ns)
-        starts = range(first, close_before, interval_ns)
+        reported = set(signals.get_column("interval_start_unix_nano").to_list())
+        starts = [t for t in range(first, close_before, interval_ns) if t in reported]
         present = set(
             zip(
                 signals.get_column("interval_start_unix_nano").to_list(),

@@ -752,3 +752,22 @@ def test_one_call_to_a_rarely_called_dependency_is_no_deviation() -> None:
     assert _top(result) == "service:app"
     assert "service:sts" not in [c.entity for c in result.causes]
     assert any(r.entity == "service:sts" and "no deviation" in r.reason for r in result.ruled_out)
+
+
+def test_an_unobserved_alerted_signal_does_not_date_the_symptom_by_the_entity_s_past() -> None:
+    """The alert's signal is none of worldline's series (an SLO): the alerted entity's own
+    earlier deviation (another incident's) is no onset that a cause must precede."""
+    world = _world(
+        [("front", "app")],
+        _levels({"front": 0.2, "app": 0.08}),
+        {("front", "availability", "Average"): -20.0, ("app", "latency", "Average"): 0.4},
+        fault_rows=INCIDENT_ROWS,
+        delays={("front", "availability", "Average"): -FAULT_ROW, ("app", "latency", "Average"): 1},
+    )
+    model, t_s = world
+    result = CausalSearch(model, SearchConfig()).run([("service:front", None)], t_s)
+    assert result.symptom_onset_s is None
+    assert "service:app" in [c.entity for c in result.causes]
+    assert not any(
+        r.entity == "service:app" and "after the symptom" in r.reason for r in result.ruled_out
+    )

@@ -300,3 +300,28 @@ def test_live_watermark_is_the_minimum_over_every_partition_that_carries_data() 
     # ...unless it holds records not applied yet
     model.sources["otlp_spans/1"] = ("spans", 51)
     assert model.watermark == 4 * MINUTE
+
+
+def test_silence_is_zero_only_while_the_source_reports() -> None:
+    model = WorldModel(WorldModelConfig(interval_s=60))
+    model.baselines.update("service:a", "span.rate_per_s", BASE_NS / 1e9, 5.0, 60.0)
+    model.baselines.update("service:b", "span.rate_per_s", BASE_NS / 1e9, 5.0, 60.0)
+    model.closed_through = BASE_NS + MINUTE
+    # minute 1: only b sent spans (a was silent: zero traffic); minute 2: no span at all
+    # arrived from anyone (traces missing, a gap); minute 3: only b again
+    rows = pl.DataFrame(
+        {
+            "interval_start_unix_nano": [BASE_NS + MINUTE, BASE_NS + 3 * MINUTE],
+            "entity": ["service:b", "service:b"],
+            "signal": ["span.rate_per_s", "span.rate_per_s"],
+            "value": [4.0, 6.0],
+            "exposure": [60.0, 60.0],
+            "resolution": [0.0, 0.0],
+        }
+    )
+    filled = model._zero_fill(rows, BASE_NS + 4 * MINUTE, ("span.rate_per_s",))
+    zeros = filled.filter(pl.col("value") == 0.0)
+    assert zeros["entity"].to_list() == ["service:a", "service:a"]
+    assert zeros["interval_start_unix_nano"].to_list() == [BASE_NS + MINUTE, BASE_NS + 3 * MINUTE]
+    # nothing at all from the source: no interval is filled
+    assert model._zero_fill(rows.clear(), BASE_NS + 4 * MINUTE, ("span.rate_per_s",)).height == 0
