@@ -175,6 +175,11 @@ class SearchConfig:
     # alerted signal was measured normal, is standing.
     standing_weight: float = 0.1
     standing_ratio: float = 0.8
+    # how often a series deviates in the time it has been learned is how much its deviation
+    # now says: a series whose episodes begin in a share r of its intervals above this one
+    # ranks with its strength scaled by log(1/r) / log(1 / episode_rate_ref) (a flat series
+    # that moves by a little every so often, a noisy counter); 0 turns it off
+    episode_rate_ref: float = 0.001
 
 
 @dataclass
@@ -194,6 +199,9 @@ class HypothesisBatch:
     # (5-minute metrics at a 60 s interval: 5): tolerances and recency count in values, not
     # in empty intervals
     spacing: int = 1
+    # per row: the share of its learned intervals in which the series began a deviation episode
+    # (``SeasonalBaseline.alerts_raised``)
+    episode_rate: np.ndarray | None = None
 
     @property
     def step_s(self) -> float:
@@ -532,10 +540,17 @@ class CausalSearch:
                 series.append(key)
         n = len(series)
         z = np.full((n, w), np.nan)
+        # the share of intervals in which a series began a deviation episode, with a prior of
+        # one episode in 1 / episode_rate_ref intervals: a young series is not judged noisy
+        prior_intervals = 1.0 / config.episode_rate_ref if config.episode_rate_ref > 0 else 1.0
+        episodes = np.full(n, 1.0 / prior_intervals)
         for row, (entity, signal) in enumerate(series):
             baseline = self.model.baselines.get(entity, signal)
             if baseline is None or baseline.first_seen_s is None:
                 continue
+            episodes[row] = (baseline.alerts_raised + 1.0) / (
+                baseline.intervals_learned + prior_intervals
+            )
             # a baseline that has seen little history scores noise as deviation: skip its first intervals
             warm_from = baseline.first_seen_s + warmup * interval
             for t_start, score in baseline.recent_scores():
@@ -552,6 +567,7 @@ class CausalSearch:
             interval_s=interval,
             entities=sorted(candidates),
             down_is_bad=np.array([_down_is_bad(s) for _, s in series], dtype=bool),
+            episode_rate=episodes,
         )
 
     # ---------------------------------------------------------------------- search
@@ -564,6 +580,10 @@ class CausalSearch:
         # cold start: the alerted signal has less history than the warm-up; young scores are
         # all there is, so they count, with a ceiling on the confidence they can give
         history = self._symptom_history(symptoms)
+        if history is None:
+            # no alerted series to judge by (an SLO, a probe): the candidates' series say how
+            # much the model has seen
+            history = self._model_history()
         cold = config.cold_start and history is not None and history < config.warmup_intervals
         result = self._search(symptoms, t_s, alert_s, cold)
         recency = math.ceil(config.symptom_recency_s / self.model.config.interval_s)
@@ -644,6 +664,14 @@ class CausalSearch:
         directed = batch.up_is_bad | down
         harm_strength = np.zeros(n_ent)
         np.maximum.at(harm_strength, ent[directed], ev.strength[directed])
+        # harm its callers feel: its latency or its failures (its own, or seen on calls to it).
+        # Saturation alone (memory, CPU) reaches a dependent only through them
+        felt = directed & np.array(
+            [bool(LATENCY_LIKE.search(sig)) or _is_failure(sig) for _, sig in batch.series],
+            dtype=bool,
+        ).reshape(len(batch))
+        felt_strength = np.zeros(n_ent)
+        np.maximum.at(felt_strength, ent[felt], ev.strength[felt])
         symptom_ids = [idx[e] for e in symptom_entities if e in idx]
         ruled: list[RuledOut] = [
             RuledOut(
@@ -743,7 +771,7 @@ class CausalSearch:
                 continue
             for dep in sorted(set(graph.successors(node))):
                 j = idx.get(dep)
-                if j is None or j == i or harm_strength[j] < config.z_min:
+                if j is None or j == i or felt_strength[j] < config.z_min:
                     continue
                 if (
                     onset[j] <= onset[i] + (0.0 if config.explain_needs_precedence else tolerance)
@@ -900,6 +928,10 @@ class CausalSearch:
             # the alert is answered because of the dependencies harmed far beyond their normal
             # (``far``): evidence that alone would not have answered it ranks behind theirs
             weighted = np.where(far[ent], weighted, weighted * config.traffic_weight)
+        if config.episode_rate_ref > 0 and batch.episode_rate is not None:
+            # a series that often deviates is weaker evidence when it deviates now
+            rarity = np.log(batch.episode_rate) / math.log(config.episode_rate_ref)
+            weighted = weighted * np.clip(rarity, 0.0, 1.0)
         rank_strength = np.zeros(n_ent)
         np.maximum.at(rank_strength, ent, weighted)
         # each entity's cause row: its strongest evidence as ranked
@@ -1391,6 +1423,15 @@ class CausalSearch:
             ):
                 out[r] = True
         return out
+
+    def _model_history(self) -> int | None:
+        """Intervals the model's series have learned (the median of them), None without any."""
+        learned = [
+            baseline.intervals_learned
+            for key in self.model.baselines.keys()
+            if (baseline := self.model.baselines.get(*key)) is not None
+        ]
+        return int(np.median(learned)) if learned else None
 
     def _symptom_history(self, symptoms: list[tuple[str, str | None]]) -> int | None:
         """Intervals the alerted signal's series have learned (the most of them), or None

@@ -771,3 +771,79 @@ def test_an_unobserved_alerted_signal_does_not_date_the_symptom_by_the_entity_s_
     assert not any(
         r.entity == "service:app" and "after the symptom" in r.reason for r in result.ruled_out
     )
+
+
+def test_a_series_that_often_deviates_in_its_history_is_weaker_evidence() -> None:
+    """Two dependencies deviate alike now; one of them had a deviation episode every few hours
+    of its history (a flat series that jumps every so often): the other ranks first."""
+    levels = _levels({"front": 0.2, "app": 0.08, "jumpy": 0.08})
+    fault = {
+        ("front", "latency", "Average"): 0.4,
+        ("app", "latency", "Average"): 0.4,
+        ("jumpy", "latency", "Average"): 0.4,
+    }
+    frame = _frame(levels, fault)
+    column = frame.columns.index(("jumpy", "latency", "Average"))
+    for start in range(40, NORMAL_ROWS - 20, 30):  # 2.5 h apart, 20 min each
+        frame.values[start : start + 4, column] += 0.4
+    model = new_model([("front", "app"), ("front", "jumpy")], T0)
+    offset = apply_frame(model, frame.rows(0, NORMAL_ROWS), "rules", 0)
+    apply_frame(model, frame.rows(NORMAL_ROWS, len(frame)), "rules", offset)
+    t_s = float(frame.timestamps[-1]) + INTERVAL_S
+    jumpy = model.baselines.get("service:jumpy", "latency.average")
+    calm = model.baselines.get("service:app", "latency.average")
+    assert jumpy is not None and calm is not None
+    assert jumpy.alerts_raised > calm.alerts_raised + 5
+    ranked = CausalSearch(model, SearchConfig(symptom_z_min=1.5)).run(
+        [("service:front", "latency.average")], t_s
+    )
+    names = [c.entity for c in ranked.causes]
+    assert names[0] == "service:app" and "service:jumpy" in names
+    # without the term, the two are not told apart this way
+    flat = CausalSearch(model, SearchConfig(symptom_z_min=1.5, episode_rate_ref=0.0)).run(
+        [("service:front", "latency.average")], t_s
+    )
+    probabilities = {c.entity: c.probability for c in flat.causes}
+    assert probabilities["service:jumpy"] >= 0.5 * probabilities["service:app"]
+
+
+def test_a_dependency_explains_a_dependent_only_by_a_harm_its_callers_feel() -> None:
+    """The store's memory rose before the incident (and nothing is known of its latency); the
+    middle service it serves then slowed down: the store's memory does not explain that."""
+    levels = _levels(
+        {"front": 0.2, "mid": 0.08},
+        {("store", "memory", "usage"): (40.0, 0.005), ("store", "requests", "Sum"): (600, 0.05)},
+    )
+    world = _world(
+        [("front", "mid"), ("mid", "store")],
+        levels,
+        {
+            ("store", "memory", "usage"): 6.0,
+            ("mid", "latency", "Average"): 0.4,
+            ("front", "latency", "Average"): 0.4,
+        },
+        fault_rows=INCIDENT_ROWS,
+        delays={("store", "memory", "usage"): -FAULT_ROW},
+    )
+    result = _search(world, "latency.average")
+    assert _top(result) == "service:mid"
+    assert not any(
+        r.entity == "service:mid" and "explained by service:store" in r.reason
+        for r in result.ruled_out
+    )
+
+
+def test_an_alert_on_an_unobserved_signal_is_a_cold_start_when_the_model_is_young() -> None:
+    """No alerted series to judge history by: the candidates' series are as young as the model
+    (minutes of data), so their young scores count, with the cold start's ceiling."""
+    levels = _levels({"front": 0.2, "app": 0.08})
+    full = _frame(levels, {("app", "latency", "Average"): 0.4})
+    keep = slice(NORMAL_ROWS - 6, NORMAL_ROWS + INCIDENT_ROWS)
+    young = Frame(full.timestamps[keep], full.columns, full.values[keep])
+    model = new_model([("front", "app")], float(young.timestamps[0]))
+    apply_frame(model, young.rows(0, len(young)), "rules", 0)
+    t_s = float(young.timestamps[-1]) + INTERVAL_S
+    result = CausalSearch(model, SearchConfig()).run([("service:front", None)], t_s)
+    assert result.stats["cold_start"] == 1.0
+    assert result.causes and result.causes[0].entity == "service:app"
+    assert result.causes[0].probability <= 0.8 + 1e-9
