@@ -672,6 +672,9 @@ class CausalSearch:
         ).reshape(len(batch))
         felt_strength = np.zeros(n_ent)
         np.maximum.at(felt_strength, ent[felt], ev.strength[felt])
+        felt_rows = felt & (ev.strength >= config.z_min)
+        felt_onset = np.full(n_ent, np.inf)
+        np.minimum.at(felt_onset, ent[felt_rows], np.nan_to_num(ev.onset_s[felt_rows], nan=np.inf))
         symptom_ids = [idx[e] for e in symptom_entities if e in idx]
         ruled: list[RuledOut] = [
             RuledOut(
@@ -763,7 +766,9 @@ class CausalSearch:
                 )
             alive &= ~over
         # explaining away: a dependency whose harmful deviation began no later, and was still
-        # going on when the dependent's began, explains the dependent's deviation
+        # going on when the dependent's began, explains the dependent's deviation when the harm
+        # its callers feel began within the tolerance before it: calls propagate a harm at
+        # once, so a dependent that turned abnormal long after is abnormal for another reason
         explained_by: dict[int, int] = {}
         for i in map(int, np.flatnonzero(alive)):
             node = names[i]
@@ -775,6 +780,7 @@ class CausalSearch:
                     continue
                 if (
                     onset[j] <= onset[i] + (0.0 if config.explain_needs_precedence else tolerance)
+                    and onset[i] - felt_onset[j] <= tolerance
                     and last_dev[j] >= onset[i] - tolerance
                     and not (node in graph.successors(dep) and onset[i] < onset[j])
                     and accounts.for_(j, i)

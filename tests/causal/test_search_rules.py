@@ -847,3 +847,26 @@ def test_an_alert_on_an_unobserved_signal_is_a_cold_start_when_the_model_is_youn
     assert result.stats["cold_start"] == 1.0
     assert result.causes and result.causes[0].entity == "service:app"
     assert result.causes[0].probability <= 0.8 + 1e-9
+
+
+def test_a_dependency_slow_since_long_before_does_not_explain_a_new_slowdown() -> None:
+    """The store has been slow since well before (another incident); the middle service that
+    calls it slowed down only now: calls propagate at once, so the store's old slowness is not
+    why the middle service changed now."""
+    world = _world(
+        [("front", "mid"), ("mid", "store")],
+        _levels({"front": 0.2, "mid": 0.08, "store": 0.02}),
+        {
+            ("store", "latency", "Average"): 0.2,
+            ("mid", "latency", "Average"): 0.4,
+            ("front", "latency", "Average"): 0.4,
+        },
+        fault_rows=INCIDENT_ROWS,
+        delays={("store", "latency", "Average"): -FAULT_ROW},
+    )
+    result = _search(world, "latency.average")
+    assert not any(
+        r.entity == "service:mid" and "explained by service:store" in r.reason
+        for r in result.ruled_out
+    )
+    assert "service:mid" in [c.entity for c in result.causes]
