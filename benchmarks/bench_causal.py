@@ -6,7 +6,9 @@
    which hypotheses deviate for most but not all rows (the agreement is printed). Goal: <= 50 ms.
 2. Alert to ``causes.ranked``: the demo pipeline (embedded broker, every stage) after a simulated
    incident; then N Alertmanager notifications, one at a time, each timed from the moment it is
-   on the ``alerts`` topic to the moment its record is on ``causes.ranked`` (goal: p95 <= 2 s).
+   on the ``alerts`` topic to the moment its record is on ``causes.ranked``, for alerts whose data
+   the model already holds: the floor of the search and its record (goal: p95 <= 2 s). The time
+   from an alert at the newest data to a record from that data is ``bench_alert_freshness.py``.
 
     .venv/bin/python benchmarks/bench_causal.py [--alerts 20] [--skip-pipeline]
 """
@@ -125,7 +127,8 @@ def bench_pipeline(alerts: int) -> None:
         f"\n| alerts | p50 ms | p95 ms | max ms |\n|---:|---:|---:|---:|\n| {len(latencies)} | {p50:.0f} | {p95:.0f} | {max(latencies):.0f} |"
     )
     print(
-        f"goal p95 <= 2 s: {'met' if p95 <= 2000 else 'NOT met'} (includes the stage's batching wait of 0.2 s)"
+        f"goal p95 <= 2 s: {'met' if p95 <= 2000 else 'NOT met'} (data already in the model;"
+        " includes the stage's batching wait of 0.2 s and its read of the telemetry topics)"
     )
 
 

@@ -86,14 +86,19 @@ class ModelCache:
         return self.model
 
     def view(self, t_s: float) -> WorldModel | None:
-        """A copy of the model as of ``t_s`` with every interval up to the one holding it
-        closed as it stands (``WorldModel.provisional``): what a search at ``t_s`` reads."""
-        if self.data is None:
+        """The model as of ``t_s`` with every interval up to the one holding it closed: the
+        model itself when it has closed them (searches only read it), else a copy with the open
+        ones closed as they stand (``WorldModel.provisional``), rebuilt from history when the
+        model has moved past ``t_s``."""
+        if self.data is None or self.model is None:
             return None
-        copy = WorldModel.restore(self.data)
         t_ns = int(t_s * 1e9)
-        interval_ns = int(copy.config.interval_s * 1e9)
-        ends = (t_ns // interval_ns + 1 + self.memory_intervals) * interval_ns
+        interval_ns = int(self.model.config.interval_s * 1e9)
+        closes = (t_ns // interval_ns + 1) * interval_ns
+        ends = closes + self.memory_intervals * interval_ns
+        if closes <= self.model.closed_through <= ends:
+            return self.model  # closed through t's interval, its window still in memory
+        copy = WorldModel.restore(self.data)
         if copy.closed_through > ends:
             past = model_at(self.store, t_ns)
             if past is not None:
