@@ -58,3 +58,18 @@ def test_dockerfile_copies_every_package() -> None:
     dockerfile = (REPO / "infra" / "Dockerfile").read_text()
     for package in ("pipeline", "jobs", "schemas"):
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+def test_every_stage_runs_as_a_service_and_kafka_keeps_its_data_on_the_volume() -> None:
+    from pipeline.cli import ALL_STAGES
+
+    services = _compose()["services"]
+    workers = {
+        s["command"][2] for s in services.values() if s.get("command", [""])[1:2] == ["worker"]
+    }
+    commands = {s["command"][1] for s in services.values() if "command" in s}
+    for stage in ALL_STAGES:
+        assert stage in workers or (stage == "receiver" and "receive" in commands), stage
+    kafka = services["kafka"]
+    data_dir = kafka["environment"]["KAFKA_LOG_DIRS"]
+    assert any(v.endswith(f":{data_dir}") for v in kafka["volumes"])
