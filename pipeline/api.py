@@ -13,6 +13,7 @@ Bad parameters answer 400 with ``{"error": "..."}``.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import re
 from pathlib import Path
 from typing import Any
@@ -202,9 +203,32 @@ async def model_changes(request: web.Request) -> web.Response:
     )
 
 
-def build_model_app(settings: Settings) -> web.Application:
-    """``/api/v1/model/``: graph, neighbourhood, baseline, deviations, changes (read-only)."""
-    app = web.Application()
+def _bearer(token: str | None) -> list[Any]:
+    """A middleware refusing a request without ``Authorization: Bearer <token>`` (401, audited)
+    when a token is configured: the API shows what the team's systems do, so it is guarded as
+    the receivers are."""
+    if token is None:
+        return []
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Any) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            _audit(request, 401, 0)
+            refused = _json({"error": "missing or wrong bearer token"}, 401)
+            refused.headers["WWW-Authenticate"] = "Bearer"
+            return refused
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return [require_token]
+
+
+def build_model_app(settings: Settings, token: str | None = None) -> web.Application:
+    """``/api/v1/model/``: graph, neighbourhood, baseline, deviations, changes (read-only);
+    ``token``: when set, every request needs it as a bearer token."""
+    app = web.Application(middlewares=_bearer(token))
     app[STORE_KEY] = SegmentStore(settings.data_dir / "segments")
     app[AUDIT_KEY] = settings.data_dir / "audit" / "api.jsonl"
     app.router.add_get("/graph", model_graph)
@@ -215,8 +239,10 @@ def build_model_app(settings: Settings) -> web.Application:
     return app
 
 
-def build_query_app(settings: Settings) -> web.Application:
-    app = web.Application()
+def build_query_app(settings: Settings, token: str | None = None) -> web.Application:
+    """``/api/v1/query/``: logs, traces, metrics, templates (read-only); ``token``: when set,
+    every request needs it as a bearer token."""
+    app = web.Application(middlewares=_bearer(token))
     app[STORE_KEY] = SegmentStore(settings.data_dir / "segments")
     app[AUDIT_KEY] = settings.data_dir / "audit" / "api.jsonl"
     app.router.add_get("/logs", logs)

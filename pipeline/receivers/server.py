@@ -52,8 +52,8 @@ async def running_receivers(
         app = build_receiver_app(
             settings, producer, token=token, max_request_bytes=max_request_bytes
         )
-        app.add_subapp(QUERY_PREFIX, build_query_app(settings))
-        app.add_subapp(MODEL_PREFIX, build_model_app(settings))
+        app.add_subapp(QUERY_PREFIX, build_query_app(settings, token))
+        app.add_subapp(MODEL_PREFIX, build_model_app(settings, token))
         # bodies are decompressed by the receivers themselves, under the size limit
         runner = web.AppRunner(app, auto_decompress=False, access_log=None)
         await runner.setup()

@@ -50,3 +50,35 @@ def test_query_endpoints_answer_and_audit(tmp_path: Path) -> None:
     ]
     assert [a["status"] for a in audit] == [200, 200, 200, 200, 400, 400]
     assert audit[0]["query"] == {"severity": ["error"], "limit": ["3"]}
+
+
+def test_with_a_token_configured_every_query_and_model_route_requires_it(tmp_path: Path) -> None:
+    from pipeline.api import MODEL_PREFIX, build_model_app
+    from pipeline.receivers.app import HEALTH_PATH
+
+    store = SegmentStore(tmp_path / "segments")
+    fill_store(store, 1, NOW)
+    settings = Settings(data_dir=tmp_path)
+    root = web.Application()
+    root.router.add_get(HEALTH_PATH, lambda _r: web.json_response({"status": "ok"}))
+    root.add_subapp(QUERY_PREFIX, build_query_app(settings, token="s3cret"))
+    root.add_subapp(MODEL_PREFIX, build_model_app(settings, token="s3cret"))
+    paths = [f"{QUERY_PREFIX}/logs", f"{QUERY_PREFIX}/templates", f"{MODEL_PREFIX}/changes"]
+
+    async def run() -> None:
+        async with TestClient(TestServer(root, host="127.0.0.1")) as client:
+            for path in paths:
+                r = await client.get(path)
+                assert r.status == 401 and r.headers["WWW-Authenticate"] == "Bearer", path
+                r = await client.get(path, headers={"Authorization": "Bearer wrong"})
+                assert r.status == 401, path
+                r = await client.get(path, headers={"Authorization": "Bearer s3cret"})
+                # past the token: answered (the model routes say 400 before any checkpoint)
+                assert r.status == (200 if path.startswith(QUERY_PREFIX) else 400), path
+            assert (await client.get(HEALTH_PATH)).status == 200
+
+    asyncio.run(run())
+    audit = [
+        orjson.loads(line) for line in (tmp_path / "audit" / "api.jsonl").read_bytes().splitlines()
+    ]
+    assert [a["status"] for a in audit] == [401, 401, 200, 401, 401, 200, 401, 401, 400]
