@@ -123,6 +123,10 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def alive(self) -> bool:
+        """Whether the broker process is still running."""
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self) -> EmbeddedBroker:
         if self.proc is not None:
             return self

@@ -174,13 +174,25 @@ def up(ctx: Context, duration: float | None, status_every: float, stages: str) -
         last_status = started
         while duration is None or time.monotonic() - started < duration:
             time.sleep(0.2)
-            crashed = platform.supervisor.exited() if platform.supervisor else []
-            if crashed:
+            if platform.broker is not None and not platform.broker.alive():
                 fail(
-                    f"stage {crashed[0].stage} exited with code {crashed[0].proc.returncode};"
-                    f" see {crashed[0].log_path}",
+                    "the embedded broker exited: every record it held is gone (it keeps them"
+                    " in memory); stopping every stage. Start worldline again.",
                     code=1,
                 )
+            if platform.supervisor is not None:
+                from pipeline.workers import stats_path, write_stats
+
+                for r in platform.supervisor.restart_crashed(time.monotonic()):
+                    console.print(
+                        f"[yellow]stage {r.stage} exited with code {r.returncode}; restarted"
+                        f" after {r.waited_s:.0f} s (restart {r.restarts});"
+                        f" see {platform.supervisor.settings.data_dir}/logs/{r.stage}.log[/]"
+                    )
+                    write_stats(
+                        stats_path(ctx.settings, "supervisor"),
+                        {"restarts": dict(platform.supervisor.restarts)},
+                    )
             if status_every > 0 and time.monotonic() - last_status >= status_every:
                 _print_status(ctx.settings, platform.bootstrap_servers)
                 last_status = time.monotonic()

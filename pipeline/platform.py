@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ class Platform:
             if self.stages:
                 self.on_step(f"starting stages: {', '.join(self.stages)}")
                 self.supervisor = StageSupervisor(s, self.bootstrap_servers)
-                self.supervisor.start(self.stages)
+                self.supervisor.start(self.stages, time.monotonic())
         except BaseException:
             self.stop()
             raise

@@ -45,36 +45,87 @@ class StageProcess:
     log_path: Path
 
 
+RESTART_BACKOFF_S = (1.0, 60.0)  # first wait before restarting a crashed stage, and the most
+STABLE_AFTER_S = 60.0  # a stage that ran this long before crashing restarts at the first wait
+
+
+@dataclass
+class Restart:
+    """What ``StageSupervisor.restart_crashed`` did about one crashed stage."""
+
+    stage: str
+    returncode: int
+    restarts: int  # restarts of this stage so far, this one included
+    waited_s: float  # how long it waited (backoff) before starting it again
+
+
 @dataclass
 class StageSupervisor:
-    """Starts, watches and stops the stage processes of one platform."""
+    """Starts, watches, restarts (with backoff) and stops the stage processes of a platform.
+    Time is passed in (``now``: monotonic seconds), so the backoff is testable."""
 
     settings: Settings
     bootstrap: str
     running: list[StageProcess] = field(default_factory=list)
+    restarts: dict[str, int] = field(default_factory=dict)
+    started_at: dict[str, float] = field(default_factory=dict)
+    backoff: dict[str, float] = field(default_factory=dict)
+    down_since: dict[str, float] = field(default_factory=dict)
 
-    def start(self, stages: list[str]) -> None:
+    def start(self, stages: list[str], now: float = 0.0) -> None:
+        for stage in stages:
+            self.running.append(self._launch(stage))
+            self.started_at[stage] = now
+
+    def _launch(self, stage: str) -> StageProcess:
         env = settings_environment(self.settings, self.bootstrap)
         logs = Path(self.settings.data_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        for stage in stages:
-            log_path = logs / f"{stage}.log"
-            with log_path.open("ab") as log:
-                argv = ["receive"] if stage == RECEIVER_STAGE else ["worker", stage]
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "pipeline.cli", *argv],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent,
-                )
-            self.running.append(StageProcess(stage, proc, log_path))
+        log_path = logs / f"{stage}.log"
+        with log_path.open("ab") as log:
+            argv = ["receive"] if stage == RECEIVER_STAGE else ["worker", stage]
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", *argv],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        return StageProcess(stage, proc, log_path)
 
     def exited(self) -> list[StageProcess]:
         """Stages whose process ended (a crash, since only ``stop`` ends them on purpose)."""
         return [s for s in self.running if s.proc.poll() is not None]
+
+    def restart_crashed(self, now: float) -> list[Restart]:
+        """Start again every crashed stage whose backoff has passed: the wait doubles from
+        RESTART_BACKOFF_S[0] with each crash up to RESTART_BACKOFF_S[1], and is back at the
+        first after a stage ran STABLE_AFTER_S. Returns what was restarted."""
+        done = []
+        for i, s in enumerate(self.running):
+            if s.proc.poll() is None:
+                continue
+            stage = s.stage
+            if stage not in self.down_since:
+                ran = now - self.started_at.get(stage, now)
+                first, most = RESTART_BACKOFF_S
+                previous = self.backoff.get(stage)
+                self.backoff[stage] = (
+                    first if previous is None or ran >= STABLE_AFTER_S else min(most, previous * 2)
+                )
+                self.down_since[stage] = now
+            waited = now - self.down_since[stage]
+            if waited < self.backoff[stage]:
+                continue
+            self.running[i] = self._launch(stage)
+            self.started_at[stage] = now
+            del self.down_since[stage]
+            self.restarts[stage] = self.restarts.get(stage, 0) + 1
+            code = s.proc.returncode if s.proc.returncode is not None else -1
+            done.append(Restart(stage, code, self.restarts[stage], waited))
+        return done
 
     def stop(self, timeout_s: float = 20.0) -> None:
         for s in self.running:

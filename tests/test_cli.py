@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -197,3 +198,106 @@ def test_up_shows_every_topic_and_stops_cleanly(tmp_path: Path, sig: signal.Sign
     assert info["pid"] == proc.pid
     assert not any(pid_alive(c) for c in children)
     assert not runtime.exists()
+
+
+def test_a_crashed_stage_is_restarted_with_backoff(tmp_path: Path) -> None:
+    """The supervisor's clock is passed in: the wait doubles with each crash up to the most,
+    and is back at the first after a stage has run long enough."""
+    from pipeline.settings import Settings
+    from pipeline.stages import RESTART_BACKOFF_S, STABLE_AFTER_S, StageProcess, StageSupervisor
+
+    launched: list[str] = []
+
+    class Quick(StageSupervisor):
+        def _launch(self, stage: str) -> StageProcess:  # a process that ends at once: a crash
+            launched.append(stage)
+            proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+            proc.wait()
+            return StageProcess(stage, proc, tmp_path / f"{stage}.log")
+
+    supervisor = Quick(Settings(data_dir=tmp_path), "127.0.0.1:1")
+    supervisor.start(["world-model"], now=0.0)
+    first, most = RESTART_BACKOFF_S
+    assert supervisor.restart_crashed(1.0) == []  # crashed after 1 s: wait `first` from now
+    [r] = supervisor.restart_crashed(1.0 + first)
+    assert (r.stage, r.returncode, r.restarts) == ("world-model", 3, 1)
+    t = 1.0 + first
+    waits = []
+    for _ in range(10):
+        assert supervisor.restart_crashed(t) == []  # the next crash is seen: its wait begins
+        wait = supervisor.backoff["world-model"]
+        waits.append(wait)
+        assert supervisor.restart_crashed(t + wait - 0.01) == []
+        t += wait
+        assert len(supervisor.restart_crashed(t)) == 1
+    assert waits[:3] == [2 * first, 4 * first, 8 * first] and max(waits) == most
+    assert supervisor.restarts["world-model"] == 11 and len(launched) == 12
+    # a stage that ran long enough before crashing starts again after the first wait
+    supervisor.restart_crashed(t + STABLE_AFTER_S)
+    assert supervisor.backoff["world-model"] == first
+
+
+@pytest.mark.integration
+def test_up_restarts_a_killed_stage_and_counts_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDLINE_")}
+    env["WORLDLINE_DATA_DIR"] = str(tmp_path)
+    env["WORLDLINE_HTTP_PORT"] = "0"
+    proc = subprocess.Popen(
+        [*worldline_cmd(), "up", "--stages", "world-model", "--status-every", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        children: list[int] = []
+        while time.monotonic() < deadline and len(children) < 2:
+            time.sleep(0.2)
+            children = [
+                int(c)
+                for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            ]
+        assert len(children) == 2, "the broker and the world-model stage"
+        stage = max(children)  # started after the broker
+        os.kill(stage, signal.SIGKILL)
+        stats = tmp_path / "stats" / "supervisor.json"
+        deadline = time.monotonic() + 30
+        while not stats.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert orjson.loads(stats.read_bytes())["restarts"] == {"world-model": 1}
+        now = [
+            int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ]
+        assert len(now) == 2 and stage not in now and proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert "stage world-model exited with code -9; restarted" in stderr
+
+
+@pytest.mark.integration
+def test_up_fails_loudly_when_its_embedded_broker_dies(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDLINE_")}
+    env["WORLDLINE_DATA_DIR"] = str(tmp_path)
+    env["WORLDLINE_HTTP_PORT"] = "0"
+    proc = subprocess.Popen(
+        [*worldline_cmd(), "up", "--stages", "", "--status-every", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    runtime = tmp_path / "runtime" / "broker.json"
+    deadline = time.monotonic() + 60
+    while not runtime.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(3)  # past its start and first status table
+    children = [
+        int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    ]
+    assert len(children) == 1, "the broker"
+    os.kill(children[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "the embedded broker exited" in stderr
