@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline import topics
 
 ENV_PREFIX = "WORLDLINE_"
+SUPERVISOR_ENV = ENV_PREFIX + "SUPERVISOR_PID"
+"""Set by ``up`` for the stages it starts: the pid they must not outlive (not a setting)."""
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 DEFAULT_CONFIG_FILE = "worldline.toml"
 
@@ -244,7 +246,7 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     renames: dict[str, str] = {}
     by_env = {t.name.replace(".", "_").upper(): t.name for t in topics.REGISTRY}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+        if not key.startswith(ENV_PREFIX) or key in (ENV_PREFIX + "CONFIG", SUPERVISOR_ENV):
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name.startswith("topic_"):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline import topics
 from pipeline.broker import die_with_parent
-from pipeline.settings import ENV_PREFIX, FIELDS, Settings
+from pipeline.settings import ENV_PREFIX, FIELDS, SUPERVISOR_ENV, Settings
 
 RECEIVER_STAGE = "receiver"
 
@@ -35,6 +35,7 @@ def settings_environment(settings: Settings, bootstrap: str) -> dict[str, str]:
         env[f"{ENV_PREFIX}TOPIC_{topics.spec(logical).name.replace('.', '_').upper()}"] = actual
     env[ENV_PREFIX + "BOOTSTRAP_SERVERS"] = bootstrap
     env[ENV_PREFIX + "DATA_DIR"] = str(Path(settings.data_dir).resolve())
+    env[SUPERVISOR_ENV] = str(os.getpid())
     return env
 
 

@@ -8,13 +8,15 @@ server), writes its counters with ``write_stats``, and runs through ``run_worker
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import faust
 import orjson
 
-from pipeline.settings import Settings
+from pipeline.settings import SUPERVISOR_ENV, Settings
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -54,8 +56,31 @@ def write_stats(path: Path, counters: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+ORPHAN_GRACE_S = 15.0
+
+
+def exit_when_orphaned(supervisor_pid: int, grace_s: float = ORPHAN_GRACE_S) -> threading.Thread:
+    """A stage started by ``up`` must not outlive it: when its parent is gone (the kernel also
+    sends it SIGTERM then, ``die_with_parent``) and its graceful shutdown has not ended the
+    process within ``grace_s``, the process exits at once (a shutdown stuck on a broker that
+    is gone would otherwise keep it alive for good)."""
+
+    def watch() -> None:
+        while os.getppid() == supervisor_pid:
+            time.sleep(0.5)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-when-orphaned", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_worker(settings: Settings, stage: str, bootstrap: str) -> None:
     """Run one stage until SIGINT/SIGTERM (blocking)."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor and supervisor.isdigit():
+        exit_when_orphaned(int(supervisor))
     if stage == "world-model":
         from pipeline.worldmodel.worker import build_world_model_app
 

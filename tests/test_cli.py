@@ -301,3 +301,37 @@ def test_up_fails_loudly_when_its_embedded_broker_dies(tmp_path: Path) -> None:
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "the embedded broker exited" in stderr
+
+
+def test_a_stage_whose_supervisor_died_exits_even_if_its_shutdown_hangs(tmp_path: Path) -> None:
+    """A child that ignores SIGTERM (a shutdown stuck on a broker that is gone) still exits
+    within its grace once its parent has died."""
+    child = (
+        "import os, signal, sys, time\n"
+        "from pipeline.workers import exit_when_orphaned\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "exit_when_orphaned(os.getppid(), grace_s=1.0)\n"
+        "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+        "time.sleep(120)\n"
+    )
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            f"subprocess.Popen([sys.executable, '-c', {child!r}, {str(pid_file)!r}])\n"
+            "time.sleep(120)\n",
+        ]
+    )
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    orphan = int(pid_file.read_text())
+    assert pid_alive(orphan)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while pid_alive(orphan) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pid_alive(orphan)
