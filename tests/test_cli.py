@@ -237,18 +237,23 @@ def test_a_crashed_stage_is_restarted_with_backoff(tmp_path: Path) -> None:
     assert supervisor.backoff["world-model"] == first
 
 
-@pytest.mark.integration
-def test_up_restarts_a_killed_stage_and_counts_it(tmp_path: Path) -> None:
+def _up(data_dir: Path, stages: str) -> subprocess.Popen[str]:
+    """``worldline up`` with only ``stages`` on the embedded broker, its own data dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDLINE_")}
-    env["WORLDLINE_DATA_DIR"] = str(tmp_path)
+    env["WORLDLINE_DATA_DIR"] = str(data_dir)
     env["WORLDLINE_HTTP_PORT"] = "0"
-    proc = subprocess.Popen(
-        [*worldline_cmd(), "up", "--stages", "world-model", "--status-every", "0"],
+    return subprocess.Popen(
+        [*worldline_cmd(), "up", "--stages", stages, "--status-every", "0"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.mark.integration
+def test_up_restarts_a_killed_stage_and_counts_it(tmp_path: Path) -> None:
+    proc = _up(tmp_path, "world-model")
     try:
         deadline = time.monotonic() + 60
         children: list[int] = []
@@ -278,16 +283,7 @@ def test_up_restarts_a_killed_stage_and_counts_it(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_up_fails_loudly_when_its_embedded_broker_dies(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDLINE_")}
-    env["WORLDLINE_DATA_DIR"] = str(tmp_path)
-    env["WORLDLINE_HTTP_PORT"] = "0"
-    proc = subprocess.Popen(
-        [*worldline_cmd(), "up", "--stages", "", "--status-every", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _up(tmp_path, "")
     runtime = tmp_path / "runtime" / "broker.json"
     deadline = time.monotonic() + 60
     while not runtime.exists() and time.monotonic() < deadline and proc.poll() is None:
