@@ -281,10 +281,9 @@ class IncidentBook:
             self.evicted += 1
         return self._join(incident, alert, symptom), True
 
-    def expire(self) -> list[Incident]:
-        """Resolve the firing alerts not notified within ``resolve_timeout_s`` of the clock;
-        returns the incidents that closed because of it."""
-        closed: list[Incident] = []
+    def expire(self) -> None:
+        """Resolve the firing alerts not notified within ``resolve_timeout_s`` of the clock; an
+        incident none of whose alerts fires any more has no search due."""
         horizon = self.clock_s - self.resolve_timeout_s
         for incident in self.incidents.values():
             if not incident.open:
@@ -298,8 +297,6 @@ class IncidentBook:
                     self.timed_out += 1
             if not incident.open:
                 incident.pending = None
-                closed.append(incident)
-        return closed
 
     def _join(self, incident: Incident, alert: Alert, symptom: Symptom) -> Incident:
         incident.alerts[alert.fingerprint] = alert

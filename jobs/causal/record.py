@@ -14,7 +14,7 @@ MAX_CAUSES = 10
 MAX_RULED_OUT = 50
 
 
-def _iso(t_s: float | None) -> str | None:
+def iso(t_s: float | None) -> str | None:
     if t_s is None:
         return None
     return dt.datetime.fromtimestamp(t_s, tz=dt.UTC).isoformat().replace("+00:00", "Z")
@@ -41,7 +41,7 @@ def build_record(
                 {
                     "entity": _entity(symptom.entity),
                     "signal": symptom.signal or "any",
-                    "onset": _iso(result.symptom_onset_s),
+                    "onset": iso(result.symptom_onset_s),
                 }
             )
     record: dict[str, Any] = {
@@ -49,7 +49,7 @@ def build_record(
         "incident_id": incident.incident_id,
         "update": incident.updates,
         "alert_fingerprints": incident.fingerprints,
-        "generated_at": _iso(generated_at_s),
+        "generated_at": iso(generated_at_s),
         "symptoms": symptoms,
         **({"coverage": coverage} if coverage is not None else {}),
         "abstained": result.abstained,
@@ -61,7 +61,7 @@ def build_record(
                 "entity": _entity(c.entity),
                 "signal": c.signal,
                 "fault_class": c.fault_class,
-                "onset": _iso(c.onset_s),
+                "onset": iso(c.onset_s),
                 "probability": round(min(1.0, max(0.0, c.probability)), 4),
                 "evidence": c.evidence,
                 "path": [_entity(p) for p in c.path],

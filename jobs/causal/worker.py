@@ -38,16 +38,20 @@ from jobs.causal.followup import (
     record_settled,
     supersedes,
 )
-from jobs.causal.record import build_record
+from jobs.causal.record import build_record, iso
 from jobs.causal.search import CausalSearch, SearchConfig
-from pipeline import kafka, topics
 from pipeline.ingest.core import deadletter_for_message
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
 from pipeline.workers import faust_app, stats_path, write_stats
 from pipeline.worldmodel.baseline import ONSET_RING_LENGTH
 from pipeline.worldmodel.model import WorldModel
-from pipeline.worldmodel.worker import checkpoint_path, model_at
+from pipeline.worldmodel.worker import (
+    checkpoint_path,
+    model_at,
+    received_by_broker,
+    source_partitions,
+)
 
 log = logging.getLogger("worldline.causal")
 
@@ -98,12 +102,10 @@ class ModelCache:
         ends = closes + self.memory_intervals * interval_ns
         if closes <= self.model.closed_through <= ends:
             return self.model  # closed through t's interval, its window still in memory
-        copy = WorldModel.restore(self.data)
-        if copy.closed_through > ends:
-            past = model_at(self.store, t_ns)
-            if past is not None:
-                copy = past
-                self.rebuilt += 1
+        past = model_at(self.store, t_ns) if self.model.closed_through > ends else None
+        if past is not None:
+            self.rebuilt += 1
+        copy = past if past is not None else WorldModel.restore(self.data)
         copy.provisional(t_ns)
         return copy
 
@@ -186,6 +188,12 @@ def resolve_symptoms(model: WorldModel, incident: Incident) -> None:
         incident.symptoms[fingerprint] = mapper.map(alert)
 
 
+def covers_alert(model: WorldModel, received: dict[str, tuple[str, int]], alert_s: float) -> bool:
+    """Whether ``model`` holds what the broker had received (``received``) up to ``alert_s``."""
+    covers, complete = model.coverage(received)
+    return complete or covers >= alert_s * 1e9
+
+
 def coverage_of(
     model: WorldModel | None,
     received: dict[str, tuple[str, int]],
@@ -193,23 +201,16 @@ def coverage_of(
     waited_s: float,
 ) -> dict[str, Any]:
     """The record's ``coverage``: how far ``model`` holds what the broker had received."""
-    if model is None:
-        covers, complete = 0, False
-    else:
-        covers, complete = model.coverage(received)
-    reaches = complete or covers >= alert_s * 1e9
+    covers = model.coverage(received)[0] if model is not None else 0
+    reaches = model is not None and covers_alert(model, received, alert_s)
     closed = model.closed_through / 1e9 if model is not None and model.closed_through else None
     return {
-        "alert_at": _iso(alert_s),
-        "covers_until": _iso(covers / 1e9) if covers else None,
+        "alert_at": iso(alert_s),
+        "covers_until": iso(covers / 1e9) if covers else None,
         "complete": bool(reaches),
-        "closed_through": _iso(closed) if closed is not None else None,
+        "closed_through": iso(closed) if closed is not None else None,
         "waited_s": round(max(0.0, waited_s), 3),
     }
-
-
-def _iso(t_s: float) -> str:
-    return dt.datetime.fromtimestamp(t_s, tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def save_book(path: Path, book: IncidentBook) -> None:
@@ -266,30 +267,16 @@ def load_book(path: Path, book: IncidentBook | None = None) -> IncidentBook:
     return book
 
 
-def source_partitions(settings: Settings) -> dict[TopicPartition, str]:
-    """The telemetry topics' partitions -> the segment signal that marks them applied."""
-    signal_of = {"otlp_spans": "spans", "otlp_logs": "logs", "otlp_metrics": "metrics"}
-    return {
-        TopicPartition(settings.topic(logical), p): signal
-        for logical, signal in signal_of.items()
-        for p in range(topics.spec(logical).partitions)
-    }
-
-
 async def received_now(
     bootstrap: str, partitions: dict[TopicPartition, str]
 ) -> dict[str, tuple[str, int]]:
-    """What the broker holds on the telemetry topics: "topic/partition" -> (marker signal, last
-    offset), partitions without records left out. Empty when the broker cannot be read (the
-    answer then waits for nothing it cannot name)."""
+    """``received_by_broker``, empty when the broker cannot be read (the answer then waits for
+    nothing it cannot name)."""
     try:
-        marks = await kafka.high_water_marks(bootstrap, list(partitions))
+        return await received_by_broker(bootstrap, partitions)
     except Exception as e:  # the broker is briefly unreachable: answer from what is there
         log.warning("cannot read the telemetry topics' high-water marks: %s", e)
         return {}
-    return {
-        f"{tp.topic}/{tp.partition}": (partitions[tp], hw - 1) for tp, hw in marks.items() if hw > 0
-    }
 
 
 @dataclass
@@ -428,12 +415,10 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             if incident is None or not incident.due:
                 waiting.pop(incident_id, None)
                 continue
-            alert_s = latest_alert_s(incident)
             if model is None:  # no checkpoint yet: wait only if there is data to wait for
                 reached = not wait.received
             else:
-                covers, complete = model.coverage(wait.received)
-                reached = complete or covers >= alert_s * 1e9
+                reached = covers_alert(model, wait.received, latest_alert_s(incident))
             if not reached and time.monotonic() < wait.deadline:
                 continue
             waiting.pop(incident_id, None)
@@ -444,11 +429,12 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             latencies_ms.append(waited * 1000)
             del latencies_ms[:-1000]
 
-    async def wait_for_data(incident: Incident, arrived: float) -> None:
+    def wait_for_data(
+        incident: Incident, arrived: float, received: dict[str, tuple[str, int]]
+    ) -> None:
         incident.due = True
         incident.pending = None
         awaiting.pop(incident.incident_id, None)
-        received = await received_now(bootstrap, partitions)
         waiting[incident.incident_id] = Waiting(received, arrived, arrived + settings.answer_wait_s)
 
     def write_counters() -> None:
@@ -467,9 +453,11 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
 
     @app.task
     async def resume_waiting() -> None:
-        for incident in book.incidents.values():
-            if incident.due:
-                await wait_for_data(incident, time.monotonic())
+        due = [i for i in book.incidents.values() if i.due]
+        if due:
+            received = await received_now(bootstrap, partitions)
+            for incident in due:
+                wait_for_data(incident, time.monotonic(), received)
 
     @app.timer(interval=1.0)
     async def answer_when_covered() -> None:
@@ -536,8 +524,10 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                         incident, updated = book.add(alert, symptom, check)
                         if updated:
                             changed[incident.incident_id] = incident
-                for incident in changed.values():
-                    await wait_for_data(incident, arrived)
+                if changed:  # what the broker holds now is what these alerts wait for
+                    received = await received_now(bootstrap, partitions)
+                    for incident in changed.values():
+                        wait_for_data(incident, arrived, received)
                 await answer_waiting()
                 await app.producer.flush()
                 await asyncio.to_thread(save_book, book_path, book)

@@ -39,13 +39,14 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from jobs.causal.alerts import IncidentBook, SymptomMapper, parse_webhook
+from jobs.causal.record import iso
 from jobs.causal.search import SearchConfig
 from jobs.causal.worker import _known_entities, _signals_of, coverage_of, search_incident
 from jobs.evaluate import replay_baselines
 from pipeline.ingest.core import KafkaRecord, Limits, SegmentIngestor, codec_for
 from pipeline.segments.store import SegmentStore
 from pipeline.worldmodel.model import WorldModel, WorldModelConfig
-from pipeline.worldmodel.worker import catch_up
+from pipeline.worldmodel.worker import SOURCE_SIGNALS, catch_up
 
 FORMAT = "heldout-replay-bundle/1"
 MAGIC = b"HOB1"
@@ -245,9 +246,8 @@ def evaluate_bundle(
                 seal(topic)
             # as live: every partition holding data holds event time back, unless it has been
             # quiet for IDLE_S (of event time here: the stream is read as fast as it goes)
-            marker = {"otlp_spans": "spans", "otlp_metrics": "metrics", "otlp_logs": "logs"}
             model.sources = {
-                f"{t}/{p}": (marker[t], n - 1) for (t, p), n in offsets.items() if n > 0
+                f"{t}/{p}": (SOURCE_SIGNALS[t], n - 1) for (t, p), n in offsets.items() if n > 0
             }
             model.idle = frozenset(
                 f"{t}/{p}" for (t, p), ms in last_ms.items() if clock_ms[0] - ms >= IDLE_S * 1000
@@ -298,7 +298,7 @@ def evaluate_bundle(
                     runs[method].final[alert.fingerprint] = record
                 answered += 1
                 progress(
-                    f"alert {answered}/{len(alerts)} at {_iso(alert.starts_at_s)}:"
+                    f"alert {answered}/{len(alerts)} at {iso(alert.starts_at_s)}:"
                     f" {records:,} records, {segments:,} segments"
                 )
                 next_alert = next(upcoming, None)
@@ -333,10 +333,6 @@ def evaluate_bundle(
         for method, run in runs.items()
     }
     return BundleRun(runs, scores, seconds, segments, records)
-
-
-def _iso(t_s: float) -> str:
-    return dt.datetime.fromtimestamp(t_s, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def render(run: BundleRun, name: str) -> str:

@@ -388,14 +388,8 @@ class WorldModel:
             return signals
         covered_s = max(covered_until - last, int(1e9)) / 1e9
         factor = self.config.interval_s / covered_s
-        partial = (pl.col("interval_start_unix_nano") == last) & pl.col("signal").str.starts_with(
-            counted[0]
-        )
-        for prefix in counted[1:]:
-            partial = partial | (
-                (pl.col("interval_start_unix_nano") == last)
-                & pl.col("signal").str.starts_with(prefix)
-            )
+        counted_rate = pl.any_horizontal([pl.col("signal").str.starts_with(c) for c in counted])
+        partial = (pl.col("interval_start_unix_nano") == last) & counted_rate
         return signals.with_columns(
             pl.when(partial).then(pl.col("value") * factor).otherwise(pl.col("value")),
             pl.when(partial).then(pl.col("exposure") / factor).otherwise(pl.col("exposure")),

@@ -96,16 +96,32 @@ def model_at(store: SegmentStore, t_ns: int) -> WorldModel | None:
     if not kept:
         return None
     model = WorldModel.restore(kept[-1].read_bytes())
-    store.refresh()
-    pending = [
-        m
-        for m in store.manifests()
-        if m.signal in MODEL_SIGNALS and not model.already_applied(m) and m.start_unix_nano <= t_ns
-    ]
-    for m in merge_order(pending):
-        model.apply(m, store.read(m))
-        model.advance()
+    catch_up(store, model, until_ns=t_ns)
     return model
+
+
+SOURCE_SIGNALS = {"otlp_spans": "spans", "otlp_logs": "logs", "otlp_metrics": "metrics"}
+"""The telemetry topics -> the segment signal whose applied offsets say a record is in."""
+
+
+def source_partitions(settings: Settings) -> dict[TopicPartition, str]:
+    """Every partition of the telemetry topics -> its marker signal (``SOURCE_SIGNALS``)."""
+    return {
+        TopicPartition(settings.topic(logical), p): signal
+        for logical, signal in SOURCE_SIGNALS.items()
+        for p in range(topics.spec(logical).partitions)
+    }
+
+
+async def received_by_broker(
+    bootstrap: str, partitions: dict[TopicPartition, str]
+) -> dict[str, tuple[str, int]]:
+    """What the broker holds on ``partitions``: "topic/partition" -> (marker signal, last
+    offset), partitions without records left out (``WorldModel.sources`` and ``coverage``)."""
+    marks = await kafka.high_water_marks(bootstrap, list(partitions))
+    return {
+        f"{tp.topic}/{tp.partition}": (partitions[tp], hw - 1) for tp, hw in marks.items() if hw > 0
+    }
 
 
 def merge_order(manifests: list[Manifest]) -> list[Manifest]:
@@ -147,11 +163,18 @@ def merge_order(manifests: list[Manifest]) -> list[Manifest]:
 _SIGNAL_RANK = {"metric_series": 0, "spans": 1, "logs": 2, "metrics": 3}
 
 
-def catch_up(store: SegmentStore, model: WorldModel, limit: int | None = None) -> int:
-    """Apply stored segments the model has not counted yet (at most ``limit``); return how many."""
+def catch_up(
+    store: SegmentStore, model: WorldModel, limit: int | None = None, until_ns: int | None = None
+) -> int:
+    """Apply stored segments the model has not counted yet (at most ``limit``; only those that
+    begin by ``until_ns`` when given); return how many."""
     store.refresh()  # other processes sealed segments since the last call
     pending = [
-        m for m in store.manifests() if m.signal in MODEL_SIGNALS and not model.already_applied(m)
+        m
+        for m in store.manifests()
+        if m.signal in MODEL_SIGNALS
+        and not model.already_applied(m)
+        and (until_ns is None or m.start_unix_nano <= until_ns)
     ]
     applied = 0
     for m in merge_order(pending)[:limit]:
@@ -246,32 +269,21 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
                 },
             )
 
-    signal_of = {"otlp_spans": "spans", "otlp_logs": "logs", "otlp_metrics": "metrics"}
-    source_tps = [
-        TopicPartition(settings.topic(logical), p)
-        for logical in signal_of
-        for p in range(topics.spec(logical).partitions)
-    ]
-
+    source_tps = source_partitions(settings)
     moved: dict[str, tuple[int, float]] = {}  # partition -> (last offset, when it last grew)
 
     async def read_sources() -> dict[str, tuple[str, int]] | None:
         """What the broker holds, so a topic whose segments arrive late is waited for; the
         partitions that received nothing for ``idle_partition_s`` become the model's ``idle``."""
         try:
-            hws = await kafka.high_water_marks(bootstrap, source_tps)
+            sources = await received_by_broker(bootstrap, source_tps)
         except Exception as e:  # the broker is briefly unreachable: keep the last view
             log.warning("cannot read high-water marks: %s", e)
             return None
-        sources = {}
         now = time.monotonic()
-        for tp, hw in hws.items():
-            if hw > 0:
-                logical = topics.logical_name(tp.topic, settings.topics) or ""
-                key = f"{tp.topic}/{tp.partition}"
-                sources[key] = (signal_of.get(logical, "spans"), hw - 1)
-                if moved.get(key, (-1, 0.0))[0] != hw - 1:
-                    moved[key] = (hw - 1, now)
+        for key, (_, last) in sources.items():
+            if moved.get(key, (-1, 0.0))[0] != last:
+                moved[key] = (last, now)
         model.idle = frozenset(
             key for key, (_, since) in moved.items() if now - since >= settings.idle_partition_s
         )

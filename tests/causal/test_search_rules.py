@@ -797,14 +797,14 @@ def test_a_series_that_often_deviates_in_its_history_is_weaker_evidence() -> Non
     ranked = CausalSearch(model, SearchConfig(symptom_z_min=1.5)).run(
         [("service:front", "latency.average")], t_s
     )
-    names = [c.entity for c in ranked.causes]
-    assert names[0] == "service:app" and "service:jumpy" in names
-    # without the term, the two are not told apart this way
+    p = {c.entity: c.probability for c in ranked.causes}
+    assert ranked.causes[0].entity == "service:app" and p["service:app"] > 2 * p["service:jumpy"]
+    # without the term the two are a tie
     flat = CausalSearch(model, SearchConfig(symptom_z_min=1.5, episode_rate_ref=0.0)).run(
         [("service:front", "latency.average")], t_s
     )
-    probabilities = {c.entity: c.probability for c in flat.causes}
-    assert probabilities["service:jumpy"] >= 0.5 * probabilities["service:app"]
+    tie = {c.entity: c.probability for c in flat.causes}
+    assert abs(tie["service:jumpy"] - tie["service:app"]) < 0.01
 
 
 def test_a_dependency_explains_a_dependent_only_by_a_harm_its_callers_feel() -> None:
