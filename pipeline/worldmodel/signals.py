@@ -27,9 +27,10 @@ histogram's or a summary's: its sampling error over them, ``sampling_resolution`
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -291,9 +292,31 @@ class MetricDeriver:
         rows_x: list[float] = []
         rows_r: list[float] = []
         names: dict[int, tuple[str, str] | None] = {}
+        parts, counters = prometheus_conventions(meta)
+        families: dict[_Family, dict[int, dict[tuple[str, float], float]]] = {}
+
+        def emit(t: int, entity: str, base: str, values: list[tuple[str, float, float, float]]):
+            bucket = (t // interval_ns) * interval_ns
+            for name, value, exposure, resolution in values:
+                rows_t.append(bucket)
+                rows_e.append(entity)
+                rows_s.append(base + name)
+                rows_v.append(value)
+                rows_x.append(exposure)
+                rows_r.append(resolution)
+
         # one pass over the rows sorted by series (a group_by per series costs a gather each)
         for row in frame.iter_rows(named=True):
             sid_int = int(row["series_id"])
+            t = int(row["time_unix_nano"])
+            part = parts.get(sid_int)
+            if part is not None:
+                # one bucket, quantile, sum or count of a Prometheus histogram or summary:
+                # gathered per family and time, read as one point below
+                if row["value"] is not None and math.isfinite(row["value"]):
+                    family, role = part
+                    families.setdefault(family, {}).setdefault(t, {})[role] = float(row["value"])
+                continue
             if sid_int not in names:
                 found = meta.get(sid_int)
                 names[sid_int] = None if found is None else self._names(found)
@@ -301,17 +324,21 @@ class MetricDeriver:
             if named is None:
                 continue
             entity, base = named
-            info = meta[sid_int]
-            kind = info["kind"]
-            t = int(row["time_unix_nano"])
-            bucket = (t // interval_ns) * interval_ns
-            for name, value, exposure, resolution in self._values(sid_int, kind, info, row):
-                rows_t.append(bucket)
-                rows_e.append(entity)
-                rows_s.append(base + name)
-                rows_v.append(value)
-                rows_x.append(exposure)
-                rows_r.append(resolution)
+            info = counters.get(sid_int) or meta[sid_int]
+            emit(t, entity, base, self._values(sid_int, info["kind"], info, row))
+        for family in sorted(families):
+            for t, roles in sorted(families[family].items()):
+                point = family.point(roles)
+                if point is None:
+                    self.dropped["histogram_incomplete"] = (
+                        self.dropped.get("histogram_incomplete", 0) + 1
+                    )
+                    continue
+                info, row = point
+                row["time_unix_nano"] = t
+                emit(
+                    t, family.entity, family.name, self._values(family.sid, info["kind"], info, row)
+                )
         if not rows_t:
             return empty_signals()
         raw = pl.DataFrame(
@@ -433,6 +460,146 @@ class MetricDeriver:
         if kind == "summary":
             return self._summary(sid, t, row)
         return []
+
+
+_NOT_QUALIFIERS = ("le", "quantile")
+
+
+@dataclass(frozen=True, order=True)
+class _Family:
+    """A Prometheus histogram or summary sent as separate series (remote_write 1.0 carries
+    no types): ``<base>_bucket{le=...}``, ``<base>{quantile=...}``, ``<base>_sum``,
+    ``<base>_count``, sharing every other label. ``name`` is the base with those labels as
+    qualifiers, as an OTLP histogram or summary of that name would be derived."""
+
+    kind: str  # "histogram" or "summary"
+    entity: str
+    name: str
+
+    @property
+    def sid(self) -> int:
+        """A series id of its own for the cumulative state (negative: never a stored id)."""
+        digest = hashlib.blake2b(repr(self).encode(), digest_size=7).digest()
+        return -1 - int.from_bytes(digest, "big")
+
+    def point(
+        self, roles: dict[tuple[str, float], float]
+    ) -> tuple[dict[str, object], dict[str, object]] | None:
+        """The family's parts at one time as an OTLP-shaped point (info, row) for
+        ``MetricDeriver._values``, or None when they do not make one (no bucket at all)."""
+        count = roles.get(("count", 0.0))
+        total = roles.get(("sum", 0.0))
+        if self.kind == "summary":
+            qs = sorted(q for role, q in roles if role == "q")
+            return (
+                {"kind": "summary"},
+                {
+                    "quantiles": qs,
+                    "quantile_values": [roles[("q", q)] for q in qs],
+                    "count": count or 0.0,
+                    "sum": total or 0.0,
+                    # start unknown: counts are taken as increases over the previous point
+                    "start_unix_nano": 0,
+                },
+            )
+        les = sorted(le for role, le in roles if role == "le")
+        if not les:
+            return None
+        cumulative = [roles[("le", le)] for le in les]
+        bounds = [le for le in les if math.isfinite(le)]
+        overall = cumulative[-1] if not math.isfinite(les[-1]) else count
+        if overall is None:
+            overall = cumulative[-1]
+        finite = cumulative[: len(bounds)]
+        counts = [finite[0]] if finite else []
+        counts += [max(0.0, b - a) for a, b in zip(finite, finite[1:], strict=False)]
+        counts.append(max(0.0, overall - (finite[-1] if finite else 0.0)))
+        return (
+            {"kind": "histogram", "temporality": 2},
+            {
+                "bucket_counts": counts,
+                "explicit_bounds": bounds,
+                "count": sum(counts),
+            },
+        )
+
+
+def _unit_by_name(name: str) -> str:
+    """A Prometheus counter's unit from its name (the naming conventions put base units in
+    the name: ``_seconds_total``, ``_bytes_total``); one without a unit counts events."""
+    for marker, unit in (("_seconds", "s"), ("_bytes", "By"), ("_ratio", "1.0")):
+        if marker in name:
+            return unit
+    return "1"
+
+
+def prometheus_conventions(
+    meta: dict[int, dict[str, object]],
+) -> tuple[dict[int, tuple[_Family, tuple[str, float]]], dict[int, dict[str, object]]]:
+    """Gauge series that follow Prometheus' naming conventions, as remote_write sends them.
+
+    Returns the parts of histograms and summaries (series id -> (family, role): ``("le",
+    bound)``, ``("q", quantile)``, ``("sum", 0)``, ``("count", 0)``) and the counters (series
+    id -> its info as a cumulative monotonic sum: ``*_total``, and a ``*_count`` with no
+    family), so that ``<base>_bucket{le="0.02"}`` is one bucket of a histogram, not a series
+    of its own, and ``requests_total`` a rate with resets handled. Counters are recognised
+    only without a unit (remote_write sends none; a unit says the sender typed the series)."""
+    parts: dict[int, tuple[_Family, tuple[str, float]]] = {}
+    counters: dict[int, dict[str, object]] = {}
+    keyed: dict[int, tuple[str, str, dict[str, str]]] = {}
+    families: dict[tuple[str, str, str], str] = {}
+    for sid, info in meta.items():
+        if info.get("kind") != "gauge":
+            continue
+        entity, _ = MetricDeriver._names(info)
+        attrs = orjson.loads(str(info.get("attributes") or "{}"))
+        name = str(info["name"])
+        keyed[sid] = (entity, name, attrs)
+        if name.endswith("_bucket") and "le" in attrs:
+            families[(entity, name[: -len("_bucket")], _qualifiers(attrs))] = "histogram"
+        elif "quantile" in attrs:
+            families.setdefault((entity, name, _qualifiers(attrs)), "summary")
+    sums = {
+        (entity, name[: -len("_sum")], _qualifiers(attrs))
+        for entity, name, attrs in keyed.values()
+        if name.endswith("_sum")
+    }
+    for entity, name, attrs in keyed.values():
+        key = (entity, name[: -len("_count")], _qualifiers(attrs))
+        if name.endswith("_count") and key in sums and key not in families:
+            families[key] = "summary"  # a summary without quantiles: its count and sum
+    for sid, (entity, name, attrs) in keyed.items():
+        qualifiers = _qualifiers(attrs)
+        role: tuple[str, float] | None = None
+        base = name
+        try:
+            if name.endswith("_bucket") and "le" in attrs:
+                base, role = name[: -len("_bucket")], ("le", float(attrs["le"]))
+            elif "quantile" in attrs:
+                role = ("q", float(attrs["quantile"]))
+            elif name.endswith("_sum"):
+                base, role = name[: -len("_sum")], ("sum", 0.0)
+            elif name.endswith("_count"):
+                base, role = name[: -len("_count")], ("count", 0.0)
+        except ValueError:  # a bound or quantile that is no number: an ordinary series
+            role = None
+        kind = families.get((entity, base, qualifiers)) if role is not None else None
+        if kind is not None and role is not None:
+            named = base + (f"{{{qualifiers}}}" if qualifiers else "")
+            parts[sid] = (_Family(kind, entity, named), role)
+        elif (name.endswith("_total") or name.endswith("_count")) and not meta[sid].get("unit"):
+            counters[sid] = {
+                **meta[sid],
+                "kind": "sum",
+                "monotonic": True,
+                "temporality": 2,
+                "unit": _unit_by_name(name),
+            }
+    return parts, counters
+
+
+def _qualifiers(attrs: Mapping[str, object]) -> str:
+    return ",".join(f"{k}={attrs[k]}" for k in sorted(attrs) if k not in _NOT_QUALIFIERS)
 
 
 def _summary_population(

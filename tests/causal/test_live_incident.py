@@ -569,6 +569,23 @@ def test_live_incident_names_the_slow_dependency(bootstrap: str, tmp_path: Path)
     assert record["causes"], f"no cause named\n{excerpt}"
     top = record["causes"][0]
     assert top["entity"]["name"] == "payments", f"the first cause is not payments\n{excerpt}"
+    # its evidence is the incident's own: payments' latency (or its callers' view of it),
+    # which began deviating with the fault, not a series that already sat at the score cap
+    lead = top["evidence"][0]
+    assert "latency" in lead["signal"] or "duration" in lead["signal"], excerpt
+    described = lead["entity"]["name"]
+    assert (
+        described == "payments"
+        or described.startswith("payments ")
+        or "peer=payments" in lead["signal"]
+    ), excerpt
+    began = _parse_iso(lead["onset"])
+    assert fault_began - 2 * INTERVAL_S <= began <= starts_at + INTERVAL_S, excerpt
+    assert not any(
+        "_bucket" in e["signal"] or "le=" in e["signal"]
+        for c in record["causes"]
+        for e in c["evidence"]
+    ), f"a histogram bucket ranked as a series of its own\n{excerpt}"
     assert record["stats"].get("cold_start") == 0, (
         f"the normal period was too short for the baselines to warm up\n{excerpt}"
     )

@@ -324,3 +324,99 @@ def test_a_histogram_quantile_of_few_observations_is_known_to_its_sampling_error
     [resolution] = _value(frame, "service:cart", "duration.p50", "resolution")
     assert resolution == pytest.approx(sampling_resolution(0.5, median, 4))
     assert resolution > 0.05 > 0.01
+
+
+def _remote_write(
+    series: list[tuple[dict[str, str], list[float]]], step_s: float = 60.0, start: int = 0
+) -> Any:
+    """A Prometheus remote_write request translated as the receiver does: one sample per
+    scrape, every ``step_s``."""
+    from pipeline.receivers import protos
+    from pipeline.receivers.remote_write import to_otlp_metrics
+
+    request = protos.WriteRequest()
+    for labels, values in series:
+        entry = request.timeseries.add()
+        for name, value in sorted({"job": "shop", **labels}.items()):
+            entry.labels.add(name=name, value=value)
+        for i, v in enumerate(values):
+            entry.samples.add(
+                value=v, timestamp=BASE_NS // 1_000_000 + int((start + i) * step_s * 1000)
+            )
+    return to_otlp_metrics(request).request
+
+
+def test_prometheus_histograms_summaries_and_counters_by_remote_write() -> None:
+    # a classic histogram sent as its buckets, sum and count: three scrapes, 100 then 200
+    # observations added, all under 0.02 s then all between 0.05 and 0.1 s
+    name = "http_client_request_duration_seconds"
+    buckets = {"0.02": [100, 200, 200], "0.05": [100, 200, 200], "0.1": [100, 200, 400]}
+    buckets["+Inf"] = buckets["0.1"]
+    labels = {"peer": "db"}
+    series = [
+        ({"__name__": name + "_bucket", "le": le, **labels}, [float(v) for v in counts])
+        for le, counts in buckets.items()
+    ]
+    series += [
+        ({"__name__": name + "_count", **labels}, [100.0, 200.0, 400.0]),
+        ({"__name__": name + "_sum", **labels}, [1.0, 2.0, 17.0]),
+        # a summary: its quantiles, sum and count
+        ({"__name__": "rpc_seconds", "quantile": "0.5"}, [0.01, 0.01, 0.3]),
+        ({"__name__": "rpc_seconds", "quantile": "0.99"}, [0.02, 0.02, 0.5]),
+        ({"__name__": "rpc_seconds_count"}, [10.0, 20.0, 40.0]),
+        ({"__name__": "rpc_seconds_sum"}, [0.1, 0.2, 6.2]),
+        # a counter that resets, and one that counts seconds
+        ({"__name__": "requests_total", "code": "500"}, [50.0, 110.0, 30.0]),
+        ({"__name__": "process_cpu_seconds_total"}, [1.0, 31.0, 61.0]),
+        ({"__name__": "goroutines"}, [12.0, 14.0, 13.0]),
+    ]
+    series_t, points = metrics_tables([_remote_write(series)])
+    deriver = MetricDeriver(interval_s=60)
+    frame = deriver.derive(series_t, points)
+    signals = set(frame["signal"].to_list())
+    # no bucket, quantile, sum or count is a series of its own
+    assert not {s for s in signals if "_bucket" in s or "le=" in s or "quantile=" in s}
+    assert not {
+        s for s in signals if s.startswith((name + "_sum", name + "_count", "rpc_seconds_"))
+    }
+    hist = name + "{peer=db}"
+    # the first scrape only primes the cumulative buckets
+    assert _value(frame, "service:shop", hist + ".rate_per_s") == pytest.approx(
+        [100 / 60, 200 / 60]
+    )
+    p50 = _value(frame, "service:shop", hist + ".p50")
+    assert p50[0] <= 0.02 and 0.05 <= p50[1] <= 0.1
+    assert _value(frame, "service:shop", hist + ".p50", "resolution")[1] >= 0.05
+    # the summary: its quantiles, and the average of what each scrape added
+    assert _value(frame, "service:shop", "rpc_seconds.p50") == pytest.approx([0.01, 0.01, 0.3])
+    assert _value(frame, "service:shop", "rpc_seconds.p99") == pytest.approx([0.02, 0.02, 0.5])
+    assert _value(frame, "service:shop", "rpc_seconds.average") == pytest.approx([0.01, 0.3])
+    # counters: rates, a reset's new value is the increase since it; events only without a
+    # unit in the name
+    errors = "requests_total{code=500}.rate_per_s"
+    assert _value(frame, "service:shop", errors) == pytest.approx([1.0, 0.5])
+    assert set(_value(frame, "service:shop", errors, "exposure")) == {60.0}
+    cpu = "process_cpu_seconds_total.rate_per_s"
+    assert _value(frame, "service:shop", cpu) == pytest.approx([0.5, 0.5])
+    assert set(_value(frame, "service:shop", cpu, "exposure")) == {0.0}
+    # a gauge stays a gauge
+    assert _value(frame, "service:shop", "goroutines") == pytest.approx([12.0, 14.0, 13.0])
+    assert deriver.dropped["counter_reset"] == 1
+
+
+def test_a_remote_write_histogram_keeps_its_state_across_batches() -> None:
+    # cumulative buckets 10/20/20 per scrape: the second batch's first point is an increase
+    # over the first batch's last, remembered under the family's own id
+    series = [
+        ({"__name__": "lat_seconds_bucket", "le": le}, [float(k * 10 * (i + 1)) for i in range(4)])
+        for k, le in ((1, "0.1"), (2, "1"), (2, "+Inf"))
+    ]
+    deriver = MetricDeriver(interval_s=60)
+    early = metrics_tables([_remote_write([(labels, v[:2]) for labels, v in series])])
+    late = metrics_tables([_remote_write([(labels, v[2:]) for labels, v in series], start=2)])
+    assert _value(deriver.derive(*early), "service:shop", "lat_seconds.rate_per_s") == (
+        pytest.approx([20 / 60])
+    )
+    frame = deriver.derive(*late)
+    assert _value(frame, "service:shop", "lat_seconds.rate_per_s") == pytest.approx([20 / 60] * 2)
+    assert [k for k in deriver.last if k < 0]  # the family's state, never a stored series id
