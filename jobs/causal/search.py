@@ -47,6 +47,10 @@ LATENCY_LIKE = re.compile(r"latency|duration", re.I)
 FAILURE = re.compile(r"error|fail|exception|5xx|availability|success|timeout", re.I)
 
 
+OFF_GRAPH = -2
+"""Hops of a candidate the graph does not place upstream of the symptom (it has a graph)."""
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     hops: int = 6
@@ -72,6 +76,9 @@ class SearchConfig:
     # + w_explains*log1p(deviating entities between the symptom and the candidate): a cause
     # accounts for the anomalies on its propagation paths
     w_explains: float = 0.5
+    # + w_off_graph for a candidate the dependency graph does not place on the symptom's past
+    # side while it places others there: the graph is a prior (it may be partial), not a filter
+    w_off_graph: float = -1.0
     # a dependency explains a dependent only when its deviation began no later (without the
     # onset tolerance): one that began an interval after the dependent is its consequence
     explain_needs_precedence: bool = True
@@ -497,12 +504,17 @@ class CausalSearch:
                 EntityRef.from_key(symptom), self.config.hops, t_ns
             ).items():
                 out[ref.key] = min(out.get(ref.key, hops), hops)
-        if not out:  # no graph around the symptom: every entity the baselines know
-            known = self.model.baselines.keys()
-            for entity, _ in known:
-                out.setdefault(entity, -1)
-            for symptom in symptoms:
-                out[symptom] = 0
+        # the graph is a prior, not a filter: an entity it does not place on the symptom's past
+        # side (a metrics-only service, a dependency no trace has shown yet) is still a
+        # candidate, at ``OFF_GRAPH`` hops (less likely, ``w_off_graph``); with no graph
+        # around the symptom at all every entity is equally placed (-1)
+        unplaced = -1 if not out else OFF_GRAPH
+        for entity, _ in self.model.baselines.keys():
+            # (an operation is evidence about its service, not a candidate of its own)
+            if not entity.startswith(("alert:", "operation:")):
+                out.setdefault(entity, unplaced)
+        for symptom in symptoms:
+            out.setdefault(symptom, 0)
         return out, graph
 
     def hypotheses(
@@ -948,6 +960,9 @@ class CausalSearch:
         best_row[ent[order][first]] = order[first]
         survivors = np.flatnonzero(alive)
         depth = np.array([max(candidates.get(names[i], 0), 0) for i in survivors], dtype=float)
+        off_graph = np.array(
+            [candidates.get(names[i]) == OFF_GRAPH for i in survivors], dtype=float
+        )
         explains = self._explained_between(
             survivors, graph, names, idx, symptom_ids, best_strength, onset
         )
@@ -958,6 +973,7 @@ class CausalSearch:
             + config.w_depth * depth
             + config.w_self * np.array([i in symptom_ids for i in survivors], dtype=float)
             + config.w_explains * np.log1p(explains)
+            + config.w_off_graph * off_graph
         )
         if symptom_onset is not None and config.w_late:
             after = np.clip((onset[survivors] - symptom_onset) / batch.step_s, 0.0, None)

@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 import schemas
 from jobs.causal.alerts import Incident, Symptom
 from jobs.causal.record import build_record
-from jobs.causal.search import CausalSearch, SearchConfig, evaluate
+from jobs.causal.search import OFF_GRAPH, CausalSearch, SearchConfig, evaluate
 from pipeline.ingest.spans import spans_table
 from pipeline.testing import kv
 from pipeline.worldmodel.model import WorldModel
@@ -327,3 +327,23 @@ def test_candidates_follow_the_graph(hops: int) -> None:
     candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
     assert "service:checkout" in candidates
     assert (DB in candidates) == (hops > 1)
+
+
+def test_the_graph_is_a_prior_not_a_filter() -> None:
+    # a service that only sends metrics (no trace places it in the graph) is still a
+    # candidate: its CPU saturating before the symptom ranks it, behind the symptom's own
+    # deviation only (the graph places checkout, healthy, upstream of frontend)
+    series = ("service:ledger", "process.cpu.utilization")
+    model = _model({("service:frontend", "span.latency_p95_ms"): (FAULT + 1, 3.0)})
+    rng = random.Random(3)
+    for i in range(END):
+        value = 0.2 * (1 + rng.gauss(0, 0.03)) * (4.0 if i >= FAULT else 1.0)
+        model.baselines.update(*series, T0 + i * MIN, value)
+    model.baselines.advance(T0 + END * MIN)
+    candidates, graph = CausalSearch(model).candidates(["service:frontend"], T0 + END * MIN)
+    assert "service:ledger" not in graph and candidates["service:ledger"] == OFF_GRAPH
+    assert candidates["service:checkout"] > 0
+    result = _search(model)
+    ranked = {c.entity: c for c in result.causes[:2]}
+    assert "service:ledger" in ranked, result.causes
+    assert ranked["service:ledger"].signal == "process.cpu.utilization"
