@@ -309,6 +309,15 @@ def _seeds(text: str) -> list[int]:
     " service just deployed or a replay of a short capture.",
 )
 @click.option(
+    "--realism",
+    type=click.Choice(list(simulator.REALISM)),
+    default="full",
+    show_default=True,
+    help="What the deployment delivers: "
+    + "; ".join(f"{k}: {v}" for k, v in simulator.REALISM.items())
+    + ".",
+)
+@click.option(
     "--cache",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
@@ -322,6 +331,7 @@ def simulator_command(
     scenarios: tuple[str, ...],
     no_normal: bool,
     history_s: float,
+    realism: str,
     cache: Path | None,
     json_out: Path | None,
 ) -> None:
@@ -335,7 +345,7 @@ def simulator_command(
     )
     held = [1] if quick and seeds == "1-2" else _seeds(seeds)
     train = _seeds(train_seeds) if train_seeds else []
-    suite = simulator.SuiteConfig(history_s=history_s)
+    suite = simulator.SuiteConfig(history_s=history_s, realism=realism)
     config = SearchConfig()
     per_seed = len(names) + (0 if no_normal else 1)
     with Progress(

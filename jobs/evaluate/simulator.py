@@ -75,6 +75,19 @@ CASE_VERSION = 2  # part of a cached case's name: bumped when a case is prepared
 BINS = 10
 
 
+REALISM = {
+    "full": "traces, metrics and logs as instrumented; the alert names its signal",
+    "metrics-only": "no traces and no logs: no dependency graph, only the metrics",
+    "unobserved-alert": "the alert names its service but a signal worldline does not receive"
+    " (a synthetic probe)",
+    "trace-windows": "traces only in one minute of every three (files missing, sampling windows)",
+    "metrics-300s": "metrics scraped every 300 s instead of every 15 s",
+}
+"""What real deployments look like, as variations of the same simulated incidents."""
+TRACE_WINDOW_EVERY = 3  # trace-windows: one minute of traces kept in this many
+COARSE_SCRAPE_S = 300.0  # metrics-300s
+
+
 @dataclass(frozen=True)
 class SuiteConfig:
     services: int = 14
@@ -83,6 +96,7 @@ class SuiteConfig:
     peak_rate: float = 15.0
     slice_s: float = 10.0
     start_s: float = START
+    realism: str = "full"
 
     def run(self, scenario: str, seed: int) -> RunConfig:
         return RunConfig(
@@ -230,6 +244,7 @@ def prepare(
         for r in records
         if r.topic == "alerts" and (doc := orjson.loads(r.value)).get("status") == "firing"
     ]
+    records = realistic(records, suite.realism)
     if firing and labels["faults"]:
         record, payload = min(firing, key=lambda x: x[0].timestamp_ms)
         cut_ms = settled_ms(record.timestamp_ms, parse_webhook(payload)[0].starts_at_s)
@@ -248,6 +263,8 @@ def prepare(
     backfill_bundle(bundle, settings, now=dt.datetime.fromtimestamp(cut_ms / 1000, tz=dt.UTC))
     store = SegmentStore(settings.data_dir / "segments")
     model = reads.load(store)
+    if suite.realism == "unobserved-alert":
+        payload = unobserved(payload)
     [alert] = parse_webhook(payload)
     known = {e for e, _ in model.baselines.keys()}
     known.update(str(n) for n in model.graph.as_of(model.watermark or 2**62).nodes)
@@ -260,6 +277,44 @@ def prepare(
     if baselines:
         prepared.baselines = baseline_rankings(store, model, alert.starts_at_s, settings.interval_s)
     return prepared
+
+
+def realistic(records: list[Record], realism: str) -> list[Record]:
+    """The simulated telemetry as a deployment of kind ``realism`` (``REALISM``) delivers it."""
+    if realism == "metrics-only":
+        return [r for r in records if r.topic not in ("otlp_spans", "otlp_logs")]
+    if realism == "trace-windows":
+        return [
+            r
+            for r in records
+            if r.topic != "otlp_spans" or (r.timestamp_ms // 60_000) % TRACE_WINDOW_EVERY == 0
+        ]
+    if realism == "metrics-300s":
+        # scrapes are stamped at their own time: one in every COARSE_SCRAPE_S is kept
+        first: dict[int, int] = {}
+        for r in records:
+            if r.topic == "otlp_metrics":
+                slot = int(r.timestamp_ms // (COARSE_SCRAPE_S * 1000))
+                first[slot] = min(first.get(slot, r.timestamp_ms), r.timestamp_ms)
+        keep = set(first.values())
+        return [r for r in records if r.topic != "otlp_metrics" or r.timestamp_ms in keep]
+    if realism not in REALISM:
+        raise ValueError(f"unknown realism {realism!r}: one of {', '.join(REALISM)}")
+    return records
+
+
+def unobserved(payload: dict[str, Any]) -> dict[str, Any]:
+    """The alert as a synthetic probe on the same service would fire it: same service and
+    time, a name and summary that say nothing of the signal."""
+    out = orjson.loads(orjson.dumps(payload))
+    for alert in out["alerts"]:
+        service = alert["labels"].get("service", "")
+        alert["labels"] = {"alertname": "SyntheticProbeRed", "service": service}
+        alert["annotations"] = {"summary": f"the synthetic probe of {service} is red"}
+    out["commonLabels"] = {"alertname": "SyntheticProbeRed"}
+    out["commonAnnotations"] = {}
+    out["groupLabels"] = {"alertname": "SyntheticProbeRed"}
+    return dict(out)
 
 
 def _attributed(entity: str, signal: str, services: set[str]) -> str:
@@ -358,7 +413,7 @@ def prepare_all(
     before under the same suite settings is read back instead of simulated again."""
     out = []
     names = [*scenarios, *(["normal"] if normal_runs else [])]
-    tag = "-".join(f"{v:g}" for v in (*astuple(suite), CASE_VERSION))
+    tag = "-".join(v if isinstance(v, str) else f"{v:g}" for v in (*astuple(suite), CASE_VERSION))
     for seed in seeds:
         for name in names:
             path = cache / f"{name}-{seed}-{tag}-{int(baselines)}.pkl" if cache else None
