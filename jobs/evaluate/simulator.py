@@ -281,6 +281,8 @@ def prepare(
 
 def realistic(records: list[Record], realism: str) -> list[Record]:
     """The simulated telemetry as a deployment of kind ``realism`` (``REALISM``) delivers it."""
+    if realism not in REALISM:
+        raise ValueError(f"unknown realism {realism!r}: one of {', '.join(REALISM)}")
     if realism == "metrics-only":
         return [r for r in records if r.topic not in ("otlp_spans", "otlp_logs")]
     if realism == "trace-windows":
@@ -298,8 +300,6 @@ def realistic(records: list[Record], realism: str) -> list[Record]:
                 first[slot] = min(first.get(slot, r.timestamp_ms), r.timestamp_ms)
         keep = set(first.values())
         return [r for r in records if r.topic != "otlp_metrics" or r.timestamp_ms in keep]
-    if realism not in REALISM:
-        raise ValueError(f"unknown realism {realism!r}: one of {', '.join(REALISM)}")
     return records
 
 
@@ -314,7 +314,7 @@ def unobserved(payload: dict[str, Any]) -> dict[str, Any]:
     out["commonLabels"] = {"alertname": "SyntheticProbeRed"}
     out["commonAnnotations"] = {}
     out["groupLabels"] = {"alertname": "SyntheticProbeRed"}
-    return dict(out)
+    return out
 
 
 def _attributed(entity: str, signal: str, services: set[str]) -> str:

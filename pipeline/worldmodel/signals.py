@@ -327,6 +327,7 @@ class MetricDeriver:
             info = counters.get(sid_int) or meta[sid_int]
             emit(t, entity, base, self._values(sid_int, info["kind"], info, row))
         for family in sorted(families):
+            sid = family.sid
             for t, roles in sorted(families[family].items()):
                 point = family.point(roles)
                 if point is None:
@@ -336,9 +337,7 @@ class MetricDeriver:
                     continue
                 info, row = point
                 row["time_unix_nano"] = t
-                emit(
-                    t, family.entity, family.name, self._values(family.sid, info["kind"], info, row)
-                )
+                emit(t, family.entity, family.name, self._values(sid, info["kind"], info, row))
         if not rows_t:
             return empty_signals()
         raw = pl.DataFrame(
@@ -488,7 +487,6 @@ class _Family:
         """The family's parts at one time as an OTLP-shaped point (info, row) for
         ``MetricDeriver._values``, or None when they do not make one (no bucket at all)."""
         count = roles.get(("count", 0.0))
-        total = roles.get(("sum", 0.0))
         if self.kind == "summary":
             qs = sorted(q for role, q in roles if role == "q")
             return (
@@ -497,7 +495,7 @@ class _Family:
                     "quantiles": qs,
                     "quantile_values": [roles[("q", q)] for q in qs],
                     "count": count or 0.0,
-                    "sum": total or 0.0,
+                    "sum": roles.get(("sum", 0.0), 0.0),
                     # start unknown: counts are taken as increases over the previous point
                     "start_unix_nano": 0,
                 },
@@ -507,30 +505,40 @@ class _Family:
             return None
         cumulative = [roles[("le", le)] for le in les]
         bounds = [le for le in les if math.isfinite(le)]
-        overall = cumulative[-1] if not math.isfinite(les[-1]) else count
-        if overall is None:
-            overall = cumulative[-1]
-        finite = cumulative[: len(bounds)]
-        counts = [finite[0]] if finite else []
-        counts += [max(0.0, b - a) for a, b in zip(finite, finite[1:], strict=False)]
-        counts.append(max(0.0, overall - (finite[-1] if finite else 0.0)))
+        # every observation: the +Inf bucket, else the count, else the widest bucket
+        overall = cumulative[-1] if math.isinf(les[-1]) or count is None else count
+        edges = [0.0, *cumulative[: len(bounds)]]
+        counts = [max(0.0, b - a) for a, b in zip(edges, edges[1:], strict=False)]
+        counts.append(max(0.0, overall - edges[-1]))
         return (
             {"kind": "histogram", "temporality": 2},
-            {
-                "bucket_counts": counts,
-                "explicit_bounds": bounds,
-                "count": sum(counts),
-            },
+            {"bucket_counts": counts, "explicit_bounds": bounds, "count": sum(counts)},
         )
 
 
 def _unit_by_name(name: str) -> str:
     """A Prometheus counter's unit from its name (the naming conventions put base units in
     the name: ``_seconds_total``, ``_bytes_total``); one without a unit counts events."""
-    for marker, unit in (("_seconds", "s"), ("_bytes", "By"), ("_ratio", "1.0")):
+    for marker, unit in (("_seconds", "s"), ("_bytes", "By")):
         if marker in name:
             return unit
     return "1"
+
+
+def _part(name: str, attrs: Mapping[str, object]) -> tuple[str, tuple[str, float]] | None:
+    """(base name, role) of a series that may be part of a histogram or summary: a bucket
+    ``("le", bound)``, a quantile ``("q", quantile)``, ``("sum", 0)`` or ``("count", 0)``."""
+    try:
+        if name.endswith("_bucket") and "le" in attrs:
+            return name[: -len("_bucket")], ("le", float(str(attrs["le"])))
+        if "quantile" in attrs:
+            return name, ("q", float(str(attrs["quantile"])))
+    except ValueError:  # a bound or quantile that is no number: an ordinary series
+        return None
+    for suffix in ("_sum", "_count"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)], (suffix[1:], 0.0)
+    return None
 
 
 def prometheus_conventions(
@@ -538,56 +546,43 @@ def prometheus_conventions(
 ) -> tuple[dict[int, tuple[_Family, tuple[str, float]]], dict[int, dict[str, object]]]:
     """Gauge series that follow Prometheus' naming conventions, as remote_write sends them.
 
-    Returns the parts of histograms and summaries (series id -> (family, role): ``("le",
-    bound)``, ``("q", quantile)``, ``("sum", 0)``, ``("count", 0)``) and the counters (series
-    id -> its info as a cumulative monotonic sum: ``*_total``, and a ``*_count`` with no
-    family), so that ``<base>_bucket{le="0.02"}`` is one bucket of a histogram, not a series
-    of its own, and ``requests_total`` a rate with resets handled. Counters are recognised
-    only without a unit (remote_write sends none; a unit says the sender typed the series)."""
-    parts: dict[int, tuple[_Family, tuple[str, float]]] = {}
-    counters: dict[int, dict[str, object]] = {}
-    keyed: dict[int, tuple[str, str, dict[str, str]]] = {}
-    families: dict[tuple[str, str, str], str] = {}
+    Returns the parts of histograms and summaries (series id -> (family, role), ``_part``)
+    and the counters (series id -> its info as a cumulative monotonic sum: ``*_total``, and
+    a ``*_count`` with no family), so that ``<base>_bucket{le="0.02"}`` is one bucket of a
+    histogram, not a series of its own, and ``requests_total`` a rate with resets handled.
+    A family is a histogram when it has buckets, else a summary when it has quantiles or
+    both a sum and a count. Counters are recognised only without a unit (remote_write sends
+    none; a unit says the sender typed the series)."""
+    found: dict[int, tuple[tuple[str, str, str], tuple[str, float]] | None] = {}
+    roles: dict[tuple[str, str, str], set[str]] = {}
     for sid, info in meta.items():
         if info.get("kind") != "gauge":
             continue
         entity, _ = MetricDeriver._names(info)
         attrs = orjson.loads(str(info.get("attributes") or "{}"))
-        name = str(info["name"])
-        keyed[sid] = (entity, name, attrs)
-        if name.endswith("_bucket") and "le" in attrs:
-            families[(entity, name[: -len("_bucket")], _qualifiers(attrs))] = "histogram"
-        elif "quantile" in attrs:
-            families.setdefault((entity, name, _qualifiers(attrs)), "summary")
-    sums = {
-        (entity, name[: -len("_sum")], _qualifiers(attrs))
-        for entity, name, attrs in keyed.values()
-        if name.endswith("_sum")
-    }
-    for entity, name, attrs in keyed.values():
-        key = (entity, name[: -len("_count")], _qualifiers(attrs))
-        if name.endswith("_count") and key in sums and key not in families:
-            families[key] = "summary"  # a summary without quantiles: its count and sum
-    for sid, (entity, name, attrs) in keyed.items():
-        qualifiers = _qualifiers(attrs)
-        role: tuple[str, float] | None = None
-        base = name
-        try:
-            if name.endswith("_bucket") and "le" in attrs:
-                base, role = name[: -len("_bucket")], ("le", float(attrs["le"]))
-            elif "quantile" in attrs:
-                role = ("q", float(attrs["quantile"]))
-            elif name.endswith("_sum"):
-                base, role = name[: -len("_sum")], ("sum", 0.0)
-            elif name.endswith("_count"):
-                base, role = name[: -len("_count")], ("count", 0.0)
-        except ValueError:  # a bound or quantile that is no number: an ordinary series
-            role = None
-        kind = families.get((entity, base, qualifiers)) if role is not None else None
-        if kind is not None and role is not None:
+        part = _part(str(info["name"]), attrs)
+        found[sid] = None
+        if part is not None:
+            key = (entity, part[0], _qualifiers(attrs))
+            found[sid] = (key, part[1])
+            roles.setdefault(key, set()).add(part[1][0])
+    parts: dict[int, tuple[_Family, tuple[str, float]]] = {}
+    counters: dict[int, dict[str, object]] = {}
+    for sid, entry in found.items():
+        kinds = roles.get(entry[0], set()) if entry is not None else set()
+        kind = (
+            "histogram"
+            if "le" in kinds
+            else "summary"
+            if "q" in kinds or {"sum", "count"} <= kinds
+            else None
+        )
+        name = str(meta[sid]["name"])
+        if entry is not None and kind is not None:
+            (entity, base, qualifiers), role = entry
             named = base + (f"{{{qualifiers}}}" if qualifiers else "")
             parts[sid] = (_Family(kind, entity, named), role)
-        elif (name.endswith("_total") or name.endswith("_count")) and not meta[sid].get("unit"):
+        elif name.endswith(("_total", "_count")) and not meta[sid].get("unit"):
             counters[sid] = {
                 **meta[sid],
                 "kind": "sum",
