@@ -30,6 +30,8 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from jobs.causal import calibration
+from jobs.causal.calibration import Calibration
 from pipeline.worldmodel.baseline import SCORE_LIMIT
 from pipeline.worldmodel.graph import CACHE_SYSTEMS, K8S_SERVICE_DNS, EntityRef
 from pipeline.worldmodel.model import WorldModel
@@ -99,6 +101,10 @@ class SearchConfig:
     # says "sharper", not how much. ECE train 0.15 -> 0.04, held-out 0.12 -> 0.02.
     null_logit: float = 2.0
     temperature: float = 0.5
+    # the published top probability: intercept, then one weight per ``calibration.FEATURES``
+    # (``worldline evaluate lodo`` fits it on every dataset family and judges it on each one
+    # left out)
+    calibration: tuple[float, ...] = (1.316, 0.160, 0.121, -0.859, 0.544, 0.384, 0.776, -1.097)
     abstain_below: float = 0.35  # top probability under this: abstain, name what would separate
     chronic_weight: float = 0.25  # deviations older than the window count this much
     warmup_intervals: int = 15  # scores of a series' first intervals are not evidence
@@ -1012,6 +1018,25 @@ class CausalSearch:
                     names,
                 )
             )
+        stats: dict[str, float] = {}
+        if causes:
+            top = int(survivors[int(order_s[0])])
+            margin = (
+                float(logits[order_s[0]] - logits[order_s[1]]) / config.temperature
+                if len(order_s) > 1
+                else None
+            )
+            alerted = alert_s if alert_s is not None else t_s
+            lead = (alerted - onset[top]) / batch.step_s if np.isfinite(onset[top]) else None
+            stats = calibration.features(
+                causes[0].probability,
+                margin,
+                lead,
+                bool(best_row[top] >= 0 and abs(ev.peak[best_row[top]]) >= config.z_cap),
+                int(sources[top]),
+                symptom_onset is not None,
+                cold,
+            )
         abstained, reason, separating = False, None, []
         if not causes:
             abstained, reason = (
@@ -1022,7 +1047,8 @@ class CausalSearch:
             abstained = True
             if len(causes) > 1 and causes[1].probability > 0.5 * causes[0].probability:
                 reason = (
-                    f"the leading hypotheses cannot be told apart ({causes[0].entity} {causes[0].probability:.2f},"
+                    f"the leading hypotheses cannot be told apart (model probabilities {causes[0].entity}"
+                    f" {causes[0].probability:.2f},"
                     f" {causes[1].entity} {causes[1].probability:.2f})"
                 )
                 separating = [
@@ -1030,9 +1056,14 @@ class CausalSearch:
                     f"resource metrics of {causes[0].entity} and {causes[1].entity}",
                 ]
             else:
-                reason = f"the evidence is weak: the best hypothesis has probability {causes[0].probability:.2f}"
+                reason = (
+                    "the evidence is weak: the best hypothesis has model probability"
+                    f" {causes[0].probability:.2f}"
+                )
                 separating = [f"more history or telemetry from {causes[0].entity}"]
-        stats = {
+        if causes:
+            self._calibrate(causes, stats)
+        stats |= {
             "cold_start": float(cold),
             "hypotheses": float(len(batch)),
             "candidates": float(n_ent),
@@ -1041,6 +1072,22 @@ class CausalSearch:
             "search_ms": round((time.perf_counter() - started) * 1000, 3),
         }
         return SearchResult(causes, ruled, abstained, reason, separating, symptom_onset, stats)
+
+    def _calibrate(self, causes: list[Cause], stats: dict[str, float]) -> None:
+        """Publish the calibrated probability of the top cause (``calibration``) by setting
+        how much of the probability is on "some cause" rather than "nothing is wrong": the
+        causes keep their shares of it (ties stay ties), so the top one gets the calibrated
+        probability, or all of that mass when its share is smaller. The softmax's own top
+        probability stays in ``stats`` as ``model_probability``."""
+        raw = causes[0].probability
+        target = Calibration.from_sequence(self.config.calibration).probability(stats)
+        stats["model_probability"] = round(raw, 6)
+        total = sum(c.probability for c in causes)
+        if total <= 0.0:
+            return
+        mass = min(1.0, target * total / raw) if raw > 0.0 else 0.0
+        for cause in causes:
+            cause.probability = cause.probability / total * mass
 
     def _until_symptom_ends(
         self,
@@ -1701,7 +1748,7 @@ class _LatencyAccounts:
 
     @staticmethod
     def statistic(signal: str) -> str | None:
-        if not LATENCY_LIKE.search(signal):
+        if not LATENCY_LIKE.search(signal) or signal.endswith("error_ratio"):
             return None
         # qualifiers go, the statistic after them stays: ``duration{...}.p95`` -> ``duration.p95``
         name = _bare(signal)
@@ -1773,8 +1820,9 @@ def _family(signal: str) -> str:
 
 
 def _latency_unit(signal: str) -> str | None:
-    """The unit of a latency-like signal ("" when its name says none), else None."""
-    if not LATENCY_LIKE.search(signal):
+    """The unit of a latency-like signal ("" when its name says none), else None (a
+    duration histogram's error ratio is a share of requests, not a duration)."""
+    if not LATENCY_LIKE.search(signal) or signal.endswith("error_ratio"):
         return None
     found = LATENCY_UNIT.search(_bare(signal))
     return found.group(1) if found else ""

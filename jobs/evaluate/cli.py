@@ -252,6 +252,7 @@ def petshop_command(
                             "ranked": a.ranked[:5],
                             "probability": a.probability,
                             "reason": a.reason,
+                            "stats": a.stats,
                         }
                         for m, a in c.answers.items()
                     },
@@ -470,3 +471,66 @@ def bundle_command(
         }
         json_out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         err.print(f"wrote {json_out}")
+
+
+@evaluate.command("lodo")
+@click.option(
+    "--simulator",
+    "simulators",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A `worldline evaluate simulator --json` output (repeatable: one per realism mode).",
+)
+@click.option(
+    "--petshop",
+    "petshops",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A `worldline evaluate petshop --json` output (`--split all` gives the fit most cases).",
+)
+@click.option(
+    "--bundle",
+    "bundles",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A `worldline evaluate bundle --json` output.",
+)
+@click.option(
+    "--l2",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="L2 penalty of the calibration fit.",
+)
+def lodo_command(
+    simulators: tuple[Path, ...], petshops: tuple[Path, ...], bundles: tuple[Path, ...], l2: float
+) -> None:
+    """Every dataset side by side (top-1, top-3, abstention, specificity, ECE, with BARO and
+    N-Sigma), and the top-1 probability's calibration judged leave-one-dataset-out: fitted on
+    the other dataset families, scored on the one left out, the held-out folds pooled.
+
+    Reads the JSON the other `worldline evaluate` commands write, e.g.
+
+    \b
+      worldline evaluate simulator --realism metrics-only --json sim-metrics-only.json
+      worldline evaluate petshop --split all --json petshop.json
+      worldline evaluate bundle --json ob.json
+      worldline evaluate lodo --simulator sim-metrics-only.json --petshop petshop.json \\
+          --bundle ob.json
+    """
+    from jobs.evaluate import lodo
+
+    datasets = []
+    try:
+        for path in simulators:
+            datasets.append(lodo.from_simulator(orjson.loads(path.read_bytes())))
+        for path in petshops:
+            datasets.append(lodo.from_petshop(orjson.loads(path.read_bytes())))
+        for path in bundles:
+            datasets.append(lodo.from_bundle(orjson.loads(path.read_bytes())))
+    except (KeyError, TypeError, orjson.JSONDecodeError) as e:
+        raise click.ClickException(f"not an evaluation output this command reads: {e!r}") from e
+    if len({d.family for d in datasets}) < 2:
+        raise click.UsageError("give outputs of at least two dataset families")
+    folds, pooled = lodo.leave_one_out(datasets, l2)
+    click.echo(lodo.render(datasets, folds, pooled, l2))

@@ -416,17 +416,19 @@ class Answer:
     ranked: list[str]
     probability: float | None = None
     reason: str | None = None
+    # the search's statistics: calibration features (``jobs.causal.calibration``) among them
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 def worldline_answer(result: SearchResult) -> Answer:
     if result.abstained or not result.causes:
-        return Answer([], None, result.abstain_reason)
+        return Answer([], None, result.abstain_reason, dict(result.stats))
     ranked: list[str] = []
     for cause in result.causes:
         node = cause.entity.partition(":")[2]
         if node not in ranked:
             ranked.append(node)
-    return Answer(ranked, result.causes[0].probability)
+    return Answer(ranked, result.causes[0].probability, None, dict(result.stats))
 
 
 def symptom_signal(metric: str, agg: str, latency_statistic: str | None = None) -> str:

@@ -44,6 +44,7 @@ import pyarrow as pa
 
 from jobs.backfill import backfill_bundle
 from jobs.causal.alerts import SymptomMapper, parse_webhook
+from jobs.causal.calibration import PREFIX, Calibration, log_odds
 from jobs.causal.search import (
     PEER,
     CausalSearch,
@@ -150,6 +151,8 @@ class Outcome:
     hits: list[bool]  # hit at k = 1..5 (worldline)
     baseline_hits: dict[str, list[bool]]
     baseline_ranked: dict[str, list[str]]
+    # the search's statistics: calibration features (``jobs.causal.calibration``) among them
+    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def named_cause(self) -> bool:
@@ -396,6 +399,7 @@ def score(prepared: Prepared, config: SearchConfig) -> Outcome:
         hits=hits_at(ranked, labels),
         baseline_hits={m: hits_at(r, labels) for m, r in prepared.baselines.items()},
         baseline_ranked={m: r[:5] for m, r in prepared.baselines.items()},
+        stats=dict(result.stats),
     )
 
 
@@ -564,9 +568,15 @@ def with_probability(outcomes: Sequence[Outcome], config: SearchConfig) -> list[
     """The outcomes as the search would give them under ``config``'s temperature and null logit
     (same ranking; probability and probability-based abstention recomputed)."""
     out = []
+    mapping = Calibration.from_sequence(config.calibration)
     for o in outcomes:
-        p = recalibrated(o, config.temperature, config.null_logit)
-        out.append(replace(o, probability=p, abstained=(not o.logits) or p < config.abstain_below))
+        raw = recalibrated(o, config.temperature, config.null_logit)
+        p = raw
+        if o.logits and PREFIX + "odds" in o.stats:
+            p = mapping.probability(o.stats | {PREFIX + "odds": log_odds(raw)})
+        out.append(
+            replace(o, probability=p, abstained=(not o.logits) or raw < config.abstain_below)
+        )
     return out
 
 
@@ -629,12 +639,14 @@ def outcome_json(o: Outcome) -> dict[str, Any]:
         "scenario": o.scenario,
         "seed": o.seed,
         "fault_class": o.fault_class,
+        "fault": o.fault,
         "alerted": o.alerted,
         "ranked": o.ranked[:5],
         "probability": o.probability,
         "abstained": o.abstained,
         "reason": o.reason,
         "hits": o.hits,
+        "stats": o.stats,
         "baselines": {
             m: {"ranked": o.baseline_ranked.get(m, []), "hits": h}
             for m, h in o.baseline_hits.items()

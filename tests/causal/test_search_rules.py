@@ -300,7 +300,7 @@ def test_an_alert_its_own_signal_does_not_show_is_answered_only_for_a_strong_dep
     result = _search(failing, "availability.average")
     assert _top(result) == "service:app"
     # the symptom itself looks normal: "nothing is wrong" keeps at least even odds
-    assert result.causes[0].probability == pytest.approx(0.5, abs=0.01)
+    assert result.stats["model_probability"] == pytest.approx(0.5, abs=0.01)
     assert not math.isnan(result.causes[0].logit)
 
 
@@ -321,7 +321,7 @@ def test_a_failure_alert_its_own_signal_does_not_show_is_answered_for_a_failing_
     )
     result = _search(world, "availability.average")
     assert _top(result) == "service:app"
-    assert result.causes[0].probability <= 0.5 + 1e-9
+    assert result.stats["model_probability"] <= 0.5 + 1e-9
     # the one that fails less clearly is ranked too, as an alternative
     assert [c.entity for c in result.causes[:2]] == ["service:app", "service:other"]
     off = _search(world, "availability.average", uncorroborated_failure_z=0.0)
@@ -627,7 +627,7 @@ def test_a_cold_start_counts_young_scores() -> None:
     world = _young_world(steady)
     result = _search(world, "latency.average")
     assert _top(result) == "service:app"
-    assert 0.35 <= result.causes[0].probability <= 4 / 5 + 1e-9
+    assert 0.35 <= result.stats["model_probability"] <= 4 / 5 + 1e-9
     # without the cold start the scores of so young a series are not trusted
     off = _search(world, "latency.average", cold_start=False)
     assert off.abstained and "too little history" in (off.abstain_reason or "")
@@ -644,7 +644,7 @@ def test_a_fault_at_the_second_value_ever_seen_is_read_against_the_prior_spread(
     result = _search(world, "latency.average")
     assert _top(result) == "service:app"
     assert result.stats["cold_start"] == 1.0
-    assert result.causes[0].probability <= 4 / 5 + 1e-9
+    assert result.stats["model_probability"] <= 4 / 5 + 1e-9
     # a normal second value (within a tenth) says nothing is wrong
     calm = _search(_young_world([[0.10, 0.18], [0.105, 0.19]]), "latency.average")
     assert calm.abstained and not calm.causes
@@ -664,7 +664,7 @@ def test_an_incident_that_began_in_the_warm_up_is_read_from_the_young_scores() -
     assert model.baselines.get("service:front", "latency.average").intervals_learned == 15
     result = _search(world, "latency.average")
     assert _top(result) == "service:app"
-    assert result.causes[0].probability <= 4 / 5 + 1e-9
+    assert result.stats["model_probability"] <= 4 / 5 + 1e-9
     assert result.stats["cold_start"] == 1.0
     off = _search(world, "latency.average", cold_start=False)
     assert off.abstained and "nowhere" in (off.abstain_reason or "")
@@ -846,7 +846,7 @@ def test_an_alert_on_an_unobserved_signal_is_a_cold_start_when_the_model_is_youn
     result = CausalSearch(model, SearchConfig()).run([("service:front", None)], t_s)
     assert result.stats["cold_start"] == 1.0
     assert result.causes and result.causes[0].entity == "service:app"
-    assert result.causes[0].probability <= 0.8 + 1e-9
+    assert result.stats["model_probability"] <= 0.8 + 1e-9
 
 
 def test_a_dependency_slow_since_long_before_does_not_explain_a_new_slowdown() -> None:
