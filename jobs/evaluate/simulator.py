@@ -377,9 +377,24 @@ def baseline_rankings(
     return out
 
 
+def as_searched(model: WorldModel, t_s: float) -> WorldModel:
+    """The model as the causal stage searches it at ``t_s``: itself when it has closed the
+    interval holding ``t_s``, else a copy with the open intervals through that one closed as
+    they stand (``WorldModel.provisional``). Metrics scraped every few minutes hold the
+    model's watermark back that long; the stage does not wait for them."""
+    t_ns = int(t_s * 1e9)
+    interval_ns = int(model.config.interval_s * 1e9)
+    if model.closed_through >= (t_ns // interval_ns + 1) * interval_ns:
+        return model
+    view = WorldModel.restore(model.checkpoint())
+    view.provisional(t_ns)
+    return view
+
+
 def score(prepared: Prepared, config: SearchConfig) -> Outcome:
     if prepared.symptoms:
-        result = CausalSearch(prepared.model, config).run(prepared.symptoms, prepared.t_s)
+        model = as_searched(prepared.model, prepared.t_s)
+        result = CausalSearch(model, config).run(prepared.symptoms, prepared.t_s)
     else:
         result = SearchResult([], [], True, "the alert names no known entity", [], None, {})
     ranked = _distinct([c.entity for c in result.causes])

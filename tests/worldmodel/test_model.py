@@ -325,3 +325,18 @@ def test_silence_is_zero_only_while_the_source_reports() -> None:
     assert zeros["interval_start_unix_nano"].to_list() == [BASE_NS + MINUTE, BASE_NS + 3 * MINUTE]
     # nothing at all from the source: no interval is filled
     assert model._zero_fill(rows.clear(), BASE_NS + 4 * MINUTE, ("span.rate_per_s",)).height == 0
+
+
+def test_the_simulator_searches_the_model_as_the_causal_stage_does(store: SegmentStore) -> None:
+    from jobs.evaluate.simulator import as_searched
+
+    model = WorldModel(WorldModelConfig(interval_s=60, allowed_lateness_s=60))
+    _feed(model, store)
+    alert_s = (BASE_NS + 9 * MINUTE + 30 * 10**9) / 1e9
+    view = as_searched(model, alert_s)
+    # a copy closed through the alert's interval; the prepared model itself is untouched
+    assert view is not model and view.closed_through == BASE_NS + 10 * MINUTE
+    assert model.closed_through == BASE_NS + 8 * MINUTE
+    # a model that has closed the alert's interval is searched as it is
+    earlier_s = (BASE_NS + 7 * MINUTE) / 1e9
+    assert as_searched(model, earlier_s) is model
