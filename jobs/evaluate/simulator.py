@@ -43,7 +43,7 @@ import polars as pl
 import pyarrow as pa
 
 from jobs.backfill import backfill_bundle
-from jobs.causal.alerts import SymptomMapper, parse_webhook
+from jobs.causal.alerts import Alert, SymptomMapper, parse_webhook
 from jobs.causal.calibration import PREFIX, Calibration, log_odds
 from jobs.causal.search import (
     PEER,
@@ -72,7 +72,7 @@ NO_ALERT_DELAY_S = 300.0  # search time when no alert fired (and the synthetic a
 BASELINE_WINDOW_S = 600.0  # the incident window BARO and N-Sigma rank over
 HIGH_CONFIDENCE = 0.8
 SETTLE_SLACK_S = 15.0  # a metric scrape interval: telemetry after it moves the watermark on
-CASE_VERSION = 2  # part of a cached case's name: bumped when a case is prepared differently
+CASE_VERSION = 3  # part of a cached case's name: bumped when a case is prepared differently
 BINS = 10
 
 
@@ -124,6 +124,9 @@ class Prepared:
     t_s: float
     alerted: bool
     baselines: dict[str, list[str]] = field(default_factory=dict)  # method -> ranked entities
+    # the alert as filed: its entity and signal are mapped again at every search, as the
+    # causal stage does (``symptoms`` is the mapping at preparation)
+    alert: Alert | None = None
 
     @property
     def fault(self) -> bool:
@@ -269,14 +272,9 @@ def prepare(
     if suite.realism == "unobserved-alert":
         payload = unobserved(payload)
     [alert] = parse_webhook(payload)
-    known = {e for e, _ in model.baselines.keys()}
-    known.update(str(n) for n in model.graph.as_of(model.watermark or 2**62).nodes)
-    signals: dict[str, list[str]] = {}
-    for entity, signal in model.baselines.keys():
-        signals.setdefault(entity, []).append(signal)
-    symptom = SymptomMapper(known, lambda e: signals.get(e, [])).map(alert)
-    symptoms = [(symptom.entity, symptom.signal)] if symptom.entity else []
+    symptoms = mapped_symptoms(model, alert)
     prepared = Prepared(scenario, seed, labels, model, symptoms, alert.starts_at_s, alerted)
+    prepared.alert = alert
     if baselines:
         prepared.baselines = baseline_rankings(store, model, alert.starts_at_s, settings.interval_s)
     return prepared
@@ -391,10 +389,24 @@ def as_searched(model: WorldModel, t_s: float) -> WorldModel:
     return view
 
 
+def mapped_symptoms(model: WorldModel, alert: Alert) -> list[tuple[str, str | None]]:
+    """The alert's entity and signal on ``model``, as the causal stage maps them."""
+    known = {e for e, _ in model.baselines.keys()}
+    known.update(str(n) for n in model.graph.as_of(model.watermark or 2**62).nodes)
+    signals: dict[str, list[str]] = {}
+    for entity, signal in model.baselines.keys():
+        signals.setdefault(entity, []).append(signal)
+    symptom = SymptomMapper(known, lambda e: signals.get(e, [])).map(alert)
+    return [(symptom.entity, symptom.signal)] if symptom.entity else []
+
+
 def score(prepared: Prepared, config: SearchConfig) -> Outcome:
-    if prepared.symptoms:
+    symptoms = prepared.symptoms
+    if prepared.alert is not None:
+        symptoms = mapped_symptoms(prepared.model, prepared.alert)
+    if symptoms:
         model = as_searched(prepared.model, prepared.t_s)
-        result = CausalSearch(model, config).run(prepared.symptoms, prepared.t_s)
+        result = CausalSearch(model, config).run(symptoms, prepared.t_s)
     else:
         result = SearchResult([], [], True, "the alert names no known entity", [], None, {})
     ranked = _distinct([c.entity for c in result.causes])

@@ -22,7 +22,11 @@ histogram's or a summary's: its sampling error over them, ``sampling_resolution`
   and the average of the observations each point adds (count and sum are cumulative since the
   start time), each known to its sampling error over those observations. Cumulative series
   need the previous point, which ``MetricDeriver`` keeps per series (bounded, counted,
-  snapshot-able).
+  snapshot-able). Series that count requests split by outcome (OpenTelemetry's
+  ``error.type`` and status code attributes, Prometheus' ``code`` / ``status`` labels) also
+  give their group's ``error_ratio``: the share of the group's requests that failed, with the
+  request count as exposure, 0 in an interval where requests succeeded. Without it an error
+  shows only as a series that never existed before.
 """
 
 from __future__ import annotations
@@ -295,6 +299,10 @@ class MetricDeriver:
         parts, counters = prometheus_conventions(meta)
         families: dict[_Family, dict[int, dict[tuple[str, float], float]]] = {}
 
+        # (interval, entity, group) -> [failed, all] requests counted by outcome-split series
+        outcomes: dict[tuple[int, str, str], list[float]] = {}
+        outcome_of: dict[str, tuple[str, bool] | None] = {}
+
         def emit(t: int, entity: str, base: str, values: list[tuple[str, float, float, float]]):
             bucket = (t // interval_ns) * interval_ns
             for name, value, exposure, resolution in values:
@@ -304,6 +312,15 @@ class MetricDeriver:
                 rows_v.append(value)
                 rows_x.append(exposure)
                 rows_r.append(resolution)
+                if name == ".rate_per_s" and exposure > 0:
+                    if base not in outcome_of:
+                        outcome_of[base] = request_outcome(base)
+                    split = outcome_of[base]
+                    if split is not None:
+                        group, failed = split
+                        counts = outcomes.setdefault((bucket, entity, group), [0.0, 0.0])
+                        counts[0] += value * exposure if failed else 0.0
+                        counts[1] += value * exposure
 
         # one pass over the rows sorted by series (a group_by per series costs a gather each)
         for row in frame.iter_rows(named=True):
@@ -338,6 +355,14 @@ class MetricDeriver:
                 info, row = point
                 row["time_unix_nano"] = t
                 emit(t, family.entity, family.name, self._values(sid, info["kind"], info, row))
+        for (bucket, entity, group), (failed, total) in outcomes.items():
+            if total > 0:
+                rows_t.append(bucket)
+                rows_e.append(entity)
+                rows_s.append(group + ".error_ratio")
+                rows_v.append(failed / total)
+                rows_x.append(total)
+                rows_r.append(0.0)
         if not rows_t:
             return empty_signals()
         raw = pl.DataFrame(
@@ -462,6 +487,55 @@ class MetricDeriver:
 
 
 _NOT_QUALIFIERS = ("le", "quantile")
+# attributes that split a request count by outcome: OpenTelemetry semantic conventions
+# (``error.type`` is set only on failed requests), older instrumentations and Prometheus labels
+_ERROR_TYPE = "error.type"
+_STATUS_CODES = (
+    "http.response.status_code",
+    "http.status_code",
+    "rpc.grpc.status_code",
+    "otel.status_code",
+    "status_code",
+    "code",
+    "status",
+)
+_FAILED_WORDS = frozenset({"error", "failure", "failed", "fail", "status_code_error"})
+
+
+def request_outcome(base: str) -> tuple[str, bool] | None:
+    """``(group, failed)`` of a series named ``name{k=v,...}`` whose qualifiers split its
+    requests by outcome: the group is the name without the outcome qualifiers, and the series
+    counts failures when ``error.type`` is set, an HTTP status is 5xx, a gRPC status is not OK
+    (0) or a status says error. None when no qualifier speaks of the outcome."""
+    name, brace, rest = base.partition("{")
+    if not brace or not rest.endswith("}"):
+        return None
+    pairs = [part.partition("=") for part in rest[:-1].split(",")]
+    if any(not sep for _, sep, _ in pairs):
+        return None  # a value with a comma: the qualifiers cannot be told apart
+    kept, outcome, failed = [], False, False
+    for key, _, value in pairs:
+        if key == _ERROR_TYPE:
+            outcome = True
+            failed = failed or value not in ("", "_OTHER_NONE")
+        elif key in _STATUS_CODES:
+            outcome = True
+            failed = failed or _failed_status(key, value)
+        else:
+            kept.append(f"{key}={value}")
+    if not outcome:
+        return None
+    return name + (f"{{{','.join(kept)}}}" if kept else ""), failed
+
+
+def _failed_status(key: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text.isdigit():
+        code = int(text)
+        return code != 0 if key == "rpc.grpc.status_code" else code >= 500
+    if text.endswith("xx") and text[:1].isdigit():  # Prometheus' "5xx" classes
+        return text[0] == "5"
+    return text in _FAILED_WORDS
 
 
 @dataclass(frozen=True, order=True)

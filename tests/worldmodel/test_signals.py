@@ -18,6 +18,7 @@ from pipeline.worldmodel.signals import (
     histogram_quantile_step,
     log_signals,
     new_templates,
+    request_outcome,
     sampling_resolution,
     span_signals,
 )
@@ -420,3 +421,83 @@ def test_a_remote_write_histogram_keeps_its_state_across_batches() -> None:
     frame = deriver.derive(*late)
     assert _value(frame, "service:shop", "lat_seconds.rate_per_s") == pytest.approx([20 / 60] * 2)
     assert [k for k in deriver.last if k < 0]  # the family's state, never a stored series id
+
+
+def _outcome_histograms(per_interval: list[tuple[int, int]]) -> Any:
+    """OTel delta histograms of one route, split by outcome as the semantic conventions do:
+    ``(succeeded, failed)`` requests per minute; failed ones carry ``error.type``."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    from pipeline.testing import kv
+
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    rm.resource.attributes.append(kv("service.name", "cart"))
+    hist = rm.scope_metrics.add().metrics.add(name="http.server.request.duration", unit="s")
+    hist.histogram.aggregation_temporality = 1
+    for i, (ok, failed) in enumerate(per_interval):
+        t = BASE_NS + (i + 1) * 60_000_000_000
+        for n, status in ((ok, "200"), (failed, "500")):
+            if n == 0:
+                continue  # an outcome without requests sends no point, as SDKs do
+            dp = hist.histogram.data_points.add(
+                time_unix_nano=t,
+                start_time_unix_nano=t - 60_000_000_000,
+                count=n,
+                sum=0.05 * n,
+                bucket_counts=[n, 0],
+                explicit_bounds=[0.1],
+            )
+            dp.attributes.extend(
+                [kv("http.route", "/cart"), kv("http.response.status_code", status)]
+            )
+            if status == "500":
+                dp.attributes.append(kv("error.type", "500"))
+    return req
+
+
+def test_requests_split_by_outcome_give_their_error_ratio() -> None:
+    series, points = metrics_tables([_outcome_histograms([(100, 0), (120, 0), (70, 30)])])
+    frame = MetricDeriver(interval_s=60).derive(series, points)
+    ratio = "http.server.request.duration{http.route=/cart}.error_ratio"
+    # 0 while every request succeeds (no failed series exists yet), then the failed share,
+    # counted over the group's requests
+    assert _value(frame, "service:cart", ratio) == pytest.approx([0.0, 0.0, 0.3])
+    assert _value(frame, "service:cart", ratio, "exposure") == pytest.approx([100, 120, 100])
+    # the outcome-split series stay series of their own
+    failed = "http.server.request.duration{error.type=500,http.response.status_code=500,"
+    assert _value(frame, "service:cart", failed + "http.route=/cart}.rate_per_s") == [0.5]
+
+
+def test_prometheus_status_labels_give_an_error_ratio() -> None:
+    series = [
+        ({"__name__": "http_requests_total", "code": "200", "path": "/a"}, [0.0, 90.0, 170.0]),
+        ({"__name__": "http_requests_total", "code": "503", "path": "/a"}, [0.0, 10.0, 40.0]),
+        ({"__name__": "http_requests_total", "code": "404", "path": "/a"}, [0.0, 0.0, 10.0]),
+    ]
+    series_t, points = metrics_tables([_remote_write(series)])
+    frame = MetricDeriver(interval_s=60).derive(series_t, points)
+    ratio = "http_requests_total{path=/a}.error_ratio"
+    # a 404 is the client's error, not a failure of the service
+    assert _value(frame, "service:shop", ratio) == pytest.approx([0.1, 30 / 120])
+    assert _value(frame, "service:shop", ratio, "exposure") == pytest.approx([100.0, 120.0])
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("d{error.type=timeout,server.address=db}", ("d{server.address=db}", True)),
+        ("d{http.response.status_code=503}", ("d", True)),
+        ("d{http.response.status_code=404,x=1}", ("d{x=1}", False)),
+        ("d{rpc.grpc.status_code=0}", ("d", False)),
+        ("d{rpc.grpc.status_code=14}", ("d", True)),
+        ("d{code=5xx}", ("d", True)),
+        ("d{otel.status_code=ERROR}", ("d", True)),
+        ("d{route=/a}", None),
+        ("d", None),
+    ],
+)
+def test_request_outcome(base: str, expected: tuple[str, bool] | None) -> None:
+    assert request_outcome(base) == expected
