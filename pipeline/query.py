@@ -66,9 +66,15 @@ def keyset_page(
     if after is not None:
         frame = frame.filter(pl.col(key) >= after.key)
         skip = after.skip
-    page = frame.sort(key, maintain_order=True).slice(skip, limit).collect()
-    if limit is None or page.height < limit:
-        return page, None
+    # one row more than the page, to know whether another page follows
+    collected = (
+        frame.sort(key, maintain_order=True)
+        .slice(skip, None if limit is None else limit + 1)
+        .collect()
+    )
+    if limit is None or collected.height <= limit:
+        return collected, None
+    page = collected.head(limit)
     last = int(page[key][-1])
     ties = int((page[key] == last).sum())
     return page, After(last, ties + (skip if after is not None and last == after.key else 0))
