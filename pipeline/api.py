@@ -75,11 +75,16 @@ class QueryService:
         past the time limit (waiting for a thread included)."""
 
         def fresh() -> Any:
-            self.store.refresh()
+            self.store.refresh_changed()
             return query()
 
         loop = asyncio.get_running_loop()
         return await asyncio.wait_for(loop.run_in_executor(self.executor, fresh), self.timeout_s)
+
+    async def warm_up(self, _app: web.Application | None = None) -> None:
+        """Read the store's manifests at start, in the background: the first read of a large
+        store validates every manifest, which should not count against the first query."""
+        asyncio.get_running_loop().run_in_executor(self.executor, self.store.refresh_changed)
 
     async def close(self, _app: web.Application | None = None) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -447,6 +452,7 @@ def mount_api(app: web.Application, settings: Settings, token: str | None = None
     """Add the query and model routes and the OpenAPI document to ``app``, sharing one store,
     one audit log and one pool of query threads."""
     service = QueryService(settings)
+    app.on_startup.append(service.warm_up)
     app.on_cleanup.append(service.close)
     app.add_subapp(QUERY_PREFIX, build_query_app(settings, token, service))
     app.add_subapp(MODEL_PREFIX, build_model_app(settings, token, service))
