@@ -27,6 +27,7 @@ import base64
 import binascii
 import datetime as dt
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -50,6 +51,8 @@ from pipeline.query_cli import parse_time
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
 from pipeline.worldmodel import reads
+
+log = logging.getLogger(__name__)
 
 QUERY_PREFIX = "/api/v1/query"
 MODEL_PREFIX = "/api/v1/model"
@@ -84,13 +87,21 @@ class QueryService:
     async def warm_up(self, _app: web.Application | None = None) -> None:
         """Read the store's manifests at start, in the background: the first read of a large
         store validates every manifest, which should not count against the first query."""
-        asyncio.get_running_loop().run_in_executor(self.executor, self.store.refresh_changed)
+        future = asyncio.get_running_loop().run_in_executor(
+            self.executor, self.store.refresh_changed
+        )
+        future.add_done_callback(_log_failure)
 
     async def close(self, _app: web.Application | None = None) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 SERVICE_KEY = web.AppKey("query_service", QueryService)
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("reading the segment manifests failed: %s", future.exception())
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
