@@ -4,12 +4,18 @@ Every query prunes first with the manifests (signal, time range, services), then
 surviving Parquet files with polars, with the filters pushed down into the scan. Log queries
 also prune by the template dictionary: a template or text query turns into a set of template ids
 before any log row is read.
+
+Template patterns are matched by polars (the Rust ``regex`` crate): its matching time is linear in
+the text whatever the pattern, so a pattern such as ``(x+x+)+y`` cannot stall a query the way a
+backtracking engine does; its syntax has no look-around and no back-references.
+
+Results come in pages: ``After`` marks where a page ended (the sort key of its last row and how
+many rows with that key were already returned), and the next page starts right after it.
 """
 
 from __future__ import annotations
 
 import binascii
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +38,79 @@ SEVERITY_NAMES = {
 
 class QueryError(ValueError):
     """A query argument is invalid; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class After:
+    """Where a page ended: rows sorted by ``key`` resume after ``skip`` rows whose key is ``key``
+    (rows can share a timestamp, so the key alone does not say where a page stopped)."""
+
+    key: int
+    skip: int
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict[str, Any]]
+    next: After | None
+
+
+def keyset_page(
+    frame: pl.LazyFrame, key: str, after: After | None, limit: int | None
+) -> tuple[pl.DataFrame, After | None]:
+    """One page of ``frame`` in ``key`` order (stable: equal keys keep the scan's order), with
+    where the next page starts, or None when this page reached the end (``limit`` None: all)."""
+    if limit is not None and limit < 1:
+        raise QueryError("limit must be at least 1")
+    skip = 0
+    if after is not None:
+        frame = frame.filter(pl.col(key) >= after.key)
+        skip = after.skip
+    # one row more than the page, to know whether another page follows
+    collected = (
+        frame.sort(key, maintain_order=True)
+        .slice(skip, None if limit is None else limit + 1)
+        .collect()
+    )
+    if limit is None or collected.height <= limit:
+        return collected, None
+    page = collected.head(limit)
+    last = int(page[key][-1])
+    ties = int((page[key] == last).sum())
+    return page, After(last, ties + (skip if after is not None and last == after.key else 0))
+
+
+def list_page(
+    rows: list[dict[str, Any]], key: str, after: After | None, limit: int | None
+) -> tuple[list[dict[str, Any]], After | None]:
+    """``keyset_page`` for rows already in memory, sorted by ``key``."""
+    if limit is not None and limit < 1:
+        raise QueryError("limit must be at least 1")
+    start = 0
+    if after is not None:
+        start = next((i for i, r in enumerate(rows) if int(r[key]) >= after.key), len(rows))
+        start += after.skip
+    if limit is None:
+        return rows[start:], None
+    page = rows[start : start + limit]
+    if start + limit >= len(rows):
+        return page, None
+    last = int(page[-1][key])
+    ties = sum(1 for r in page if int(r[key]) == last)
+    return page, After(last, ties + (after.skip if after is not None and last == after.key else 0))
+
+
+def regex_matches(pattern: str, texts: list[str]) -> list[bool]:
+    """Which texts ``pattern`` matches anywhere (polars' linear-time engine); QueryError if the
+    pattern is not a valid regular expression or compiles too large."""
+    try:
+        found = pl.Series(["", *texts], dtype=pl.String).str.contains(pattern)
+    except pl.exceptions.PolarsError as e:
+        detail = str(e).split("\n\nThis error occurred", 1)[0]
+        raise QueryError(
+            f"template {pattern!r} is not a usable regular expression: {detail}"
+        ) from None
+    return [bool(v) for v in found.to_list()[1:]]
 
 
 @dataclass(frozen=True)
@@ -90,6 +169,29 @@ class LogQuery:
         text: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
+        return self.page(
+            services=services,
+            time=time,
+            min_severity=min_severity,
+            template=template,
+            text=text,
+            limit=limit,
+        ).rows
+
+    def page(
+        self,
+        *,
+        services: list[str] | None = None,
+        time: TimeRange | None = None,
+        min_severity: str | int | None = None,
+        template: str | None = None,
+        text: str | None = None,
+        limit: int = 100,
+        after: After | None = None,
+    ) -> Page:
+        """Up to ``limit`` matching log rows in time order, from ``after`` on. A ``text`` query
+        drops rows whose rebuilt line lacks the text after the page is cut, so a page can hold
+        fewer rows and still have a next one."""
         time = time or TimeRange()
         manifests = self.store.select(
             "logs",
@@ -100,11 +202,12 @@ class LogQuery:
         filters: list[pl.Expr] = []
         if template is not None or text is not None:
             dictionary = self.templates()
-            pattern = re.compile(template) if template is not None else None
-            if pattern is not None:
-                wanted = {tid for tid, t in dictionary.items() if pattern.search(t)}
+            if template is not None:
+                ids = list(dictionary)
+                matched = regex_matches(template, [dictionary[tid] for tid in ids])
+                wanted = {tid for tid, hit in zip(ids, matched, strict=True) if hit}
                 if not wanted:
-                    return []
+                    return Page([], None)
                 filters.append(pl.col("template_id").is_in(sorted(wanted)))
             if text is not None:
                 in_template = sorted(tid for tid, t in dictionary.items() if text in t)
@@ -125,10 +228,10 @@ class LogQuery:
             filters.append(pl.col("severity_number") >= sev)
         scan = _scan(self.store, manifests)
         if scan is None:
-            return []
+            return Page([], None)
         for f in filters:
             scan = scan.filter(f)
-        frame = scan.sort("time_unix_nano").head(limit).collect()
+        frame, following = keyset_page(scan, "time_unix_nano", after, limit)
         rows = []
         for row in frame.iter_rows(named=True):
             params = list(row["params"])
@@ -149,13 +252,25 @@ class LogQuery:
                     "span_id": row["span_id"].hex() if row["span_id"] else None,
                 }
             )
-        return rows
+        return Page(rows, following)
 
 
 def trace(
     store: SegmentStore, trace_id: str, time: TimeRange | None = None
 ) -> list[dict[str, Any]]:
     """Every stored span of one trace, parents before children by start time."""
+    return trace_page(store, trace_id, time, limit=None).rows
+
+
+def trace_page(
+    store: SegmentStore,
+    trace_id: str,
+    time: TimeRange | None = None,
+    *,
+    limit: int | None = 100,
+    after: After | None = None,
+) -> Page:
+    """Up to ``limit`` spans of one trace by start time, from ``after`` on."""
     try:
         raw = binascii.unhexlify(trace_id)
     except (binascii.Error, ValueError):
@@ -170,8 +285,10 @@ def trace(
         ),
     )
     if scan is None:
-        return []
-    frame = scan.filter(pl.col("trace_id") == raw).sort("start_unix_nano").collect()
+        return Page([], None)
+    frame, following = keyset_page(
+        scan.filter(pl.col("trace_id") == raw), "start_unix_nano", after, limit
+    )
     out = []
     for row in frame.iter_rows(named=True):
         for key in ("trace_id", "span_id", "parent_span_id"):
@@ -181,7 +298,7 @@ def trace(
             if row[key] is not None:
                 row[key] = orjson.loads(row[key])
         out.append(row)
-    return out
+    return Page(out, following)
 
 
 AGGREGATIONS = ("mean", "max", "min", "sum", "last", "count")
@@ -200,6 +317,24 @@ def metric_series(
 
     Gauges and sums aggregate their value; histograms and summaries their count.
     """
+    return metric_page(
+        store, name, labels=labels, time=time, step_s=step_s, agg=agg, limit=None
+    ).rows
+
+
+def metric_page(
+    store: SegmentStore,
+    name: str,
+    *,
+    labels: dict[str, str] | None = None,
+    time: TimeRange | None = None,
+    step_s: float = 60.0,
+    agg: str = "mean",
+    limit: int | None = 100,
+    after: After | None = None,
+) -> Page:
+    """``metric_series`` a page at a time: up to ``limit`` matching series by series id, from
+    ``after`` on (a series without points in the range is left out of its page)."""
     if agg not in AGGREGATIONS:
         raise QueryError(f"agg {agg!r}: use one of {', '.join(AGGREGATIONS)}")
     if step_s <= 0:
@@ -208,7 +343,7 @@ def metric_series(
     time = time or TimeRange()
     series_scan = _scan(store, store.manifests("metric_series"))
     if series_scan is None:
-        return []
+        return Page([], None)
     series = (
         series_scan.filter(pl.col("name").cast(pl.String) == name).unique("series_id").collect()
     )
@@ -224,8 +359,12 @@ def metric_series(
                 "service": row["service"],
                 "labels": merged,
             }
+    candidates, following = list_page(
+        sorted(chosen.values(), key=lambda c: int(c["series_id"])), "series_id", after, limit
+    )
+    chosen = {int(c["series_id"]): c for c in candidates}
     if not chosen:
-        return []
+        return Page([], following)
     points_scan = _scan(
         store,
         store.select(
@@ -233,7 +372,7 @@ def metric_series(
         ),
     )
     if points_scan is None:
-        return []
+        return Page([], None)
     step_ns = int(step_s * 1e9)
     scan = points_scan.filter(pl.col("series_id").is_in(sorted(chosen)))
     if time.start_unix_nano is not None:
@@ -258,4 +397,4 @@ def metric_series(
     )
     for sid, bucket, v in frame.iter_rows():
         chosen[int(sid)].setdefault("points", []).append([int(bucket), v])
-    return [s for s in chosen.values() if s.get("points")]
+    return Page([s for s in chosen.values() if s.get("points")], following)

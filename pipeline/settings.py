@@ -79,6 +79,30 @@ class Settings(BaseModel):
         default=None,
         description="File holding a bearer token the receivers and the query API require (unset: none).",
     )
+    query_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Time limit of one query API request; past it the request is answered 408.",
+    )
+    query_limit_default: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Rows per page of a query API answer when the request names no limit.",
+    )
+    query_limit_max: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Largest limit a query API request may ask for (larger: 400).",
+    )
+    query_threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Threads running query API requests, off the HTTP event loop; more wait.",
+    )
     max_record_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest record accepted on any topic."
     )

@@ -11,7 +11,8 @@ Endpoints (all POST but ``/healthz``):
 
 Every refused request (undecodable, too large, unsupported media type or coding) is counted by
 reason and written to the ``deadletter`` topic with the body as received. Requests refused before
-their body is looked at (wrong method, bad token) are only counted.
+their body is looked at (wrong method, bad token) are only counted. With a token configured,
+every route but ``/healthz`` requires it, the query API's included.
 """
 
 from __future__ import annotations
@@ -320,6 +321,11 @@ class Receivers:
             self.authorize(request)
             body = await self.read_body(request)
             self.check_size(body)
+            media = media_type(request.headers.get(hdrs.CONTENT_TYPE))
+            if media not in ("", JSON):
+                raise Refusal(
+                    415, "unsupported_media_type", f"Content-Type must be {JSON}, got {media!r}"
+                )
             try:
                 payload = orjson.loads(
                     inflate(
@@ -346,6 +352,8 @@ class Receivers:
         except Refusal as refusal:
             await self.refuse(request, refusal, body, "alerts")
             headers = {"Retry-After": "5"} if refusal.status == 503 else {}
+            if refusal.status == 401:
+                headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
             return web.Response(status=refusal.status, text=str(refusal), headers=headers)
         self.counters.accepted_items[request.path] += len(payload["alerts"])
         return web.Response(status=200, text="ok")
@@ -372,7 +380,8 @@ def build_receiver_app(
 ) -> web.Application:
     """The receivers as an aiohttp application publishing through ``producer``.
 
-    ``token``: when set, every POST needs ``Authorization: Bearer <token>`` (401 otherwise).
+    ``token``: when set, every request but ``GET /healthz`` needs ``Authorization: Bearer
+    <token>`` (401 otherwise, counted as ``unauthorized``), whatever its path or method.
     ``max_request_bytes``: largest body, before and after decompression (default: the record
     limit, ``settings.max_record_bytes``); a larger limit makes requests split into records.
     Serve it with ``auto_decompress=False`` (``server.py`` does) so the body limits hold.
@@ -397,8 +406,31 @@ def build_receiver_app(
             receivers.counters.refused["method_not_allowed"] += 1
             raise
 
+    guarded_posts = {(hdrs.METH_POST, layout.path) for layout in LAYOUTS} | {
+        (hdrs.METH_POST, path) for path in (REMOTE_WRITE_PATH, LOKI_PUSH_PATH, ALERTMANAGER_PATH)
+    }
+
+    @web.middleware
+    async def require_token(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # every route but /healthz, unknown paths and wrong methods included, so nothing about
+        # the server (not even which routes exist) is told without the token; the receivers'
+        # POST handlers check it themselves, to answer in their protocol's error format
+        if request.path != HEALTH_PATH and (request.method, request.path) not in guarded_posts:
+            try:
+                receivers.authorize(request)
+            except Refusal as refusal:
+                receivers.counters.refused[refusal.reason] += 1
+                return web.json_response(
+                    {"error": refusal.detail},
+                    status=refusal.status,
+                    headers={hdrs.WWW_AUTHENTICATE: "Bearer"},
+                )
+        return await handler(request)
+
     app = web.Application(
-        middlewares=[count_wrong_methods], client_max_size=receivers.request_limit
+        middlewares=[require_token, count_wrong_methods], client_max_size=receivers.request_limit
     )
     app[COUNTERS_KEY] = receivers.counters
     for layout in LAYOUTS:

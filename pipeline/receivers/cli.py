@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 @click.option(
     "--token-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Require 'Authorization: Bearer <token>' on every push; the token is read from this file.",
+    help="Require 'Authorization: Bearer <token>' on every route but /healthz; the token is read from this file.",
 )
 @click.option(
     "--duration",
@@ -39,7 +39,10 @@ def receive(ctx: Context, token_file: Path | None, duration: float | None) -> No
       POST /alertmanager/webhook             Alertmanager webhook (version 4)  -> alerts
       GET  /healthz                          counters as JSON
       GET  /api/v1/query/...                 logs, traces, metrics, templates (read-only)
-    Refused requests go to `deadletter` with the reason.
+      GET  /api/v1/model/...                 graph, neighbourhood, baseline, deviations, changes
+      GET  /api/v1/openapi.json              the query API's OpenAPI document
+    Refused requests go to `deadletter` with the reason. With a token, every route but
+    /healthz requires it.
     """
     from pipeline.cli import console, fail  # imported here: pipeline.cli imports this module
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from pipeline.api import MODEL_PREFIX, QUERY_PREFIX, build_model_app, build_query_app
+from pipeline.api import mount_api
 from pipeline.receivers.app import COUNTERS_KEY, ReceiverCounters, build_receiver_app
 from pipeline.settings import Settings
 
@@ -52,8 +52,7 @@ async def running_receivers(
         app = build_receiver_app(
             settings, producer, token=token, max_request_bytes=max_request_bytes
         )
-        app.add_subapp(QUERY_PREFIX, build_query_app(settings, token))
-        app.add_subapp(MODEL_PREFIX, build_model_app(settings, token))
+        mount_api(app, settings, token)
         # bodies are decompressed by the receivers themselves, under the size limit
         runner = web.AppRunner(app, auto_decompress=False, access_log=None)
         await runner.setup()

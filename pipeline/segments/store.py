@@ -20,6 +20,8 @@ import contextlib
 import datetime as dt
 import os
 import posixpath
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +153,19 @@ class Manifest:
         return not (end_unix_nano is not None and self.start_unix_nano > end_unix_nano)
 
 
+RECENT_DIR_S = 2.0
+"""A directory modified this recently may still gain a file within the same mtime tick."""
+
+
+@dataclass(frozen=True)
+class _DirListing:
+    """One listed directory: its mtime then, its subdirectories and its manifests by path."""
+
+    mtime_ns: int
+    subdirs: tuple[str, ...]
+    manifests: dict[str, Manifest]
+
+
 class SegmentStore:
     """Sealed segments under one root; local directory or pyarrow filesystem URI."""
 
@@ -167,6 +182,8 @@ class SegmentStore:
         self.root = path
         self.compression_level = compression_level
         self._manifests: dict[str, Manifest] | None = None
+        self._dirs: dict[str, _DirListing] = {}
+        self._refresh_lock = threading.Lock()
 
     # ----------------------------------------------------------------- writing
     def write(
@@ -294,6 +311,82 @@ class SegmentStore:
                         manifest = Manifest.from_json(orjson.loads(f.read()))
                 current[manifest.segment_id] = manifest
         self._manifests = current
+
+    def refresh_changed(self) -> None:
+        """``refresh`` for a reader asking often (the query API): one ``stat`` per directory,
+        and only directories whose mtime moved are listed again, so the cost grows with the
+        number of hour folders, not of segments. A directory modified within the last
+        ``RECENT_DIR_S`` is listed every time: a file can land within one tick of the mtime
+        clock after the directory was listed. Only manifests not seen before are read.
+
+        Safe beside readers on other threads: the manifest map is replaced, never changed in
+        place, and refreshes take turns."""
+        if not self.local:
+            self.refresh()
+            return
+        with self._refresh_lock:
+            if self._manifests is None:
+                self._dirs = {}
+            added: list[Manifest] = []
+            removed: list[Manifest] = []
+            now_ns = time.time_ns()
+            recent_ns = int(RECENT_DIR_S * 1e9)
+            seen: set[str] = set()
+            stack = [self.root]
+            while stack:
+                folder = stack.pop()
+                try:
+                    mtime_ns = os.stat(folder).st_mtime_ns
+                except FileNotFoundError:
+                    continue
+                seen.add(folder)
+                known = self._dirs.get(folder)
+                if known is None or known.mtime_ns != mtime_ns or now_ns - mtime_ns < recent_ns:
+                    known = self._list_dir(folder, mtime_ns, known, added, removed)
+                stack.extend(known.subdirs)
+            for folder in [d for d in self._dirs if d not in seen]:
+                removed.extend(self._dirs.pop(folder).manifests.values())
+            if self._manifests is not None and not added and not removed:
+                return
+            current = dict(self._manifests or {})
+            for manifest in removed:
+                current.pop(manifest.segment_id, None)
+            for manifest in added:
+                current[manifest.segment_id] = manifest
+            self._manifests = current
+
+    def _list_dir(
+        self,
+        folder: str,
+        mtime_ns: int,
+        known: _DirListing | None,
+        added: list[Manifest],
+        removed: list[Manifest],
+    ) -> _DirListing:
+        before = known.manifests if known is not None else {}
+        subdirs: list[str] = []
+        manifests: dict[str, Manifest] = {}
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.path)
+            elif entry.name.endswith(MANIFEST_SUFFIX):
+                manifest = before.get(entry.path)
+                if manifest is None:
+                    try:
+                        with open(entry.path, "rb") as f:
+                            manifest = Manifest.from_json(orjson.loads(f.read()))
+                    except FileNotFoundError:  # removed by retention since the listing
+                        continue
+                    added.append(manifest)
+                manifests[entry.path] = manifest
+        removed.extend(m for path, m in before.items() if path not in manifests)
+        listing = _DirListing(mtime_ns, tuple(subdirs), manifests)
+        self._dirs[folder] = listing
+        return listing
 
     def _manifest_file(self, m: Manifest) -> str:
         return posixpath.join(self.root, m.path[: -len(DATA_SUFFIX)] + MANIFEST_SUFFIX)

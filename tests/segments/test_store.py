@@ -157,3 +157,60 @@ def test_refresh_sees_other_writers_and_removals(tmp_path: Path) -> None:
     writer.apply_retention(now_unix_nano=m.end_unix_nano + 10**15, max_age_s=1)
     reader.refresh()
     assert reader.manifests() == []
+
+
+def test_refresh_changed_lists_only_moved_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The query API's refresh: new and removed segments are seen; directories whose mtime did
+    not move (and is not recent) are only stat'ed, and no manifest is read twice."""
+    import os
+
+    from pipeline.segments import store as store_module
+
+    writer = SegmentStore(tmp_path)
+    first = writer.write(
+        "spans",
+        _spans(),
+        SourceRange("otlp_spans", 0, 0, 0),
+        time_column="start_unix_nano",
+        now=NOW,
+    )
+    assert first is not None
+
+    def age_every_directory() -> None:  # as if written long ago: past the recent window
+        for folder, _dirs, _files in os.walk(tmp_path):
+            os.utime(folder, ns=(1_000_000_000, 1_000_000_000))
+
+    age_every_directory()
+    reader = SegmentStore(tmp_path)
+    listed: list[str] = []
+    scandir = os.scandir
+
+    def counting_scandir(path: str) -> object:
+        listed.append(path)
+        return scandir(path)
+
+    monkeypatch.setattr(store_module.os, "scandir", counting_scandir)
+    reader.refresh_changed()
+    assert reader.manifests() == [first] and len(listed) == 4  # root, spans, day, hour
+    listed.clear()
+    reader.refresh_changed()
+    assert listed == [] and reader.manifests() == [first]
+
+    second = writer.write(
+        "spans",
+        _spans(),
+        SourceRange("otlp_spans", 0, 1, 1),
+        time_column="start_unix_nano",
+        now=NOW,
+    )
+    assert second is not None
+    reader.refresh_changed()
+    assert reader.manifests() == sorted([first, second], key=lambda m: m.segment_id)
+    assert listed == [os.path.dirname(writer.uri(second))]  # only the hour folder moved
+
+    age_every_directory()
+    writer.apply_retention(now_unix_nano=first.end_unix_nano + 10**15, max_age_s=1)
+    reader.refresh_changed()
+    assert reader.manifests() == []
