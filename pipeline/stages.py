@@ -15,11 +15,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import topics
+from pipeline import registry, topics
 from pipeline.broker import die_with_parent
 from pipeline.settings import ENV_PREFIX, FIELDS, SUPERVISOR_ENV, Settings
-
-RECEIVER_STAGE = "receiver"
 
 
 def settings_environment(settings: Settings, bootstrap: str) -> dict[str, str]:
@@ -84,7 +82,7 @@ class StageSupervisor:
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{stage}.log"
         with log_path.open("ab") as log:
-            argv = ["receive"] if stage == RECEIVER_STAGE else ["worker", stage]
+            argv = registry.stage(stage).argv
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", *argv],
                 env=env,
