@@ -23,7 +23,7 @@ from rich.table import Table
 import schemas
 from jobs.evaluate.cli import evaluate
 from jobs.simulator.cli import simulate
-from pipeline import kafka, otlp, registry, topics
+from pipeline import kafka, kafka_auth, otlp, registry, topics
 from pipeline.broker import BrokerError
 from pipeline.cli_common import Context, console, fail, stdout
 from pipeline.platform import NoBrokerError, Platform, find_bootstrap
@@ -93,6 +93,7 @@ def cli(
         if data_dir is not None:
             layer["data_dir"] = data_dir
         settings, sources = load(config_file=config_file, cli=layer)
+        kafka_auth.use(settings)
     except SettingsError as e:
         fail(str(e))
     ctx.obj = Context(settings, sources)

@@ -139,6 +139,33 @@ class Settings(BaseModel):
         default=None,
         description="Kafka bootstrap servers (host:port,...). Unset: start the embedded broker.",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client reaches the brokers: PLAINTEXT, SSL (TLS),"
+        " SASL_PLAINTEXT or SASL_SSL (SASL over TLS).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="SASL mechanism (with SASL_PLAINTEXT / SASL_SSL)."
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="SASL user name (required with SASL_PLAINTEXT / SASL_SSL)."
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        default=None,
+        description="File holding the SASL password (required with SASL_PLAINTEXT / SASL_SSL).",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CAs that sign the brokers' certificates (SSL / SASL_SSL;"
+        " unset: the system's CAs).",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate for mutual TLS (SSL / SASL_SSL)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None,
+        description="PEM private key of kafka_ssl_certfile (unset: it is in the certificate file).",
+    )
     broker_host: str = Field(
         default="127.0.0.1",
         description="Loopback address the embedded broker listens on.",
@@ -501,6 +528,7 @@ def load(
         raise SettingsError(
             f"invalid setting {name}={shown!r} (from {sources.get(name, 'default')}): {err['msg']}"
         ) from None
+    _check_kafka_security(settings, sources)
     for section in SECTIONS:
         # the component's own checks (e.g. baseline.cusum_cap >= baseline.cusum_threshold)
         values = getattr(settings, section.name).model_dump()
@@ -516,6 +544,39 @@ def load(
                 f"invalid {section.name} settings: {e}; set: {', '.join(changed) or 'none'}"
             ) from None
     return settings, sources
+
+
+def _check_kafka_security(settings: Settings, sources: Mapping[str, str]) -> None:
+    """What TLS and SASL need set together, and the files they name readable."""
+
+    def refuse(name: str, why: str) -> SettingsError:
+        value = getattr(settings, name)
+        shown = str(value) if isinstance(value, Path) else value
+        return SettingsError(f"invalid setting {name}={shown!r} (from {sources[name]}): {why}")
+
+    protocol = settings.kafka_security_protocol
+    files: tuple[str, ...] = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    if protocol.startswith("SASL_"):
+        for name in ("kafka_sasl_username", "kafka_sasl_password_file"):
+            if not getattr(settings, name):
+                raise refuse(name, f"required with kafka_security_protocol={protocol}")
+        files = (*files, "kafka_sasl_password_file")
+    else:
+        for name in ("kafka_sasl_username", "kafka_sasl_password_file"):
+            if getattr(settings, name) is not None:
+                raise refuse(
+                    name, "used only with kafka_security_protocol SASL_PLAINTEXT or SASL_SSL"
+                )
+    if protocol not in ("SSL", "SASL_SSL"):
+        for name in files[:3]:
+            if getattr(settings, name) is not None:
+                raise refuse(name, "used only with kafka_security_protocol SSL or SASL_SSL")
+    if settings.kafka_ssl_keyfile is not None and settings.kafka_ssl_certfile is None:
+        raise refuse("kafka_ssl_keyfile", "needs kafka_ssl_certfile")
+    for name in files:
+        path = getattr(settings, name)
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            raise refuse(name, "not a readable file")
 
 
 def value_of(settings: Settings, name: str) -> Any:

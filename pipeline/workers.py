@@ -18,6 +18,7 @@ import faust
 import orjson
 
 from pipeline import registry
+from pipeline.kafka_auth import KafkaAuth
 from pipeline.settings import SUPERVISOR_ENV, Settings
 
 
@@ -32,6 +33,7 @@ def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
     return faust.App(
         app_id,
         broker=faust_broker_url(bootstrap),
+        broker_credentials=KafkaAuth.from_settings(settings).faust_credentials(),
         store="memory://",
         web_enabled=False,
         topic_disable_leader=True,
