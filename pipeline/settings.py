@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from jobs.causal.search import SearchConfig
 from pipeline import topics
-from pipeline.logs.templates import MinerConfig
+from pipeline.logs.templates import MinerConfig, TemplateMiner
 from pipeline.worldmodel.baseline import BaselineConfig
 from pipeline.worldmodel.graph import GraphConfig
 from pipeline.worldmodel.model import WorldModelConfig
@@ -61,6 +61,9 @@ class Section:
     derived: frozenset[str] = frozenset()
     """Fields of ``config`` set from other settings (``interval_s``, the topic registry), so
     not settings of their own."""
+    check: Any = None
+    """Called with the built config when the component checks it elsewhere than in the
+    dataclass (raises ValueError)."""
 
 
 SECTIONS: tuple[Section, ...] = (
@@ -87,6 +90,7 @@ SECTIONS: tuple[Section, ...] = (
         "templates",
         MinerConfig,
         "Log template mining (ingest-logs stage): caps on templates and clusters, similarity.",
+        check=TemplateMiner,
     ),
     Section(
         "search", SearchConfig, "The causal search (causal-search stage): weights, tolerances."
@@ -95,9 +99,29 @@ SECTIONS: tuple[Section, ...] = (
 SECTION_BY_NAME = {s.name: s for s in SECTIONS}
 
 
+_SIGNED = frozenset({"null_logit", "utc_offset_s"})
+"""Section settings that may be negative (besides the search's weights, ``w_*``)."""
+_POSITIVE = frozenset({"temperature", "interval_s", "expiry_s"})
+"""Section settings that must be above 0 (besides every baseline memory, ``*_memory_s``)."""
+
+
+def _bounds(name: str, kind: Any) -> dict[str, float]:
+    if kind is bool or kind not in (int, float):
+        return {}
+    if name.startswith("max_"):
+        return {"ge": 1}  # a cap
+    if name in _POSITIVE or name.endswith("_memory_s"):
+        return {"gt": 0}
+    if name.startswith("w_") or name in _SIGNED:
+        return {}
+    return {"ge": 0}
+
+
 def _section_model(section: Section) -> type[BaseModel]:
     """A pydantic model of a section: one field per dataclass field not derived, with the
-    dataclass's default and type; every ``max_*`` cap is at least 1; numbers are finite."""
+    dataclass's default and type; numbers are finite, caps (``max_*``) at least 1, memories and
+    the temperature above 0, and all others but the weights, ``null_logit`` and
+    ``utc_offset_s`` at least 0."""
     hints = typing.get_type_hints(section.config)
     definitions: dict[str, Any] = {}
     for f in dataclasses.fields(section.config):
@@ -105,8 +129,11 @@ def _section_model(section: Section) -> type[BaseModel]:
             continue
         if f.default is dataclasses.MISSING:
             raise TypeError(f"{section.config.__name__}.{f.name} has no default")
-        at_least = 1 if f.name.startswith("max_") else None
-        definitions[f.name] = (hints[f.name], Field(default=f.default, ge=at_least))
+        bounds = _bounds(f.name, hints[f.name])
+        definitions[f.name] = (
+            hints[f.name],
+            Field(default=f.default, ge=bounds.get("ge"), gt=bounds.get("gt")),
+        )
     model: type[BaseModel] = create_model(
         f"{section.config.__name__}Settings",
         __config__=ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False),
@@ -533,7 +560,9 @@ def load(
         # the component's own checks (e.g. baseline.cusum_cap >= baseline.cusum_threshold)
         values = getattr(settings, section.name).model_dump()
         try:
-            section.config(**values)
+            built = section.config(**values)
+            if section.check is not None:
+                section.check(built)
         except (ValueError, TypeError) as e:
             changed = sorted(
                 f"{section.name}.{n}={values[n]!r} (from {sources[f'{section.name}.{n}']})"

@@ -98,6 +98,16 @@ def test_toml_env_and_flags_reach_sections(tmp_path: Path) -> None:
         ("[search]\nbogus = 1\n", {}, [], "unknown setting 'search.bogus'"),
         ("search = 1\n", {}, [], "search must be a table of settings"),
         ("", {}, ["max_incidents=0"], "invalid setting max_incidents='0' (from command line)"),
+        ("", {}, ["search.temperature=0"], "invalid setting search.temperature='0'"),
+        ("", {}, ["baseline.level_memory_s=0"], "invalid setting baseline.level_memory_s='0'"),
+        ("", {}, ["search.hops=-1"], "invalid setting search.hops='-1'"),
+        (
+            "",
+            {},
+            ["templates.similarity_threshold=1.5"],
+            "invalid templates settings: similarity_threshold must be in (0, 1];"
+            " set: templates.similarity_threshold=1.5 (from command line)",
+        ),
         (
             "[baseline]\ncusum_cap = 2\n",
             {},
@@ -131,6 +141,17 @@ def test_the_command_line_fails_with_one_line(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: invalid setting graph.max_nodes='-1' (from command line)")
+
+
+def test_weights_and_offsets_may_be_negative() -> None:
+    s, _ = load(
+        environ={},
+        cli=parse_assignments(
+            ["search.w_off_graph=-3", "search.null_logit=-1", "baseline.utc_offset_s=-18000"]
+        ),
+    )
+    assert section_config(s, SearchConfig).w_off_graph == -3.0
+    assert s.baseline.utc_offset_s == -18000.0
 
 
 def test_a_child_process_sees_the_same_sections() -> None:
