@@ -19,12 +19,17 @@ import orjson
 
 from jobs.simulator.bundle import read_manifest, read_topic
 from jobs.simulator.simulation import Record
-from pipeline import topics
 from pipeline.ingest.core import KafkaRecord, Limits, SegmentIngestor, codec_for
+from pipeline.logs.templates import MinerConfig
 from pipeline.segments.store import SegmentStore
-from pipeline.settings import Settings
-from pipeline.worldmodel.model import WorldModelConfig
-from pipeline.worldmodel.worker import catch_up, change_from_record, load_model, save_model
+from pipeline.settings import Settings, section_config
+from pipeline.worldmodel.worker import (
+    catch_up,
+    change_from_record,
+    load_model,
+    model_config,
+    save_model,
+)
 
 OTLP_TOPICS = ("otlp_spans", "otlp_metrics", "otlp_logs")
 
@@ -67,7 +72,9 @@ def backfill_bundle(
         if logical not in present:
             continue
         source = f"backfill.{name}.{logical}"
-        ingestor = SegmentIngestor(store, codec_for(logical, store, limits), limits)
+        ingestor = SegmentIngestor(
+            store, codec_for(logical, store, limits, section_config(settings, MinerConfig)), limits
+        )
         count = 0
         for chunk in _chunks(read_topic(bundle, logical), settings.segment_max_records):
             batch = ingestor.decode(
@@ -82,14 +89,7 @@ def backfill_bundle(
                 report.refused[key[len("refused_") :]] = (
                     report.refused.get(key[len("refused_") :], 0) + value
                 )
-    partitions = tuple(
-        (settings.topic(t.name), t.partitions)
-        for t in topics.REGISTRY
-        if t.encoding == "otlp_proto"
-    )
-    model = load_model(
-        store, WorldModelConfig(interval_s=settings.interval_s, topic_partitions=partitions)
-    )
+    model = load_model(store, model_config(settings))
     if "changes" in present:
         for record in read_topic(bundle, "changes"):
             model.add_change(change_from_record(orjson.loads(record.value)))

@@ -14,44 +14,25 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import orjson
-from rich.console import Console
 from rich.table import Table
 
 import schemas
 from jobs.evaluate.cli import evaluate
 from jobs.simulator.cli import simulate
-from pipeline import kafka, otlp, topics
+from pipeline import kafka, kafka_auth, otlp, registry, topics
 from pipeline.broker import BrokerError
-from pipeline.ingest.core import STAGES as INGEST_STAGES
+from pipeline.cli_common import Context, console, fail, stdout
 from pipeline.platform import NoBrokerError, Platform, find_bootstrap
 from pipeline.query_cli import query
 from pipeline.receivers.cli import receive
 from pipeline.settings import Settings, SettingsError, describe, load, parse_assignments
-from pipeline.stages import RECEIVER_STAGE
 from pipeline.worldmodel.cli import model
 
-ALL_STAGES = [RECEIVER_STAGE, *sorted(INGEST_STAGES), "world-model", "causal-search"]
-console = Console(stderr=True, highlight=False)
-
-
-def _stdout() -> Console:
-    """A console for results, made per call so COLUMNS and redirections are honoured."""
-    return Console(highlight=False)
-
-
-class Context:
-    def __init__(self, settings: Settings, sources: dict[str, str]) -> None:
-        self.settings = settings
-        self.sources = sources
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    sys.exit(code)
+ALL_STAGES = list(registry.NAMES)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -112,6 +93,7 @@ def cli(
         if data_dir is not None:
             layer["data_dir"] = data_dir
         settings, sources = load(config_file=config_file, cli=layer)
+        kafka_auth.use(settings)
     except SettingsError as e:
         fail(str(e))
     ctx.obj = Context(settings, sources)
@@ -225,7 +207,7 @@ def _print_status(settings: Settings, bootstrap: str) -> None:
             " ".join(str(p.high_water) for p in t.partitions),
             str(t.records),
         )
-    _stdout().print(table)
+    stdout().print(table)
     if status.groups:
         groups = Table(title="consumer groups", title_justify="left")
         groups.add_column("group")
@@ -239,9 +221,9 @@ def _print_status(settings: Settings, bootstrap: str) -> None:
                 str(g.members),
                 ", ".join(f"{k}={v}" for k, v in sorted(g.lag.items())) or "-",
             )
-        _stdout().print(groups)
+        stdout().print(groups)
     else:
-        _stdout().print("consumer groups: none")
+        stdout().print("consumer groups: none")
 
 
 @cli.command(name="create-topics")
@@ -255,7 +237,7 @@ def create_topics(ctx: Context) -> None:
     bootstrap = _bootstrap(ctx)
 
     def report(name: str, partitions: int, created: bool) -> None:
-        _stdout().print(f"{'created' if created else 'exists '} {name} ({partitions} partitions)")
+        stdout().print(f"{'created' if created else 'exists '} {name} ({partitions} partitions)")
 
     try:
         asyncio.run(kafka.ensure_topics(ctx.settings, bootstrap, on_topic=report))
@@ -264,7 +246,7 @@ def create_topics(ctx: Context) -> None:
 
 
 @cli.command()
-@click.argument("stage", type=click.Choice([s for s in ALL_STAGES if s != RECEIVER_STAGE]))
+@click.argument("stage", type=click.Choice(registry.WORKERS))
 @click.pass_obj
 def worker(ctx: Context, stage: str) -> None:
     """Run one pipeline stage as its own process, until Ctrl-C or SIGTERM.
@@ -279,7 +261,7 @@ def worker(ctx: Context, stage: str) -> None:
     Run as many replicas of a stage as its topic has partitions; they share the work through
     their consumer group. Segments go under <data_dir>/segments; refused records to `deadletter`.
     """
-    from pipeline.workers import run_worker
+    from pipeline.workers import run_worker  # imported here: faust is slow to import
 
     run_worker(ctx.settings, stage, _bootstrap(ctx))
 
@@ -313,7 +295,7 @@ def topics_cmd(ctx: Context) -> None:
             ", ".join(t.producers),
             ", ".join(t.consumers),
         )
-    _stdout().print(table)
+    stdout().print(table)
 
 
 @cli.command()
@@ -323,7 +305,7 @@ def config(ctx: Context, as_json: bool) -> None:
     """Print the effective settings and where each value came from."""
     rows = describe(ctx.settings, ctx.sources)
     if as_json:
-        _stdout().print_json(orjson.dumps({name: value for name, value, _ in rows}).decode())
+        stdout().print_json(orjson.dumps({name: value for name, value, _ in rows}).decode())
         return
     table = Table(title="effective settings", title_justify="left")
     table.add_column("setting")
@@ -331,7 +313,7 @@ def config(ctx: Context, as_json: bool) -> None:
     table.add_column("source")
     for name, value, source in rows:
         table.add_row(name, value or "[dim](unset)[/]", source)
-    _stdout().print(table)
+    stdout().print(table)
 
 
 def _topic_spec(ctx: Context, topic: str) -> tuple[str, topics.TopicSpec | None]:
@@ -478,7 +460,7 @@ def produce(ctx: Context, topic: str, source: str, key: str | None, no_validate:
     k = key.encode() if key is not None else None
     placed = asyncio.run(kafka.produce(bootstrap, name, [(k, p) for p in payloads]))
     for partition, offset in placed:
-        _stdout().print(f"{name} partition {partition} offset {offset}")
+        stdout().print(f"{name} partition {partition} offset {offset}")
 
 
 cli.add_command(query)
@@ -605,19 +587,19 @@ def demo(ctx: Context, scenario: str, seed: int, services: int, history: float) 
     if result.record is None:
         fail(f"no ranked causes arrived (after {result.seconds:.0f} s)", code=1)
     record = result.record
-    _stdout().print(_causes_table(record))
+    stdout().print(_causes_table(record))
     if record["causes"]:
         top = record["causes"][0]
         for item in top["evidence"]:
-            _stdout().print(f"  - {item['summary']}")
-        _stdout().print(f"  {top['explanation']}")
+            stdout().print(f"  - {item['summary']}")
+        stdout().print(f"  {top['explanation']}")
         hit = any(
             label_matches(f"{top['entity']['kind']}:{top['entity']['name']}", f["entity"])
             for f in truth
         )
-        _stdout().print(f"top-1 names the injected fault: {'yes' if hit else 'no'}")
+        stdout().print(f"top-1 names the injected fault: {'yes' if hit else 'no'}")
     if record["abstained"]:
-        _stdout().print(f"abstained: {record['abstain_reason']}")
+        stdout().print(f"abstained: {record['abstain_reason']}")
     console.print(
         f"done in {result.seconds:.0f} s; the record is on causes.ranked and in {ctx.settings.data_dir / 'demo'}"
     )

@@ -1,6 +1,7 @@
 """Thin Kafka operations over aiokafka: create the registry's topics, read status, tail, produce.
 
-Works the same on the embedded broker and on a real Kafka cluster. Where the embedded broker is
+Works the same on the embedded broker and on a real Kafka cluster; every client takes the
+process's TLS / SASL settings (``pipeline.kafka_auth``). Where the embedded broker is
 known to answer wrongly (``ListOffsets`` after multi-record batches), the high-water mark is read
 from a fetch response instead.
 """
@@ -16,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from pipeline import topics
+from pipeline import kafka_auth, topics
 from pipeline.settings import Settings
 
 
@@ -57,7 +58,9 @@ class ClusterStatus:
 
 
 def admin_client(bootstrap: str) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    return AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=10000, **kafka_auth.client_options()
+    )
 
 
 async def ensure_topics(
@@ -105,6 +108,7 @@ async def high_water_marks(bootstrap: str, tps: list[TopicPartition]) -> dict[To
         enable_auto_commit=False,
         max_partition_fetch_bytes=1024,
         fetch_max_bytes=64 * 1024,
+        **kafka_auth.client_options(),
     )
     await consumer.start()
     try:
@@ -187,7 +191,10 @@ async def _group_states(bootstrap: str, group_ids: list[str]) -> dict[str, tuple
 async def _group_lag(bootstrap: str, group: str, hws: dict[TopicPartition, int]) -> dict[str, int]:
     """Per-topic lag of a group: high-water mark minus committed offset, where committed."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        **kafka_auth.client_options(),
     )
     await consumer.start()
     lag: dict[str, int] = {}
@@ -213,7 +220,9 @@ async def tail(
     idle_timeout_s: float | None,
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Yield records of every partition of a topic, without joining a consumer group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **kafka_auth.client_options()
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -261,7 +270,11 @@ async def produce(
 ) -> list[tuple[int, int]]:
     """Send (key, value) records and wait until the broker has them; return (partition, offset)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", max_request_size=max_request_size, linger_ms=5
+        bootstrap_servers=bootstrap,
+        acks="all",
+        max_request_size=max_request_size,
+        linger_ms=5,
+        **kafka_auth.client_options(),
     )
     await producer.start()
     try:

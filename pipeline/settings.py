@@ -6,25 +6,39 @@ value came from (``SettingsError``). ``worldline config`` prints the effective s
 their sources.
 
 - Config file: TOML, from ``--config PATH`` or ``$WORLDLINE_CONFIG`` or ``./worldline.toml``
-  when present. Keys are the setting names; ``[topics]`` renames registry topics.
+  when present. Keys are the setting names; ``[topics]`` renames registry topics; a section's
+  settings are a table (``[search]``, ``[graph]``, ...).
 - Environment: ``WORLDLINE_<NAME>`` (upper case), e.g. ``WORLDLINE_BROKER_PORT=9092``;
-  ``WORLDLINE_TOPIC_<NAME>`` renames a topic (dots become underscores).
-- CLI: dedicated flags (``--bootstrap-servers``, ``--data-dir``) and ``--set name=value``.
+  ``WORLDLINE_TOPIC_<NAME>`` renames a topic (dots become underscores); a section's setting is
+  ``WORLDLINE_<SECTION>_<NAME>``, e.g. ``WORLDLINE_SEARCH_W_OFF_GRAPH=-0.5``.
+- CLI: dedicated flags (``--bootstrap-servers``, ``--data-dir``) and ``--set name=value``
+  (``--set search.w_off_graph=-0.5`` for a section's setting).
+
+Sections are the tuning of one stage's component, generated from the dataclass that component
+is configured with (``SECTIONS``), so their defaults are that dataclass's defaults; the stage
+builds its config from them (``section_config``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from jobs.causal.search import SearchConfig
 from pipeline import topics
+from pipeline.logs.templates import MinerConfig, TemplateMiner
+from pipeline.worldmodel.baseline import BaselineConfig
+from pipeline.worldmodel.graph import GraphConfig
+from pipeline.worldmodel.model import WorldModelConfig
 
 ENV_PREFIX = "WORLDLINE_"
 SUPERVISOR_ENV = ENV_PREFIX + "SUPERVISOR_PID"
@@ -37,6 +51,112 @@ class SettingsError(ValueError):
     """A setting has an invalid value; the message names the setting and its source."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A table of settings generated from the dataclass a component is configured with."""
+
+    name: str
+    config: type[Any]
+    description: str
+    derived: frozenset[str] = frozenset()
+    """Fields of ``config`` set from other settings (``interval_s``, the topic registry), so
+    not settings of their own."""
+    check: Any = None
+    """Called with the built config when the component checks it elsewhere than in the
+    dataclass (raises ValueError)."""
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "world_model",
+        WorldModelConfig,
+        "The world model (world-model stage): caps on series, buffered rows, changes and known"
+        " templates; how late a row may arrive.",
+        frozenset({"interval_s", "topic_partitions", "graph", "baseline"}),
+    ),
+    Section(
+        "graph",
+        GraphConfig,
+        "The dependency graph (world-model stage): caps on edges, nodes and spans waiting for"
+        " their partner; its stats interval and expiry.",
+    ),
+    Section(
+        "baseline",
+        BaselineConfig,
+        "Every series' baseline (world-model stage): memories, spreads, CUSUM.",
+        frozenset({"interval_s"}),
+    ),
+    Section(
+        "templates",
+        MinerConfig,
+        "Log template mining (ingest-logs stage): caps on templates and clusters, similarity.",
+        check=TemplateMiner,
+    ),
+    Section(
+        "search", SearchConfig, "The causal search (causal-search stage): weights, tolerances."
+    ),
+)
+SECTION_BY_NAME = {s.name: s for s in SECTIONS}
+
+
+_SIGNED = frozenset({"null_logit", "utc_offset_s"})
+"""Section settings that may be negative (besides the search's weights, ``w_*``)."""
+_POSITIVE = frozenset({"temperature", "interval_s", "expiry_s"})
+"""Section settings that must be above 0 (besides every baseline memory, ``*_memory_s``)."""
+
+
+def _bounds(name: str, kind: Any) -> dict[str, float]:
+    if kind is bool or kind not in (int, float):
+        return {}
+    if name.startswith("max_"):
+        return {"ge": 1}  # a cap
+    if name in _POSITIVE or name.endswith("_memory_s"):
+        return {"gt": 0}
+    if name.startswith("w_") or name in _SIGNED:
+        return {}
+    return {"ge": 0}
+
+
+def _section_model(section: Section) -> type[BaseModel]:
+    """A pydantic model of a section: one field per dataclass field not derived, with the
+    dataclass's default and type; numbers are finite, caps (``max_*``) at least 1, memories and
+    the temperature above 0, and all others but the weights, ``null_logit`` and
+    ``utc_offset_s`` at least 0."""
+    hints = typing.get_type_hints(section.config)
+    definitions: dict[str, Any] = {}
+    for f in dataclasses.fields(section.config):
+        if f.name in section.derived:
+            continue
+        if f.default is dataclasses.MISSING:
+            raise TypeError(f"{section.config.__name__}.{f.name} has no default")
+        bounds = _bounds(f.name, hints[f.name])
+        definitions[f.name] = (
+            hints[f.name],
+            Field(default=f.default, ge=bounds.get("ge"), gt=bounds.get("gt")),
+        )
+    model: type[BaseModel] = create_model(
+        f"{section.config.__name__}Settings",
+        __config__=ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False),
+        __doc__=section.description,
+        **definitions,
+    )
+    return model
+
+
+WorldModelSettings = _section_model(SECTION_BY_NAME["world_model"])
+GraphSettings = _section_model(SECTION_BY_NAME["graph"])
+BaselineSettings = _section_model(SECTION_BY_NAME["baseline"])
+TemplatesSettings = _section_model(SECTION_BY_NAME["templates"])
+SearchSettings = _section_model(SECTION_BY_NAME["search"])
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "world_model": WorldModelSettings,
+    "graph": GraphSettings,
+    "baseline": BaselineSettings,
+    "templates": TemplatesSettings,
+    "search": SearchSettings,
+}
+
+
 class Settings(BaseModel):
     """Every setting worldline reads, with its default."""
 
@@ -45,6 +165,33 @@ class Settings(BaseModel):
     bootstrap_servers: str | None = Field(
         default=None,
         description="Kafka bootstrap servers (host:port,...). Unset: start the embedded broker.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client reaches the brokers: PLAINTEXT, SSL (TLS),"
+        " SASL_PLAINTEXT or SASL_SSL (SASL over TLS).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="SASL mechanism (with SASL_PLAINTEXT / SASL_SSL)."
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="SASL user name (required with SASL_PLAINTEXT / SASL_SSL)."
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        default=None,
+        description="File holding the SASL password (required with SASL_PLAINTEXT / SASL_SSL).",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CAs that sign the brokers' certificates (SSL / SASL_SSL;"
+        " unset: the system's CAs).",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate for mutual TLS (SSL / SASL_SSL)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None,
+        description="PEM private key of kafka_ssl_certfile (unset: it is in the certificate file).",
     )
     broker_host: str = Field(
         default="127.0.0.1",
@@ -189,8 +336,34 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of every worldline process."
     )
+    max_incidents: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Incidents the causal stage keeps; the one whose last alert is oldest goes"
+        " first (counted as evicted).",
+    )
     topics: dict[str, str] = Field(
         default_factory=dict, description="Renames of registry topics: logical name -> topic."
+    )
+    world_model: WorldModelSettings = Field(  # type: ignore[valid-type]
+        default_factory=WorldModelSettings,
+        description=SECTION_BY_NAME["world_model"].description,
+    )
+    graph: GraphSettings = Field(  # type: ignore[valid-type]
+        default_factory=GraphSettings, description=SECTION_BY_NAME["graph"].description
+    )
+    baseline: BaselineSettings = Field(  # type: ignore[valid-type]
+        default_factory=BaselineSettings,
+        description=SECTION_BY_NAME["baseline"].description,
+    )
+    templates: TemplatesSettings = Field(  # type: ignore[valid-type]
+        default_factory=TemplatesSettings,
+        description=SECTION_BY_NAME["templates"].description,
+    )
+    search: SearchSettings = Field(  # type: ignore[valid-type]
+        default_factory=SearchSettings,
+        description=SECTION_BY_NAME["search"].description,
     )
 
     @field_validator("broker_host", "http_host")
@@ -247,6 +420,50 @@ class Settings(BaseModel):
 
 
 FIELDS = tuple(Settings.model_fields)
+SCALARS = tuple(n for n in FIELDS if n != "topics" and n not in SECTION_BY_NAME)
+"""The settings that are one value each (not ``topics`` nor a section)."""
+SECTION_FIELDS: dict[str, tuple[str, ...]] = {
+    name: tuple(model.model_fields) for name, model in _SECTION_MODELS.items()
+}
+NAMES = (
+    *SCALARS,
+    *(f"{section}.{name}" for section, names in SECTION_FIELDS.items() for name in names),
+)
+"""Every setting's name as ``--set`` and ``worldline config`` write it (topics aside)."""
+
+C = TypeVar("C")
+
+
+def section_config(settings: Settings, config: type[C], **derived: Any) -> C:
+    """The dataclass ``config`` of a section built from the settings; ``derived`` gives the
+    fields that come from other settings (``interval_s=settings.interval_s``, ...)."""
+    for section in SECTIONS:
+        if section.config is config:
+            values: BaseModel = getattr(settings, section.name)
+            built: C = config(**values.model_dump(), **derived)
+            return built
+    raise KeyError(f"{config.__name__} is not a settings section")
+
+
+def _from_text(section: str, field: str, value: Any) -> Any:
+    """A section's value given as text (environment, ``--set``): a tuple setting is its
+    items separated by commas (``1.3,0.16,-0.8``; brackets or parentheses around them are
+    allowed)."""
+    annotation = _SECTION_MODELS[section].model_fields[field].annotation
+    if isinstance(value, str) and typing.get_origin(annotation) is tuple:
+        items = value.strip().strip("()[]").split(",")
+        return tuple(item.strip() for item in items if item.strip())
+    return value
+
+
+def _sectioned(name: str, value: Any, where: str) -> tuple[str, dict[str, Any]] | None:
+    """``section.field`` -> (section, {field: value}); None for a name without a dot."""
+    section, dot, field = name.partition(".")
+    if not dot:
+        return None
+    if section not in SECTION_FIELDS or field not in SECTION_FIELDS[section]:
+        raise SettingsError(f"{where}: unknown setting {name!r}")
+    return section, {field: _from_text(section, field, value)}
 
 
 def _file_layer(path: Path) -> dict[str, Any]:
@@ -262,6 +479,18 @@ def _file_layer(path: Path) -> dict[str, Any]:
         raise SettingsError(
             f"config file {path}: unknown setting {unknown[0]!r} (known: {', '.join(FIELDS)})"
         )
+    for section, known in SECTION_FIELDS.items():
+        if section not in data:
+            continue
+        table = data[section]
+        if not isinstance(table, dict):
+            raise SettingsError(f"config file {path}: {section} must be a table of settings")
+        extra = sorted(set(table) - set(known))
+        if extra:
+            raise SettingsError(
+                f"config file {path}: unknown setting '{section}.{extra[0]}'"
+                f" (known in {section}: {', '.join(known)})"
+            )
     return data
 
 
@@ -278,17 +507,22 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
             if logical is None:
                 raise SettingsError(f"environment {key}: no registry topic by that name")
             renames[logical] = value
-        elif name in FIELDS and name != "topics":
+        elif name in SCALARS:
             out[name] = value
         else:
-            raise SettingsError(f"environment {key}: unknown setting {name!r}")
+            section = next((s for s in SECTION_FIELDS if name.startswith(s + "_")), None)
+            field = name[len(section) + 1 :] if section else ""
+            if section is None or field not in SECTION_FIELDS[section]:
+                raise SettingsError(f"environment {key}: unknown setting {name!r}")
+            out.setdefault(section, {})[field] = _from_text(section, field, value)
     if renames:
         out["topics"] = renames
     return out
 
 
 def parse_assignments(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """Turn ``--set name=value`` flags into a layer; ``topics.<name>=x`` renames a topic."""
+    """Turn ``--set name=value`` flags into a layer; ``topics.<name>=x`` renames a topic and
+    ``<section>.<name>=x`` sets a section's setting."""
     out: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -297,8 +531,10 @@ def parse_assignments(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
             raise SettingsError(f"--set {pair!r}: expected name=value")
         if name.startswith("topics."):
             out.setdefault("topics", {})[name[len("topics.") :]] = value
-        elif name in FIELDS and name != "topics":
+        elif name in SCALARS:
             out[name] = value
+        elif (found := _sectioned(name, value, f"--set {pair!r}")) is not None:
+            out.setdefault(found[0], {}).update(found[1])
         else:
             raise SettingsError(f"--set {pair!r}: unknown setting {name!r}")
     return out
@@ -311,7 +547,8 @@ def load(
     cli: Mapping[str, Any] | None = None,
     cwd: Path | None = None,
 ) -> tuple[Settings, dict[str, str]]:
-    """Merge the layers and validate. Returns the settings and the source of every value."""
+    """Merge the layers and validate. Returns the settings and the source of every value
+    (keyed by ``NAMES``, plus ``topics``)."""
     environ = os.environ if environ is None else environ
     layers: list[tuple[str, dict[str, Any]]] = []
     if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
@@ -326,35 +563,114 @@ def load(
     layers.append(("command line", {k: v for k, v in (cli or {}).items() if v is not None}))
 
     merged: dict[str, Any] = {}
-    sources: dict[str, str] = {name: "default" for name in FIELDS}
+    sources: dict[str, str] = {name: "default" for name in (*NAMES, "topics")}
     for source, layer in layers:
         for name, value in layer.items():
             if name == "topics":
                 merged.setdefault("topics", {}).update(value)
+                sources[name] = source
+            elif name in SECTION_FIELDS:
+                merged.setdefault(name, {}).update(value)
+                for field in value:
+                    sources[f"{name}.{field}"] = source
             else:
                 merged[name] = value
-            sources[name] = source
+                sources[name] = source
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as e:
         err = e.errors()[0]
-        name = str(err["loc"][0]) if err["loc"] else "?"
-        shown = merged.get(name)
+        loc = [str(part) for part in err["loc"]]
+        if loc and loc[0] in SECTION_FIELDS and len(loc) > 1:
+            name = f"{loc[0]}.{loc[1]}"
+            shown = merged.get(loc[0], {}).get(loc[1])
+        else:
+            name = loc[0] if loc else "?"
+            shown = merged.get(name)
         raise SettingsError(
             f"invalid setting {name}={shown!r} (from {sources.get(name, 'default')}): {err['msg']}"
         ) from None
+    _check_kafka_security(settings, sources)
+    for section in SECTIONS:
+        # the component's own checks (e.g. baseline.cusum_cap >= baseline.cusum_threshold)
+        values = getattr(settings, section.name).model_dump()
+        try:
+            built = section.config(**values)
+            if section.check is not None:
+                section.check(built)
+        except (ValueError, TypeError) as e:
+            changed = sorted(
+                f"{section.name}.{n}={values[n]!r} (from {sources[f'{section.name}.{n}']})"
+                for n in values
+                if sources[f"{section.name}.{n}"] != "default"
+            )
+            raise SettingsError(
+                f"invalid {section.name} settings: {e}; set: {', '.join(changed) or 'none'}"
+            ) from None
     return settings, sources
+
+
+def _check_kafka_security(settings: Settings, sources: Mapping[str, str]) -> None:
+    """What TLS and SASL need set together, and the files they name readable."""
+
+    def refuse(name: str, why: str) -> SettingsError:
+        value = getattr(settings, name)
+        shown = str(value) if isinstance(value, Path) else value
+        return SettingsError(f"invalid setting {name}={shown!r} (from {sources[name]}): {why}")
+
+    protocol = settings.kafka_security_protocol
+    files: tuple[str, ...] = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    if protocol.startswith("SASL_"):
+        for name in ("kafka_sasl_username", "kafka_sasl_password_file"):
+            if not getattr(settings, name):
+                raise refuse(name, f"required with kafka_security_protocol={protocol}")
+        files = (*files, "kafka_sasl_password_file")
+    else:
+        for name in ("kafka_sasl_username", "kafka_sasl_password_file"):
+            if getattr(settings, name) is not None:
+                raise refuse(
+                    name, "used only with kafka_security_protocol SASL_PLAINTEXT or SASL_SSL"
+                )
+    if protocol not in ("SSL", "SASL_SSL"):
+        for name in files[:3]:
+            if getattr(settings, name) is not None:
+                raise refuse(name, "used only with kafka_security_protocol SSL or SASL_SSL")
+    if settings.kafka_ssl_keyfile is not None and settings.kafka_ssl_certfile is None:
+        raise refuse("kafka_ssl_keyfile", "needs kafka_ssl_certfile")
+    for name in files:
+        path = getattr(settings, name)
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            raise refuse(name, "not a readable file")
+
+
+def value_of(settings: Settings, name: str) -> Any:
+    """A setting's value by its name in ``NAMES``."""
+    section, dot, field = name.partition(".")
+    return getattr(getattr(settings, section), field) if dot else getattr(settings, name)
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """``WORLDLINE_*`` variables that make another process load exactly ``settings`` (unset
+    settings are left out; topic renames as ``WORLDLINE_TOPIC_<NAME>``)."""
+    env: dict[str, str] = {}
+    for name in NAMES:
+        value = value_of(settings, name)
+        if value is not None:
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            env[ENV_PREFIX + name.replace(".", "_").upper()] = text
+    for logical, actual in settings.topics.items():
+        env[f"{ENV_PREFIX}TOPIC_{topics.spec(logical).name.replace('.', '_').upper()}"] = actual
+    return env
 
 
 def describe(settings: Settings, sources: Mapping[str, str]) -> list[tuple[str, str, str]]:
     """Rows of (name, effective value, source) for display."""
     rows = []
-    for name in FIELDS:
-        value = getattr(settings, name)
-        if name == "topics":
-            for t in topics.REGISTRY:
-                src = sources["topics"] if t.name in value else "default"
-                rows.append((f"topics.{t.name}", settings.topic(t.name), src))
-            continue
+    for name in NAMES:
+        value = value_of(settings, name)
         rows.append((name, "" if value is None else str(value), sources[name]))
+        if name == SCALARS[-1]:
+            for t in topics.REGISTRY:
+                src = sources["topics"] if t.name in settings.topics else "default"
+                rows.append((f"topics.{t.name}", settings.topic(t.name), src))
     return rows

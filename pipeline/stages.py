@@ -15,24 +15,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import topics
+from pipeline import registry
 from pipeline.broker import die_with_parent
-from pipeline.settings import ENV_PREFIX, FIELDS, SUPERVISOR_ENV, Settings
-
-RECEIVER_STAGE = "receiver"
+from pipeline.settings import ENV_PREFIX, SUPERVISOR_ENV, Settings, environment
 
 
 def settings_environment(settings: Settings, bootstrap: str) -> dict[str, str]:
     """Environment that makes a child process see exactly ``settings`` on ``bootstrap``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    for name in FIELDS:
-        if name == "topics":
-            continue
-        value = getattr(settings, name)
-        if value is not None:
-            env[ENV_PREFIX + name.upper()] = str(value)
-    for logical, actual in settings.topics.items():
-        env[f"{ENV_PREFIX}TOPIC_{topics.spec(logical).name.replace('.', '_').upper()}"] = actual
+    env.update(environment(settings))
     env[ENV_PREFIX + "BOOTSTRAP_SERVERS"] = bootstrap
     env[ENV_PREFIX + "DATA_DIR"] = str(Path(settings.data_dir).resolve())
     env[SUPERVISOR_ENV] = str(os.getpid())
@@ -84,7 +75,7 @@ class StageSupervisor:
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{stage}.log"
         with log_path.open("ab") as log:
-            argv = ["receive"] if stage == RECEIVER_STAGE else ["worker", stage]
+            argv = registry.stage(stage).argv
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", *argv],
                 env=env,

@@ -1,8 +1,9 @@
-"""The faust shell every worker stage shares: one app configuration, stats files, stage dispatch.
+"""The faust shell every worker stage shares: one app configuration, stats files, running a stage.
 
 Each stage (``ingest-*``, ``world-model``, ``causal-search``) builds its app with ``faust_app`` so
 every worker behaves the same on any broker (short session timeout, no leader topic, no web
-server), writes its counters with ``write_stats``, and runs through ``run_worker``.
+server), writes its counters with ``write_stats``, and runs through ``run_worker``, which finds
+the stage's builder in ``pipeline.registry`` (by import path: this module imports no stage).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 import faust
 import orjson
 
+from pipeline import registry
+from pipeline.kafka_auth import KafkaAuth
 from pipeline.settings import SUPERVISOR_ENV, Settings
 
 
@@ -30,6 +33,7 @@ def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
     return faust.App(
         app_id,
         broker=faust_broker_url(bootstrap),
+        broker_credentials=KafkaAuth.from_settings(settings).faust_credentials(),
         store="memory://",
         web_enabled=False,
         topic_disable_leader=True,
@@ -81,18 +85,7 @@ def run_worker(settings: Settings, stage: str, bootstrap: str) -> None:
     supervisor = os.environ.get(SUPERVISOR_ENV)
     if supervisor and supervisor.isdigit():
         exit_when_orphaned(int(supervisor))
-    if stage == "world-model":
-        from pipeline.worldmodel.worker import build_world_model_app
-
-        app = build_world_model_app(settings, bootstrap)
-    elif stage == "causal-search":
-        from jobs.causal.worker import build_causal_app
-
-        app = build_causal_app(settings, bootstrap)
-    else:
-        from pipeline.ingest.worker import build_ingest_app
-
-        app = build_ingest_app(settings, stage, bootstrap)
+    app = registry.build_app(stage, settings, bootstrap)
     worker = faust.Worker(
         app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
 
+from pipeline import registry
 from pipeline.cli import cli
+from pipeline.settings import load
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,15 +64,41 @@ def test_dockerfile_copies_every_package() -> None:
 
 
 def test_every_stage_runs_as_a_service_and_kafka_keeps_its_data_on_the_volume() -> None:
-    from pipeline.cli import ALL_STAGES
-
     services = _compose()["services"]
-    workers = {
-        s["command"][2] for s in services.values() if s.get("command", [""])[1:2] == ["worker"]
-    }
-    commands = {s["command"][1] for s in services.values() if "command" in s}
-    for stage in ALL_STAGES:
-        assert stage in workers or (stage == "receiver" and "receive" in commands), stage
+    commands = [tuple(s["command"][1:]) for s in services.values() if "command" in s]
+    for stage in registry.STAGES:
+        assert commands.count(stage.argv) == 1, f"stage {stage.name}: no service runs {stage.argv}"
     kafka = services["kafka"]
     data_dir = kafka["environment"]["KAFKA_LOG_DIRS"]
     assert any(v.endswith(f":{data_dir}") for v in kafka["volumes"])
+
+
+def test_every_service_has_the_shared_environment() -> None:
+    services = _compose()["services"]
+    shared = services["ingest-spans"]["environment"]
+    for name, service in services.items():
+        if name != "kafka":
+            assert shared.items() <= service["environment"].items(), name
+
+
+def test_the_commented_security_variables_are_real_settings(tmp_path: Path) -> None:
+    """The TLS / SASL block a user uncomments names settings worldline knows, and loads."""
+    text = (REPO / "docker-compose.yml").read_text()
+    commented = dict(re.findall(r"^\s*# (WORLDLINE_KAFKA_[A-Z_]+): (\S+)", text, re.M))
+    assert set(commented) == {
+        "WORLDLINE_KAFKA_SECURITY_PROTOCOL",
+        "WORLDLINE_KAFKA_SASL_MECHANISM",
+        "WORLDLINE_KAFKA_SASL_USERNAME",
+        "WORLDLINE_KAFKA_SASL_PASSWORD_FILE",
+        "WORLDLINE_KAFKA_SSL_CAFILE",
+        "WORLDLINE_KAFKA_SSL_CERTFILE",
+        "WORLDLINE_KAFKA_SSL_KEYFILE",
+    }
+    files = [k for k in commented if k.endswith("FILE")]
+    for key in files:  # the files as they would be mounted
+        (tmp_path / key).write_text("x")
+        commented[key] = str(tmp_path / key)
+    settings, sources = load(environ=commented, cwd=tmp_path)
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
+    assert all(sources[k[len("WORLDLINE_") :].lower()] == "environment" for k in commented)

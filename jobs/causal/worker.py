@@ -42,7 +42,7 @@ from jobs.causal.record import build_record, iso
 from jobs.causal.search import CausalSearch, SearchConfig
 from pipeline.ingest.core import deadletter_for_message
 from pipeline.segments.store import SegmentStore
-from pipeline.settings import Settings
+from pipeline.settings import Settings, section_config
 from pipeline.workers import faust_app, stats_path, write_stats
 from pipeline.worldmodel.baseline import ONSET_RING_LENGTH
 from pipeline.worldmodel.model import WorldModel
@@ -291,7 +291,7 @@ class Waiting:
 def build_causal_app(settings: Settings, bootstrap: str) -> Any:
     app = faust_app(settings, f"worldline-{STAGE}", bootstrap)
     store = SegmentStore(settings.data_dir / "segments")
-    config = SearchConfig()
+    config = section_config(settings, SearchConfig)
     models = ModelCache(store, max(0, ONSET_RING_LENGTH - config.window_intervals))
     book_path = store.state_dir() / BOOK_NAME
     book = load_book(
@@ -299,6 +299,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         IncidentBook(
             group_window_s=settings.alert_group_window_s,
             resolve_timeout_s=settings.alert_resolve_timeout_s,
+            max_incidents=settings.max_incidents,
         ),
     )
     partitions = source_partitions(settings)

@@ -43,6 +43,7 @@ import numpy as np
 import orjson
 
 from jobs.evaluate.baselines import baro, nsigma
+from pipeline import kafka_auth
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -444,10 +445,13 @@ class Runner:
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "fetch_max_wait_ms": 100,
+            **kafka_auth.client_options(),
         }
         metrics = AIOKafkaConsumer(**common, max_partition_fetch_bytes=8 << 20)
         alerts = AIOKafkaConsumer(**common)
-        producer = AIOKafkaProducer(bootstrap_servers=c.bootstrap, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=c.bootstrap, acks="all", **kafka_auth.client_options()
+        )
         await metrics.start()
         await alerts.start()
         await producer.start()

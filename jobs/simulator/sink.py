@@ -15,6 +15,7 @@ from typing import Literal
 from aiokafka import AIOKafkaProducer
 
 from jobs.simulator.simulation import Record
+from pipeline import kafka_auth
 
 Pace = Literal["realtime", "fast"]
 
@@ -50,6 +51,7 @@ async def send_records(
         acks="all",
         linger_ms=20,
         max_request_size=max_request_size,
+        **kafka_auth.client_options(),
     )
     await producer.start()
     clock = PacedClock()

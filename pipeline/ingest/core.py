@@ -29,6 +29,7 @@ from pipeline import otlp, topics
 from pipeline.ingest.logs import LogColumns, MinerStates
 from pipeline.ingest.metrics import MetricColumns
 from pipeline.ingest.spans import SpanColumns
+from pipeline.logs.templates import MinerConfig
 from pipeline.segments.store import Manifest, SegmentStore, SourceRange
 
 DEADLETTER_PAYLOAD_LIMIT = 64 * 1024
@@ -198,8 +199,14 @@ STAGES: dict[str, str] = {
 }
 
 
-def codec_for(logical_topic: str, store: SegmentStore, limits: Limits | None = None) -> SignalCodec:
-    """The codec of a registry OTLP topic, bound to the store it keeps its state in.
+def codec_for(
+    logical_topic: str,
+    store: SegmentStore,
+    limits: Limits | None = None,
+    miner: MinerConfig | None = None,
+) -> SignalCodec:
+    """The codec of a registry OTLP topic, bound to the store it keeps its state in; ``miner``
+    configures the log template miners (``templates`` settings).
 
     Spans, the hot path, enforce the attribute limit inside the column builder (the extra
     attributes of a span are dropped and counted) instead of a second pass over the request.
@@ -230,7 +237,7 @@ def codec_for(logical_topic: str, store: SegmentStore, limits: Limits | None = N
 
         def states(topic: str) -> MinerStates:
             if topic not in miners:
-                miners[topic] = MinerStates(store.state_dir(), topic)
+                miners[topic] = MinerStates(store.state_dir(), topic, miner)
             return miners[topic]
 
         def save_miner(part: PartitionBatch) -> None:

@@ -10,6 +10,7 @@ and the templates a batch created or generalised are sealed as a ``log_templates
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,10 +21,12 @@ import pyarrow as pa
 import zstandard
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from pipeline.caps import adopt_caps
 from pipeline.ingest.spans import UNKNOWN_SERVICE, any_value
-from pipeline.logs.templates import TemplateMiner
+from pipeline.logs.templates import MinerConfig, TemplateMiner
 from schemas.segments import LOG_TEMPLATES, LOGS
 
+log = logging.getLogger("worldline.ingest")
 LOCAL_ID_BITS = 20
 LOCAL_ID_MASK = (1 << LOCAL_ID_BITS) - 1
 BODY_JSON_ATTRIBUTE = "worldline.body_json"
@@ -43,9 +46,10 @@ def split_template_id(template_id: int) -> tuple[int, int]:
 class MinerStates:
     """The template miners of one source topic, one per partition, persisted under ``root``."""
 
-    def __init__(self, root: Path, topic: str) -> None:
+    def __init__(self, root: Path, topic: str, config: MinerConfig | None = None) -> None:
         self.root = root
         self.topic = topic
+        self.config = config or MinerConfig()
         self.miners: dict[int, TemplateMiner] = {}
         self.learned_through: dict[int, int] = {}
 
@@ -67,7 +71,17 @@ class MinerStates:
                 miner = TemplateMiner.from_bytes(doc["miner"].encode())
                 self.learned_through[partition] = int(doc["last_offset"])
             else:
-                miner = TemplateMiner()
+                miner = TemplateMiner(self.config)
+            if path.exists() or legacy.exists():
+                miner.config, kept = adopt_caps(miner.config, self.config, "templates.")
+                if kept:
+                    log.warning(
+                        "the template miner of %s partition %d was learned under other values"
+                        " of %s; they are kept (a fresh data directory takes the settings)",
+                        self.topic,
+                        partition,
+                        ", ".join(kept),
+                    )
             self.miners[partition] = miner
         return miner
 

@@ -20,8 +20,9 @@ import faust
 import orjson
 
 from pipeline.ingest.core import STAGES, KafkaRecord, Limits, SegmentIngestor, codec_for
+from pipeline.logs.templates import MinerConfig
 from pipeline.segments.store import SegmentStore
-from pipeline.settings import Settings
+from pipeline.settings import Settings, section_config
 from pipeline.workers import faust_app, stats_path, write_stats
 
 log = logging.getLogger("worldline.ingest")
@@ -34,7 +35,7 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
     app = faust_app(settings, f"worldline-{stage}", bootstrap)
     store = SegmentStore(settings.data_dir / "segments")
     limits = Limits(max_record_bytes=settings.max_record_bytes)
-    codec = codec_for(logical, store, limits)
+    codec = codec_for(logical, store, limits, section_config(settings, MinerConfig))
     removed = store.recover()
     if removed:
         log.warning("removed %d leftover files of an interrupted seal", removed)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
+from pipeline.cli_common import Context, console, fail
 from pipeline.platform import NoBrokerError, find_bootstrap
 from pipeline.receivers.server import RunningReceivers, run_receivers
-
-if TYPE_CHECKING:
-    from pipeline.cli import Context
 
 
 @click.command()
@@ -44,8 +41,6 @@ def receive(ctx: Context, token_file: Path | None, duration: float | None) -> No
     Refused requests go to `deadletter` with the reason. With a token, every route but
     /healthz requires it.
     """
-    from pipeline.cli import console, fail  # imported here: pipeline.cli imports this module
-
     try:
         bootstrap = find_bootstrap(ctx.settings)
     except NoBrokerError as e:

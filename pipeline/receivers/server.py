@@ -12,6 +12,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from pipeline.api import mount_api
+from pipeline.kafka_auth import KafkaAuth
 from pipeline.receivers.app import COUNTERS_KEY, ReceiverCounters, build_receiver_app
 from pipeline.settings import Settings
 
@@ -45,6 +46,7 @@ async def running_receivers(
         acks="all",
         linger_ms=5,
         max_request_size=settings.max_record_bytes + PRODUCER_REQUEST_MARGIN_BYTES,
+        **KafkaAuth.from_settings(settings).aiokafka_options(),
     )
     await producer.start()
     runner: web.AppRunner | None = None

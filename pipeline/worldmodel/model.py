@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import io
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -23,9 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.ipc  # noqa: F401 - pa.ipc
 import zstandard
 
+from pipeline.caps import adopt_caps
 from pipeline.segments.store import Manifest
 from pipeline.worldmodel.baseline import BaselineConfig, BaselineStore
-from pipeline.worldmodel.graph import EdgeStore
+from pipeline.worldmodel.graph import EdgeStore, GraphConfig
 from pipeline.worldmodel.signals import (
     MetricDeriver,
     empty_signals,
@@ -92,6 +93,9 @@ class WorldModelConfig:
     # partitions of each source topic: once a topic has been seen, all its partitions must reach
     # an instant before it is closed (a topic never seen does not hold time back)
     topic_partitions: tuple[tuple[str, int], ...] = ()
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    # every series' baseline; its interval_s is the model's
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 @dataclass
@@ -109,7 +113,7 @@ class WorldModel:
     idle: frozenset[str] = frozenset()
     spans: pa.Table | None = None
     logs: pl.DataFrame | None = None
-    graph: EdgeStore = field(default_factory=EdgeStore)
+    graph: EdgeStore = field(init=False)
     graph_deltas: deque[dict[str, Any]] = field(default_factory=deque)
     known_templates: set[int] = field(default_factory=set)
     versions: dict[str, str] = field(default_factory=dict)
@@ -124,11 +128,30 @@ class WorldModel:
 
     def __post_init__(self) -> None:
         self.baselines = BaselineStore(
-            BaselineConfig(interval_s=self.config.interval_s),
+            replace(self.config.baseline, interval_s=self.config.interval_s),
             max_series=self.config.max_series,
             count_scale=CountedRateScale(self.config.interval_s),
         )
-        self.metrics = MetricDeriver(interval_s=self.config.interval_s)
+        self.metrics = MetricDeriver(
+            interval_s=self.config.interval_s, max_series=self.config.max_series
+        )
+        self.graph = EdgeStore(self.config.graph)
+
+    def adopt(self, config: WorldModelConfig) -> list[str]:
+        """Take ``config`` into a restored model: its caps (model, graph) and topic partitions
+        apply now; every other field stays as learned (``pipeline.caps``). Returns the names
+        of the settings that differ and were kept as learned."""
+        learned = replace(self.config, baseline=self.baselines.config, graph=self.graph.config)
+        model, kept = adopt_caps(learned, config)
+        graph, kept_graph = adopt_caps(self.graph.config, config.graph, "graph.")
+        wanted_baseline = replace(config.baseline, interval_s=self.baselines.config.interval_s)
+        _, kept_baseline = adopt_caps(self.baselines.config, wanted_baseline, "baseline.")
+        kept = [k for k in kept if k != "topic_partitions"]
+        self.config = replace(model, topic_partitions=config.topic_partitions, graph=graph)
+        self.graph.config = graph
+        self.baselines.max_series = self.config.max_series
+        self.metrics.max_series = self.config.max_series
+        return kept + kept_graph + kept_baseline
 
     # ---------------------------------------------------------------- intake
     def already_applied(self, manifest: Manifest) -> bool:
@@ -560,6 +583,8 @@ class WorldModel:
         config["topic_partitions"] = tuple(
             (str(t), int(n)) for t, n in config.get("topic_partitions", ())
         )
+        config["graph"] = GraphConfig(**config.get("graph", {}))
+        config["baseline"] = BaselineConfig(**config.get("baseline", {}))
         model = cls(WorldModelConfig(**config))
         model.applied = {k: int(v) for k, v in doc["applied"].items()}
         model.watermarks = {k: int(v) for k, v in doc["watermarks"].items()}

@@ -27,8 +27,10 @@ import schemas
 from pipeline import kafka, topics
 from pipeline.ingest.core import deadletter_for_message
 from pipeline.segments.store import Manifest, SegmentStore
-from pipeline.settings import Settings
+from pipeline.settings import Settings, section_config
 from pipeline.workers import faust_app, stats_path, write_stats
+from pipeline.worldmodel.baseline import BaselineConfig
+from pipeline.worldmodel.graph import GraphConfig
 from pipeline.worldmodel.model import WorldModel, WorldModelConfig
 
 log = logging.getLogger("worldline.worldmodel")
@@ -44,10 +46,37 @@ def checkpoint_path(store: SegmentStore) -> Path:
     return store.state_dir() / CHECKPOINT_NAME
 
 
+def model_config(settings: Settings) -> WorldModelConfig:
+    """The world model's config from the settings (``world_model``, ``graph``, ``baseline``)."""
+    partitions = tuple(
+        (settings.topic(t.name), t.partitions)
+        for t in topics.REGISTRY
+        if t.encoding == "otlp_proto"
+    )
+    return section_config(
+        settings,
+        WorldModelConfig,
+        interval_s=settings.interval_s,
+        topic_partitions=partitions,
+        graph=section_config(settings, GraphConfig),
+        baseline=section_config(settings, BaselineConfig, interval_s=settings.interval_s),
+    )
+
+
 def load_model(store: SegmentStore, config: WorldModelConfig) -> WorldModel:
+    """The checkpointed model with ``config``'s caps (what it learned under is kept: a setting
+    that differs from it is logged and takes effect on a fresh data directory), or a new one."""
     path = checkpoint_path(store)
     if path.exists():
-        return WorldModel.restore(path.read_bytes())
+        model = WorldModel.restore(path.read_bytes())
+        kept = model.adopt(config)
+        if kept:
+            log.warning(
+                "the checkpoint was learned under other values of %s; they are kept (a"
+                " fresh data directory takes the settings)",
+                ", ".join(kept),
+            )
+        return model
     return WorldModel(config)
 
 
@@ -197,14 +226,7 @@ def change_from_record(doc: Any) -> dict[str, Any]:
 def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
     app = faust_app(settings, f"worldline-{STAGE}", bootstrap)
     store = SegmentStore(settings.data_dir / "segments")
-    partitions = tuple(
-        (settings.topic(t.name), t.partitions)
-        for t in topics.REGISTRY
-        if t.encoding == "otlp_proto"
-    )
-    model = load_model(
-        store, WorldModelConfig(interval_s=settings.interval_s, topic_partitions=partitions)
-    )
+    model = load_model(store, model_config(settings))
     lock = asyncio.Lock()
     state: dict[str, float] = {"last_checkpoint": time.monotonic()}
     stats_file = stats_path(settings, STAGE)
