@@ -93,6 +93,9 @@ def run_worker(settings: Settings, stage: str, bootstrap: str) -> None:
         from pipeline.ingest.worker import build_ingest_app
 
         app = build_ingest_app(settings, stage, bootstrap)
+    from pipeline.selfmetrics import serve_own_metrics
+
+    serve_own_metrics(settings)
     worker = faust.Worker(
         app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False
     )

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from pipeline.api import MODEL_PREFIX, QUERY_PREFIX, build_model_app, build_query_app
+from pipeline.monitor import Monitor
 from pipeline.receivers.app import COUNTERS_KEY, ReceiverCounters, build_receiver_app
 from pipeline.settings import Settings
 
@@ -48,9 +49,11 @@ async def running_receivers(
     )
     await producer.start()
     runner: web.AppRunner | None = None
+    monitor = Monitor(settings, bootstrap)
     try:
+        await monitor.start()
         app = build_receiver_app(
-            settings, producer, token=token, max_request_bytes=max_request_bytes
+            settings, producer, token=token, max_request_bytes=max_request_bytes, monitor=monitor
         )
         app.add_subapp(QUERY_PREFIX, build_query_app(settings, token))
         app.add_subapp(MODEL_PREFIX, build_model_app(settings, token))
@@ -64,6 +67,7 @@ async def running_receivers(
     finally:
         if runner is not None:
             await runner.cleanup()
+        await monitor.stop()
         await producer.stop()
 
 
