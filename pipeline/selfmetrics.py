@@ -228,7 +228,7 @@ def set_model_gauges(model: Any, now_s: float | None = None) -> None:
         model.dropped,
         graph.dropped,
         model.metrics.dropped,
-        model.baselines.refusals(),
+        model.baselines.refusals,
     ):
         for reason, n in source.items():
             dropped[reason] = dropped.get(reason, 0) + n

@@ -1,0 +1,92 @@
+"""The rules behind /healthz and the gauges the world model sets, without a broker."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from prometheus_client import REGISTRY
+
+from pipeline import selfmetrics
+from pipeline.monitor import LagTrend, PartitionLag
+from pipeline.segments.store import SegmentStore
+from pipeline.testing import fill_store
+from pipeline.worldmodel.model import WorldModel, WorldModelConfig
+from pipeline.worldmodel.worker import catch_up
+
+
+def test_lag_that_returns_to_its_floor_is_not_growing() -> None:
+    """A consumer that keeps up: lag climbs between commits and falls back to 0 at each."""
+    trend = LagTrend()
+    for t in range(0, 200, 5):
+        trend.add(float(t), (t % 20) * 50, window_s=60)
+    assert trend.growing(200.0, 60, 100) is None
+
+
+def test_a_rising_floor_is_growing_once_two_windows_are_seen() -> None:
+    trend = LagTrend()
+    for t in range(0, 60, 5):
+        trend.add(float(t), 1000 + t * 10, window_s=60)
+        assert trend.growing(float(t), 60, 100) is None  # one window is not enough to tell
+    for t in range(60, 125, 5):
+        trend.add(float(t), 1000 + t * 10 - (t % 20) * 5, window_s=60)
+    floor, before = trend.growing(125.0, 60, 100) or (0, 0)
+    assert floor > before >= 1000
+
+
+def test_growth_below_the_floor_setting_is_not_reported() -> None:
+    trend = LagTrend()
+    for t in range(0, 125, 5):
+        trend.add(float(t), t // 10, window_s=60)
+    assert trend.growing(125.0, 60, 100) is None
+    assert trend.growing(125.0, 60, 1) is not None
+
+
+def test_samples_older_than_two_windows_are_dropped() -> None:
+    trend = LagTrend()
+    for t in range(0, 1000, 5):
+        trend.add(float(t), 1, window_s=60)
+    assert len(trend.samples) <= 2 * 60 // 5 + 1
+
+
+def test_a_partition_never_committed_lags_by_all_it_holds() -> None:
+    assert PartitionLag("ingest-spans", "otlp_spans", 0, 12, None).lag == 12
+    assert PartitionLag("ingest-spans", "otlp_spans", 0, 12, 10).lag == 2
+
+
+def test_model_gauges_are_its_sizes_and_caps(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path / "segments")
+    fill_store(store, 3, dt.datetime(2025, 11, 20, tzinfo=dt.UTC))
+    model = WorldModel(WorldModelConfig(interval_s=60.0))
+    catch_up(store, model)
+    selfmetrics.set_model_gauges(model, now_s=model.watermark / 1e9 + 30.0)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    assert sample("worldline_model_size", kind="graph_edges") == len(model.graph.edges)
+    assert sample("worldline_model_size", kind="baseline_series") == len(model.baselines)
+    assert sample("worldline_model_size", kind="metric_series") == len(model.metric_series) > 0
+    assert sample("worldline_model_cap", kind="graph_edges") == model.graph.config.max_edges
+    assert sample("worldline_model_cap", kind="baseline_series") == model.baselines.max_series
+    assert sample("worldline_model_dropped", reason="late_rows") == model.dropped["late_rows"]
+    assert sample("worldline_model_watermark_seconds") == model.watermark / 1e9
+    assert sample("worldline_model_watermark_delay_seconds") == 30.0
+
+
+def test_counter_feed_adds_only_what_grew() -> None:
+    feed = selfmetrics.CounterFeed()
+    before = REGISTRY.get_sample_value("worldline_records_in_total", {"stage": "feed-test"}) or 0
+    counters = {"records_stored": 3, "redelivered_skipped": 1, "refused_empty_record": 2}
+    selfmetrics.feed_ingest(feed, "feed-test", counters)
+    selfmetrics.feed_ingest(feed, "feed-test", counters)  # nothing new: nothing added
+    counters["records_stored"] = 5
+    selfmetrics.feed_ingest(feed, "feed-test", counters)
+    after = REGISTRY.get_sample_value("worldline_records_in_total", {"stage": "feed-test"})
+    assert after == before + 8
+    assert (
+        REGISTRY.get_sample_value(
+            "worldline_deadletters_total", {"stage": "feed-test", "reason": "empty_record"}
+        )
+        == 2
+    )
