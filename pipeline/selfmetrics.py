@@ -266,11 +266,12 @@ def exposition(reg: CollectorRegistry) -> bytes:
     return generate_latest(reg)
 
 
-def serve_own_metrics(settings: Settings) -> bool:
+def serve_own_metrics(settings: Settings) -> Any:
     """With ``metrics_port`` set and no multiprocess directory (a stage run on its own), serve
-    this process's samples on ``http_host:metrics_port``. Returns whether it serves."""
+    this process's samples on ``http_host:metrics_port`` from a daemon thread. Returns the
+    server (``shutdown()`` stops it), or None when it does not serve."""
     if settings.metrics_port is None or multiproc_path() is not None:
-        return False
-    start_http_server(settings.metrics_port, addr=settings.http_host)
+        return None
+    server, _thread = start_http_server(settings.metrics_port, addr=settings.http_host)
     log.info("serving /metrics on %s:%d", settings.http_host, settings.metrics_port)
-    return True
+    return server

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import selfmetrics
+from pipeline.broker import free_port
 from pipeline.monitor import LagTrend, PartitionLag
 from pipeline.segments.store import SegmentStore
+from pipeline.settings import Settings
+from pipeline.stages import MULTIPROC_ENV
 from pipeline.testing import fill_store
 from pipeline.worldmodel.model import WorldModel, WorldModelConfig
 from pipeline.worldmodel.worker import catch_up
@@ -90,3 +96,30 @@ def test_counter_feed_adds_only_what_grew() -> None:
         )
         == 2
     )
+
+
+def test_a_stage_on_its_own_serves_its_metrics_on_metrics_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = Settings(data_dir=tmp_path, metrics_port=port)
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    assert selfmetrics.serve_own_metrics(settings) is None  # under `up`: the HTTP server serves
+    monkeypatch.delenv(MULTIPROC_ENV)
+    assert selfmetrics.serve_own_metrics(Settings(data_dir=tmp_path)) is None  # off by default
+    server = selfmetrics.serve_own_metrics(settings)
+    try:
+        selfmetrics.RECORDS_IN.labels("own-port-test").inc(2)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/metrics")
+        body = connection.getresponse().read().decode()
+        connection.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    values = {
+        (s.name, tuple(s.labels.items())): s.value
+        for f in text_string_to_metric_families(body)
+        for s in f.samples
+    }
+    assert values[("worldline_records_in_total", (("stage", "own-port-test"),))] == 2
