@@ -181,7 +181,7 @@ class Monitor:
         started = time.monotonic()
         try:
             lag = await asyncio.wait_for(read_lag(self.settings, self.bootstrap), CHECK_TIMEOUT_S)
-        except (KafkaError, OSError, TimeoutError) as e:
+        except Exception as e:  # refused, timed out or answered wrongly: not usable
             self.broker_up = False
             self.broker_error = str(e) or type(e).__name__
             self.lag = []
@@ -267,7 +267,7 @@ class Monitor:
         age = time.monotonic() - self.checked_at if self.checked_at else None
         if self.broker_up is False:
             reasons.append(
-                f"broker {self.bootstrap} unreachable at the last check"
+                f"broker {self.bootstrap} unreachable: it did not answer the last check"
                 f" ({age:.0f} s ago): {self.broker_error}"
             )
         stages = self.stages()

@@ -99,7 +99,7 @@ SEGMENTS_SEALED = Counter(
 MODEL_SIZE = Gauge(
     "worldline_model_size",
     "What the world model holds, by kind (baseline_series, metric_series, graph_edges,"
-    " graph_nodes, templates, changes).",
+    " graph_nodes, templates, changes, counter_state: last points of cumulative series).",
     ["kind"],
     multiprocess_mode="mostrecent",
 )
@@ -139,6 +139,16 @@ ANSWER_SECONDS = Histogram(
     "From an alert's arrival to its first causes.ranked record (includes the wait for the"
     " world model to hold the alert's data, at most answer_wait_s).",
     buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0),
+)
+INCIDENTS = Gauge(
+    "worldline_incidents",
+    "Incidents the causal stage keeps (firing and recent).",
+    multiprocess_mode="mostrecent",
+)
+INCIDENTS_CAP = Gauge(
+    "worldline_incidents_cap",
+    "The most incidents kept (the oldest are evicted beyond it).",
+    multiprocess_mode="mostrecent",
 )
 CAUSAL_RECORDS = Counter(
     "worldline_causal_records",
@@ -219,6 +229,7 @@ def set_model_gauges(model: Any, now_s: float | None = None) -> None:
         "graph_nodes": (len(graph.nodes), graph.config.max_nodes),
         "templates": (len(model.known_templates), model.config.max_known_templates),
         "changes": (len(model.changes), model.config.max_changes),
+        "counter_state": (len(model.metrics.last), model.metrics.max_series),
     }
     for kind, (size, cap) in sizes.items():
         MODEL_SIZE.labels(kind).set(size)

@@ -74,6 +74,7 @@ def test_model_gauges_are_its_sizes_and_caps(tmp_path: Path) -> None:
     assert sample("worldline_model_size", kind="baseline_series") == len(model.baselines)
     assert sample("worldline_model_size", kind="metric_series") == len(model.metric_series) > 0
     assert sample("worldline_model_cap", kind="graph_edges") == model.graph.config.max_edges
+    assert sample("worldline_model_size", kind="counter_state") == len(model.metrics.last)
     assert sample("worldline_model_cap", kind="baseline_series") == model.baselines.max_series
     assert sample("worldline_model_dropped", reason="late_rows") == model.dropped["late_rows"]
     assert sample("worldline_model_watermark_seconds") == model.watermark / 1e9

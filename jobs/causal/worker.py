@@ -460,6 +460,8 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             },
         )
         selfmetrics.feed_causal(feed, STAGE, counters)
+        selfmetrics.INCIDENTS.set(len(book.incidents))
+        selfmetrics.INCIDENTS_CAP.set(book.max_incidents)
 
     @app.task
     async def resume_waiting() -> None:
