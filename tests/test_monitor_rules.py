@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import selfmetrics
 from pipeline.broker import free_port
-from pipeline.monitor import LagTrend, PartitionLag
+from pipeline.monitor import LagTrend, Monitor, PartitionLag
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
 from pipeline.stages import MULTIPROC_ENV
@@ -124,3 +125,23 @@ def test_a_stage_on_its_own_serves_its_metrics_on_metrics_port(
         for s in f.samples
     }
     assert values[("worldline_records_in_total", (("stage", "own-port-test"),))] == 2
+
+
+def test_healthz_names_a_stage_whose_lag_grows(tmp_path: Path) -> None:
+    monitor = Monitor(Settings(data_dir=tmp_path, health_lag_window_s=60), "127.0.0.1:1")
+    monitor.broker_up = True
+    monitor.checked_at = time.monotonic()
+    monitor.lag = [PartitionLag("ingest-logs", "otlp_logs", 0, 5000, 1000)]
+    now = time.monotonic()
+    trend = monitor.trends.setdefault("ingest-logs", LagTrend())
+    for i in range(25):  # two windows of a floor rising from 1000 to 4000
+        trend.add(now - 120 + i * 5, 1000 + i * 125, window_s=60)
+    ok, reasons, checks = monitor.health()
+    assert not ok
+    [reason] = reasons
+    assert reason.startswith("consumer lag of ingest-logs grows")
+    assert checks["lag"]["ingest-logs"] == {"records": 4000, "growing": True}
+    monitor.broker_up = False
+    monitor.broker_error = "Connection refused"
+    ok, reasons, _ = monitor.health()
+    assert not ok and any("unreachable" in r and "Connection refused" in r for r in reasons)
