@@ -383,7 +383,15 @@ class Receivers:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """The exposition: the receivers' counters are fed first, then every stage's samples
-        are read (files, in multiprocess mode) off the event loop."""
+        are read (files, in multiprocess mode) off the event loop. Needs the bearer token when
+        one is configured."""
+        try:
+            self.authorize(request)
+        except Refusal as refusal:
+            self.counters.refused[refusal.reason] += 1
+            return web.Response(
+                status=401, text=str(refusal), headers={hdrs.WWW_AUTHENTICATE: "Bearer"}
+            )
         selfmetrics.feed_receiver(self.feed, self.counters)
         text = await asyncio.to_thread(selfmetrics.exposition, self.metrics_registry)
         return web.Response(body=text, headers={hdrs.CONTENT_TYPE: selfmetrics.CONTENT_TYPE})

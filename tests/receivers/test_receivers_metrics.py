@@ -111,3 +111,14 @@ def test_dashboard_is_importable_json() -> None:
     for panel in doc["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}"
+
+
+def test_metrics_need_the_token_when_one_is_set(receiver: ReceiverHarness) -> None:
+    guarded = receiver.start_extra(token="s3cret")
+    answer = receiver.post("/metrics", b"", method="GET", port=guarded.port)
+    assert answer.status == 401 and answer.headers["www-authenticate"] == "Bearer"
+    answer = receiver.post(
+        "/metrics", b"", {"Authorization": "Bearer s3cret"}, method="GET", port=guarded.port
+    )
+    assert answer.status == 200 and b"worldline_records_in_total" in answer.body
+    assert receiver.post("/healthz", b"", method="GET", port=guarded.port).status == 200
