@@ -2,7 +2,9 @@
 
 ``worldline up`` starts them beside the broker; in production each runs on its own (compose
 service, systemd unit, pod). A child gets the parent's effective settings through
-``WORLDLINE_*`` variables and dies with its parent (``PR_SET_PDEATHSIG``).
+``WORLDLINE_*`` variables and dies with its parent (``PR_SET_PDEATHSIG``). The supervisor
+records each stage's pid and state in ``runtime/stages.json`` (read by ``/healthz``) and gives
+every child a directory for its metric samples (``pipeline.selfmetrics``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def stages_file(settings: Settings) -> Path:
 
 
 def read_stage_states(settings: Settings) -> dict[str, dict[str, Any]]:
-    """stage -> {pid, running, restarts, returncode, since}; empty without a supervisor."""
+    """stage -> {pid, running, returncode, restarts}; empty without a supervisor."""
     with contextlib.suppress(FileNotFoundError, ValueError, orjson.JSONDecodeError):
         states = orjson.loads(stages_file(settings).read_bytes()).get("stages", {})
         return {str(k): dict(v) for k, v in states.items()}
