@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +18,13 @@ from pipeline.broker import free_port
 from pipeline.monitor import LagTrend, Monitor, PartitionLag
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
-from pipeline.stages import MULTIPROC_ENV
+from pipeline.stages import (
+    MULTIPROC_ENV,
+    RESTART_BACKOFF_S,
+    StageProcess,
+    StageSupervisor,
+    read_stage_states,
+)
 from pipeline.testing import fill_store
 from pipeline.worldmodel.model import WorldModel, WorldModelConfig
 from pipeline.worldmodel.worker import catch_up
@@ -145,3 +153,32 @@ def test_healthz_names_a_stage_whose_lag_grows(tmp_path: Path) -> None:
     monitor.broker_error = "Connection refused"
     ok, reasons, _ = monitor.health()
     assert not ok and any("unreachable" in r and "Connection refused" in r for r in reasons)
+
+
+def test_the_supervisor_records_a_crashed_stage_until_it_restarts(tmp_path: Path) -> None:
+    """``runtime/stages.json`` follows the supervisor: down while the stage waits for its
+    backoff, running again (new pid, one restart) after; /healthz reads it."""
+    settings = Settings(data_dir=tmp_path)
+
+    class Crashing(StageSupervisor):
+        def _launch(self, stage: str) -> StageProcess:
+            proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+            proc.wait()
+            return StageProcess(stage, proc, tmp_path / f"{stage}.log")
+
+    supervisor = Crashing(settings, "127.0.0.1:1")
+    supervisor.start(["world-model"], now=0.0)
+    first_pid = read_stage_states(settings)["world-model"]["pid"]
+    monitor = Monitor(settings, "127.0.0.1:1")
+    [health] = monitor.stages()
+    assert not health.up  # it had exited already when the states were written
+    assert supervisor.restart_crashed(1.0) == []  # seen: waits for its backoff
+    state = read_stage_states(settings)["world-model"]
+    assert state["running"] is False and state["returncode"] == 3
+    ok, reasons, _ = monitor.health()
+    assert not ok and reasons == [
+        "stage world-model is down: exited with code 3; restarting (restart 1)"
+    ]
+    assert len(supervisor.restart_crashed(1.0 + RESTART_BACKOFF_S[0])) == 1
+    state = read_stage_states(settings)["world-model"]
+    assert state["pid"] != first_pid and state["restarts"] == 1
