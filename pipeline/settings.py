@@ -250,6 +250,33 @@ class Settings(BaseModel):
         le=64,
         description="Threads running query API requests, off the HTTP event loop; more wait.",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port on http_host where a stage run on its own serves its /metrics (unset:"
+        " off; under `up` the HTTP server's /metrics serves every stage).",
+    )
+    monitor_every_s: float = Field(
+        default=5.0,
+        ge=0.5,
+        le=300,
+        description="How often the HTTP server checks the broker and reads consumer lag for"
+        " /healthz and /metrics (both answer from the last check).",
+    )
+    health_lag_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="/healthz reports a stage's lag as growing when the lowest lag of its"
+        " consumer group over the last window is above the lowest over the window before it"
+        " and at least health_lag_min_records.",
+    )
+    health_lag_min_records: int = Field(
+        default=100,
+        ge=1,
+        description="Lag (Kafka records) below which growth is not reported by /healthz.",
+    )
     max_record_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest record accepted on any topic."
     )

@@ -2,22 +2,49 @@
 
 ``worldline up`` starts them beside the broker; in production each runs on its own (compose
 service, systemd unit, pod). A child gets the parent's effective settings through
-``WORLDLINE_*`` variables and dies with its parent (``PR_SET_PDEATHSIG``).
+``WORLDLINE_*`` variables and dies with its parent (``PR_SET_PDEATHSIG``). The supervisor
+records each stage's pid and state in ``runtime/stages.json`` (read by ``/healthz``) and gives
+every child a directory for its metric samples (``pipeline.selfmetrics``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from pipeline import registry
 from pipeline.broker import die_with_parent
 from pipeline.settings import ENV_PREFIX, SUPERVISOR_ENV, Settings, environment
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiproc_dir(settings: Settings) -> Path:
+    """Where the stages under ``up`` write their metric samples (``pipeline.selfmetrics``)."""
+    return Path(settings.data_dir).resolve() / "metrics" / "processes"
+
+
+def stages_file(settings: Settings) -> Path:
+    """Where the supervisor records each stage's pid and state, for ``/healthz``."""
+    return Path(settings.data_dir) / "runtime" / "stages.json"
+
+
+def read_stage_states(settings: Settings) -> dict[str, dict[str, Any]]:
+    """stage -> {pid, running, returncode, restarts}; empty without a supervisor."""
+    with contextlib.suppress(FileNotFoundError, ValueError, orjson.JSONDecodeError):
+        states = orjson.loads(stages_file(settings).read_bytes()).get("stages", {})
+        return {str(k): dict(v) for k, v in states.items()}
+    return {}
 
 
 def settings_environment(settings: Settings, bootstrap: str) -> dict[str, str]:
@@ -27,6 +54,7 @@ def settings_environment(settings: Settings, bootstrap: str) -> dict[str, str]:
     env[ENV_PREFIX + "BOOTSTRAP_SERVERS"] = bootstrap
     env[ENV_PREFIX + "DATA_DIR"] = str(Path(settings.data_dir).resolve())
     env[SUPERVISOR_ENV] = str(os.getpid())
+    env[MULTIPROC_ENV] = str(multiproc_dir(settings))
     return env
 
 
@@ -65,9 +93,32 @@ class StageSupervisor:
     down_since: dict[str, float] = field(default_factory=dict)
 
     def start(self, stages: list[str], now: float = 0.0) -> None:
+        # samples of an earlier run would add to this run's totals
+        path = multiproc_dir(self.settings)
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
         for stage in stages:
             self.running.append(self._launch(stage))
             self.started_at[stage] = now
+        self.write_states()
+
+    def write_states(self) -> None:
+        """Record each stage's pid and state in ``stages_file`` (atomically)."""
+        states = {}
+        for s in self.running:
+            code = s.proc.poll()
+            states[s.stage] = {
+                "pid": s.proc.pid,
+                "running": code is None and s.stage not in self.down_since,
+                "returncode": code,
+                "restarts": self.restarts.get(s.stage, 0),
+            }
+        path = stages_file(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        doc = {"supervisor_pid": os.getpid(), "written_at": time.time(), "stages": states}
+        tmp.write_bytes(orjson.dumps(doc))
+        os.replace(tmp, path)
 
     def _launch(self, stage: str) -> StageProcess:
         env = settings_environment(self.settings, self.bootstrap)
@@ -108,6 +159,7 @@ class StageSupervisor:
                     first if previous is None or ran >= STABLE_AFTER_S else min(most, previous * 2)
                 )
                 self.down_since[stage] = now
+                self.write_states()
             waited = now - self.down_since[stage]
             if waited < self.backoff[stage]:
                 continue
@@ -117,6 +169,8 @@ class StageSupervisor:
             self.restarts[stage] = self.restarts.get(stage, 0) + 1
             code = s.proc.returncode if s.proc.returncode is not None else -1
             done.append(Restart(stage, code, self.restarts[stage], waited))
+        if done:
+            self.write_states()
         return done
 
     def stop(self, timeout_s: float = 20.0) -> None:
@@ -132,3 +186,4 @@ class StageSupervisor:
                     s.proc.kill()
                 s.proc.wait(timeout=5)
         self.running.clear()
+        stages_file(self.settings).unlink(missing_ok=True)

@@ -86,6 +86,9 @@ def run_worker(settings: Settings, stage: str, bootstrap: str) -> None:
     if supervisor and supervisor.isdigit():
         exit_when_orphaned(int(supervisor))
     app = registry.build_app(stage, settings, bootstrap)
+    from pipeline.selfmetrics import serve_own_metrics
+
+    serve_own_metrics(settings)
     worker = faust.Worker(
         app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False
     )

@@ -40,6 +40,7 @@ from jobs.causal.followup import (
 )
 from jobs.causal.record import build_record, iso
 from jobs.causal.search import CausalSearch, SearchConfig
+from pipeline import selfmetrics
 from pipeline.ingest.core import deadletter_for_message
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings, section_config
@@ -321,7 +322,10 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         "refresh_given_up": 0,
         "followed_up": 0,
         "follow_ups_kept_earlier": 0,
+        "payloads": 0,
+        "bytes_in": 0,
     }
+    feed = selfmetrics.CounterFeed()
     # first answers waiting for the data of their alert (``Incident.due``, saved with the book:
     # after a restart they wait again, with what the broker holds then)
     waiting: dict[str, Waiting] = {}
@@ -371,9 +375,13 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             )
             record = build_record(incident, result, now.timestamp(), coverage)
         else:
+            began = time.perf_counter()
             record = await asyncio.to_thread(
                 search_incident, view, incident, config, now.timestamp(), t_s, coverage
             )
+            selfmetrics.SEARCH_SECONDS.labels(
+                "abstained" if record["abstained"] else "named"
+            ).observe(time.perf_counter() - began)
             if not coverage["complete"] and record["abstained"]:
                 record["abstain_reason"] = (
                     f"the world model covers up to {coverage['covers_until']}, not yet the"
@@ -428,6 +436,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             await publish(incident, model, now, 0, wait.received, waited)
             counters["answered_covered" if reached else "answered_uncovered"] += 1
             latencies_ms.append(waited * 1000)
+            selfmetrics.ANSWER_SECONDS.observe(waited)
             del latencies_ms[:-1000]
 
     def wait_for_data(
@@ -451,6 +460,9 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                 "searches_rebuilt_from_history": models.rebuilt,
             },
         )
+        selfmetrics.feed_causal(feed, STAGE, counters)
+        selfmetrics.INCIDENTS.set(len(book.incidents))
+        selfmetrics.INCIDENTS_CAP.set(book.max_incidents)
 
     @app.task
     async def resume_waiting() -> None:
@@ -505,6 +517,8 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             mapper = SymptomMapper(_known_entities(model), _signals_of(model))
             async with lock:
                 for event in events:
+                    counters["payloads"] += 1
+                    counters["bytes_in"] += len(event.value or b"")
                     try:
                         parsed = parse_webhook(orjson.loads(event.value))
                     except (orjson.JSONDecodeError, schemas.SchemaViolation) as e:

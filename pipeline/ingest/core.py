@@ -287,6 +287,7 @@ class SegmentIngestor:
         batch = DecodedBatch()
         by_partition: dict[tuple[str, int], PartitionBatch] = {}
         for record in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+            self.counters["bytes_in"] += len(record.value or b"")
             if record.offset <= self.durable_offset(record.topic, record.partition):
                 self.counters["redelivered_skipped"] += 1
                 continue

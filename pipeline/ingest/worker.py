@@ -19,6 +19,7 @@ from typing import Any
 import faust
 import orjson
 
+from pipeline import selfmetrics
 from pipeline.ingest.core import STAGES, KafkaRecord, Limits, SegmentIngestor, codec_for
 from pipeline.logs.templates import MinerConfig
 from pipeline.segments.store import SegmentStore
@@ -48,6 +49,7 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
         settings.topic("segments.sealed"), value_serializer="raw", key_serializer="raw"
     )
     stats_file = stats_path(settings, stage)
+    feed = selfmetrics.CounterFeed()
 
     @app.agent(source, name=stage)
     async def ingest(stream: Any) -> None:
@@ -85,5 +87,6 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
                 )
             await app.producer.flush()
             write_stats(stats_file, dict(ingestor.counters))
+            selfmetrics.feed_ingest(feed, stage, ingestor.counters)
 
     return app

@@ -7,7 +7,9 @@ Endpoints (all POST but ``/healthz``):
   400/413/415 with a google.rpc.Status body in the request's encoding, 503 if Kafka is down.
 - ``/api/v1/write``: Prometheus remote_write 1.0 (snappy block, ``prometheus.WriteRequest``). 204.
 - ``/loki/api/v1/push``: Loki push, JSON (identity or gzip) or snappy protobuf. 204.
-- ``/healthz``: counters as JSON.
+- ``/healthz``: the platform's health (``pipeline.monitor``: broker, stages, lag) and the
+  counters, as JSON; 503 with the reasons when not ok.
+- ``/metrics``: every stage's metrics in Prometheus' exposition format (``pipeline.selfmetrics``).
 
 Every refused request (undecodable, too large, unsupported media type or coding) is counted by
 reason and written to the ``deadletter`` topic with the body as received. Requests refused before
@@ -31,7 +33,9 @@ from aiohttp import hdrs, web
 from google.protobuf.message import Message
 
 import schemas
+from pipeline import selfmetrics
 from pipeline.ingest.core import Limits
+from pipeline.monitor import Monitor
 from pipeline.receivers import loki, remote_write
 from pipeline.receivers.bodies import JSON, PROTOBUF, inflate, media_type, unsnappy
 from pipeline.receivers.otlp_export import (
@@ -52,6 +56,7 @@ log = logging.getLogger(__name__)
 REMOTE_WRITE_PATH = "/api/v1/write"
 LOKI_PUSH_PATH = "/loki/api/v1/push"
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 ALERTMANAGER_PATH = "/alertmanager/webhook"
 READ_CHUNK_BYTES = 64 * 1024
 
@@ -73,6 +78,8 @@ class ReceiverCounters:
     rejected_items: Counter[str] = field(default_factory=Counter)
     published_records: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
+    bytes_in: Counter[str] = field(default_factory=Counter)
+    deadletter_reasons: Counter[str] = field(default_factory=Counter)
     deadletters: int = 0
     deadletters_lost: int = 0
 
@@ -83,6 +90,8 @@ class ReceiverCounters:
             "rejected_items": dict(self.rejected_items),
             "published_records": dict(self.published_records),
             "refused": dict(self.refused),
+            "bytes_in": dict(self.bytes_in),
+            "deadletter_reasons": dict(self.deadletter_reasons),
             "deadletters": self.deadletters,
             "deadletters_lost": self.deadletters_lost,
         }
@@ -104,8 +113,12 @@ class Receivers:
         clock_ns: Callable[[], int],
         publish_timeout_s: float,
         max_request_bytes: int,
+        monitor: Monitor | None = None,
     ) -> None:
         self.settings = settings
+        self.monitor = monitor
+        self.feed = selfmetrics.CounterFeed()
+        self.metrics_registry = selfmetrics.registry([monitor] if monitor is not None else [])
         self.producer = producer
         self.token = token
         self.max_attributes = max_attributes
@@ -137,6 +150,7 @@ class Receivers:
             if not chunk:
                 break
             body += chunk
+            self.counters.bytes_in[request.path] += len(chunk)
         return bytes(body)
 
     def check_size(self, body: bytes) -> None:
@@ -177,6 +191,7 @@ class Receivers:
             )
             await asyncio.wait_for(future, self.publish_timeout_s)
             self.counters.deadletters += 1
+            self.counters.deadletter_reasons[refusal.reason] += 1
         except Exception as e:  # the refusal is still answered; the loss is counted
             self.counters.deadletters_lost += 1
             log.warning("dead letter for %s lost: %s", request.path, e)
@@ -361,7 +376,33 @@ class Receivers:
     # -- health -------------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", **self.counters.as_json()}, dumps=_dumps)
+        """200 ``{"status": "ok"}`` or 503 ``{"status": "unhealthy", "reasons": [...]}``, the
+        checks behind it and the counters. Answers from the monitor's last check."""
+        if self.monitor is None:  # an app built without a monitor has nothing to check
+            return web.json_response({"status": "ok", **self.counters.as_json()}, dumps=_dumps)
+        ok, reasons, checks = self.monitor.health()
+        body = {
+            "status": "ok" if ok else "unhealthy",
+            "reasons": reasons,
+            "checks": checks,
+            **self.counters.as_json(),
+        }
+        return web.json_response(body, status=200 if ok else 503, dumps=_dumps)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """The exposition: the receivers' counters are fed first, then every stage's samples
+        are read (files, in multiprocess mode) off the event loop. Needs the bearer token when
+        one is configured."""
+        try:
+            self.authorize(request)
+        except Refusal as refusal:
+            self.counters.refused[refusal.reason] += 1
+            return web.Response(
+                status=401, text=str(refusal), headers={hdrs.WWW_AUTHENTICATE: "Bearer"}
+            )
+        selfmetrics.feed_receiver(self.feed, self.counters)
+        text = await asyncio.to_thread(selfmetrics.exposition, self.metrics_registry)
+        return web.Response(body=text, headers={hdrs.CONTENT_TYPE: selfmetrics.CONTENT_TYPE})
 
 
 def _dumps(value: Any) -> str:
@@ -377,6 +418,7 @@ def build_receiver_app(
     clock_ns: Callable[[], int] = time.time_ns,
     publish_timeout_s: float = 15.0,
     max_request_bytes: int | None = None,
+    monitor: Monitor | None = None,
 ) -> web.Application:
     """The receivers as an aiohttp application publishing through ``producer``.
 
@@ -385,6 +427,7 @@ def build_receiver_app(
     ``max_request_bytes``: largest body, before and after decompression (default: the record
     limit, ``settings.max_record_bytes``); a larger limit makes requests split into records.
     Serve it with ``auto_decompress=False`` (``server.py`` does) so the body limits hold.
+    ``monitor``: the platform checks behind ``/healthz`` and ``/metrics`` (started by the caller).
     """
     receivers = Receivers(
         settings,
@@ -394,6 +437,7 @@ def build_receiver_app(
         clock_ns=clock_ns,
         publish_timeout_s=publish_timeout_s,
         max_request_bytes=max_request_bytes or settings.max_record_bytes,
+        monitor=monitor,
     )
 
     @web.middleware
@@ -439,4 +483,5 @@ def build_receiver_app(
     app.router.add_post(LOKI_PUSH_PATH, receivers.loki_push)
     app.router.add_post(ALERTMANAGER_PATH, receivers.alertmanager)
     app.router.add_get(HEALTH_PATH, receivers.health)
+    app.router.add_get(METRICS_PATH, receivers.metrics)
     return app

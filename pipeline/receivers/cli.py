@@ -34,7 +34,8 @@ def receive(ctx: Context, token_file: Path | None, duration: float | None) -> No
       POST /api/v1/write                     Prometheus remote_write 1.0       -> otlp_metrics
       POST /loki/api/v1/push                 Loki push, JSON or protobuf       -> otlp_logs
       POST /alertmanager/webhook             Alertmanager webhook (version 4)  -> alerts
-      GET  /healthz                          counters as JSON
+      GET  /healthz                          health (503 with reasons) and counters, JSON
+      GET  /metrics                          every stage's metrics, Prometheus format
       GET  /api/v1/query/...                 logs, traces, metrics, templates (read-only)
       GET  /api/v1/model/...                 graph, neighbourhood, baseline, deviations, changes
       GET  /api/v1/openapi.json              the query API's OpenAPI document

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.api import mount_api
 from pipeline.kafka_auth import KafkaAuth
+from pipeline.monitor import Monitor
 from pipeline.receivers.app import COUNTERS_KEY, ReceiverCounters, build_receiver_app
 from pipeline.settings import Settings
 
@@ -50,9 +51,11 @@ async def running_receivers(
     )
     await producer.start()
     runner: web.AppRunner | None = None
+    monitor = Monitor(settings, bootstrap)
     try:
+        await monitor.start()
         app = build_receiver_app(
-            settings, producer, token=token, max_request_bytes=max_request_bytes
+            settings, producer, token=token, max_request_bytes=max_request_bytes, monitor=monitor
         )
         mount_api(app, settings, token)
         # bodies are decompressed by the receivers themselves, under the size limit
@@ -65,6 +68,7 @@ async def running_receivers(
     finally:
         if runner is not None:
             await runner.cleanup()
+        await monitor.stop()
         await producer.stop()
 
 

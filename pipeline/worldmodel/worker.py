@@ -24,7 +24,7 @@ import orjson
 from aiokafka import TopicPartition
 
 import schemas
-from pipeline import kafka, topics
+from pipeline import kafka, selfmetrics, topics
 from pipeline.ingest.core import deadletter_for_message
 from pipeline.segments.store import Manifest, SegmentStore
 from pipeline.settings import Settings, section_config
@@ -238,6 +238,11 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
         settings.topic("deadletter"), value_serializer="raw", key_serializer="raw"
     )
     counters: dict[str, int] = {"segments_applied": 0, "changes_applied": 0, "changes_refused": 0}
+    feed = selfmetrics.CounterFeed()
+
+    def record_metrics() -> None:
+        selfmetrics.feed_world_model_counters(feed, STAGE, counters)
+        selfmetrics.set_model_gauges(model)
 
     graph_topic = app.topic(
         settings.topic("graph.deltas"), value_serializer="raw", key_serializer="raw"
@@ -379,6 +384,7 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
     async def periodic_checkpoint() -> None:
         async with lock:
             await checkpoint_if_due()
+            record_metrics()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def final_checkpoint(sender: Any, **kwargs: Any) -> None:
