@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -58,6 +59,32 @@ class ClusterStatus:
 
 def admin_client(bootstrap: str) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+
+
+def epoch_of(cluster_id: str | None) -> str:
+    """The broker epoch of a cluster id: a short, file-name-safe digest ('' for none)."""
+    if not cluster_id:
+        return ""
+    return hashlib.blake2b(cluster_id.encode(), digest_size=6).hexdigest()
+
+
+async def broker_epoch(bootstrap: str) -> str:
+    """Which life of the broker's storage the offsets read now belong to.
+
+    Offsets identify a record only within one log: a broker that lost its records (the
+    embedded one keeps them in memory; a Kafka cluster rebuilt from empty volumes) numbers new
+    records from 0 again. The cluster id tells the lives apart: Kafka keeps it with its data,
+    and ``worldline up`` gives its in-memory broker a new one at every start. Stored offsets
+    are keyed by this epoch, so after such a restart new records are never taken for records
+    already stored.
+    """
+    admin = admin_client(bootstrap)
+    await admin.start()
+    try:
+        info = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    return epoch_of(info.get("cluster_id"))
 
 
 async def ensure_topics(

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class Platform:
                     port=s.broker_port,
                     binary=s.broker_bin,
                     start_timeout_s=s.broker_start_timeout_s,
+                    storage=s.broker_storage,
+                    cluster_id=broker_cluster_id(s),
                 ).start()
                 self.bootstrap_servers = self.broker.bootstrap_servers
             else:
@@ -88,6 +91,26 @@ class Platform:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def broker_cluster_id(settings: Settings) -> str:
+    """The embedded broker's cluster id. In memory, a new one at every start: its records
+    start again from offset 0, and the new id tells every stage that these are new records.
+    In durable storage, one id per data directory, made at the first start and kept in
+    ``<data_dir>/broker-cluster-id``: tansu keeps the records under it."""
+    fresh = f"worldline-{uuid.uuid4().hex[:16]}"
+    if not settings.durable_broker:
+        return fresh
+    path = settings.data_dir / "broker-cluster-id"
+    with contextlib.suppress(FileNotFoundError):
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(fresh + "\n")
+    os.replace(tmp, path)
+    return fresh
 
 
 def write_runtime_file(path: Path, bootstrap: str, pid: int) -> None:
