@@ -231,6 +231,28 @@ async def _group_lag(bootstrap: str, group: str, hws: dict[TopicPartition, int])
     return lag
 
 
+async def unread(bootstrap: str, groups: dict[str, list[TopicPartition]]) -> dict[str, int]:
+    """Per consumer group, how many records of its partitions it has not committed yet (a
+    partition it never committed counts from offset 0)."""
+    tps = sorted({tp for parts in groups.values() for tp in parts})
+    hws = await high_water_marks(bootstrap, tps)
+    out: dict[str, int] = {}
+    for group, parts in groups.items():
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            left = 0
+            for tp in parts:
+                committed = await consumer.committed(tp)
+                left += max(0, hws.get(tp, 0) - (committed or 0))
+            out[group] = left
+        finally:
+            await consumer.stop()
+    return out
+
+
 async def tail(
     bootstrap: str,
     topic: str,

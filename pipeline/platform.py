@@ -19,11 +19,22 @@ from pathlib import Path
 from types import TracebackType
 
 import orjson
+from aiokafka import TopicPartition
 
-from pipeline import kafka
+from pipeline import kafka, topics
 from pipeline.broker import EmbeddedBroker
 from pipeline.settings import Settings
-from pipeline.stages import StageSupervisor
+from pipeline.stages import RECEIVER_STAGE, StageSupervisor
+
+DRAINED_INPUTS = {
+    "ingest-spans": "otlp_spans",
+    "ingest-metrics": "otlp_metrics",
+    "ingest-logs": "otlp_logs",
+    "world-model": "changes",
+    "causal-search": "alerts",
+}
+"""The topic each stage reads whose records exist nowhere else until the stage has read them
+(the world model's ``segments.sealed`` only notifies: the store is its truth)."""
 
 
 class NoBrokerError(RuntimeError):
@@ -72,6 +83,8 @@ class Platform:
 
     def stop(self) -> None:
         if self.supervisor is not None:
+            if self.broker is not None and not self.settings.durable_broker:
+                self.drain()
             self.on_step("stopping stages")
             self.supervisor.stop()
             self.supervisor = None
@@ -80,6 +93,43 @@ class Platform:
             self.broker.stop()
             self.broker = None
             remove_runtime_file(self.settings.runtime_file, os.getpid())
+
+    def drain(self) -> dict[str, int]:
+        """Before the in-memory broker stops (and takes what it holds with it): stop the
+        receiver, so nothing new is acknowledged, then give every running stage up to
+        ``drain_timeout_s`` to read and commit what the broker holds on its input topic.
+        Returns the records each stage's consumer group left unread (lost)."""
+        assert self.supervisor is not None
+        self.supervisor.stop(only=(RECEIVER_STAGE,))
+        groups = {
+            f"worldline-{s.stage}": [
+                TopicPartition(self.settings.topic(logical), p)
+                for p in range(topics.spec(logical).partitions)
+            ]
+            for s in self.supervisor.running
+            if (logical := DRAINED_INPUTS.get(s.stage)) and s.proc.poll() is None
+        }
+        if not groups:
+            return {}
+        self.on_step("letting the stages read what the broker holds")
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        left: dict[str, int] = {}
+        while True:
+            try:
+                left = asyncio.run(kafka.unread(self.bootstrap_servers, groups))
+            except Exception as e:  # the broker is gone: nothing more can be read
+                self.on_step(f"cannot read what the stages left unread: {e}")
+                return left
+            left = {g: n for g, n in left.items() if n}
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        if left:
+            self.on_step(
+                "lost with the in-memory broker, not read in time: "
+                + ", ".join(f"{g} {n} records" for g, n in sorted(left.items()))
+            )
+        return left
 
     def __enter__(self) -> Platform:
         return self.start()

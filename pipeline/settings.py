@@ -65,6 +65,13 @@ class Settings(BaseModel):
         " broker stops) or s3://<bucket>/ on any S3-compatible store (kept across restarts;"
         " endpoint and credentials from the AWS_* environment variables).",
     )
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="On stopping worldline up with the in-memory broker: how long the stages"
+        " may take to read what the broker holds before it stops (what is left then is lost).",
+    )
     broker_start_timeout_s: float = Field(
         default=20.0, gt=0, description="How long to wait for the embedded broker to answer."
     )
