@@ -83,8 +83,11 @@ class Platform:
 
     def stop(self) -> None:
         if self.supervisor is not None:
-            if self.broker is not None and not self.settings.durable_broker:
-                self.drain()
+            if self.broker is not None and self.broker.alive() and not self.settings.durable_broker:
+                try:
+                    self.drain()
+                except KeyboardInterrupt:  # a second Ctrl-C: stop now, unread records are lost
+                    self.on_step("stopping without waiting for the stages to read")
             self.on_step("stopping stages")
             self.supervisor.stop()
             self.supervisor = None

@@ -214,12 +214,12 @@ def s3_storage() -> Iterator[dict[str, str]]:
 def test_kill_9_of_a_durable_broker_fails_loudly_and_a_restart_loses_nothing(
     tmp_path: Path, s3_storage: dict[str, str]
 ) -> None:
-    first, second = _requests(range(300, 380)), _requests(range(400, 412))
+    first, second = _requests(range(300, 340)), _requests(range(400, 412))
     proc = _up(tmp_path, "ingest-spans", s3_storage)
     bootstrap = _running(tmp_path, proc, 1)
-    _produce(bootstrap, first[:20])
+    _produce(bootstrap, first[:10])
     _wait("sealing", lambda: bool(_stored(tmp_path)), proc, 60)
-    _produce(bootstrap, first[20:])
+    _produce(bootstrap, first[10:])
     [broker] = [c for c in _children(proc.pid) if not _is_stage(c)]
     os.kill(broker, signal.SIGKILL)  # what the stage had not read is only in the object store
     _, stderr = proc.communicate(timeout=60)
