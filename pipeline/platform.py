@@ -37,6 +37,11 @@ DRAINED_INPUTS = {
 (the world model's ``segments.sealed`` only notifies: the store is its truth)."""
 
 
+STAGE_STOP_NO_BROKER_S = 3.0
+"""How long a stage may take to stop when the embedded broker is gone (then SIGKILL; a seal cut
+short is safe: segments are written atomically and the leftovers removed at the next start)."""
+
+
 class NoBrokerError(RuntimeError):
     """No broker is configured and no embedded platform is running."""
 
@@ -83,13 +88,15 @@ class Platform:
 
     def stop(self) -> None:
         if self.supervisor is not None:
-            if self.broker is not None and self.broker.alive() and not self.settings.durable_broker:
+            broker_gone = self.broker is not None and not self.broker.alive()
+            if self.broker is not None and not broker_gone and not self.settings.durable_broker:
                 try:
                     self.drain()
                 except KeyboardInterrupt:  # a second Ctrl-C: stop now, unread records are lost
                     self.on_step("stopping without waiting for the stages to read")
             self.on_step("stopping stages")
-            self.supervisor.stop()
+            # a stage's graceful shutdown waits for the broker: without it, it would only hang
+            self.supervisor.stop(timeout_s=STAGE_STOP_NO_BROKER_S if broker_gone else 20.0)
             self.supervisor = None
         if self.broker is not None:
             self.on_step("stopping the embedded broker")
