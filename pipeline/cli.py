@@ -157,9 +157,14 @@ def up(ctx: Context, duration: float | None, status_every: float, stages: str) -
         while duration is None or time.monotonic() - started < duration:
             time.sleep(0.2)
             if platform.broker is not None and not platform.broker.alive():
+                held = (
+                    f"its records are kept in {ctx.settings.broker_storage}"
+                    if ctx.settings.durable_broker
+                    else "every record it held is gone (it keeps them in memory)"
+                )
                 fail(
-                    "the embedded broker exited: every record it held is gone (it keeps them"
-                    " in memory); stopping every stage. Start worldline again.",
+                    f"the embedded broker exited: {held}; stopping every stage."
+                    " Start worldline again.",
                     code=1,
                 )
             if platform.supervisor is not None:

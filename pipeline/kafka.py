@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -61,6 +62,32 @@ def admin_client(bootstrap: str) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=10000, **kafka_auth.client_options()
     )
+
+
+def epoch_of(cluster_id: str | None) -> str:
+    """The broker epoch of a cluster id: a short, file-name-safe digest ('' for none)."""
+    if not cluster_id:
+        return ""
+    return hashlib.blake2b(cluster_id.encode(), digest_size=6).hexdigest()
+
+
+async def broker_epoch(bootstrap: str) -> str:
+    """Which life of the broker's storage the offsets read now belong to.
+
+    Offsets identify a record only within one log: a broker that lost its records (the
+    embedded one keeps them in memory; a Kafka cluster rebuilt from empty volumes) numbers new
+    records from 0 again. The cluster id tells the lives apart: Kafka keeps it with its data,
+    and ``worldline up`` gives its in-memory broker a new one at every start. Stored offsets
+    are keyed by this epoch, so after such a restart new records are never taken for records
+    already stored.
+    """
+    admin = admin_client(bootstrap)
+    await admin.start()
+    try:
+        info = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    return epoch_of(info.get("cluster_id"))
 
 
 async def ensure_topics(
@@ -209,6 +236,31 @@ async def _group_lag(bootstrap: str, group: str, hws: dict[TopicPartition, int])
     finally:
         await consumer.stop()
     return lag
+
+
+async def unread(bootstrap: str, groups: dict[str, list[TopicPartition]]) -> dict[str, int]:
+    """Per consumer group, how many records of its partitions it has not committed yet (a
+    partition it never committed counts from offset 0)."""
+    tps = sorted({tp for parts in groups.values() for tp in parts})
+    hws = await high_water_marks(bootstrap, tps)
+    out: dict[str, int] = {}
+    for group, parts in groups.items():
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            **kafka_auth.client_options(),
+        )
+        await consumer.start()
+        try:
+            left = 0
+            for tp in parts:
+                committed = await consumer.committed(tp)
+                left += max(0, hws.get(tp, 0) - (committed or 0))
+            out[group] = left
+        finally:
+            await consumer.stop()
+    return out
 
 
 async def tail(

@@ -39,7 +39,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from pipeline import kafka, topics
+from pipeline import kafka, kafka_auth, topics
 from pipeline.settings import Settings
 from pipeline.stages import read_stage_states
 
@@ -89,7 +89,10 @@ async def read_lag(settings: Settings, bootstrap: str) -> list[PartitionLag]:
     out: list[PartitionLag] = []
     for stage, tps in wanted.items():
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group_id(stage), enable_auto_commit=False
+            bootstrap_servers=bootstrap,
+            group_id=group_id(stage),
+            enable_auto_commit=False,
+            **kafka_auth.client_options(),
         )
         await consumer.start()
         try:

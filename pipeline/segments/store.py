@@ -9,9 +9,11 @@ Durability and exactly-once effect:
 - the data file is written to a temporary name, fsynced, renamed; then the manifest the same way.
   A segment exists once its manifest exists; data files without a manifest are leftovers of a
   crash and are removed by ``recover()``;
-- every manifest names the source topic, partition and offset range it holds, so
-  ``durable_offsets()`` tells a restarted worker where to resume, and ``write()`` refuses (skips)
-  a range that is already stored.
+- every manifest names the source topic, partition and offset range it holds, and the broker
+  epoch the offsets belong to, so ``durable_offsets()`` tells a restarted worker where to resume,
+  and ``write()`` refuses (skips) a range that is already stored. Offsets mean something only
+  within one epoch (one life of the broker's storage: a broker that lost its records numbers
+  new ones from 0 again), so ranges of different epochs never cover each other.
 """
 
 from __future__ import annotations
@@ -82,12 +84,22 @@ WRITE_OPTIONS: dict[str, WriteOptions] = {
 
 @dataclass(frozen=True)
 class SourceRange:
-    """The Kafka records a segment holds: one partition, inclusive offsets."""
+    """The Kafka records a segment holds: one partition, inclusive offsets, in one broker epoch
+    (``pipeline.kafka.broker_epoch``; empty for a broker that names no cluster)."""
 
     topic: str
     partition: int
     first_offset: int
     last_offset: int
+    epoch: str = ""
+
+    def same_log(self, other: SourceRange) -> bool:
+        """Whether both ranges count offsets of the same partition log."""
+        return (self.topic, self.partition, self.epoch) == (
+            other.topic,
+            other.partition,
+            other.epoch,
+        )
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,7 @@ class Manifest:
                 "partition": self.source.partition,
                 "first_offset": self.source.first_offset,
                 "last_offset": self.source.last_offset,
+                **({"epoch": self.source.epoch} if self.source.epoch else {}),
             },
             "arrow_schema_version": self.arrow_schema_version,
             "sealed_at": self.sealed_at,
@@ -141,7 +154,11 @@ class Manifest:
             rows=doc["rows"],
             bytes=doc["bytes"],
             source=SourceRange(
-                src["topic"], src["partition"], src["first_offset"], src["last_offset"]
+                src["topic"],
+                src["partition"],
+                src["first_offset"],
+                src["last_offset"],
+                src.get("epoch", ""),
             ),
             arrow_schema_version=doc["arrow_schema_version"],
             sealed_at=doc.get("sealed_at", ""),
@@ -208,7 +225,8 @@ class SegmentStore:
             if pa.types.is_dictionary(col.type):
                 col = col.cast(pa.string())
             services = tuple(sorted(v for v in pc.unique(col).to_pylist() if v is not None))
-        segment_id = f"{signal}-{_safe(source.topic)}-p{source.partition}-{source.first_offset:020d}-{source.last_offset:020d}"
+        epoch = f"-e{_safe(source.epoch)}" if source.epoch else ""
+        segment_id = f"{signal}-{_safe(source.topic)}-p{source.partition}{epoch}-{source.first_offset:020d}-{source.last_offset:020d}"
         when = dt.datetime.fromtimestamp(start / 1e9, tz=dt.UTC)
         folder = posixpath.join(signal, when.strftime("%Y-%m-%d"), when.strftime("%H"))
         rel = posixpath.join(folder, segment_id + DATA_SUFFIX)
@@ -414,19 +432,19 @@ class SegmentStore:
     def read(self, manifest: Manifest) -> pa.Table:
         return pq.read_table(self.uri(manifest), filesystem=self.fs)
 
-    def durable_offsets(self, signal: str, topic: str) -> dict[int, int]:
-        """Per partition, the last offset of ``topic`` stored as ``signal`` (resume after it)."""
+    def durable_offsets(self, signal: str, topic: str, epoch: str = "") -> dict[int, int]:
+        """Per partition, the last offset of ``topic`` in broker ``epoch`` stored as ``signal``
+        (resume after it)."""
         out: dict[int, int] = {}
         for m in self.manifests(signal):
-            if m.source.topic == topic:
+            if m.source.topic == topic and m.source.epoch == epoch:
                 out[m.source.partition] = max(out.get(m.source.partition, -1), m.source.last_offset)
         return out
 
     def covers(self, signal: str, source: SourceRange) -> bool:
         """True if every offset of ``source`` is already in stored ``signal`` segments."""
         return any(
-            m.source.topic == source.topic
-            and m.source.partition == source.partition
+            m.source.same_log(source)
             and m.source.first_offset <= source.first_offset
             and m.source.last_offset >= source.last_offset
             for m in self.manifests(signal)

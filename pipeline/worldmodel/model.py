@@ -4,8 +4,8 @@ sealed segments in event time. Pure: segments, changes and ``now`` come in as ar
 Segments of different partitions overlap in event time, so span and log rows are buffered per
 open interval and turned into signals only once every partition's watermark has passed the
 interval's end (plus ``allowed_lateness_s``); a segment already counted (its source offsets are
-at or below what the model has applied) is skipped, which makes replays and re-deliveries
-harmless. ``checkpoint()`` captures everything, together with those offsets, as bytes.
+at or below what the model has applied in the same broker epoch) is skipped, which makes replays
+and re-deliveries harmless. ``checkpoint()`` captures everything, together with those offsets, as bytes.
 """
 
 from __future__ import annotations
@@ -82,6 +82,18 @@ class CountedRateScale:
 LOG_BUFFER_COLUMNS = ["time_unix_nano", "service", "severity_number", "template_id"]
 
 
+def marker(signal: str, epoch: str = "") -> str:
+    """The part of an ``applied`` key that names the segments' signal and broker epoch: offsets
+    of different epochs (lives of the broker's storage) are different logs."""
+    return f"{signal}@{epoch}" if epoch else signal
+
+
+def applied_key(manifest: Manifest) -> str:
+    """``WorldModel.applied`` key of a segment: "signal[@epoch]/topic/partition"."""
+    source = manifest.source
+    return f"{marker(manifest.signal, source.epoch)}/{source.topic}/{source.partition}"
+
+
 @dataclass(frozen=True)
 class WorldModelConfig:
     interval_s: float = 60.0
@@ -103,9 +115,11 @@ class WorldModel:
     config: WorldModelConfig = field(default_factory=WorldModelConfig)
     baselines: BaselineStore = field(init=False)
     metrics: MetricDeriver = field(init=False)
-    applied: dict[str, int] = field(default_factory=dict)  # "signal/topic/partition" -> last offset
+    # "signal[@epoch]/topic/partition" -> last offset applied (``applied_key``)
+    applied: dict[str, int] = field(default_factory=dict)
     watermarks: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> max event time
-    # what the broker holds, from the live shell: "topic/partition" -> (marker signal, last offset);
+    # what the broker holds, from the live shell: "topic/partition" -> (``marker`` of the signal
+    # in the broker's epoch, last offset);
     # transient (not checkpointed): refreshed by the worker from the topics' high-water marks
     sources: dict[str, tuple[str, int]] = field(default_factory=dict)
     # partitions of ``sources`` that have received nothing for a while (transient, from the live
@@ -155,8 +169,20 @@ class WorldModel:
 
     # ---------------------------------------------------------------- intake
     def already_applied(self, manifest: Manifest) -> bool:
-        key = f"{manifest.signal}/{manifest.source.topic}/{manifest.source.partition}"
-        return self.applied.get(key, -1) >= manifest.source.last_offset
+        return self.applied.get(applied_key(manifest), -1) >= manifest.source.last_offset
+
+    def forget_epochs(self, keep: set[str]) -> int:
+        """Drop the applied offsets of broker epochs not in ``keep`` (those with no segment
+        left in the store and not the broker's now: nothing of them can be applied again), so
+        the map stays bounded across broker restarts. Returns how many were dropped."""
+        gone = [
+            key
+            for key in self.applied
+            if "@" in key.split("/", 1)[0] and key.split("/", 1)[0].split("@", 1)[1] not in keep
+        ]
+        for key in gone:
+            del self.applied[key]
+        return len(gone)
 
     def apply(self, manifest: Manifest, table: pa.Table) -> bool:
         """Take one sealed segment into the model; False if it was already counted."""
@@ -173,8 +199,7 @@ class WorldModel:
                     self.metric_series.pop(next(iter(self.metric_series)))
         elif manifest.signal == "metrics":
             self._apply_metric_points(table)
-        key = f"{manifest.signal}/{manifest.source.topic}/{manifest.source.partition}"
-        self.applied[key] = manifest.source.last_offset
+        self.applied[applied_key(manifest)] = manifest.source.last_offset
         if manifest.rows and manifest.signal in ("spans", "logs", "metrics"):
             wm_key = f"{manifest.source.topic}/{manifest.source.partition}"
             self.watermarks[wm_key] = max(self.watermarks.get(wm_key, 0), manifest.end_unix_nano)

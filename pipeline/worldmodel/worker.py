@@ -31,7 +31,7 @@ from pipeline.settings import Settings, section_config
 from pipeline.workers import faust_app, stats_path, write_stats
 from pipeline.worldmodel.baseline import BaselineConfig
 from pipeline.worldmodel.graph import GraphConfig
-from pipeline.worldmodel.model import WorldModel, WorldModelConfig
+from pipeline.worldmodel.model import WorldModel, WorldModelConfig, marker
 
 log = logging.getLogger("worldline.worldmodel")
 
@@ -145,47 +145,42 @@ def source_partitions(settings: Settings) -> dict[TopicPartition, str]:
 async def received_by_broker(
     bootstrap: str, partitions: dict[TopicPartition, str]
 ) -> dict[str, tuple[str, int]]:
-    """What the broker holds on ``partitions``: "topic/partition" -> (marker signal, last
-    offset), partitions without records left out (``WorldModel.sources`` and ``coverage``)."""
+    """What the broker holds on ``partitions``: "topic/partition" -> (``marker`` of the
+    partition's signal in the broker's epoch, last offset), partitions without records left
+    out (``WorldModel.sources`` and ``coverage``)."""
+    epoch = await kafka.broker_epoch(bootstrap)
     marks = await kafka.high_water_marks(bootstrap, list(partitions))
     return {
-        f"{tp.topic}/{tp.partition}": (partitions[tp], hw - 1) for tp, hw in marks.items() if hw > 0
+        f"{tp.topic}/{tp.partition}": (marker(partitions[tp], epoch), hw - 1)
+        for tp, hw in marks.items()
+        if hw > 0
     }
 
 
 def merge_order(manifests: list[Manifest]) -> list[Manifest]:
     """Segments in event-time order, without ever reordering the segments of one partition.
 
-    A k-way merge: one queue per (signal, topic, partition) in offset order; the next segment is
-    the queue head that starts earliest. Event time then advances evenly across partitions
-    (small buffers), and the order depends only on the segments, not on when they arrived.
+    A k-way merge: one queue per (signal, topic, partition, broker epoch) in offset order; the
+    next segment is the queue head that starts earliest. Event time then advances evenly across
+    partitions (small buffers), and the order depends only on the segments, not on when they
+    arrived.
     """
-    queues: dict[tuple[str, str, int], list[Manifest]] = {}
+    queues: dict[tuple[str, str, int, str], list[Manifest]] = {}
     for m in manifests:
-        queues.setdefault((m.signal, m.source.topic, m.source.partition), []).append(m)
-    heap: list[tuple[int, int, str, str, int, int]] = []
+        key = (m.signal, m.source.topic, m.source.partition, m.source.epoch)
+        queues.setdefault(key, []).append(m)
+    heap: list[tuple[int, int, tuple[str, str, int, str], int]] = []
     for key, queue in queues.items():
         queue.sort(key=lambda m: m.source.last_offset)
-        heapq.heappush(
-            heap,
-            (
-                queue[0].start_unix_nano,
-                _SIGNAL_RANK.get(key[0], len(_SIGNAL_RANK)),
-                key[0],
-                key[1],
-                key[2],
-                0,
-            ),
-        )
+        rank = _SIGNAL_RANK.get(key[0], len(_SIGNAL_RANK))
+        heapq.heappush(heap, (queue[0].start_unix_nano, rank, key, 0))
     out: list[Manifest] = []
     while heap:
-        _, rank, signal, topic, partition, index = heapq.heappop(heap)
-        queue = queues[(signal, topic, partition)]
+        _, rank, key, index = heapq.heappop(heap)
+        queue = queues[key]
         out.append(queue[index])
         if index + 1 < len(queue):
-            heapq.heappush(
-                heap, (queue[index + 1].start_unix_nano, rank, signal, topic, partition, index + 1)
-            )
+            heapq.heappush(heap, (queue[index + 1].start_unix_nano, rank, key, index + 1))
     return out
 
 
@@ -198,6 +193,9 @@ def catch_up(
     """Apply stored segments the model has not counted yet (at most ``limit``; only those that
     begin by ``until_ns`` when given); return how many."""
     store.refresh()  # other processes sealed segments since the last call
+    live = {m.source.epoch for m in store.manifests()}
+    live.update(signal.split("@", 1)[1] for signal, _ in model.sources.values() if "@" in signal)
+    model.forget_epochs(live)
     pending = [
         m
         for m in store.manifests()

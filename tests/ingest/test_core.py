@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import schemas
 from pipeline.ingest.core import KafkaRecord, Limits, SegmentIngestor, codec_for
 from pipeline.ingest.logs import MinerStates
+from pipeline.segments.audit import row_digests
 from pipeline.segments.store import SegmentStore
 from pipeline.testing import log_request, metric_request, span_request
 
@@ -71,6 +72,37 @@ def test_otlp_json_records_are_accepted(tmp_path: Path) -> None:
     _ingest(store, "otlp_spans", _records("otlp_spans", [payload]))
     table = _rows(store, "spans")
     assert table["trace_id"][0].as_py().hex() == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_a_broker_that_numbers_its_records_anew_is_not_a_redelivery(tmp_path: Path) -> None:
+    """After the broker lost its records (a new epoch), offsets 0.. are new data; within one
+    epoch they are re-deliveries and skipped."""
+    store = SegmentStore(tmp_path / "live")
+    first = [span_request(seed).SerializeToString() for seed in range(6)]
+    second = [span_request(seed).SerializeToString() for seed in range(100, 104)]
+    ingestor = SegmentIngestor(store, codec_for("otlp_spans", store), epoch="aaaa")
+    ingestor.seal(ingestor.decode(_records("otlp_spans", first)), NOW)
+
+    restarted = SegmentIngestor(SegmentStore(tmp_path / "live"), codec_for("otlp_spans", store))
+    new_life = _records("otlp_spans", second)
+    restarted.set_epoch("bbbb")
+    assert restarted.redeliveries(new_life) == 0
+    manifests = restarted.seal(restarted.decode(new_life), NOW)
+    assert [m.source.epoch for m in manifests] == ["bbbb"]
+    assert restarted.counters["redelivered_skipped"] == 0
+    assert restarted.counters["records_stored"] == len(second)
+    # a genuine re-delivery within the new epoch is still skipped
+    assert restarted.redeliveries(new_life) == len(second)
+    restarted.seal(restarted.decode(new_life), NOW)
+    assert restarted.counters["redelivered_skipped"] == len(second)
+
+    stored = SegmentStore(tmp_path / "live")
+    reference = SegmentStore(tmp_path / "reference")
+    _ingest(reference, "otlp_spans", _records("otlp_spans", first + second))
+    # nothing lost, nothing twice: the same rows as one uninterrupted life
+    assert row_digests(_rows(stored, "spans")) == row_digests(_rows(reference, "spans"))
+    assert stored.durable_offsets("spans", "otlp_spans", "aaaa") == {0: 5}
+    assert stored.durable_offsets("spans", "otlp_spans", "bbbb") == {0: 3}
 
 
 def test_bad_records_are_dead_lettered_with_reasons(tmp_path: Path) -> None:

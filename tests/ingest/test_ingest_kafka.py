@@ -108,7 +108,10 @@ def _wait_stored(
     deadline = time.monotonic() + timeout
     want = {p: hw - 1 for p, hw in hws.items() if hw > 0}
     while time.monotonic() < deadline:
-        have = SegmentStore(store_dir).durable_offsets(signal_name, topic)
+        store = SegmentStore(store_dir)
+        epochs = {m.source.epoch for m in store.manifests(signal_name) if m.source.topic == topic}
+        assert len(epochs) <= 1, f"one broker, one epoch: {epochs}"
+        have = store.durable_offsets(signal_name, topic, *epochs)
         if all(have.get(p, -1) >= off for p, off in want.items()):
             return
         assert proc.poll() is None, log.read_text()[-3000:]

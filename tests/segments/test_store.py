@@ -76,6 +76,32 @@ def test_a_stored_range_is_skipped(tmp_path: Path) -> None:
     assert len(SegmentStore(tmp_path).manifests()) == 2
 
 
+def test_ranges_of_different_broker_epochs_never_cover_each_other(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path)
+    table = _spans()
+    old = store.write(
+        "spans", table, SourceRange("otlp_spans", 0, 0, 9), time_column="start_unix_nano", now=NOW
+    )
+    new = store.write(
+        "spans",
+        table,
+        SourceRange("otlp_spans", 0, 0, 4, epoch="0a1b2c3d4e5f"),
+        time_column="start_unix_nano",
+        now=NOW,
+    )
+    assert old is not None and new is not None and old.segment_id != new.segment_id
+    assert "-e0a1b2c3d4e5f-" in new.segment_id
+    doc = new.to_json()
+    schemas.validate("segments.sealed.schema.json", doc)
+    assert doc["source"]["epoch"] == "0a1b2c3d4e5f" and "epoch" not in old.to_json()["source"]
+    again = SegmentStore(tmp_path)
+    assert {m.source.epoch for m in again.manifests("spans")} == {"", "0a1b2c3d4e5f"}
+    assert again.durable_offsets("spans", "otlp_spans") == {0: 9}
+    assert again.durable_offsets("spans", "otlp_spans", "0a1b2c3d4e5f") == {0: 4}
+    assert again.covers("spans", SourceRange("otlp_spans", 0, 2, 4, epoch="0a1b2c3d4e5f"))
+    assert not again.covers("spans", SourceRange("otlp_spans", 0, 0, 4, epoch="ffffffffffff"))
+
+
 def test_recover_removes_crash_leftovers(tmp_path: Path) -> None:
     store = SegmentStore(tmp_path)
     m = store.write(

@@ -9,7 +9,7 @@ import pytest
 from pipeline.ingest.core import KafkaRecord, SegmentIngestor, codec_for
 from pipeline.segments.store import SegmentStore
 from pipeline.testing import BASE_NS, kv, log_request, metric_request, span_request
-from pipeline.worldmodel.model import COUNTED_RATES, WorldModel, WorldModelConfig
+from pipeline.worldmodel.model import COUNTED_RATES, WorldModel, WorldModelConfig, marker
 from pipeline.worldmodel.worker import MODEL_SIGNALS, catch_up, merge_order
 
 NOW = dt.datetime(2026, 11, 20, 14, 0, tzinfo=dt.UTC)
@@ -90,6 +90,61 @@ def test_replay_and_restart_give_the_same_model(store: SegmentStore, tmp_path: P
     )
     assert restored.baselines.snapshot() == straight.baselines.snapshot()
     assert restored.checkpoint() == straight.checkpoint()
+
+
+def _two_lives(root: Path, epochs: tuple[str, str]) -> SegmentStore:
+    """Ten minutes of spans on two partitions; the broker restarts after minute 4 and, if its
+    epoch changes, numbers the records of minutes 5-9 from offset 0 again."""
+    store = SegmentStore(root)
+    ingestor = SegmentIngestor(store, codec_for("otlp_spans", store))
+    for minute in range(10):
+        life = 0 if minute < 5 else 1
+        ingestor.set_epoch(epochs[life])
+        offset = minute - 5 * life if epochs[0] != epochs[1] else minute
+        records = [
+            KafkaRecord(
+                "otlp_spans",
+                partition,
+                offset,
+                span_request(
+                    minute * 10 + partition, start_ns=BASE_NS + minute * MINUTE
+                ).SerializeToString(),
+            )
+            for partition in range(2)
+        ]
+        ingestor.seal(ingestor.decode(records), NOW)
+    return store
+
+
+def test_segments_of_a_new_broker_epoch_are_applied_not_taken_as_counted(tmp_path: Path) -> None:
+    renewed = _two_lives(tmp_path / "renewed", ("aaaa", "bbbb"))
+    one_life = _two_lives(tmp_path / "one", ("aaaa", "aaaa"))
+    assert len(renewed.manifests("spans")) == len(one_life.manifests("spans")) == 20
+    reference = WorldModel()
+    _feed(reference, one_life)
+    model = WorldModel()
+    assert _feed(model, renewed) == 20
+    assert model.baselines.snapshot() == reference.baselines.snapshot()
+    assert model.closed_through == reference.closed_through
+    assert model.applied == {
+        "spans@aaaa/otlp_spans/0": 4,
+        "spans@aaaa/otlp_spans/1": 4,
+        "spans@bbbb/otlp_spans/0": 4,
+        "spans@bbbb/otlp_spans/1": 4,
+    }
+    # a restart from a checkpoint counts nothing twice
+    restored = WorldModel.restore(model.checkpoint())
+    assert _feed(restored, renewed) == 0
+    # what the broker holds now is read in its epoch
+    assert model.coverage({"otlp_spans/0": (marker("spans", "bbbb"), 4)})[1]
+    assert not model.coverage({"otlp_spans/0": (marker("spans", "bbbb"), 5)})[1]
+    # an epoch whose segments are all gone (retention) is forgotten: the map stays bounded
+    for m in renewed.manifests("spans"):
+        if m.source.epoch == "aaaa":
+            Path(renewed.uri(m)).with_suffix("").with_suffix(".manifest.json").unlink()
+    renewed.refresh()
+    assert _feed(model, renewed) == 0
+    assert sorted(model.applied) == ["spans@bbbb/otlp_spans/0", "spans@bbbb/otlp_spans/1"]
 
 
 def test_merge_order_keeps_partition_order_and_follows_event_time(store: SegmentStore) -> None:
