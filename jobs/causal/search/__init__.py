@@ -21,7 +21,6 @@ Pure and deterministic: the world model and the event time come in as arguments.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -32,167 +31,26 @@ import numpy as np
 
 from jobs.causal import calibration
 from jobs.causal.calibration import Calibration
-from pipeline.worldmodel.baseline import SCORE_LIMIT
-from pipeline.worldmodel.graph import CACHE_SYSTEMS, K8S_SERVICE_DNS, EntityRef
-from pipeline.worldmodel.model import WorldModel
-
-PEER = re.compile(r"\{peer=([^}]*)\}")
-UP_IS_BAD = re.compile(
-    r"latency|duration|error|cpu|mem|heap|gc|conn|pool|queue|lag|backlog|wait|saturat|throttl|restart|evict|timeout|retr",
-    re.I,
+from jobs.causal.search.config import OFF_GRAPH, SearchConfig
+from jobs.causal.search.signals import (
+    LATENCY_LIKE,
+    PEER,
+    TRAFFIC,
+    _bare,
+    _down_is_bad,
+    _family,
+    _is_failure,
+    _latency_unit,
+    _modality,
+    _owner,
+    _peer_entity,
+    _up_is_bad,
+    client_metric_peer,
+    fault_class,
 )
-DOWN_IS_BAD = re.compile(r"availability|success|apdex|uptime|goodput", re.I)
-"""Signals whose harmful direction is down: a fall is the symptom, a rise is recovery."""
-TRAFFIC = re.compile(r"rate_per_s|request|calls|throughput|invocations", re.I)
-"""Inbound traffic: how much an entity is asked, which its callers decide, not how it answers."""
-LATENCY_LIKE = re.compile(r"latency|duration", re.I)
-FAILURE = re.compile(r"error|fail|exception|5xx|availability|success|timeout", re.I)
-
-
-OFF_GRAPH = -2
-"""Hops of a candidate the graph does not place upstream of the symptom (it has a graph)."""
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    hops: int = 6
-    window_intervals: int = 30
-    z_min: float = 3.0  # a deviation smaller than this is no evidence
-    z_cap: float = 30.0
-    onset_tolerance_s: float = (
-        120.0  # a cause may start this much after the symptom (interval rounding)
-    )
-    # at least one interval: at coarse granularity (5-minute metrics) a cause and its effect
-    # routinely land in neighbouring intervals
-    tolerance_intervals: float = 1.0
-    symptom_recency_s: float = 1800.0  # the alerted deviation must be this recent to be explained
-    # the alert already says the symptom is abnormal: its own signal needs less to corroborate it
-    symptom_z_min: float = 3.0
-    change_lookback_s: float = 1800.0  # how long before its entity's onset a change can matter
-    # logit = w_strength*log1p(z) + w_sources*(sources-1) + w_change*change + w_depth*depth + w_self*is_symptom
-    w_strength: float = 1.6
-    w_sources: float = 0.6
-    w_change: float = 0.8
-    w_depth: float = 0.15
-    w_self: float = -0.3
-    # + w_explains*log1p(deviating entities between the symptom and the candidate): a cause
-    # accounts for the anomalies on its propagation paths
-    w_explains: float = 0.5
-    # + w_off_graph for a candidate the dependency graph does not place on the symptom's past
-    # side while it places others there: the graph is a prior (it may be partial), not a filter
-    w_off_graph: float = -1.0
-    # a dependency explains a dependent only when its deviation began no later (without the
-    # onset tolerance): one that began an interval after the dependent is its consequence
-    explain_needs_precedence: bool = True
-    # load shifted from another dependency explains a candidate only when the candidate does
-    # not fail: a failing one's extra requests are its callers retrying what failed
-    shift_spares_failing: bool = True
-    # + w_late*(intervals its onset follows the symptom's, within the tolerance): a cause
-    # precedes its effects; one that began after the symptom did is less likely its cause.
-    # Kept small: -0.3 to -1.0 leave the simulator suite and PetShop's train issues unchanged
-    w_late: float = -0.3
-    # the "no cause" option (below it, weak evidence loses to "nothing") and the softmax
-    # temperature: fitted on the simulator (never on PetShop) by minimising the log loss of
-    # "the top cause is right" with a weak prior around the hand-set 3.2 / 1.0, on training
-    # seeds 1 and 3 and checked on held-out seed 2:
-    #   worldline evaluate simulator --seeds 2 --train-seeds 1,3
-    # (14 services, 40 min history from 01:00 UTC, peak 15 req/s, 10 s slices). Every training
-    # case was ranked right, so the temperature sits at the grid's lower bound (0.5): the data
-    # says "sharper", not how much. ECE train 0.15 -> 0.04, held-out 0.12 -> 0.02.
-    null_logit: float = 2.0
-    temperature: float = 0.5
-    # the published top probability: intercept, then one weight per ``calibration.FEATURES``
-    # (``worldline evaluate lodo`` fits it on every dataset family and judges it on each one
-    # left out)
-    calibration: tuple[float, ...] = (1.316, 0.160, 0.121, -0.859, 0.544, 0.384, 0.776, -1.097)
-    abstain_below: float = 0.35  # top probability under this: abstain, name what would separate
-    chronic_weight: float = 0.25  # deviations older than the window count this much
-    warmup_intervals: int = 15  # scores of a series' first intervals are not evidence
-    # deviations that ended more than this many intervals before the window's end are stale:
-    # their peak, and their strength when one is the peak, count this much
-    recent_intervals: int = 10
-    stale_weight: float = 0.1
-    # a caller whose directed evidence (latency, errors) about a dependency stays under this
-    # strength measures it healthy
-    quiet_z: float = 3.0
-    # a dependency whose own latency rose by less than this fraction of a dependent's latency
-    # excess (same statistic, absolute units) cannot account for it: even called this many
-    # times in sequence per request, it adds too little; the dependent is slow on its own
-    explain_fraction: float = 0.1
-    # a failing dependent (errors, availability) is explained only by a failing dependency
-    failures_need_failures: bool = True
-    # an alerted failure is explained only by a candidate harmed in a signal with a harmful
-    # direction (errors, availability, latency, saturation, restarts...): one whose only change
-    # is how much it is called did not make its callers fail (the callers changed)
-    failures_need_harm: bool = True
-    # a change in inbound traffic alone (no latency, errors or saturation of its own) says the
-    # callers changed, not that the entity harms them; a latency rise too small to account for
-    # the alerted one says the entity changed, not that its latency is why: such evidence about
-    # a candidate other than the symptom counts this much when ranking
-    traffic_weight: float = 0.25
-    # a dependency typically slower than this many times the symptom's slowest statistic is
-    # not waited for by it (asynchronous): its latency is no evidence for the symptom
-    async_margin: float = 1.5
-    # an alert whose own signal does not deviate is explained only by a dependency whose
-    # harmful signal (latency, errors, availability) deviates at least this much, now, with
-    # "nothing is wrong" kept at least as likely as it.
-    # Chosen on PetShop's train issues among {8, 12, 20, 30}: top-1 0.34 / 0.34 / 0.34 / 0.31,
-    # specificity on its normal data 0.79 / 0.88 / 0.96 / 0.96.
-    uncorroborated_z: float = 20.0
-    # ... or, when the alerted signal is a failure (errors, availability), a dependency whose
-    # failures deviate this much now: failures are rare, and the alert names them. Chosen as
-    # the lowest of {3, 4, 6, 8, 12} keeping specificity on PetShop's normal data >= 0.9: first
-    # 6 (0.875 / 0.896 / 0.917 / 0.938 / 0.938, 0.958 without it), then, once failures behind
-    # an asynchronous hop stopped counting, 3 (0.958 for every value): the evidence threshold
-    # ``z_min`` itself. No train issue reaches this path (train top-1 0.81 for every value).
-    # 0 turns it off.
-    uncorroborated_failure_z: float = 3.0
-    # an alerted failure signal (errors, availability) that deviates only weakly (harmful
-    # direction, at least this many spreads, under ``symptom_z_min``) is corroborated by a
-    # dependency that fails clearly (``z_min``) over the same intervals: failures are rare, so
-    # the coincidence is the evidence the alert names. Latency is not corroborated this way: a
-    # service's latency and its dependencies' move together a little all the time (shared
-    # load), and on PetShop's normal data such coincidences named a cause in 5 of 24 latency
-    # alerts. 0 turns it off. It is also the least rise (in spreads) of a candidate's latency
-    # statistic that counts, under ``z_min``, when judging whether the candidate is too little
-    # slower to account for the alerted statistic's rise: a tail statistic (p95, p99) is noisy
-    # and may rise by less than ``z_min`` of its spreads while rising by far more than the
-    # ``explain_fraction`` of the alerted one.
-    symptom_weak_z: float = 1.5
-    # a leaf dependency (it calls nothing known) harmed together with an instrumented sibling
-    # (same caller, same harm, onsets within the tolerance: the same requests seen from both
-    # sides of a balancer, neither precedes the other) is the caller's view of that sibling,
-    # e.g. the load balancer in front of it, and is explained by it
-    leaf_is_sibling_view: bool = True
-    # with less history than the warm-up for the alerted signal (a new deployment, a service
-    # just added), young scores count (their spreads are already widened for youth), and the
-    # best cause is at most ``cold_start_odds`` to one against "nothing is wrong" (p <= 0.8).
-    # Measured: PetShop issues each answered by a fresh model (5 rows, all cold) are right at
-    # top-1 in 46 of 55 answers (0.84); their ECE is 0.25 at 2 to 1, 0.17 at 4 to 1; the
-    # simulator's 5- and 10-minute histories (seeds 1-2): 0.27 / 0.28 at 2, 0.14 / 0.17 at 4
-    cold_start: bool = True
-    cold_start_odds: float = 4.0
-    # persistence is measured up to the alerted deviation's end (plus the onset tolerance)
-    # when the symptom has recovered: a cause must deviate while the symptom does
-    until_symptom_ends: bool = True
-    # a candidate already harmed as much as now (at least ``standing_ratio`` of its peak, in
-    # spreads) at an interval before the symptom began (beyond the onset tolerance) while the
-    # alerted signal was measured normal is a standing condition: it held and the symptom did
-    # not follow, so it does not explain why the symptom began. Its evidence counts
-    # ``standing_weight`` when ranking; it is still ranked, and still explains what it can.
-    # Measured against the symptom's onset; an alert's time says little about when its signal
-    # began to change (alerts wait, burn rates average over hours). When the alerted signal
-    # never deviates (an answer for a dependency harmed far beyond its normal, ``far`` in the
-    # search), the alert's time is all there is, and only a harm older than the window (a
-    # chronic one) that already held at an interval ending before the alert fired, while the
-    # alerted signal was measured normal, is standing.
-    standing_weight: float = 0.1
-    standing_ratio: float = 0.8
-    # how often a series deviates in the time it has been learned is how much its deviation
-    # now says: a series whose episodes begin in a share r of its intervals above this one
-    # ranks with its strength scaled by log(1/r) / log(1 / episode_rate_ref) (a flat series
-    # that moves by a little every so often, a noisy counter); 0 turns it off
-    episode_rate_ref: float = 0.001
+from pipeline.worldmodel.baseline import SCORE_LIMIT
+from pipeline.worldmodel.graph import EntityRef
+from pipeline.worldmodel.model import WorldModel
 
 
 @dataclass
@@ -358,127 +216,6 @@ class SearchResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _modality(signal: str) -> int:
-    if signal.startswith(("span.", "edge.")):
-        return 0
-    if signal.startswith("log."):
-        return 1
-    return 2
-
-
-def _down_is_bad(signal: str) -> bool:
-    return not _up_is_bad(signal) and bool(DOWN_IS_BAD.search(_bare(signal)))
-
-
-def _bare(signal: str) -> str:
-    """The signal's name without its qualifiers (``{db.system=...}``)."""
-    return QUALIFIER.sub("", signal)
-
-
-def _is_failure(signal: str) -> bool:
-    """Whether the signal counts failures (errors, availability, timeouts). A duration stays
-    a duration whatever its qualifiers: the latency of failed requests
-    (``duration{error.type=500}.p95``) says how long failing took, not how often."""
-    name = _bare(signal)
-    if FAILURE.search(name):
-        return True
-    if LATENCY_LIKE.search(name) and not name.endswith("rate_per_s"):
-        return False
-    return bool(FAILURE.search(signal))
-
-
-def _up_is_bad(signal: str) -> bool:
-    if signal.startswith(("span.latency", "edge.latency", "span.error", "edge.error", "log.error")):
-        return True
-    if "rate_per_s" in signal and signal.startswith(("span.", "edge.")):
-        return False
-    name = _bare(signal)
-    if name.endswith("rate_per_s") and not FAILURE.search(name):
-        # how often something is observed (a counter's or a histogram's count): traffic
-        return False
-    return bool(UP_IS_BAD.search(name))
-
-
-def fault_class(signal: str, direction: float) -> str:
-    s = signal.lower()
-    if "error" in s or "exception" in s or "5xx" in s:
-        return "errors"
-    if "latency" in s or "duration" in s:
-        return "latency"
-    if "cpu" in s or "throttl" in s:
-        return "cpu_saturation"
-    if "mem" in s or "heap" in s or "oom" in s or "evict" in s:
-        return "memory"
-    if "conn" in s or "pool" in s:
-        return "connection_pool"
-    if "queue" in s or "lag" in s or "backlog" in s:
-        return "queue_backlog"
-    if s.startswith("log.template"):
-        return "new_log_pattern"
-    if "rate" in s or "count" in s or "request" in s:
-        return "traffic_surge" if direction > 0 else "traffic_drop"
-    return "anomaly"
-
-
-QUALIFIER = re.compile(r"\{([^}]*)\}")
-K8S_DNS = re.compile(K8S_SERVICE_DNS)
-
-
-def _qualifiers(signal: str) -> dict[str, str]:
-    match = QUALIFIER.search(signal)
-    if match is None:
-        return {}
-    out = {}
-    for part in match.group(1).split(","):
-        key, sep, value = part.partition("=")
-        if sep:
-            out[key] = value
-    return out
-
-
-def client_metric_peer(signal: str) -> str | None:
-    """The dependency a client-side metric describes, named as the graph names it.
-
-    OpenTelemetry client metrics (``db.client.*``, ``http.client.*``, ``messaging.*``) carry the
-    peer in their attributes (``db.system``, ``db.namespace``, ``server.address``, ...): such a
-    series is evidence about the peer, as the caller sees it, like an edge's span signals.
-    """
-    if signal.startswith(("span.", "edge.", "log.")):
-        return None
-    q = _qualifiers(signal)
-    host = q.get("server.address") or None
-    if host:
-        short = K8S_DNS.match(host)
-        host = short.group(1) if short else host
-    namespace = q.get("db.namespace") or q.get("db.name") or None
-    if namespace is not None and namespace.isdigit():
-        namespace = None
-    system = q.get("db.system") or q.get("db.system.name")
-    if q.get("messaging.system"):
-        if ".process." in signal or ".receive." in signal or "consume" in signal:
-            return None  # the consumer's own processing: evidence about the consumer
-        destination = q.get("messaging.destination.name") or q.get("messaging.destination") or host
-        return f"queue:{q['messaging.system']}:{destination}" if destination else None
-    if system:
-        if system in CACHE_SYSTEMS:
-            part = host or namespace
-            return f"cache:{system}:{part}" if part else f"cache:{system}"
-        part = namespace or host
-        return f"database:{system}:{part}" if part else f"database:{system}"
-    if q.get("peer.service"):
-        return f"external:{q['peer.service']}"
-    if host and (signal.startswith(("http.client", "rpc.client")) or ".client." in signal):
-        return f"external:{host}"
-    return None
-
-
-def _peer_entity(peer: str, known_services: set[str]) -> str:
-    kind, _, name = peer.partition(":")
-    if kind == "external" and f"service:{name}" in known_services:
-        return f"service:{name}"
-    return peer
-
-
 def symptom_spacing(model: WorldModel, symptoms: list[tuple[str, str | None]]) -> int:
     """Intervals between the alerted series' recent values (``SeasonalBaseline.spacing``, the
     sparsest of them): 1 for data at the model's interval."""
@@ -488,6 +225,26 @@ def symptom_spacing(model: WorldModel, symptoms: list[tuple[str, str | None]]) -
         if baseline is not None:
             spacing = max(spacing, baseline.spacing)
     return spacing
+
+
+__all__ = [
+    "CausalSearch",
+    "Evidence",
+    "HypothesisBatch",
+    "OFF_GRAPH",
+    "PEER",
+    "SearchConfig",
+    "SearchResult",
+    "_LatencyAccounts",
+    "_family",
+    "_is_failure",
+    "_latency_unit",
+    "_peer_entity",
+    "client_metric_peer",
+    "evaluate",
+    "fault_class",
+    "symptom_spacing",
+]
 
 
 class CausalSearch:
@@ -1804,35 +1561,6 @@ class _LatencyAccounts:
         return max((x for r in rows if (x := self.excess(r)) is not None), default=0.0) >= (
             self.config.explain_fraction * needed
         )
-
-
-LATENCY_UNIT = re.compile(r"_(ms|us|ns|s|seconds|milliseconds)(?=$|[{.])")
-
-
-def _family(signal: str) -> str:
-    """The prefix of the series that measure what ``signal`` names: a span-derived signal's
-    kind (``span.latency_p95_ms`` -> every ``span.latency`` statistic); any other series is
-    itself (an alert on a metric's statistic is about that statistic; splitting such a name
-    on ``_`` would take ``http_server_duration_seconds`` for every ``http`` series)."""
-    if signal.startswith(("span.", "edge.")):
-        return signal.split("_")[0]
-    return signal
-
-
-def _latency_unit(signal: str) -> str | None:
-    """The unit of a latency-like signal ("" when its name says none), else None (a
-    duration histogram's error ratio is a share of requests, not a duration)."""
-    if not LATENCY_LIKE.search(signal) or signal.endswith("error_ratio"):
-        return None
-    found = LATENCY_UNIT.search(_bare(signal))
-    return found.group(1) if found else ""
-
-
-def _owner(entity: str) -> str:
-    """The service an operation belongs to; any other entity is its own owner."""
-    if entity.startswith("operation:"):
-        return "service:" + entity[len("operation:") :].split(" ", 1)[0]
-    return entity
 
 
 def _path(graph: nx.MultiDiGraph, cause: str, symptoms: list[str]) -> list[str]:
