@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import networkx as nx
@@ -31,6 +31,7 @@ import numpy as np
 
 from jobs.causal import calibration
 from jobs.causal.calibration import Calibration
+from jobs.causal.search import candidates as _candidates
 from jobs.causal.search.config import OFF_GRAPH, SearchConfig
 from jobs.causal.search.evidence import (
     Evidence,
@@ -43,64 +44,31 @@ from jobs.causal.search.evidence import (
     evaluate,
     symptom_spacing,
 )
+from jobs.causal.search.result import Cause, RuledOut, SearchResult, build_cause
 from jobs.causal.search.signals import (
     LATENCY_LIKE,
     PEER,
     TRAFFIC,
     _bare,
-    _down_is_bad,
     _family,
     _is_failure,
     _latency_unit,
-    _modality,
     _owner,
     _peer_entity,
-    _up_is_bad,
     client_metric_peer,
     fault_class,
 )
 from pipeline.worldmodel.baseline import SCORE_LIMIT
-from pipeline.worldmodel.graph import EntityRef
 from pipeline.worldmodel.model import WorldModel
-
-
-@dataclass
-class Cause:
-    entity: str
-    signal: str
-    fault_class: str
-    onset_s: float | None
-    probability: float
-    logit: float
-    evidence: list[dict[str, Any]]
-    path: list[str]
-    explanation: str
-
-
-@dataclass
-class RuledOut:
-    entity: str
-    reason: str
-    signal: str | None = None
-
-
-@dataclass
-class SearchResult:
-    causes: list[Cause]
-    ruled_out: list[RuledOut]
-    abstained: bool
-    abstain_reason: str | None
-    separating_evidence: list[str]
-    symptom_onset_s: float | None
-    stats: dict[str, float] = field(default_factory=dict)
-
 
 __all__ = [
     "CausalSearch",
+    "Cause",
     "Evidence",
     "HypothesisBatch",
     "OFF_GRAPH",
     "PEER",
+    "RuledOut",
     "SearchConfig",
     "SearchResult",
     "_LatencyAccounts",
@@ -122,96 +90,14 @@ class CausalSearch:
         self.model = model
         self.config = config or SearchConfig()
 
-    # ------------------------------------------------------------------ candidates
     def candidates(self, symptoms: list[str], t_s: float) -> tuple[dict[str, int], nx.MultiDiGraph]:
         """Candidate entities -> hops from the nearest symptom, and the graph used."""
-        t_ns = int(t_s * 1e9)
-        graph = self.model.graph.as_of(t_ns)
-        out: dict[str, int] = {}
-        for symptom in symptoms:
-            if symptom not in graph:
-                continue
-            for ref, hops in self.model.graph.upstream(
-                EntityRef.from_key(symptom), self.config.hops, t_ns
-            ).items():
-                out[ref.key] = min(out.get(ref.key, hops), hops)
-        # the graph is a prior, not a filter: an entity it does not place on the symptom's past
-        # side (a metrics-only service, a dependency no trace has shown yet) is still a
-        # candidate, at ``OFF_GRAPH`` hops (less likely, ``w_off_graph``); with no graph
-        # around the symptom at all every entity is equally placed (-1)
-        unplaced = -1 if not out else OFF_GRAPH
-        for entity, _ in self.model.baselines.keys():
-            # (an operation is evidence about its service, not a candidate of its own)
-            if not entity.startswith(("alert:", "operation:")):
-                out.setdefault(entity, unplaced)
-        for symptom in symptoms:
-            out.setdefault(symptom, 0)
-        return out, graph
+        return _candidates.candidates(self.model, self.config, symptoms, t_s)
 
     def hypotheses(
         self, candidates: dict[str, int], t_s: float, warmup_intervals: int | None = None
     ) -> HypothesisBatch:
-        config = self.config
-        warmup = config.warmup_intervals if warmup_intervals is None else warmup_intervals
-        interval = self.model.config.interval_s
-        w = config.window_intervals
-        end_interval = math.floor(t_s / interval)
-        t0 = (end_interval - w + 1) * interval
-        known_services = {e for e in candidates if e.startswith("service:")}
-        index = {e: i for i, e in enumerate(sorted(candidates))}
-        entity_ids: list[int] = []
-        series: list[tuple[str, str]] = []
-        keys = self.model.baselines.keys()
-        for key in keys:
-            entity, signal = key
-            target = entity
-            if signal.startswith("edge."):
-                peer = PEER.search(signal)
-                if peer is None:
-                    continue
-                target = _peer_entity(peer.group(1), known_services)
-            else:
-                described = client_metric_peer(signal)
-                if described is not None:
-                    target = _peer_entity(described, known_services)
-            if target not in index and target.startswith("operation:"):
-                # an operation that is no candidate of its own is evidence about its service
-                # (an SLO alert on a service measures its routes)
-                target = _owner(target)
-            if target in index:
-                entity_ids.append(index[target])
-                series.append(key)
-        n = len(series)
-        z = np.full((n, w), np.nan)
-        # the share of intervals in which a series began a deviation episode, with a prior of
-        # one episode in 1 / episode_rate_ref intervals: a young series is not judged noisy
-        prior_intervals = 1.0 / config.episode_rate_ref if config.episode_rate_ref > 0 else 1.0
-        episodes = np.full(n, 1.0 / prior_intervals)
-        for row, (entity, signal) in enumerate(series):
-            baseline = self.model.baselines.get(entity, signal)
-            if baseline is None or baseline.first_seen_s is None:
-                continue
-            episodes[row] = (baseline.alerts_raised + 1.0) / (
-                baseline.intervals_learned + prior_intervals
-            )
-            # a baseline that has seen little history scores noise as deviation: skip its first intervals
-            warm_from = baseline.first_seen_s + warmup * interval
-            for t_start, score in baseline.recent_scores():
-                col = round((t_start - t0) / interval)
-                if 0 <= col < w and t_start >= warm_from:
-                    z[row, col] = score
-        return HypothesisBatch(
-            entity=np.array(entity_ids, dtype=np.int64),
-            series=series,
-            modality=np.array([_modality(s) for _, s in series], dtype=np.int8),
-            up_is_bad=np.array([_up_is_bad(s) for _, s in series], dtype=bool),
-            z=z,
-            t0_s=t0,
-            interval_s=interval,
-            entities=sorted(candidates),
-            down_is_bad=np.array([_down_is_bad(s) for _, s in series], dtype=bool),
-            episode_rate=episodes,
-        )
+        return _candidates.hypotheses(self.model, self.config, candidates, t_s, warmup_intervals)
 
     # ---------------------------------------------------------------------- search
     def run(
@@ -629,7 +515,9 @@ class CausalSearch:
         for rank_i in map(int, order_s):
             i = int(survivors[rank_i])
             causes.append(
-                self._cause(
+                build_cause(
+                    self.model,
+                    self.config,
                     i,
                     batch,
                     ev,
@@ -1252,111 +1140,3 @@ class CausalSearch:
                 and not (precedence and onset[j] < onset[i])
             )
         return out
-
-    def _cause(
-        self,
-        i: int,
-        batch: HypothesisBatch,
-        ev: Evidence,
-        best_row: np.ndarray,
-        onset: np.ndarray,
-        probability: float,
-        logit: float,
-        change_for: dict[int, dict[str, Any]],
-        graph: nx.MultiDiGraph,
-        symptoms: list[str],
-        names: list[str],
-    ) -> Cause:
-        row = int(best_row[i])
-        series_entity, signal = batch.series[row]
-        rows = np.flatnonzero((batch.entity == i) & (ev.strength >= self.config.z_min))
-        rows = rows[np.argsort(-ev.strength[rows], kind="stable")][:5]
-        evidence = []
-        for r in rows:
-            e, s = batch.series[r]
-            baseline = self.model.baselines.get(e, s)
-            expected = spread = None
-            if baseline is not None and not math.isnan(ev.onset_s[r]):
-                exp, spr, _ = baseline.expected(float(ev.onset_s[r]))
-                expected, spread = exp, spr
-            kind = "metric_deviation"
-            if s.startswith(("span.latency", "edge.latency")):
-                kind = "trace_latency"
-            elif s.startswith(("span.error", "edge.error")):
-                kind = "trace_errors"
-            elif s.startswith("log."):
-                kind = "log_template_rate"
-            item: dict[str, Any] = {
-                "type": kind,
-                "summary": f"{s} of {e}: {ev.peak[r]:+.1f} sigma from its baseline"
-                + (f" since {_iso(ev.onset_s[r])}" if not math.isnan(ev.onset_s[r]) else ""),
-                "entity": _entity_json(e),
-                "signal": s,
-                "score": round(float(ev.peak[r]), 3),
-                "onset": None if math.isnan(ev.onset_s[r]) else _iso(ev.onset_s[r]),
-            }
-            if expected is not None and spread is not None and math.isfinite(expected):
-                item["baseline"] = round(float(expected), 6)
-                item["spread"] = round(float(spread), 6)
-                item["observed"] = round(float(expected + ev.peak[r] * spread), 6)
-            evidence.append(item)
-        change = change_for.get(i)
-        if change is not None:
-            evidence.append(
-                {
-                    "type": "change_event",
-                    "summary": f"{change['kind']} of {names[i]} at {_iso(int(change['time_unix_nano']) / 1e9)}, before its deviation",
-                    "change_id": change["change_id"],
-                }
-            )
-        path = _path(graph, names[i], symptoms)
-        fclass = (
-            change["kind"]
-            if change is not None and change["kind"] in ("deploy", "config", "feature_flag")
-            else fault_class(signal, float(ev.peak[row]))
-        )
-        onset_s = None if not math.isfinite(onset[i]) else float(onset[i])
-        explanation = (
-            f"{names[i]}: {signal} deviated {ev.peak[row]:+.1f} sigma"
-            + (f" from {_iso(onset_s)}" if onset_s else "")
-            + (f", after {change['kind']} {change['change_id']}" if change is not None else "")
-            + (f"; it propagates to {path[-1]} via {len(path) - 1} hop(s)" if len(path) > 1 else "")
-            + "."
-        )
-        return Cause(
-            names[i],
-            signal,
-            fclass,
-            onset_s,
-            float(probability),
-            float(logit),
-            evidence,
-            path,
-            explanation,
-        )
-
-
-def _path(graph: nx.MultiDiGraph, cause: str, symptoms: list[str]) -> list[str]:
-    best: list[str] = [cause]
-    for symptom in symptoms:
-        if symptom in graph and cause in graph:
-            try:
-                p = nx.shortest_path(graph, symptom, cause)
-            except nx.NetworkXNoPath:
-                continue
-            if len(best) == 1 or len(p) < len(best):
-                best = list(reversed(p))
-    return best
-
-
-def _entity_json(key: str) -> dict[str, str]:
-    kind, _, name = key.partition(":")
-    return {"kind": kind, "name": name}
-
-
-def _iso(t_s: float | None) -> str:
-    import datetime as dt
-
-    if t_s is None or not math.isfinite(t_s):
-        return ""
-    return dt.datetime.fromtimestamp(t_s, tz=dt.UTC).isoformat().replace("+00:00", "Z")
