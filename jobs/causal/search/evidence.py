@@ -1,6 +1,7 @@
 """Evidence: the hypotheses as columns (``HypothesisBatch``), each one's peak, onset and
-persistence computed for the whole batch at once (``evaluate``), and whether one entity's
-latency or failures can account for another's (``_LatencyAccounts``)."""
+persistence computed for the whole batch at once (``evaluate``), the evidence of each candidate
+entity drawn from its rows (``EntityEvidence``), and whether one entity's latency or failures can
+account for another's (``_LatencyAccounts``)."""
 
 from __future__ import annotations
 
@@ -251,3 +252,63 @@ class _LatencyAccounts:
         return max((x for r in rows if (x := self.excess(r)) is not None), default=0.0) >= (
             self.config.explain_fraction * needed
         )
+
+
+@dataclass
+class EntityEvidence:
+    """The evidence of each candidate entity (indexed as ``batch.entities``), drawn from its rows."""
+
+    best_strength: np.ndarray  # its strongest hypothesis
+    onset: np.ndarray  # the earliest onset of its strong rows (inf: none)
+    sources: np.ndarray  # how many modalities (traces, logs, metrics) deviate
+    last_dev: np.ndarray  # the last interval it was still deviating (strong rows; -inf: never)
+    # per row: a signal with a definite harmful direction (latency, errors, saturation,
+    # availability...) rather than a two-sided one such as a request rate
+    directed: np.ndarray
+    harm_strength: np.ndarray  # its strongest directed row
+    felt_strength: np.ndarray  # its strongest row of harm its callers feel
+    felt_onset: np.ndarray  # the earliest onset of that felt harm (inf: none)
+
+
+def entity_evidence(batch: HypothesisBatch, ev: Evidence, config: SearchConfig) -> EntityEvidence:
+    """Entity level: the strongest hypothesis, the earliest strong onset, the modalities, the
+    last deviating interval, and how strongly it is harmed in ways its callers feel."""
+    n_ent = len(batch.entities)
+    ent = batch.entity
+    best_strength = np.zeros(n_ent)
+    np.maximum.at(best_strength, ent, ev.strength)
+    strong = ev.strength >= np.maximum(config.z_min, 0.5 * best_strength[ent])
+    onset = np.full(n_ent, np.inf)
+    np.minimum.at(onset, ent[strong], np.nan_to_num(ev.onset_s[strong], nan=np.inf))
+    modalities = np.zeros((n_ent, 3), dtype=bool)
+    deviating = ev.strength >= config.z_min
+    modalities[ent[deviating], batch.modality[deviating]] = True
+    sources = modalities.sum(axis=1)
+    last_dev = np.full(n_ent, -np.inf)
+    ends = ev.end_s if ev.end_s is not None else ev.onset_s
+    np.maximum.at(last_dev, ent[strong], np.nan_to_num(ends[strong], nan=-np.inf))
+    down = batch.down_is_bad if batch.down_is_bad is not None else np.zeros(len(batch), bool)
+    directed = batch.up_is_bad | down
+    harm_strength = np.zeros(n_ent)
+    np.maximum.at(harm_strength, ent[directed], ev.strength[directed])
+    # harm its callers feel: its latency or its failures (its own, or seen on calls to it).
+    # Saturation alone (memory, CPU) reaches a dependent only through them
+    felt = directed & np.array(
+        [bool(LATENCY_LIKE.search(sig)) or _is_failure(sig) for _, sig in batch.series],
+        dtype=bool,
+    ).reshape(len(batch))
+    felt_strength = np.zeros(n_ent)
+    np.maximum.at(felt_strength, ent[felt], ev.strength[felt])
+    felt_rows = felt & (ev.strength >= config.z_min)
+    felt_onset = np.full(n_ent, np.inf)
+    np.minimum.at(felt_onset, ent[felt_rows], np.nan_to_num(ev.onset_s[felt_rows], nan=np.inf))
+    return EntityEvidence(
+        best_strength,
+        onset,
+        sources,
+        last_dev,
+        directed,
+        harm_strength,
+        felt_strength,
+        felt_onset,
+    )
