@@ -566,6 +566,7 @@ def test_shifted_load_is_never_both_ways_and_spares_a_failing_dependency() -> No
     import networkx as nx
 
     from jobs.causal.search import Evidence, HypothesisBatch
+    from jobs.causal.search.explain import shifted_load
 
     # caller sends more requests to both a and b while its own traffic did not grow
     entities = ["service:a", "service:b", "service:caller"]
@@ -591,8 +592,8 @@ def test_shifted_load_is_never_both_ways_and_spares_a_failing_dependency() -> No
         ev = Evidence(np.full(n, 8.0), strength, np.zeros(n), np.ones(n), np.full(n, 120.0))
         graph = nx.MultiDiGraph([("service:caller", "service:a"), ("service:caller", "service:b")])
         idx = {e: i for i, e in enumerate(entities)}
-        search = CausalSearch(WorldModel(), SearchConfig())
-        return search._shifted_load(
+        return shifted_load(
+            SearchConfig(),
             np.array([True, True, False]),
             batch,
             ev,

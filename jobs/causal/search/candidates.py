@@ -1,0 +1,128 @@
+"""Candidates and hypotheses, from the world model.
+
+Candidates: every entity on the past side of the symptom (upstream in the dependency graph as of
+the alert, k hops, virtual dependencies included, and the pods and hosts they run on), and,
+the graph being a prior rather than a filter, every other entity the baselines know. Hypotheses:
+(candidate, series) pairs; a series is evidence for the entity it describes: its own series,
+the edge series its callers measured (``edge.*{peer=<entity>}``) and the client metrics naming
+it as their peer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import numpy as np
+
+from jobs.causal.search.config import OFF_GRAPH, SearchConfig
+from jobs.causal.search.evidence import HypothesisBatch
+from jobs.causal.search.signals import (
+    PEER,
+    _down_is_bad,
+    _modality,
+    _owner,
+    _peer_entity,
+    _up_is_bad,
+    client_metric_peer,
+)
+from pipeline.worldmodel.graph import EntityRef
+from pipeline.worldmodel.model import WorldModel
+
+
+def candidates(
+    model: WorldModel, config: SearchConfig, symptoms: list[str], t_s: float
+) -> tuple[dict[str, int], nx.MultiDiGraph]:
+    """Candidate entities -> hops from the nearest symptom, and the graph used."""
+    t_ns = int(t_s * 1e9)
+    graph = model.graph.as_of(t_ns)
+    out: dict[str, int] = {}
+    for symptom in symptoms:
+        if symptom not in graph:
+            continue
+        for ref, hops in model.graph.upstream(
+            EntityRef.from_key(symptom), config.hops, t_ns
+        ).items():
+            out[ref.key] = min(out.get(ref.key, hops), hops)
+    # the graph is a prior, not a filter: an entity it does not place on the symptom's past
+    # side (a metrics-only service, a dependency no trace has shown yet) is still a
+    # candidate, at ``OFF_GRAPH`` hops (less likely, ``w_off_graph``); with no graph
+    # around the symptom at all every entity is equally placed (-1)
+    unplaced = -1 if not out else OFF_GRAPH
+    for entity, _ in model.baselines.keys():
+        # (an operation is evidence about its service, not a candidate of its own)
+        if not entity.startswith(("alert:", "operation:")):
+            out.setdefault(entity, unplaced)
+    for symptom in symptoms:
+        out.setdefault(symptom, 0)
+    return out, graph
+
+
+def hypotheses(
+    model: WorldModel,
+    config: SearchConfig,
+    candidates: dict[str, int],
+    t_s: float,
+    warmup_intervals: int | None = None,
+) -> HypothesisBatch:
+    """Every (candidate, series) pair, with the series' robust scores over the window."""
+    warmup = config.warmup_intervals if warmup_intervals is None else warmup_intervals
+    interval = model.config.interval_s
+    w = config.window_intervals
+    end_interval = math.floor(t_s / interval)
+    t0 = (end_interval - w + 1) * interval
+    known_services = {e for e in candidates if e.startswith("service:")}
+    index = {e: i for i, e in enumerate(sorted(candidates))}
+    entity_ids: list[int] = []
+    series: list[tuple[str, str]] = []
+    keys = model.baselines.keys()
+    for key in keys:
+        entity, signal = key
+        target = entity
+        if signal.startswith("edge."):
+            peer = PEER.search(signal)
+            if peer is None:
+                continue
+            target = _peer_entity(peer.group(1), known_services)
+        else:
+            described = client_metric_peer(signal)
+            if described is not None:
+                target = _peer_entity(described, known_services)
+        if target not in index and target.startswith("operation:"):
+            # an operation that is no candidate of its own is evidence about its service
+            # (an SLO alert on a service measures its routes)
+            target = _owner(target)
+        if target in index:
+            entity_ids.append(index[target])
+            series.append(key)
+    n = len(series)
+    z = np.full((n, w), np.nan)
+    # the share of intervals in which a series began a deviation episode, with a prior of
+    # one episode in 1 / episode_rate_ref intervals: a young series is not judged noisy
+    prior_intervals = 1.0 / config.episode_rate_ref if config.episode_rate_ref > 0 else 1.0
+    episodes = np.full(n, 1.0 / prior_intervals)
+    for row, (entity, signal) in enumerate(series):
+        baseline = model.baselines.get(entity, signal)
+        if baseline is None or baseline.first_seen_s is None:
+            continue
+        episodes[row] = (baseline.alerts_raised + 1.0) / (
+            baseline.intervals_learned + prior_intervals
+        )
+        # a baseline that has seen little history scores noise as deviation: skip its first intervals
+        warm_from = baseline.first_seen_s + warmup * interval
+        for t_start, score in baseline.recent_scores():
+            col = round((t_start - t0) / interval)
+            if 0 <= col < w and t_start >= warm_from:
+                z[row, col] = score
+    return HypothesisBatch(
+        entity=np.array(entity_ids, dtype=np.int64),
+        series=series,
+        modality=np.array([_modality(s) for _, s in series], dtype=np.int8),
+        up_is_bad=np.array([_up_is_bad(s) for _, s in series], dtype=bool),
+        z=z,
+        t0_s=t0,
+        interval_s=interval,
+        entities=sorted(candidates),
+        down_is_bad=np.array([_down_is_bad(s) for _, s in series], dtype=bool),
+        episode_rate=episodes,
+    )

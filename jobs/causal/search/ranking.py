@@ -1,0 +1,225 @@
+"""Ranking: the survivors' scores become probabilities, and the search abstains when nothing
+survives or the leaders cannot be told apart.
+
+Each survivor's logit weighs its ranked strength, how many modalities deviate, a change on its
+entity, its depth, whether it is the symptom itself, what it accounts for on its paths to the
+symptom, whether the graph places it there and how late it began; a softmax with a "no cause"
+option (``null_logit``) at ``temperature`` turns them into probabilities. The published top
+probability is calibrated (``calibration``) from what the search saw.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from jobs.causal import calibration
+from jobs.causal.calibration import Calibration
+from jobs.causal.search.config import OFF_GRAPH, SearchConfig
+from jobs.causal.search.evidence import EntityEvidence, Evidence, HypothesisBatch
+from jobs.causal.search.explain import explained_between
+from jobs.causal.search.result import Cause, build_cause
+from pipeline.worldmodel.model import WorldModel
+
+
+def best_rows(batch: HypothesisBatch, weighted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per entity: its ranked strength (its strongest weighted row) and its cause row (the
+    row of that strength; -1 for an entity without rows)."""
+    n_ent = len(batch.entities)
+    ent = batch.entity
+    rank_strength = np.zeros(n_ent)
+    np.maximum.at(rank_strength, ent, weighted)
+    best_row = np.full(n_ent, -1)
+    order = np.lexsort((-weighted, ent))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = ent[order][1:] != ent[order][:-1]
+    best_row[ent[order][first]] = order[first]
+    return rank_strength, best_row
+
+
+def logits(
+    config: SearchConfig,
+    survivors: np.ndarray,
+    names: list[str],
+    candidates: dict[str, int],
+    ents: EntityEvidence,
+    rank_strength: np.ndarray,
+    change_for: dict[int, dict[str, Any]],
+    symptom_ids: list[int],
+    explains: np.ndarray,
+    symptom_onset: float | None,
+    step_s: float,
+) -> np.ndarray:
+    """The survivors' logits (``SearchConfig``'s weights)."""
+    depth = np.array([max(candidates.get(names[i], 0), 0) for i in survivors], dtype=float)
+    off_graph = np.array([candidates.get(names[i]) == OFF_GRAPH for i in survivors], dtype=float)
+    out = (
+        config.w_strength * np.log1p(rank_strength[survivors])
+        + config.w_sources * (ents.sources[survivors] - 1)
+        + config.w_change * np.array([i in change_for for i in survivors], dtype=float)
+        + config.w_depth * depth
+        + config.w_self * np.array([i in symptom_ids for i in survivors], dtype=float)
+        + config.w_explains * np.log1p(explains)
+        + config.w_off_graph * off_graph
+    )
+    if symptom_onset is not None and config.w_late:
+        after = np.clip((ents.onset[survivors] - symptom_onset) / step_s, 0.0, None)
+        out = out + config.w_late * np.where(np.isfinite(after), after, 0.0)
+    return out
+
+
+def probabilities(
+    config: SearchConfig, logits: np.ndarray, cold: bool, uncorroborated: bool
+) -> np.ndarray:
+    """Softmax over the logits and the "no cause" option (last)."""
+    null_logit = config.null_logit
+    if cold and len(logits):
+        # little history: the best cause is at most ``cold_start_odds`` to one against
+        # "nothing is wrong"
+        null_logit = max(
+            null_logit,
+            float(logits.max()) - config.temperature * math.log(config.cold_start_odds),
+        )
+    if uncorroborated and len(logits):
+        # the alerted signal itself looks normal: "nothing is wrong" stays at least as
+        # likely as the best cause
+        null_logit = max(null_logit, float(logits.max()))
+    scaled = np.concatenate([logits, [null_logit]]) / config.temperature
+    scaled -= scaled.max()
+    return np.exp(scaled) / np.exp(scaled).sum()
+
+
+def rank(
+    model: WorldModel,
+    config: SearchConfig,
+    batch: HypothesisBatch,
+    ev: Evidence,
+    ents: EntityEvidence,
+    weighted: np.ndarray,
+    alive: np.ndarray,
+    candidates: dict[str, int],
+    graph: nx.MultiDiGraph,
+    idx: dict[str, int],
+    symptom_entities: list[str],
+    symptom_ids: list[int],
+    change_for: dict[int, dict[str, Any]],
+    symptom_onset: float | None,
+    cold: bool,
+    uncorroborated: bool,
+    t_s: float,
+    alert_s: float | None,
+) -> tuple[list[Cause], dict[str, float]]:
+    """The survivors as causes, most probable first, and the features of the top one that
+    its calibrated probability is computed from (empty without causes)."""
+    names = batch.entities
+    rank_strength, best_row = best_rows(batch, weighted)
+    survivors = np.flatnonzero(alive)
+    explains = explained_between(
+        config, survivors, graph, names, idx, symptom_ids, ents.best_strength, ents.onset
+    )
+    scores = logits(
+        config,
+        survivors,
+        names,
+        candidates,
+        ents,
+        rank_strength,
+        change_for,
+        symptom_ids,
+        explains,
+        symptom_onset,
+        batch.step_s,
+    )
+    probs = probabilities(config, scores, cold, uncorroborated)
+    order_s = np.argsort(-probs[:-1], kind="stable")
+    causes = []
+    for rank_i in map(int, order_s):
+        i = int(survivors[rank_i])
+        causes.append(
+            build_cause(
+                model,
+                config,
+                i,
+                batch,
+                ev,
+                best_row,
+                ents.onset,
+                probs[rank_i],
+                scores[rank_i],
+                change_for,
+                graph,
+                symptom_entities,
+                names,
+            )
+        )
+    stats: dict[str, float] = {}
+    if causes:
+        top = int(survivors[int(order_s[0])])
+        margin = (
+            float(scores[order_s[0]] - scores[order_s[1]]) / config.temperature
+            if len(order_s) > 1
+            else None
+        )
+        alerted = alert_s if alert_s is not None else t_s
+        onset = ents.onset
+        lead = (alerted - onset[top]) / batch.step_s if np.isfinite(onset[top]) else None
+        stats = calibration.features(
+            causes[0].probability,
+            margin,
+            lead,
+            bool(best_row[top] >= 0 and abs(ev.peak[best_row[top]]) >= config.z_cap),
+            int(ents.sources[top]),
+            symptom_onset is not None,
+            cold,
+        )
+    return causes, stats
+
+
+def abstention(config: SearchConfig, causes: list[Cause]) -> tuple[bool, str | None, list[str]]:
+    """Whether to abstain (on the model's own probabilities), why, and what evidence would
+    separate the leading hypotheses."""
+    abstained, reason, separating = False, None, []
+    if not causes:
+        abstained, reason = (
+            True,
+            "no entity on the past side of the symptom deviates from its baseline before it",
+        )
+    elif causes[0].probability < config.abstain_below:
+        abstained = True
+        if len(causes) > 1 and causes[1].probability > 0.5 * causes[0].probability:
+            reason = (
+                f"the leading hypotheses cannot be told apart (model probabilities {causes[0].entity}"
+                f" {causes[0].probability:.2f},"
+                f" {causes[1].entity} {causes[1].probability:.2f})"
+            )
+            separating = [
+                f"traces through {causes[0].entity} and {causes[1].entity} during the window",
+                f"resource metrics of {causes[0].entity} and {causes[1].entity}",
+            ]
+        else:
+            reason = (
+                "the evidence is weak: the best hypothesis has model probability"
+                f" {causes[0].probability:.2f}"
+            )
+            separating = [f"more history or telemetry from {causes[0].entity}"]
+    return abstained, reason, separating
+
+
+def calibrate(config: SearchConfig, causes: list[Cause], stats: dict[str, float]) -> None:
+    """Publish the calibrated probability of the top cause (``calibration``) by setting
+    how much of the probability is on "some cause" rather than "nothing is wrong": the
+    causes keep their shares of it (ties stay ties), so the top one gets the calibrated
+    probability, or all of that mass when its share is smaller. The softmax's own top
+    probability stays in ``stats`` as ``model_probability``."""
+    raw = causes[0].probability
+    target = Calibration.from_sequence(config.calibration).probability(stats)
+    stats["model_probability"] = round(raw, 6)
+    total = sum(c.probability for c in causes)
+    if total <= 0.0:
+        return
+    mass = min(1.0, target * total / raw) if raw > 0.0 else 0.0
+    for cause in causes:
+        cause.probability = cause.probability / total * mass

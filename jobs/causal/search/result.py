@@ -1,0 +1,159 @@
+"""The search's answer: ranked causes with their evidence, what was ruled out and why, and
+whether (and why) it abstained; ``build_cause`` builds a cause's record from its evidence rows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from jobs.causal.search.config import SearchConfig
+from jobs.causal.search.evidence import Evidence, HypothesisBatch
+from jobs.causal.search.signals import fault_class
+from pipeline.worldmodel.model import WorldModel
+
+
+@dataclass
+class Cause:
+    entity: str
+    signal: str
+    fault_class: str
+    onset_s: float | None
+    probability: float
+    logit: float
+    evidence: list[dict[str, Any]]
+    path: list[str]
+    explanation: str
+
+
+@dataclass
+class RuledOut:
+    entity: str
+    reason: str
+    signal: str | None = None
+
+
+@dataclass
+class SearchResult:
+    causes: list[Cause]
+    ruled_out: list[RuledOut]
+    abstained: bool
+    abstain_reason: str | None
+    separating_evidence: list[str]
+    symptom_onset_s: float | None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def build_cause(
+    model: WorldModel,
+    config: SearchConfig,
+    i: int,
+    batch: HypothesisBatch,
+    ev: Evidence,
+    best_row: np.ndarray,
+    onset: np.ndarray,
+    probability: float,
+    logit: float,
+    change_for: dict[int, dict[str, Any]],
+    graph: nx.MultiDiGraph,
+    symptoms: list[str],
+    names: list[str],
+) -> Cause:
+    """Candidate ``i`` as a cause: its strongest evidence rows as ranked (``best_row`` names
+    the one it is ranked by), the change before its deviation, its path to the symptom."""
+    row = int(best_row[i])
+    series_entity, signal = batch.series[row]
+    rows = np.flatnonzero((batch.entity == i) & (ev.strength >= config.z_min))
+    rows = rows[np.argsort(-ev.strength[rows], kind="stable")][:5]
+    evidence = []
+    for r in rows:
+        e, s = batch.series[r]
+        baseline = model.baselines.get(e, s)
+        expected = spread = None
+        if baseline is not None and not math.isnan(ev.onset_s[r]):
+            exp, spr, _ = baseline.expected(float(ev.onset_s[r]))
+            expected, spread = exp, spr
+        kind = "metric_deviation"
+        if s.startswith(("span.latency", "edge.latency")):
+            kind = "trace_latency"
+        elif s.startswith(("span.error", "edge.error")):
+            kind = "trace_errors"
+        elif s.startswith("log."):
+            kind = "log_template_rate"
+        item: dict[str, Any] = {
+            "type": kind,
+            "summary": f"{s} of {e}: {ev.peak[r]:+.1f} sigma from its baseline"
+            + (f" since {_iso(ev.onset_s[r])}" if not math.isnan(ev.onset_s[r]) else ""),
+            "entity": _entity_json(e),
+            "signal": s,
+            "score": round(float(ev.peak[r]), 3),
+            "onset": None if math.isnan(ev.onset_s[r]) else _iso(ev.onset_s[r]),
+        }
+        if expected is not None and spread is not None and math.isfinite(expected):
+            item["baseline"] = round(float(expected), 6)
+            item["spread"] = round(float(spread), 6)
+            item["observed"] = round(float(expected + ev.peak[r] * spread), 6)
+        evidence.append(item)
+    change = change_for.get(i)
+    if change is not None:
+        evidence.append(
+            {
+                "type": "change_event",
+                "summary": f"{change['kind']} of {names[i]} at {_iso(int(change['time_unix_nano']) / 1e9)}, before its deviation",
+                "change_id": change["change_id"],
+            }
+        )
+    path = _path(graph, names[i], symptoms)
+    fclass = (
+        change["kind"]
+        if change is not None and change["kind"] in ("deploy", "config", "feature_flag")
+        else fault_class(signal, float(ev.peak[row]))
+    )
+    onset_s = None if not math.isfinite(onset[i]) else float(onset[i])
+    explanation = (
+        f"{names[i]}: {signal} deviated {ev.peak[row]:+.1f} sigma"
+        + (f" from {_iso(onset_s)}" if onset_s else "")
+        + (f", after {change['kind']} {change['change_id']}" if change is not None else "")
+        + (f"; it propagates to {path[-1]} via {len(path) - 1} hop(s)" if len(path) > 1 else "")
+        + "."
+    )
+    return Cause(
+        names[i],
+        signal,
+        fclass,
+        onset_s,
+        float(probability),
+        float(logit),
+        evidence,
+        path,
+        explanation,
+    )
+
+
+def _path(graph: nx.MultiDiGraph, cause: str, symptoms: list[str]) -> list[str]:
+    best: list[str] = [cause]
+    for symptom in symptoms:
+        if symptom in graph and cause in graph:
+            try:
+                p = nx.shortest_path(graph, symptom, cause)
+            except nx.NetworkXNoPath:
+                continue
+            if len(best) == 1 or len(p) < len(best):
+                best = list(reversed(p))
+    return best
+
+
+def _entity_json(key: str) -> dict[str, str]:
+    kind, _, name = key.partition(":")
+    return {"kind": kind, "name": name}
+
+
+def _iso(t_s: float | None) -> str:
+    import datetime as dt
+
+    if t_s is None or not math.isfinite(t_s):
+        return ""
+    return dt.datetime.fromtimestamp(t_s, tz=dt.UTC).isoformat().replace("+00:00", "Z")

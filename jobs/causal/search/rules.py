@@ -1,0 +1,275 @@
+"""Elimination, not down-weighting: the rules that rule a candidate out.
+
+Evidence-level rules first (a dependency only one caller sees deviate; latency that cannot
+reach the symptom's requests; deviations over before the symptom began), then candidate-level
+ones: no deviation (or, for an alerted failure, no harm), a deviation that began after the
+symptom's or was over before it, and changes, which count only through a deviation of their own
+entity after them. Explaining away is in ``explain``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import replace
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from jobs.causal.search.config import SearchConfig
+from jobs.causal.search.evidence import EntityEvidence, Evidence, HypothesisBatch
+from jobs.causal.search.result import RuledOut
+from jobs.causal.search.signals import _is_failure, _latency_unit, _owner
+from pipeline.worldmodel.model import WorldModel
+
+
+def caller_local(
+    config: SearchConfig, batch: HypothesisBatch, ev: Evidence
+) -> tuple[HypothesisBatch, list[tuple[str, str]]]:
+    """A dependency that deviates only as one caller measures it, while its other callers
+    measure it healthy and it shows nothing of its own, is not at fault: the fault is on
+    that caller's side of the call (its pool, its query, its retries). Its rows from that
+    caller become evidence about the caller. Returns the batch and (dependency, caller)."""
+    names = batch.entities
+    idx = {e: i for i, e in enumerate(names)}
+    owners = [_owner(e) for e, _ in batch.series]
+    known = ~np.isnan(batch.z)
+    down = batch.down_is_bad if batch.down_is_bad is not None else np.zeros(len(batch), bool)
+    directed = batch.up_is_bad | down  # latency, errors, saturation: not traffic
+    by_entity: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for r, (owner, k) in enumerate(zip(owners, batch.entity, strict=True)):
+        by_entity[int(k)][owner].append(r)
+    entity = batch.entity.copy()
+    local: list[tuple[str, str]] = []
+    for k in sorted(by_entity):
+        groups = by_entity[k]
+        name = names[k]
+        own_rows = groups.get(name, [])
+        if any(ev.strength[r] >= config.z_min for r in own_rows):
+            continue
+        callers = {
+            c: rows
+            for c, rows in groups.items()
+            if c != name and known[rows].sum() >= config.warmup_intervals
+        }
+        # how unhealthy each caller sees the dependency: its latency, errors or saturation;
+        # a change in how much it calls it (a rate) says nothing of the dependency's health
+        seen = {
+            c: max((float(ev.strength[r]) for r in rows if directed[r]), default=0.0)
+            for c, rows in callers.items()
+        }
+        deviating = [c for c, harm in seen.items() if harm >= config.z_min]
+        if len(callers) < 2 or len(deviating) != 1 or deviating[0] not in idx:
+            continue
+        if any(harm >= config.quiet_z for c, harm in seen.items() if c != deviating[0]):
+            continue
+        entity[callers[deviating[0]]] = idx[deviating[0]]
+        local.append((name, deviating[0]))
+    if not local:
+        return batch, local
+    return replace(batch, entity=entity), local
+
+
+def latency_decoupled(
+    model: WorldModel,
+    config: SearchConfig,
+    batch: HypothesisBatch,
+    ev: Evidence,
+    graph: nx.MultiDiGraph,
+    symptoms: list[str],
+    t_s: float,
+) -> np.ndarray:
+    """Rows of candidates whose deviation cannot reach the symptom's requests.
+
+    A dependency whose *typical* latency (its lowest statistic) exceeds the symptom's
+    slowest statistic (same unit) by ``async_margin`` is not waited for by the symptom's
+    requests, or by too few of them to matter: if a share f of the symptom's requests
+    waited for it, half of that share would be slower than its median, so f / 2 of the
+    symptom's requests would exceed it, which their p99 denies unless f < 2%. It is
+    called asynchronously (a queue, a state machine) or on a negligible share, and so is
+    everything reached only through it. The latency of those candidates is no evidence
+    for the symptom, and neither are the errors and availability of what is reached only
+    through the asynchronous dependency (the dependency's own failures still are: handing
+    work over is a call that can fail)."""
+    out = np.zeros(len(batch), dtype=bool)
+    latency = [
+        (r, unit)
+        for r, (_, signal) in enumerate(batch.series)
+        if (unit := _latency_unit(signal)) is not None
+    ]
+    deviating = [
+        r
+        for r, (_, signal) in enumerate(batch.series)
+        if ev.strength[r] >= config.z_min
+        and (_latency_unit(signal) is not None or _is_failure(signal))
+    ]
+    names = batch.entities
+    symptom_set = set(symptoms)
+    if not any(names[int(batch.entity[r])] not in symptom_set for r in deviating):
+        return out
+    high: dict[str, float] = {}
+    low: dict[int, dict[str, float]] = defaultdict(dict)
+    for r, unit in latency:
+        entity, signal = batch.series[r]
+        baseline = model.baselines.get(entity, signal)
+        if baseline is None or baseline.intervals_learned < config.warmup_intervals:
+            continue
+        level = baseline.expected(t_s)[0]
+        if not math.isfinite(level) or level <= 0:
+            continue
+        k = int(batch.entity[r])
+        if names[k] in symptom_set and _owner(entity) == names[k]:
+            high[unit] = max(high.get(unit, 0.0), level)
+        else:
+            low[k][unit] = min(low[k].get(unit, math.inf), level)
+    if not high:
+        return out
+    asynchronous = {
+        names[k]
+        for k, levels in low.items()
+        if names[k] not in symptom_set
+        and any(
+            unit in high and level > config.async_margin * high[unit]
+            for unit, level in levels.items()
+        )
+    }
+    if not asynchronous:
+        return out
+    # what the symptoms reach through synchronous dependencies only
+    synchronous = nx.subgraph_view(graph, filter_node=lambda n: n not in asynchronous)
+    reached = set()
+    for symptom in symptoms:
+        if symptom in synchronous:
+            reached |= nx.descendants(synchronous, symptom) | {symptom}
+    for r, _ in latency:
+        name = names[int(batch.entity[r])]
+        if name in asynchronous or (name in graph and name not in reached):
+            out[r] = True
+    # nor can what runs only behind the asynchronous hop fail the symptom's requests: its
+    # errors and availability are no evidence either (the hop's own are: a call that hands
+    # work over can itself fail)
+    handed_to = {d for n in reached if n in graph for d in graph.successors(n)}
+    for r, (_, signal) in enumerate(batch.series):
+        name = names[int(batch.entity[r])]
+        if name in graph and name not in reached and name not in handed_to and _is_failure(signal):
+            out[r] = True
+    return out
+
+
+def caller_local_ruled_out(local: list[tuple[str, str]]) -> list[RuledOut]:
+    """Why each dependency ``caller_local`` found is not at fault."""
+    return [
+        RuledOut(
+            dep,
+            f"only {caller} sees it deviate; its other callers see it healthy: the fault is"
+            f" on {caller}'s side of the call",
+        )
+        for dep, caller in local
+    ]
+
+
+def over_before_symptom(ev: Evidence, symptom_onset: float, tolerance: float) -> Evidence:
+    """A deviation that was over before the symptom began is no evidence for it."""
+    if ev.end_s is None:
+        return ev
+    over_rows = ev.end_s < symptom_onset - tolerance
+    return replace(ev, strength=np.where(over_rows, 0.0, ev.strength))
+
+
+def deviating(
+    config: SearchConfig,
+    symptoms: list[tuple[str, str | None]],
+    ents: EntityEvidence,
+    symptom_ids: list[int],
+    far: np.ndarray,
+    uncorroborated: bool,
+    weakly: bool,
+) -> np.ndarray:
+    """Candidates that deviate from their baseline in the window (the rest are ruled out).
+
+    An alerted failure (``failures_need_harm``), a weak alerted deviation corroborated by a
+    failing dependency, and a quiet alert answered for a dependency harmed far beyond its
+    normal, are explained only by a candidate that is itself harmed (in a signal with a
+    harmful direction): one whose only change is how much it is called did not make its
+    callers fail. The alerted entity itself stays (its alert names its harm), except for a
+    quiet alert, where it stays only when it is itself harmed far beyond its normal."""
+    alive = ents.best_strength >= config.z_min
+    if (
+        uncorroborated
+        or weakly
+        or config.failures_need_harm
+        and any(signal is not None and _is_failure(signal) for _, signal in symptoms)
+    ):
+        harmed = ents.harm_strength >= config.z_min
+        harmed[symptom_ids] = far[symptom_ids] if uncorroborated else True
+        alive &= harmed
+    return alive
+
+
+def mistimed(
+    alive: np.ndarray,
+    ents: EntityEvidence,
+    names: list[str],
+    symptom_onset: float,
+    tolerance: float,
+) -> list[tuple[int, str]]:
+    """Candidates among ``alive`` whose deviation began after the symptom's (beyond the
+    tolerance), then those whose deviation was over before the symptom's began: neither can
+    have caused it. Each with why, in that order."""
+    onset, last_dev = ents.onset, ents.last_dev
+    out: list[tuple[int, str]] = []
+    late = alive & (onset > symptom_onset + tolerance)
+    for i in map(int, np.flatnonzero(late)):
+        out.append((i, f"its deviation began {onset[i] - symptom_onset:.0f} s after the symptom's"))
+    over = alive & ~late & (last_dev < symptom_onset - tolerance)
+    for i in map(int, np.flatnonzero(over)):
+        out.append(
+            (
+                i,
+                f"its deviation was over {symptom_onset - last_dev[i]:.0f} s before the symptom's began",
+            )
+        )
+    return out
+
+
+def changes_before(
+    model: WorldModel,
+    config: SearchConfig,
+    alive: np.ndarray,
+    idx: dict[str, int],
+    onset: np.ndarray,
+    symptom_onset: float | None,
+    t_s: float,
+) -> tuple[dict[int, dict[str, Any]], list[RuledOut]]:
+    """Changes count through a deviation of their own entity after them: per surviving
+    candidate, the latest change within ``change_lookback_s`` before its onset (up to the onset
+    tolerance after it); a change before the symptom that no deviation of its entity
+    follows is ruled out, the symptom being explained elsewhere."""
+    change_for: dict[int, dict[str, Any]] = {}
+    ruled: list[RuledOut] = []
+    for change in model.changes:
+        entity = f"{change['entity']['kind']}:{change['entity']['name']}"
+        t_change = int(change["time_unix_nano"]) / 1e9
+        found = idx.get(entity)
+        if found is None:
+            continue
+        i = found
+        if (
+            alive[i]
+            and onset[i] - config.change_lookback_s
+            <= t_change
+            <= onset[i] + config.onset_tolerance_s
+        ):
+            if i not in change_for or t_change > int(change_for[i]["time_unix_nano"]) / 1e9:
+                change_for[i] = change
+        elif (
+            symptom_onset is None or t_change <= symptom_onset + config.onset_tolerance_s
+        ) and t_change >= (symptom_onset or t_s) - config.change_lookback_s:
+            ruled.append(
+                RuledOut(
+                    f"change:{change['change_id']}",
+                    f"no deviation of {entity} follows it before the symptom; the symptom is explained elsewhere",
+                )
+            )
+    return change_for, ruled

@@ -1,0 +1,268 @@
+"""The symptom: when the alerted deviation began and ended, whether the alerted signal is known
+but quiet, how much history it has, and what answers an alert whose own signal looks normal."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from jobs.causal.search.config import SearchConfig
+from jobs.causal.search.evidence import (
+    EntityEvidence,
+    Evidence,
+    HypothesisBatch,
+    _in_family,
+    _own_mask,
+    _tolerance,
+    evaluate,
+)
+from jobs.causal.search.result import SearchResult
+from jobs.causal.search.signals import _is_failure
+from pipeline.worldmodel.model import WorldModel
+
+
+def symptom_onset(
+    config: SearchConfig,
+    symptoms: list[tuple[str, str | None]],
+    batch: HypothesisBatch,
+    ev: Evidence,
+    idx: dict[str, int],
+    t_s: float,
+) -> tuple[float | None, bool, list[tuple[float, float]], float | None]:
+    """Onset of the alerted deviation, whether the alerted signal is known but quiet, the
+    recent weak runs of the alerted signal (onset, end) for corroboration, and the start
+    of the last interval the alerted deviation lasted.
+
+    With a signal named and series of it known, only a recent deviation of that signal in
+    its harmful direction counts: when there is none, the alert has nothing to explain."""
+    onsets = []
+    ends = []
+    weak: list[tuple[float, float]] = []
+    known = False
+    recent = t_s - config.symptom_recency_s
+    own = _own_mask(batch)
+    for entity, signal in symptoms:
+        i = idx.get(entity)
+        if i is None:
+            continue
+        mine = np.flatnonzero((batch.entity == i) & own)
+        rows = mine[ev.strength[mine] >= config.z_min]
+        onset_of = ev.onset_s
+        end_of = ev.end_s if ev.end_s is not None else ev.onset_s
+        if signal is not None:
+            of_signal = _in_family(batch, mine, signal)
+            if len(of_signal):
+                known = True
+                # the alerted signal, at the (lower) corroboration threshold
+                sub = HypothesisBatch(
+                    entity=batch.entity[of_signal],
+                    series=[batch.series[r] for r in of_signal],
+                    modality=batch.modality[of_signal],
+                    up_is_bad=batch.up_is_bad[of_signal],
+                    z=batch.z[of_signal],
+                    t0_s=batch.t0_s,
+                    interval_s=batch.interval_s,
+                    entities=batch.entities,
+                    down_is_bad=None if batch.down_is_bad is None else batch.down_is_bad[of_signal],
+                    spacing=batch.spacing,
+                )
+                sev = evaluate(sub, replace(config, z_min=config.symptom_z_min))
+                sends = sev.end_s if sev.end_s is not None else sev.onset_s
+                keep = (sev.strength >= config.symptom_z_min) & (sends >= recent)
+                # the alert fires now: a deviation still going on near its time is the
+                # alerted one, an earlier run that ended (a spike) is not
+                ongoing = sends >= t_s - 2 * max(config.onset_tolerance_s, batch.step_s)
+                if (keep & ongoing).any():
+                    keep &= ongoing
+                onset_of = np.full(len(batch), np.nan)
+                onset_of[of_signal] = sev.onset_s
+                end_of = np.full(len(batch), np.nan)
+                end_of[of_signal] = sends
+                rows = of_signal[keep]
+                if not keep.any() and config.symptom_weak_z > 0 and _is_failure(signal):
+                    wev = evaluate(sub, replace(config, z_min=config.symptom_weak_z))
+                    wends = wev.end_s if wev.end_s is not None else wev.onset_s
+                    # a one-interval dip counts: its peak, not its persistence
+                    recent_weak = (
+                        ~np.isnan(wev.onset_s)
+                        & (np.abs(wev.peak) >= config.symptom_weak_z)
+                        & (wends >= recent)
+                    )
+                    weak += [
+                        (float(wev.onset_s[r]), float(wends[r]))
+                        for r in np.flatnonzero(recent_weak)
+                    ]
+        if len(rows):
+            onsets.append(float(np.nanmin(onset_of[rows])))
+            ends.append(float(np.nanmax(end_of[rows])))
+    quiet = known and not onsets
+    end = max(ends) if ends else (max(e for _, e in weak) if quiet and weak else None)
+    return (min(onsets) if onsets else None), quiet, weak if quiet else [], end
+
+
+def until_symptom_ends(
+    config: SearchConfig,
+    symptoms: list[tuple[str, str | None]],
+    batch: HypothesisBatch,
+    ev: Evidence,
+    t_s: float,
+) -> tuple[HypothesisBatch, Evidence]:
+    """The window cut where the alerted deviation ended, when it is over.
+
+    A cause must deviate while the symptom does; whether it still deviates after the
+    symptom has recovered says nothing. Persistence (the share of deviating intervals
+    since a run began) is measured up to the symptom's last deviating interval plus the
+    onset tolerance, so a dependency that failed for as long as the symptom did is as
+    persistent as the symptom, however long ago both recovered."""
+    if len(batch) == 0 or not config.until_symptom_ends:
+        return batch, ev
+    idx = {e: i for i, e in enumerate(batch.entities)}
+    onset, _, weak, end = symptom_onset(config, symptoms, batch, ev, idx, t_s)
+    if end is None or (onset is None and not weak):
+        return batch, ev
+    tolerance = _tolerance(config, batch)
+    keep = int(math.floor((end + tolerance - batch.t0_s) / batch.interval_s)) + 1
+    known = np.flatnonzero(~np.isnan(batch.z).all(axis=0))
+    if len(known) == 0 or keep > int(known[-1]) or keep < 1:
+        return batch, ev
+    cut = replace(batch, z=batch.z[:, :keep])
+    return cut, evaluate(cut, config)
+
+
+def symptom_history(model: WorldModel, symptoms: list[tuple[str, str | None]]) -> int | None:
+    """Intervals the alerted signal's series have learned (the most of them), or None
+    when no alerted signal is named or known."""
+    exact = [
+        baseline.intervals_learned
+        for e, s in symptoms
+        if s is not None and (baseline := model.baselines.get(e, s)) is not None
+    ]
+    if exact:
+        return max(exact)
+    learned = [
+        baseline.intervals_learned
+        for e, s in symptoms
+        if s is not None
+        for entity, key_signal in model.baselines.keys()
+        if entity == e
+        and key_signal.startswith(s.split("_")[0])
+        and (baseline := model.baselines.get(entity, key_signal)) is not None
+    ]
+    return max(learned) if learned else None
+
+
+def model_history(model: WorldModel) -> int | None:
+    """Intervals the model's series have learned (the median of them), None without any."""
+    learned = [
+        baseline.intervals_learned
+        for key in model.baselines.keys()
+        if (baseline := model.baselines.get(*key)) is not None
+    ]
+    return int(np.median(learned)) if learned else None
+
+
+def quiet_symptom(
+    model: WorldModel,
+    config: SearchConfig,
+    symptoms: list[tuple[str, str | None]],
+    batch: HypothesisBatch,
+    n_ent: int,
+    started: float,
+    scored_ms: float,
+) -> SearchResult:
+    """The answer to an alert whose own signal deviates nowhere recently and that no
+    dependency harmed far beyond its normal answers: it abstains, saying why."""
+    names = ", ".join(f"{e} {s}" for e, s in symptoms)
+    reason = (
+        f"the alerted signal ({names}) deviates from its baseline nowhere in the last"
+        f" {config.symptom_recency_s:.0f} s: there is no incident to explain"
+    )
+    history = symptom_history(model, symptoms)
+    if history is not None and history < config.warmup_intervals:
+        reason = (
+            f"the alerted signal ({names}) has {history} interval(s) of history"
+            f" (scores are trusted from {config.warmup_intervals}) and does not"
+            " deviate in it: too little history to tell an incident from its normal"
+        )
+    stats = {
+        "quiet_symptom": 1.0,
+        "hypotheses": float(len(batch)),
+        "candidates": float(n_ent),
+        "eliminated": float(n_ent),
+        "score_ms": round(scored_ms, 3),
+        "search_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+    return SearchResult([], [], True, reason, [f"{e} {s}" for e, s in symptoms], None, stats)
+
+
+def weak_symptom_onset(
+    config: SearchConfig,
+    batch: HypothesisBatch,
+    ev: Evidence,
+    ents: EntityEvidence,
+    symptom_ids: list[int],
+    weak_runs: list[tuple[float, float]],
+    tolerance: float,
+) -> float | None:
+    """The onset of the alerted signal's weak run that a dependency corroborates, if any.
+
+    The alerted signal moved, but little: it is the alerted deviation when a dependency is
+    clearly harmed over the same intervals (failures are rare, so the coincidence is the
+    evidence the alert names)."""
+    n_ent = len(batch.entities)
+    others = np.ones(n_ent, dtype=bool)
+    others[symptom_ids] = False
+    failing = np.zeros(n_ent, dtype=bool)
+    failure_rows = np.array(
+        [_is_failure(signal) for _, signal in batch.series], dtype=bool
+    ).reshape(len(batch))
+    np.logical_or.at(failing, batch.entity, failure_rows & (ev.strength >= config.z_min))
+    for run_onset, run_end in sorted(weak_runs):
+        together = (
+            others
+            & failing
+            & (ents.onset <= run_end + tolerance)
+            & (ents.last_dev >= run_onset - tolerance)
+        )
+        if together.any():
+            return run_onset
+    return None
+
+
+def harmed_far(
+    config: SearchConfig,
+    symptoms: list[tuple[str, str | None]],
+    batch: HypothesisBatch,
+    ev: Evidence,
+    ents: EntityEvidence,
+    symptom_ids: list[int],
+    t_s: float,
+    alert_s: float | None,
+    tolerance: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Entities harmed far beyond their normal, and those of them (symptoms aside) harmed so
+    now and since the alert's time at the latest.
+
+    The alert fired but its own signal looks normal to the baseline: it is answered only for
+    a dependency that is harmed far beyond its normal right now (``uncorroborated_z``), or,
+    for an alerted failure, one that clearly fails right now (``uncorroborated_failure_z``)."""
+    n_ent = len(batch.entities)
+    recent_end = t_s - 2 * max(config.onset_tolerance_s, batch.step_s)
+    far = ents.harm_strength >= config.uncorroborated_z
+    if config.uncorroborated_failure_z > 0 and any(
+        signal is not None and _is_failure(signal) for _, signal in symptoms
+    ):
+        failure_rows = ents.directed & np.array(
+            [_is_failure(signal) for _, signal in batch.series], dtype=bool
+        ).reshape(len(batch))
+        fail_strength = np.zeros(n_ent)
+        np.maximum.at(fail_strength, batch.entity[failure_rows], ev.strength[failure_rows])
+        far |= fail_strength >= config.uncorroborated_failure_z
+    # ... and whose harm began by the alert's time: what began after it did not fire it
+    fired_by = (t_s if alert_s is None else alert_s) + tolerance
+    strong_now = far & (ents.last_dev >= recent_end) & (ents.onset <= fired_by)
+    strong_now[symptom_ids] = False
+    return far, strong_now

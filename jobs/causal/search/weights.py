@@ -1,0 +1,172 @@
+"""Down-weighting: evidence that stays, but counts less when ranking.
+
+Inbound traffic alone says the callers changed; a latency rise too small to account for the
+alerted one says the candidate changed, not that it is why; a standing condition held before
+the symptom began without it following; a series that often deviates says little when it
+deviates now.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from jobs.causal.search.config import SearchConfig
+from jobs.causal.search.evidence import (
+    EntityEvidence,
+    Evidence,
+    HypothesisBatch,
+    _harmful,
+    _in_family,
+    _LatencyAccounts,
+    _own_mask,
+)
+from jobs.causal.search.signals import TRAFFIC, _bare, _is_failure
+from pipeline.worldmodel.baseline import SCORE_LIMIT
+
+
+def too_small_for_symptom(
+    config: SearchConfig,
+    batch: HypothesisBatch,
+    accounts: _LatencyAccounts,
+    idx: dict[str, int],
+    symptoms: list[tuple[str, str | None]],
+) -> np.ndarray:
+    """Latency rows of candidates whose rise is too small to account for an alerted
+    latency: the alerted statistic rose by X at the symptom, the same statistic of the
+    candidate by less than ``explain_fraction`` of X (see ``_LatencyAccounts``; a rise
+    under the evidence threshold counts from ``symptom_weak_z`` spreads on). For an
+    alerted failure that does not slow the symptom: the latency rows of candidates that
+    do not fail."""
+    out = np.zeros(len(batch), dtype=bool)
+    others = batch.entity
+    for entity, signal in symptoms:
+        i = idx.get(entity)
+        if i is None or signal is None:
+            continue
+        not_symptom = others != i
+        if _is_failure(signal) and not accounts.slow[i]:
+            # failing without slowing down: a dependency that is only slow cannot be why
+            out |= not_symptom & ~accounts.fails[others] & accounts.latency
+            continue
+        stat = accounts.statistic(signal)
+        if stat is None:
+            continue
+        own = [
+            r for r in map(int, np.flatnonzero(others == i)) if batch.series[r] == (entity, signal)
+        ]
+        needed = max((x for r in own if (x := accounts.excess(r)) is not None), default=None)
+        if needed is None or needed <= 0:
+            continue
+        rise: dict[int, float] = defaultdict(float)
+        for r in map(int, np.flatnonzero(not_symptom)):
+            if accounts.stats[r] == stat:
+                k = int(others[r])
+                # a score kept at its limit says "at least": the rise may be any larger
+                saturated = accounts.ev.peak[r] >= SCORE_LIMIT
+                rise[k] = max(rise[k], math.inf if saturated else accounts.excess(r, True) or 0.0)
+        small = [k for k, x in rise.items() if x < config.explain_fraction * needed]
+        out |= np.isin(others, small) & accounts.latency
+    return out
+
+
+def standing(
+    config: SearchConfig,
+    symptoms: list[tuple[str, str | None]],
+    batch: HypothesisBatch,
+    ev: Evidence,
+    idx: dict[str, int],
+    began: float | None,
+    tolerance: float,
+) -> np.ndarray:
+    """Rows harmed at least ``standing_ratio`` of their peak at an interval ending before
+    the symptom began (less the tolerance) while every series of the alerted signal was
+    measured and under ``z_min`` there: conditions the symptom did not follow."""
+    out = np.zeros(len(batch), dtype=bool)
+    if began is None or len(batch) == 0 or config.standing_weight >= 1.0:
+        return out
+    w = batch.z.shape[1]
+    cols = np.arange(w)
+    before = batch.t0_s + (cols + 1) * batch.interval_s <= began - tolerance
+    if not before.any():
+        return out
+    mask = _own_mask(batch)
+    own = sorted(
+        {
+            int(r)
+            for entity, signal in symptoms
+            if (i := idx.get(entity)) is not None
+            for r in _in_family(batch, np.flatnonzero((batch.entity == i) & mask), signal)
+        }
+    )
+    if not own:
+        return out
+    harmful = _harmful(batch)
+    z_own = batch.z[own]
+    quiet = before & ~np.isnan(z_own).any(axis=0) & (harmful[own].max(axis=0) < config.z_min)
+    if not quiet.any():
+        return out
+    held = np.where(quiet[None, :], harmful, 0.0).max(axis=1)
+    peak = np.minimum(np.abs(ev.peak), SCORE_LIMIT)
+    return (
+        (ev.strength >= config.z_min)
+        & (held >= config.z_min)
+        & (held >= config.standing_ratio * peak)
+    )
+
+
+def rank_weights(
+    config: SearchConfig,
+    symptoms: list[tuple[str, str | None]],
+    batch: HypothesisBatch,
+    ev: Evidence,
+    ents: EntityEvidence,
+    accounts: _LatencyAccounts,
+    idx: dict[str, int],
+    symptom_ids: list[int],
+    symptom_onset: float | None,
+    tolerance: float,
+    uncorroborated: bool,
+    far: np.ndarray,
+    t_s: float,
+    alert_s: float | None,
+) -> np.ndarray:
+    """Each row's strength as it counts when ranking."""
+    ent = batch.entity
+    # latency too small to account for the alerted one: evidence that the candidate
+    # changed, weak evidence that it caused the symptom (it may still, another way)
+    small = too_small_for_symptom(config, batch, accounts, idx, symptoms)
+    # inbound traffic alone is weak evidence about anything but the symptom
+    symptom_row = np.isin(ent, np.array(symptom_ids, dtype=np.int64))
+    traffic = (
+        np.array([bool(TRAFFIC.search(_bare(sig))) for _, sig in batch.series], dtype=bool).reshape(
+            len(batch)
+        )
+        & ~ents.directed
+    )
+    weighted = ev.strength * np.where((traffic & ~symptom_row) | small, config.traffic_weight, 1.0)
+    if symptom_onset is not None:
+        held = standing(config, symptoms, batch, ev, idx, symptom_onset, tolerance)
+    elif uncorroborated and ev.chronic is not None:
+        # no onset of the alerted deviation to measure against: a harm older than the
+        # window that already held at an interval ending before the alert fired (its time
+        # is exact: no rounding to tolerate). One that began in the window, before the
+        # alert, may be what the alert waited for (alerts fire minutes into a condition)
+        fired = t_s if alert_s is None else alert_s
+        held = standing(config, symptoms, batch, ev, idx, fired, 0.0) & ev.chronic
+    else:
+        held = np.zeros(len(batch), dtype=bool)
+    held &= ~symptom_row
+    if held.any():
+        weighted = np.where(held, weighted * config.standing_weight, weighted)
+    if uncorroborated:
+        # the alert is answered because of the dependencies harmed far beyond their normal
+        # (``far``): evidence that alone would not have answered it ranks behind theirs
+        weighted = np.where(far[ent], weighted, weighted * config.traffic_weight)
+    if config.episode_rate_ref > 0 and batch.episode_rate is not None:
+        # a series that often deviates is weaker evidence when it deviates now
+        rarity = np.log(batch.episode_rate) / math.log(config.episode_rate_ref)
+        weighted = weighted * np.clip(rarity, 0.0, 1.0)
+    return weighted
