@@ -326,7 +326,9 @@ def test_candidates_follow_the_graph(hops: int) -> None:
     search = CausalSearch(model, SearchConfig(hops=hops))
     candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
     assert "service:checkout" in candidates
-    assert (DB in candidates) == (hops > 1)
+    # beyond the hops the database is still a candidate, as an entity the graph does not
+    # place there (its callers' series describe it)
+    assert candidates[DB] == (2 if hops > 1 else OFF_GRAPH)
 
 
 def test_the_graph_is_a_prior_not_a_filter() -> None:
@@ -347,3 +349,35 @@ def test_the_graph_is_a_prior_not_a_filter() -> None:
     ranked = {c.entity: c for c in result.causes[:2]}
     assert "service:ledger" in ranked, result.causes
     assert ranked["service:ledger"].signal == "process.cpu.utilization"
+
+
+def test_without_a_graph_a_dependency_seen_only_by_its_callers_is_a_candidate() -> None:
+    # metrics only: checkout's client metric of its database is the only series about the
+    # database; the database slows down, checkout's requests with it
+    db_client = "db.client.operation.duration{db.namespace=orders,db.system=postgresql}.p95"
+    levels = {
+        ("service:checkout", db_client): 0.005,
+        ("service:checkout", "http.server.request.duration{http.route=/buy}.p95"): 0.02,
+        ("service:checkout", "process.cpu.utilization"): 0.3,
+        ("service:cart", "http.server.request.duration{http.route=/cart}.p95"): 0.01,
+    }
+    faults = {
+        ("service:checkout", db_client): 6.0,
+        ("service:checkout", "http.server.request.duration{http.route=/buy}.p95"): 3.0,
+    }
+    model = WorldModel()
+    rng = random.Random(11)
+    for i in range(END):
+        for key, level in levels.items():
+            value = level * (1 + rng.gauss(0, 0.03))
+            if key in faults and i >= FAULT:
+                value *= faults[key]
+            model.baselines.update(key[0], key[1], T0 + i * MIN, value)
+    model.baselines.advance(T0 + END * MIN)
+    model.closed_through = int((T0 + END * MIN) * 1e9)
+    symptom = ("service:checkout", "http.server.request.duration{http.route=/buy}.p95")
+    candidates, graph = CausalSearch(model).candidates([symptom[0]], T0 + END * MIN)
+    assert len(graph) == 0 and candidates[DB] == -1
+    result = CausalSearch(model).run([symptom], T0 + END * MIN)
+    assert not result.abstained and result.causes[0].entity == DB
+    assert result.causes[0].evidence[0]["signal"] == db_client

@@ -2,7 +2,8 @@
 
 Candidates: every entity on the past side of the symptom (upstream in the dependency graph as of
 the alert, k hops, virtual dependencies included, and the pods and hosts they run on), and,
-the graph being a prior rather than a filter, every other entity the baselines know. Hypotheses:
+the graph being a prior rather than a filter, every other entity the baselines know and every
+dependency its callers' series describe. Hypotheses:
 (candidate, series) pairs; a series is evidence for the entity it describes: its own series,
 the edge series its callers measured (``edge.*{peer=<entity>}``) and the client metrics naming
 it as their peer.
@@ -49,13 +50,30 @@ def candidates(
     # candidate, at ``OFF_GRAPH`` hops (less likely, ``w_off_graph``); with no graph
     # around the symptom at all every entity is equally placed (-1)
     unplaced = -1 if not out else OFF_GRAPH
-    for entity, _ in model.baselines.keys():
+    keys = model.baselines.keys()
+    for entity, _ in keys:
         # (an operation is evidence about its service, not a candidate of its own)
         if not entity.startswith(("alert:", "operation:")):
             out.setdefault(entity, unplaced)
+    # so is a dependency known only from its callers' view of it (a database, a cache or an
+    # external API in their client metrics or edges): it has no series of its own
+    services = {e for e, _ in keys if e.startswith("service:")}
+    for _entity, signal in keys:
+        peer = described_peer(signal)
+        if peer is not None:
+            out.setdefault(_peer_entity(peer, services), unplaced)
     for symptom in symptoms:
         out.setdefault(symptom, 0)
     return out, graph
+
+
+def described_peer(signal: str) -> str | None:
+    """The dependency a caller-side series describes (an edge's peer, a client metric's), as
+    the series names it; None for a series about its own entity."""
+    if signal.startswith("edge."):
+        found = PEER.search(signal)
+        return found.group(1) if found else None
+    return client_metric_peer(signal)
 
 
 def hypotheses(
