@@ -9,6 +9,7 @@ restart counters; host CPU. Exported on every scrape, one request per service.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,8 +125,22 @@ class MetricsRecorder:
         w = self.world
         topo = w.topo
         by_pod: dict[int, dict[str, Metric]] = {}
+        # an SDK aggregates by attribute set: span keys whose attributes coincide (two routes
+        # calling the same peer, which client metrics do not tell apart) are one series
+        series: dict[tuple[int, str, tuple[Attr, ...]], tuple[_Histogram, Sequence[float]]] = {}
         for (pod, key, variant), h in sorted(self.histograms.items()):
             name, attrs = self._duration_series(key, variant)
+            found = series.get((pod, name, tuple(attrs)))
+            if found is None or len(found[0].buckets) != len(h.buckets):
+                series[(pod, name, tuple(attrs))] = (
+                    _Histogram(h.buckets.copy(), h.count, h.total),
+                    self.bounds[key],
+                )
+            else:
+                found[0].buckets += h.buckets
+                found[0].count += h.count
+                found[0].total += h.total
+        for (pod, name, attr_set), (h, bounds) in series.items():
             metrics = by_pod.setdefault(pod, {})
             metric = metrics.get(name)
             if metric is None:
@@ -136,8 +151,8 @@ class MetricsRecorder:
             dp.count = h.count
             dp.sum = h.total
             dp.bucket_counts.extend(h.buckets.tolist())
-            dp.explicit_bounds.extend(self.bounds[key])
-            dp.attributes.extend([key_value(k, v) for k, v in attrs])
+            dp.explicit_bounds.extend(bounds)
+            dp.attributes.extend([key_value(k, v) for k, v in attr_set])
         cpu_noise = rng.normal(0.0, 0.01, size=len(topo.pods))
         mem_noise = rng.normal(0.0, 2e6, size=len(topo.pods))
         pool_of_service: dict[int, list[int]] = {}
