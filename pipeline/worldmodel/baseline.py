@@ -106,10 +106,7 @@ class BaselineConfig:
     min_intervals_to_alert: int = 30
     # values are winsorized around the expectation from this many learned intervals on (not
     # only once alerting starts): an incident early in a series' life bends its level and
-    # spread by at most ``winsorize_z`` spreads per interval. Chosen on PetShop's train issues
-    # (whose temporal scenarios learn from a few earlier incident windows) among
-    # {2, 3, 4, 8, 30}: top-1 0.44 / 0.44 / 0.44 / 0.31 / 0.31, specificity on its normal
-    # data 0.92 / 0.96 / 0.96 / 0.96 / 0.96
+    # spread by at most ``winsorize_z`` spreads per interval
     winsorize_after: int = 4
     warmup_spread_gain: float = 2.0  # spread * (1 + gain / sqrt(intervals learned))
     tier_spread_global: float = 1.5

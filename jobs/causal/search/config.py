@@ -43,17 +43,10 @@ class SearchConfig:
     # not fail: a failing one's extra requests are its callers retrying what failed
     shift_spares_failing: bool = True
     # + w_late*(intervals its onset follows the symptom's, within the tolerance): a cause
-    # precedes its effects; one that began after the symptom did is less likely its cause.
-    # Kept small: -0.3 to -1.0 leave the simulator suite and PetShop's train issues unchanged
+    # precedes its effects; one that began after the symptom did is less likely its cause
     w_late: float = -0.3
     # the "no cause" option (below it, weak evidence loses to "nothing") and the softmax
-    # temperature: fitted on the simulator (never on PetShop) by minimising the log loss of
-    # "the top cause is right" with a weak prior around the hand-set 3.2 / 1.0, on training
-    # seeds 1 and 3 and checked on held-out seed 2:
-    #   worldline evaluate simulator --seeds 2 --train-seeds 1,3
-    # (14 services, 40 min history from 01:00 UTC, peak 15 req/s, 10 s slices). Every training
-    # case was ranked right, so the temperature sits at the grid's lower bound (0.5): the data
-    # says "sharper", not how much. ECE train 0.15 -> 0.04, held-out 0.12 -> 0.02.
+    # temperature (``worldline evaluate simulator --train-seeds`` fits both)
     null_logit: float = 2.0
     temperature: float = 0.5
     # the published top probability: intercept, then one weight per ``calibration.FEATURES``
@@ -90,25 +83,18 @@ class SearchConfig:
     async_margin: float = 1.5
     # an alert whose own signal does not deviate is explained only by a dependency whose
     # harmful signal (latency, errors, availability) deviates at least this much, now, with
-    # "nothing is wrong" kept at least as likely as it.
-    # Chosen on PetShop's train issues among {8, 12, 20, 30}: top-1 0.34 / 0.34 / 0.34 / 0.31,
-    # specificity on its normal data 0.79 / 0.88 / 0.96 / 0.96.
+    # "nothing is wrong" kept at least as likely as it
     uncorroborated_z: float = 20.0
     # ... or, when the alerted signal is a failure (errors, availability), a dependency whose
-    # failures deviate this much now: failures are rare, and the alert names them. Chosen as
-    # the lowest of {3, 4, 6, 8, 12} keeping specificity on PetShop's normal data >= 0.9: first
-    # 6 (0.875 / 0.896 / 0.917 / 0.938 / 0.938, 0.958 without it), then, once failures behind
-    # an asynchronous hop stopped counting, 3 (0.958 for every value): the evidence threshold
-    # ``z_min`` itself. No train issue reaches this path (train top-1 0.81 for every value).
-    # 0 turns it off.
+    # failures deviate this much now: failures are rare, and the alert names them (the
+    # evidence threshold ``z_min`` itself). 0 turns it off.
     uncorroborated_failure_z: float = 3.0
     # an alerted failure signal (errors, availability) that deviates only weakly (harmful
     # direction, at least this many spreads, under ``symptom_z_min``) is corroborated by a
     # dependency that fails clearly (``z_min``) over the same intervals: failures are rare, so
     # the coincidence is the evidence the alert names. Latency is not corroborated this way: a
     # service's latency and its dependencies' move together a little all the time (shared
-    # load), and on PetShop's normal data such coincidences named a cause in 5 of 24 latency
-    # alerts. 0 turns it off. It is also the least rise (in spreads) of a candidate's latency
+    # load), so such coincidences are no evidence. 0 turns it off. It is also the least rise (in spreads) of a candidate's latency
     # statistic that counts, under ``z_min``, when judging whether the candidate is too little
     # slower to account for the alerted statistic's rise: a tail statistic (p95, p99) is noisy
     # and may rise by less than ``z_min`` of its spreads while rising by far more than the
@@ -121,10 +107,7 @@ class SearchConfig:
     leaf_is_sibling_view: bool = True
     # with less history than the warm-up for the alerted signal (a new deployment, a service
     # just added), young scores count (their spreads are already widened for youth), and the
-    # best cause is at most ``cold_start_odds`` to one against "nothing is wrong" (p <= 0.8).
-    # Measured: PetShop issues each answered by a fresh model (5 rows, all cold) are right at
-    # top-1 in 46 of 55 answers (0.84); their ECE is 0.25 at 2 to 1, 0.17 at 4 to 1; the
-    # simulator's 5- and 10-minute histories (seeds 1-2): 0.27 / 0.28 at 2, 0.14 / 0.17 at 4
+    # best cause is at most ``cold_start_odds`` to one against "nothing is wrong" (p <= 0.8)
     cold_start: bool = True
     cold_start_odds: float = 4.0
     # persistence is measured up to the alerted deviation's end (plus the onset tolerance)
