@@ -381,18 +381,21 @@ def _checkpointed_spans(data_dir: Path) -> int:
     return sum(_model_applied(data_dir)[1].values())
 
 
+def _iso(unix_s: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_s))
+
+
 def _alert(i: int, status: str) -> tuple[bytes, bytes]:
     """An Alertmanager notification of alert ``i`` (its own service: its own incident), keyed by
     its fingerprint so its notifications keep their order."""
     fingerprint = f"{i:016x}"
     starts = BASE_NS // 10**9 + 10 * i
-    iso = lambda s: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s))  # noqa: E731
     alert = {
         "status": status,
         "labels": {"alertname": "LatencyHigh", "service": f"svc-{i}"},
         "annotations": {},
-        "startsAt": iso(starts),
-        "endsAt": iso(starts + 300) if status == "resolved" else "0001-01-01T00:00:00Z",
+        "startsAt": _iso(starts),
+        "endsAt": _iso(starts + 300) if status == "resolved" else "0001-01-01T00:00:00Z",
         "fingerprint": fingerprint,
     }
     payload = {
