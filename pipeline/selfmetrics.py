@@ -203,6 +203,7 @@ def feed_causal(feed: CounterFeed, stage: str, counters: Mapping[str, int]) -> N
     feed.feed(RECORDS_IN, (stage,), counters.get("payloads", 0))
     feed.feed(BYTES_IN, (stage,), counters.get("bytes_in", 0))
     feed.feed(DEADLETTERS, (stage, "invalid_alert"), counters.get("refused", 0))
+    feed.feed(REDELIVERED, (stage,), counters.get("redelivered_skipped", 0))
     abstained = counters.get("abstained", 0)
     feed.feed(CAUSAL_RECORDS, ("true",), abstained)
     feed.feed(CAUSAL_RECORDS, ("false",), counters.get("records", 0) - abstained)

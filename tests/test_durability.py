@@ -4,6 +4,10 @@ store holds every span that was acknowledged, each exactly once.
 - `up` stopped with records in flight, then started again on the same data directory (the
   in-memory broker numbers the new records from 0 again);
 - `kill -9` of an ingest stage under load, restarted by the supervisor;
+- `kill -9` of the world-model stage under load: restarted from its checkpoint, it applies every
+  sealed segment exactly once (its applied offsets and the spans it buffers);
+- `kill -9` of the causal-search stage with alerts arriving: every alert is answered, no update
+  of an incident twice;
 - `kill -9` of the broker: `up` fails loudly; with durable storage (S3, here moto's server) a
   restart loses nothing;
 - `kill -9` of `up` while its broker is frozen: every stage is gone within its orphan grace,
@@ -21,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import orjson
@@ -31,8 +36,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pipeline import kafka
 from pipeline.broker import free_port
 from pipeline.segments.store import SegmentStore
-from pipeline.testing import span_request
+from pipeline.testing import BASE_NS, span_request
 from pipeline.workers import ORPHAN_GRACE_S
+from pipeline.worldmodel import reads
+from pipeline.worldmodel.model import applied_key
+from pipeline.worldmodel.worker import MODEL_SIGNALS, checkpoint_path
 from tests.conftest import pid_alive, worldline_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -129,6 +137,39 @@ def _stored(data_dir: Path) -> Counter[SpanId]:
 
 def _stats(data_dir: Path, stage: str) -> dict[str, int]:
     return dict(orjson.loads((data_dir / "stats" / f"{stage}.json").read_bytes()))
+
+
+def _stage_pid(data_dir: Path, stage: str) -> int:
+    """The pid of ``stage`` as the supervisor recorded it."""
+    doc = orjson.loads((data_dir / "runtime" / "stages.json").read_bytes())
+    return int(doc["stages"][stage]["pid"])
+
+
+class _Load:
+    """Batches sent one after another from a thread, until ``after`` more have been sent once
+    ``stop`` is called: a stage killed in between is killed under load."""
+
+    def __init__(self, send: Callable[[int], None], after: int, pause_s: float = 0.1) -> None:
+        self.send, self.after, self.pause_s = send, after, pause_s
+        self.sent = 0
+        self.left: int | None = None
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.left is None or self.left > 0:
+            self.send(self.sent)
+            self.sent += 1
+            if self.left is not None:
+                self.left -= 1
+            time.sleep(self.pause_s)
+
+    def stop(self) -> int:
+        """Send ``after`` more batches, then end; returns how many were sent before this call."""
+        before = self.sent
+        self.left = self.after
+        self.thread.join()
+        return before
 
 
 def test_up_stopped_with_records_in_flight_and_started_again_loses_nothing(
@@ -265,3 +306,183 @@ def test_every_stage_is_gone_soon_after_up_is_killed_while_their_shutdown_hangs(
     while pid_alive(broker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(broker)
+
+
+def _model_applied(data_dir: Path) -> tuple[dict[str, int], Counter[SpanId]]:
+    """The world model's checkpoint: its applied offsets and the spans it buffers."""
+    store = SegmentStore(data_dir / "segments")
+    model = reads.load(store)
+    assert model.dropped["late_rows"] == 0 and model.dropped["buffer_full"] == 0
+    spans: Counter[SpanId] = Counter()
+    if model.spans is not None:
+        spans.update(
+            zip(
+                model.spans["trace_id"].to_pylist(),
+                model.spans["span_id"].to_pylist(),
+                strict=True,
+            )
+        )
+    return dict(model.applied), spans
+
+
+def _sealed_offsets(data_dir: Path) -> dict[str, int]:
+    """The last offset of every stored segment stream the world model reads (``applied_key``)."""
+    out: dict[str, int] = {}
+    for m in SegmentStore(data_dir / "segments").manifests():
+        if m.signal in MODEL_SIGNALS:
+            key = applied_key(m)
+            out[key] = max(out.get(key, -1), m.source.last_offset)
+    return out
+
+
+def test_kill_9_of_the_world_model_under_load_applies_every_segment_once(
+    tmp_path: Path,
+) -> None:
+    """Killed after a checkpoint while spans keep arriving, the world model restarts from that
+    checkpoint and applies from the store what it had not counted: its applied offsets end at
+    the store's last offset of every stream and it holds each produced span once. The spans
+    all lie within one minute from ``BASE_NS`` (a minute boundary), so no interval closes and
+    every span stays in the model's buffer, where it can be counted."""
+    proc = _up(tmp_path, "ingest-spans,world-model", {"WORLDLINE_CHECKPOINT_EVERY_S": "0.5"})
+    bootstrap = _running(tmp_path, proc, 2)
+    stage = _stage_pid(tmp_path, "world-model")
+    requests: list[ExportTraceServiceRequest] = []
+
+    def send(batch: int) -> None:
+        chunk = _requests(range(1000 + 5 * batch, 1005 + 5 * batch))
+        _produce(bootstrap, chunk)
+        requests.extend(chunk)
+
+    load = _Load(send, after=15)
+    try:
+        # killed once its checkpoint holds part of the data: the rest is replayed after it
+        _wait("checkpointed", lambda: bool(_checkpointed_spans(tmp_path)), proc, 60)
+        os.kill(stage, signal.SIGKILL)
+        _, at_kill = _model_applied(tmp_path)
+    finally:
+        load.stop()
+    want = _produced(requests)
+    assert at_kill and at_kill != want and max(at_kill.values()) == 1
+    # every span there (the counts are asserted after the final checkpoint)
+    _wait("applied", lambda: _model_applied(tmp_path)[1].keys() == want.keys(), proc, 60)
+    restarted = _stage_pid(tmp_path, "world-model")
+    stderr = _stop(proc)  # the final checkpoint
+    assert restarted != stage
+    assert "stage world-model exited with code -9; restarted" in stderr
+    assert _stored(tmp_path) == want
+    applied, spans = _model_applied(tmp_path)
+    assert applied == _sealed_offsets(tmp_path)
+    assert spans == want and max(spans.values()) == 1
+
+
+def _checkpointed_spans(data_dir: Path) -> int:
+    if not checkpoint_path(SegmentStore(data_dir / "segments")).exists():
+        return 0
+    return sum(_model_applied(data_dir)[1].values())
+
+
+def _iso(unix_s: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_s))
+
+
+def _alert(i: int, status: str) -> tuple[bytes, bytes]:
+    """An Alertmanager notification of alert ``i`` (its own service: its own incident), keyed by
+    its fingerprint so its notifications keep their order."""
+    fingerprint = f"{i:016x}"
+    starts = BASE_NS // 10**9 + 10 * i
+    alert = {
+        "status": status,
+        "labels": {"alertname": "LatencyHigh", "service": f"svc-{i}"},
+        "annotations": {},
+        "startsAt": _iso(starts),
+        "endsAt": _iso(starts + 300) if status == "resolved" else "0001-01-01T00:00:00Z",
+        "fingerprint": fingerprint,
+    }
+    payload = {
+        "version": "4",
+        "groupKey": f'{{}}:{{service="svc-{i}"}}',
+        "status": status,
+        "receiver": "worldline",
+        "groupLabels": {"service": f"svc-{i}"},
+        "commonLabels": alert["labels"],
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": [alert],
+    }
+    return fingerprint.encode(), orjson.dumps(payload)
+
+
+def _answered(data_dir: Path) -> int:
+    return _stats(data_dir, "causal-search")["records"]
+
+
+def _ranked(bootstrap: str) -> list[dict[str, Any]]:
+    """Every ``causes.ranked`` record, read from the beginning."""
+
+    async def run() -> list[dict[str, Any]]:
+        return [
+            orjson.loads(r.value or b"{}")
+            async for r in kafka.tail(
+                bootstrap, "causes.ranked", from_beginning=True, limit=None, idle_timeout_s=1.0
+            )
+        ]
+
+    return asyncio.run(run())
+
+
+def test_kill_9_of_causal_search_with_alerts_arriving_answers_each_update_once(
+    tmp_path: Path,
+) -> None:
+    """Alerts keep arriving (every third one resolved a few batches later: a second update of
+    its incident) while the stage is killed; after the supervisor restarts it, every alert has
+    its answer for its last update, and no incident is answered twice for the same update
+    (the stage's incident book, saved after each batch, tells re-delivered alerts from new
+    ones)."""
+    proc = _up(tmp_path, "causal-search")
+    bootstrap = _running(tmp_path, proc, 1)
+    stage = _stage_pid(tmp_path, "causal-search")
+    resolved_after = 5
+
+    def send(batch: int) -> None:
+        records = [_alert(batch, "firing")]
+        earlier = batch - resolved_after
+        if earlier >= 0 and earlier % 3 == 0:
+            records.append(_alert(earlier, "resolved"))
+        asyncio.run(kafka.produce(bootstrap, "alerts", records))
+
+    load = _Load(send, after=2 * resolved_after)
+    stats = tmp_path / "stats" / "causal-search.json"
+    try:
+        _wait("answering", lambda: stats.exists() and _answered(tmp_path) > 0, proc, 60)
+        os.kill(stage, signal.SIGKILL)
+    finally:
+        before_kill = load.stop()
+    sent = load.sent
+    assert 0 < before_kill < sent
+    # the last update of each alert's incident: 1 when its resolution was sent
+    last_update = {f"{i:016x}": int(i % 3 == 0 and i + resolved_after < sent) for i in range(sent)}
+
+    def answered(records: list[dict[str, Any]]) -> dict[str, int]:
+        """Fingerprint -> the latest update of its incident answered."""
+        out: dict[str, int] = {}
+        for record in records:
+            [fingerprint] = record["alert_fingerprints"]
+            out[fingerprint] = max(out.get(fingerprint, -1), record["update"])
+        return out
+
+    def all_answered() -> bool:
+        got = answered(_ranked(bootstrap))
+        return all(got.get(fp, -1) >= update for fp, update in last_update.items())
+
+    _wait("answered", all_answered, proc, 60)
+    records = _ranked(bootstrap)
+    restarted = _stage_pid(tmp_path, "causal-search")
+    stderr = _stop(proc)
+    assert restarted != stage
+    assert "stage causal-search exited with code -9; restarted" in stderr
+    # a notification read again must not make a new update either
+    assert answered(records) == last_update
+    updates = Counter((r["incident_id"], r["update"]) for r in records)
+    assert max(updates.values()) == 1, [k for k, n in updates.items() if n > 1]
+    incidents = {r["incident_id"]: r["alert_fingerprints"] for r in records}
+    assert sorted(fp for fps in incidents.values() for fp in fps) == sorted(last_update)

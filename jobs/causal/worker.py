@@ -9,7 +9,11 @@ broker had received on the telemetry topics when the alert arrived and waits (at
 the alert's, are closed as they stand (scored provisionally); the record says how far the model
 covers. When the real model has closed the alert's interval, the incident is searched again (a
 new update). The incident book is saved beside the checkpoint after every batch, so a restart
-neither forgets nor reopens incidents, nor an answer still waiting for its data.
+neither forgets nor reopens incidents, nor an answer still waiting for its data. With it are
+kept the offsets of the alerts it holds (per broker epoch, ``pipeline.kafka.broker_epoch``):
+alerts the broker delivers again after a restart (read, but not yet committed by the consumer
+group) are skipped, so a firing notification read again after its resolution does not reopen
+the incident and answer it once more.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from jobs.causal.followup import (
 )
 from jobs.causal.record import build_record, iso
 from jobs.causal.search import CausalSearch, SearchConfig
-from pipeline import selfmetrics
+from pipeline import kafka, selfmetrics
 from pipeline.ingest.core import deadletter_for_message
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings, section_config
@@ -214,8 +218,11 @@ def coverage_of(
     }
 
 
-def save_book(path: Path, book: IncidentBook) -> None:
+def save_book(path: Path, book: IncidentBook, consumed: dict[str, int] | None = None) -> None:
+    """Save the incident book with ``consumed``: "epoch/topic/partition" -> the last offset of
+    the ``alerts`` records it holds."""
     doc = {
+        "consumed": consumed or {},
         "incidents": [
             {
                 "incident_id": i.incident_id,
@@ -230,12 +237,19 @@ def save_book(path: Path, book: IncidentBook) -> None:
                 "symptoms": {fp: asdict(s) for fp, s in i.symptoms.items()},
             }
             for i in book.incidents.values()
-        ]
+        ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(orjson.dumps(doc))
     os.replace(tmp, path)
+
+
+def load_consumed(path: Path) -> dict[str, int]:
+    """The offsets saved with the book (``save_book``); empty without a book."""
+    if not path.exists():
+        return {}
+    return {str(k): int(v) for k, v in orjson.loads(path.read_bytes()).get("consumed", {}).items()}
 
 
 def load_book(path: Path, book: IncidentBook | None = None) -> IncidentBook:
@@ -303,6 +317,8 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             max_incidents=settings.max_incidents,
         ),
     )
+    consumed = load_consumed(book_path)
+    epoch = {"now": ""}  # the broker's epoch, read at each batch of alerts
     partitions = source_partitions(settings)
     alerts = app.topic(settings.topic("alerts"), value_serializer="raw", key_serializer="raw")
     ranked = app.topic(
@@ -324,6 +340,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         "follow_ups_kept_earlier": 0,
         "payloads": 0,
         "bytes_in": 0,
+        "redelivered_skipped": 0,
     }
     feed = selfmetrics.CounterFeed()
     # first answers waiting for the data of their alert (``Incident.due``, saved with the book:
@@ -479,7 +496,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         async with lock:
             await answer_waiting()
             await app.producer.flush()
-            await asyncio.to_thread(save_book, book_path, book)
+            await asyncio.to_thread(save_book, book_path, book, consumed)
             write_counters()
 
     @app.timer(interval=2.0)
@@ -505,7 +522,21 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                     await publish(incident, model, now, follow)
                     counters["refreshed"] += 1
             await app.producer.flush()
-            await asyncio.to_thread(save_book, book_path, book)
+            await asyncio.to_thread(save_book, book_path, book, consumed)
+
+    async def read_epoch() -> str:
+        """The broker's current epoch; the last one known when the broker cannot tell now.
+        The offsets of other epochs are dropped: their records are never delivered again."""
+        try:
+            now = await kafka.broker_epoch(bootstrap)
+        except Exception as e:  # the broker is briefly unreachable
+            log.warning("cannot read the broker's cluster id: %s", e)
+            return epoch["now"]
+        if now != epoch["now"]:
+            epoch["now"] = now
+            for key in [k for k in consumed if k.split("/", 1)[0] != now]:
+                del consumed[key]
+        return now
 
     @app.agent(alerts, name="search-incidents")
     async def search_incidents(stream: Any) -> None:
@@ -516,7 +547,14 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             model = await asyncio.to_thread(models.get)
             mapper = SymptomMapper(_known_entities(model), _signals_of(model))
             async with lock:
+                current = await read_epoch()
                 for event in events:
+                    message = event.message
+                    source = f"{current}/{message.topic}/{message.partition}"
+                    if message.offset <= consumed.get(source, -1):
+                        counters["redelivered_skipped"] += 1
+                        continue
+                    consumed[source] = message.offset
                     counters["payloads"] += 1
                     counters["bytes_in"] += len(event.value or b"")
                     try:
@@ -545,7 +583,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                         wait_for_data(incident, arrived, received)
                 await answer_waiting()
                 await app.producer.flush()
-                await asyncio.to_thread(save_book, book_path, book)
+                await asyncio.to_thread(save_book, book_path, book, consumed)
                 write_counters()
 
     return app
