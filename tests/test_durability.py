@@ -139,10 +139,18 @@ def _stats(data_dir: Path, stage: str) -> dict[str, int]:
     return dict(orjson.loads((data_dir / "stats" / f"{stage}.json").read_bytes()))
 
 
-def _stage_pid(data_dir: Path, stage: str) -> int:
-    """The pid of ``stage`` as the supervisor recorded it."""
-    doc = orjson.loads((data_dir / "runtime" / "stages.json").read_bytes())
-    return int(doc["stages"][stage]["pid"])
+def _stage_pid(data_dir: Path, stage: str, timeout_s: float = 20.0) -> int:
+    """The pid of ``stage`` as the supervisor recorded it (it writes its record just after
+    starting the stages: waited for)."""
+    path = data_dir / "runtime" / "stages.json"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return int(orjson.loads(path.read_bytes())["stages"][stage]["pid"])
+        except (FileNotFoundError, KeyError, orjson.JSONDecodeError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 class _Load:
