@@ -38,6 +38,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
+from jobs.causal import calibration
 from jobs.causal.alerts import IncidentBook, SymptomMapper, parse_webhook
 from jobs.causal.record import iso
 from jobs.causal.search import SearchConfig
@@ -147,27 +148,13 @@ def score(
         for k in KS:
             out[f"AS@{k}"] = hits[k] / n if n else math.nan
         out["Avg@5"] = float(np.mean([out[f"AS@{k}"] for k in KS])) if n else math.nan
-        out["ece"] = _ece(probs, right)
+        out["ece"] = calibration.ece(probs, right)
         return out
 
     by_type: dict[str, list[dict[str, Any]]] = {}
     for label in labels:
         by_type.setdefault(label.get("fault_type", "?"), []).append(label)
     return {"all": block(labels), **{t: block(rows) for t, rows in sorted(by_type.items())}}
-
-
-def _ece(probs: list[float], right: list[bool], bins: int = 10) -> float:
-    if not probs:
-        return math.nan
-    p = np.array(probs)
-    ok = np.array(right, dtype=float)
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            total += mask.sum() / len(p) * abs(p[mask].mean() - ok[mask].mean())
-    return float(total)
 
 
 @dataclass
