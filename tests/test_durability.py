@@ -206,25 +206,28 @@ def test_up_stopped_with_records_in_flight_and_started_again_loses_nothing(
 
 
 def test_kill_9_of_an_ingest_stage_under_load_loses_nothing(tmp_path: Path) -> None:
-    requests = _requests(range(200, 280))
+    """Killed once part of the stream is sealed while batches keep arriving (``_Load`` sends
+    more after the kill, so the kill is mid-stream however fast the stage is), the restarted
+    stage stores every span once."""
     proc = _up(tmp_path, "ingest-spans")
     bootstrap = _running(tmp_path, proc, 1)
     [stage] = [c for c in _children(proc.pid) if _is_stage(c)]
+    requests: list[ExportTraceServiceRequest] = []
 
-    def load() -> None:
-        for i in range(0, len(requests), 5):
-            _produce(bootstrap, requests[i : i + 5])
-            time.sleep(0.1)
+    def send(batch: int) -> None:
+        chunk = _requests(range(200 + 5 * batch, 205 + 5 * batch))
+        _produce(bootstrap, chunk)
+        requests.extend(chunk)
 
-    producer = threading.Thread(target=load)
-    producer.start()
+    load = _Load(send, after=10)
     try:
         _wait("sealing", lambda: bool(_stored(tmp_path)), proc, 60)
         os.kill(stage, signal.SIGKILL)  # mid-stream: some batches sealed, others not
+        at_kill = _stored(tmp_path)
     finally:
-        producer.join()
+        load.stop()
     want = _produced(requests)
-    assert _stored(tmp_path) != want
+    assert at_kill and at_kill != want and max(at_kill.values()) == 1
     _wait("stored", lambda: _stored(tmp_path) == want, proc, 90)
     restarted = [c for c in _children(proc.pid) if _is_stage(c)]
     stderr = _stop(proc)
