@@ -26,7 +26,8 @@ import zstandard
 from pipeline.caps import adopt_caps
 from pipeline.segments.store import Manifest
 from pipeline.worldmodel.baseline import BaselineConfig, BaselineStore
-from pipeline.worldmodel.graph import EdgeStore, GraphConfig
+from pipeline.worldmodel.graph import EdgeStore, EntityRef, GraphConfig
+from pipeline.worldmodel.peers import client_metric_peer, peer_entity
 from pipeline.worldmodel.signals import (
     MetricDeriver,
     empty_signals,
@@ -65,6 +66,8 @@ COUNTED_RATES = SPAN_COUNTED_RATES + LOG_COUNTED_RATES
 fills only its own (a span interval closing must not add a 0 to a log rate of the same interval:
 the baseline averages the values of an interval, so that 0 would halve the real rate)."""
 ZERO_FILL_MAX_INTERVALS = 10_080
+_DESCRIBES_PEER = r"server\.address=|db\.system|messaging\.system=|peer\.service="
+"""Attributes that name a client metric's peer (``worldmodel.peers``): a cheap filter first."""
 
 
 @dataclass(frozen=True)
@@ -294,15 +297,54 @@ class WorldModel:
         assert isinstance(frame, pl.DataFrame)
         self.points = self._buffer(self.points, frame, "time_unix_nano")
 
-    def _derive_metrics(self, done: pl.DataFrame) -> None:
+    def _derive_metrics(self, done: pl.DataFrame, now: int) -> None:
         ids = set(done["series_id"].to_list())
         meta = [self.metric_series[s] for s in sorted(ids) if s in self.metric_series]
         if not meta:
             return
         series = pa.Table.from_pylist(meta, schema=METRIC_SERIES)
-        self._learn(
-            self.metrics.derive(series, done.sort("series_id", "time_unix_nano").to_arrow())
+        derived = self.metrics.derive(series, done.sort("series_id", "time_unix_nano").to_arrow())
+        self._learn(derived)
+        self._observe_described(derived, now)
+
+    def _observe_described(self, signals: pl.DataFrame, now: int) -> None:
+        """The dependencies the services' client metrics describe become graph evidence."""
+        if signals.height == 0:
+            return
+        client = (
+            signals.filter(
+                pl.col("entity").str.starts_with("service:")
+                & pl.col("signal").str.contains(_DESCRIBES_PEER)
+            )
+            .group_by("entity", "signal")
+            .agg(
+                pl.col("interval_start_unix_nano").min().alias("first"),
+                pl.col("interval_start_unix_nano").max().alias("last"),
+            )
         )
+        if client.height == 0:
+            return
+        services = {e for e in signals["entity"].unique().to_list() if e.startswith("service:")} | {
+            ref.key for ref in self.graph.nodes if ref.kind == "service"
+        }
+        pairs: dict[tuple[str, str, str], tuple[int, int]] = {}
+        for entity, signal, first, last in client.iter_rows():
+            peer = client_metric_peer(signal)
+            if peer is None:
+                continue
+            target = peer_entity(peer, services)
+            if target == entity:
+                continue
+            key = (entity, target, "publishes_to" if target.startswith("queue:") else "calls")
+            seen = pairs.get(key)
+            pairs[key] = (
+                (first, last) if seen is None else (min(seen[0], first), max(seen[1], last))
+            )
+        rows = [
+            (EntityRef.from_key(s), EntityRef.from_key(t), relation, first, last)
+            for (s, t, relation), (first, last) in sorted(pairs.items())
+        ]
+        self._keep_graph_deltas(self.graph.observe_described(rows, now))
 
     def add_change(self, change: dict[str, Any]) -> None:
         """A change event (from the ``changes`` topic or inferred), kept bounded and in time order."""
@@ -415,7 +457,7 @@ class WorldModel:
             done = self.points.filter(pl.col("time_unix_nano") < close_before)
             self.points = self.points.filter(pl.col("time_unix_nano") >= close_before)
             if done.height:
-                self._derive_metrics(done)
+                self._derive_metrics(done, close_before)
                 closed += done.height
         self.closed_through = close_before
         self.baselines.advance(close_before / 1e9)
@@ -500,7 +542,10 @@ class WorldModel:
         return pl.concat([signals, zeros])
 
     def _observe_graph(self, done: pa.Table, now: int) -> None:
-        for delta in self.graph.observe_spans(done, now):
+        self._keep_graph_deltas(self.graph.observe_spans(done, now))
+
+    def _keep_graph_deltas(self, deltas: list[dict[str, Any]]) -> None:
+        for delta in deltas:
             self.graph_deltas.append(delta)
         while len(self.graph_deltas) > self.config.max_changes:
             self.graph_deltas.popleft()

@@ -9,6 +9,7 @@ import pytest
 from pipeline.ingest.core import KafkaRecord, SegmentIngestor, codec_for
 from pipeline.segments.store import SegmentStore
 from pipeline.testing import BASE_NS, kv, log_request, metric_request, span_request
+from pipeline.worldmodel.graph import EntityRef
 from pipeline.worldmodel.model import COUNTED_RATES, WorldModel, WorldModelConfig, marker
 from pipeline.worldmodel.worker import MODEL_SIGNALS, catch_up, merge_order
 
@@ -395,3 +396,64 @@ def test_the_simulator_searches_the_model_as_the_causal_stage_does(store: Segmen
     # a model that has closed the alert's interval is searched as it is
     earlier_s = (BASE_NS + 7 * MINUTE) / 1e9
     assert as_searched(model, earlier_s) is model
+
+
+def test_client_metrics_describe_the_dependency_graph_without_traces() -> None:
+    """A metrics-only deployment: each service's client metrics name what it calls (OTel
+    ``server.address``, ``db.system``/``db.namespace``, ``messaging.*``), so the graph knows the
+    dependencies as of their intervals, and forgets them when the metrics stop."""
+    model = WorldModel(WorldModelConfig(interval_s=60))
+    http = (
+        "http.client.request.duration{http.request.method=GET,server.address=%s,server.port=8080}"
+    )
+    db = "db.client.operation.duration{db.namespace=orders,db.system=postgresql}.p95"
+    signals = [
+        ("service:front", (http % "cart.prod.svc.cluster.local") + ".p95"),
+        ("service:front", (http % "payments.example.com") + ".error_ratio"),
+        ("service:cart", db),
+        ("service:cart", "http.server.request.duration{http.route=/cart}.p95"),
+        (
+            "service:cart",
+            "messaging.client.sent.messages{messaging.destination.name=orders,messaging.system=kafka}.rate_per_s",
+        ),
+        (
+            "service:worker",
+            "messaging.process.duration{messaging.destination.name=orders,messaging.system=kafka}.p95",
+        ),
+    ]
+    rows = pl.DataFrame(
+        {
+            "interval_start_unix_nano": [BASE_NS] * len(signals),
+            "entity": [e for e, _ in signals],
+            "signal": [s for _, s in signals],
+            "value": [1.0] * len(signals),
+            "exposure": [60.0] * len(signals),
+            "resolution": [0.0] * len(signals),
+        }
+    )
+    model._observe_described(rows, BASE_NS + MINUTE)
+    graph = model.graph.as_of(BASE_NS + MINUTE)
+    edges = {(s, t, r): d["provenance"] for s, t, r, d in graph.edges(keys=True, data=True)}
+    assert edges == {
+        # cart is a service (its server metric names it): the same dependency from both sides
+        ("service:front", "service:cart", "calls"): ["client_metric"],
+        ("service:front", "external:payments.example.com", "calls"): ["client_metric"],
+        ("service:cart", "database:postgresql:orders", "calls"): ["client_metric"],
+        ("service:cart", "queue:kafka:orders", "publishes_to"): ["client_metric"],
+    }
+    upstream = {
+        r.key: h
+        for r, h in model.graph.upstream(EntityRef("service", "front"), 3, BASE_NS + MINUTE).items()
+    }
+    assert upstream == {
+        "service:front": 0,
+        "service:cart": 1,
+        "external:payments.example.com": 1,
+        "database:postgresql:orders": 2,
+        "queue:kafka:orders": 2,
+    }
+    # no metric since: past the graph's expiry the dependency is no longer current
+    later = BASE_NS + int(model.graph.config.expiry_s * 1e9) + 2 * MINUTE
+    model.graph.advance(later)
+    assert ("service:front", "service:cart") not in model.graph.as_of(later).edges()
+    assert ("service:front", "service:cart") in model.graph.as_of(BASE_NS + MINUTE).edges()
