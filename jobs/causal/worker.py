@@ -14,6 +14,13 @@ kept the offsets of the alerts it holds (per broker epoch, ``pipeline.kafka.brok
 alerts the broker delivers again after a restart (read, but not yet committed by the consumer
 group) are skipped, so a firing notification read again after its resolution does not reopen
 the incident and answer it once more.
+
+Answers are published through an outbox (``jobs.causal.outbox``): a batch's answers are saved
+with the book and the alerts' offsets first, then sent, and a restarted stage sends only the
+saved answers ``causes.ranked`` does not hold yet. So a kill at any point publishes each update
+of an incident once (within one life of the broker's storage) and loses none that the book
+counts as answered. Kafka transactions cannot do this here: the book is a file, outside any
+Kafka transaction, and the embedded broker supports none.
 """
 
 from __future__ import annotations
