@@ -10,18 +10,20 @@ together, so the book goes first and says what is about to be published:
    at or before which none of these records can lie (``Outbox.since``: the end of what this
    stage's earlier records were acknowledged at, or the high-water mark read at start);
 2. the records are sent and the producer flushed (acknowledged by every in-sync replica);
-3. the next save of the book holds only the next batch's records.
+3. a small file notes that this outbox (its ``seq``) is delivered (``DELIVERED_NAME``); the
+   next save of the book holds only the next batch's records.
 
 A process killed before 1 has changed nothing: the broker delivers its alerts again. Killed
-after 1, the restarted stage finds the saved records (``recover``) and reads ``causes.ranked``
-from ``since`` up to its end: a record whose ``(incident_id, update)`` is there was published
-and is not sent again; the others are sent. Alerts read before the save are skipped by their
-offsets, so nothing is answered twice and no saved answer is lost.
+after 1 and before 3, the restarted stage finds the saved records (``recover``) and reads
+``causes.ranked`` from ``since`` up to its end: a record whose ``(incident_id, update)`` is
+there was published and is not sent again; the others are sent. Alerts read before the save are
+skipped by their offsets, so nothing is answered twice and no saved answer is lost.
 
 This holds within one life of the broker's storage (``pipeline.kafka.broker_epoch``). When the
 saved epoch is not the broker's now (the in-memory broker was restarted: what it held is gone)
-the saved records are all sent to the new broker, so an answer of the last batch before the
-broker died can be in both lives.
+and the outbox is not noted delivered, its records are all sent to the new broker, so an answer
+of the last batch before the broker died can be in both lives. A delivered outbox is never sent
+again, whatever the broker (a stop and start of ``worldline up`` sends nothing twice).
 
 Why not Kafka transactions: the book is a file, which no Kafka transaction can include, and the
 embedded broker (tansu 0.6.0) answers ``InitProducerId`` with an unknown error, so it offers
@@ -51,6 +53,7 @@ log = logging.getLogger("worldline.causal")
 # again), once: the marker file is created first, and a process that finds it goes on.
 KILL_AT_ENV = "CAUSAL_SEARCH_KILL_AT"
 KILL_POINTS = ("saved", "sent")
+DELIVERED_NAME = "causes-delivered.json"  # beside the book: the last outbox delivered whole
 
 
 def record_key(record: dict[str, Any]) -> tuple[str, int]:
@@ -67,10 +70,11 @@ class Outbox:
     # partition of causes.ranked -> an offset at or before which none of the records lies;
     # None: not one of them was sent
     since: dict[int, int] | None = None
+    seq: int = 0  # one more at every save with records: names the outbox in DELIVERED_NAME
 
     def to_doc(self) -> dict[str, Any]:
         since = None if self.since is None else {str(p): o for p, o in self.since.items()}
-        return {"records": self.records, "epoch": self.epoch, "since": since}
+        return {"records": self.records, "epoch": self.epoch, "since": since, "seq": self.seq}
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any] | None) -> Outbox:
@@ -81,13 +85,36 @@ class Outbox:
             records=list(doc.get("records") or []),
             epoch=str(doc.get("epoch") or ""),
             since=None if since is None else {int(p): int(o) for p, o in since.items()},
+            seq=int(doc.get("seq") or 0),
         )
 
 
-def unpublished(saved: Outbox, epoch: str, present: Iterable[tuple[str, int]]) -> list[Any]:
-    """The saved records not in ``causes.ranked``: all of them when none was sent or the broker
-    is in another epoch, else those whose ``record_key`` is not ``present`` (read from
+def load_delivered(path: Path) -> int:
+    """The ``seq`` of the last outbox delivered whole (``save_delivered``); 0 when none."""
+    try:
+        return int(orjson.loads(path.read_bytes())["seq"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+        return 0
+
+
+def save_delivered(path: Path, seq: int) -> None:
+    """Note that outbox ``seq`` is in causes.ranked whole. Not fsynced: a note lost with the
+    machine only makes the next start read causes.ranked (or, with a new broker, send the
+    outbox there)."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps({"seq": seq}))
+    os.replace(tmp, path)
+
+
+def unpublished(
+    saved: Outbox, epoch: str, present: Iterable[tuple[str, int]], delivered: int = 0
+) -> list[Any]:
+    """The saved records not in ``causes.ranked``: none when the outbox was noted delivered
+    (``delivered``: ``load_delivered``), all of them when none was sent or the broker is in
+    another epoch, else those whose ``record_key`` is not ``present`` (read from
     ``saved.since`` on)."""
+    if saved.seq <= delivered:
+        return []
     if saved.since is None or saved.epoch != epoch:
         return list(saved.records)
     there = set(present)

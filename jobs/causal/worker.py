@@ -49,7 +49,16 @@ from jobs.causal.followup import (
     record_settled,
     supersedes,
 )
-from jobs.causal.outbox import Outbox, check_kill_at, kill_point, published_keys, unpublished
+from jobs.causal.outbox import (
+    DELIVERED_NAME,
+    Outbox,
+    check_kill_at,
+    kill_point,
+    load_delivered,
+    published_keys,
+    save_delivered,
+    unpublished,
+)
 from jobs.causal.record import build_record, iso
 from jobs.causal.search import CausalSearch, SearchConfig
 from pipeline import kafka, selfmetrics
@@ -397,6 +406,9 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
     # its acknowledged records); ``Outbox.since`` of the records it saves
     sent_through: dict[str, Any] = {"epoch": None, "offsets": {}}
     recovered = {"done": False}
+    delivered_path = book_path.with_name(DELIVERED_NAME)
+    # above every outbox saved or noted delivered, so a new one is never taken for delivered
+    next_seq = {"seq": max(load_outbox(book_path).seq, load_delivered(delivered_path)) + 1}
     sending: list[asyncio.Future[None]] = []  # the send of the last saved outbox
     latencies_ms: list[float] = []
     stats_file = stats_path(settings, STAGE)
@@ -545,17 +557,19 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             return
         since = await retrying("read the high-water marks of causes.ranked", end_offsets)
         records = list(outbox)
+        seq = next_seq["seq"]
+        next_seq["seq"] += 1
         await asyncio.to_thread(
-            save_book, book_path, book, consumed, Outbox(records, epoch["now"], since)
+            save_book, book_path, book, consumed, Outbox(records, epoch["now"], since, seq)
         )
         del outbox[: len(records)]  # from here on they are the saved outbox's
         kill_point("saved")
         # sent to the end even when this task is cancelled (faust restarts its agent on a
         # rebalance): a send cut short would be sent again, or not at all
-        sending[:] = [asyncio.ensure_future(send(records))]
+        sending[:] = [asyncio.ensure_future(send(records, seq))]
         await asyncio.shield(sending[0])
 
-    async def send(records: list[dict[str, Any]]) -> None:
+    async def send(records: list[dict[str, Any]], seq: int) -> None:
         try:
             futures = [
                 await ranked.send(key=str(r["incident_id"]).encode(), value=orjson.dumps(r))
@@ -572,6 +586,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             recovered["done"] = False
             return
         kill_point("sent")
+        await asyncio.to_thread(save_delivered, delivered_path, seq)
 
     async def recover() -> None:
         """Once, before anything else is published: publish the answers the book saved that
@@ -583,8 +598,14 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             "read the broker's cluster id", lambda: kafka.broker_epoch(bootstrap)
         )
         set_epoch(current)
+        delivered = await asyncio.to_thread(load_delivered, delivered_path)
         present: set[tuple[str, int]] = set()
-        if saved.records and saved.since is not None and saved.epoch == current:
+        if (
+            saved.records
+            and saved.seq > delivered
+            and saved.since is not None
+            and saved.epoch == current
+        ):
             since = saved.since
 
             async def read_tail() -> list[Any]:
@@ -597,14 +618,15 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
 
             tail = await retrying("read causes.ranked after the book's last save", read_tail)
             present = published_keys(r.value for r in tail)
-        missing = unpublished(saved, current, present)
+        missing = unpublished(saved, current, present, delivered)
         counters["republished"] += len(missing)
-        counters["republish_skipped"] += len(saved.records) - len(missing)
-        if saved.records:
+        skipped = len(saved.records) - len(missing) if saved.seq > delivered else 0
+        counters["republish_skipped"] += skipped
+        if saved.seq > delivered:
             log.info(
                 "%d answer(s) saved with the book: %d already in causes.ranked, %d sent now",
                 len(saved.records),
-                len(saved.records) - len(missing),
+                skipped,
                 len(missing),
             )
         outbox[:0] = missing
