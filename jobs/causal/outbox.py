@@ -17,7 +17,8 @@ A process killed before 1 has changed nothing: the broker delivers its alerts ag
 after 1 and before 3, the restarted stage finds the saved records (``recover``) and reads
 ``causes.ranked`` from ``since`` up to its end: a record whose ``(incident_id, update)`` is
 there was published and is not sent again; the others are sent. Alerts read before the save are
-skipped by their offsets, so nothing is answered twice and no saved answer is lost.
+skipped by their offsets, so nothing is answered twice and no saved answer is lost. A running
+stage whose send fails settles its saved outbox the same way before it publishes anything else.
 
 This holds within one life of the broker's storage (``pipeline.kafka.broker_epoch``). When the
 saved epoch is not the broker's now (the in-memory broker was restarted: what it held is gone)
@@ -49,8 +50,8 @@ log = logging.getLogger("worldline.causal")
 
 # Fault injection for the durability tests, off unless set: "<point>:<marker file>" makes the
 # stage kill itself with SIGKILL at <point> ("saved": the book and its outbox are saved and
-# nothing is sent yet; "sent": the outbox's records are acknowledged and the book not saved
-# again), once: the marker file is created first, and a process that finds it goes on.
+# nothing is sent yet; "sent": the outbox's records are acknowledged and not yet noted
+# delivered), once: the marker file is created first, and a process that finds it goes on.
 KILL_AT_ENV = "CAUSAL_SEARCH_KILL_AT"
 KILL_POINTS = ("saved", "sent")
 DELIVERED_NAME = "causes-delivered.json"  # beside the book: the last outbox delivered whole
