@@ -135,9 +135,18 @@ class WorldModel:
     events: deque[dict[str, Any]] = field(default_factory=deque)
     closed_through: int = 0
     dropped: dict[str, int] = field(
-        default_factory=lambda: {"buffer_full": 0, "late_rows": 0, "changes_evicted": 0}
+        default_factory=lambda: {
+            "buffer_full": 0,
+            "late_rows": 0,
+            "changes_evicted": 0,
+            "metric_series_cap": 0,
+            "metric_series_cap_points": 0,
+        }
     )
-    metric_series: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # series id -> its row of the ``metric_series`` table as JSON (orjson): a few hundred bytes
+    # a series where the row as a dict takes about a kilobyte; decoded only for the series
+    # whose points are derived
+    metric_series: dict[int, bytes] = field(default_factory=dict)
     points: pl.DataFrame | None = None
 
     def __post_init__(self) -> None:
@@ -193,10 +202,7 @@ class WorldModel:
         elif manifest.signal == "logs":
             self._apply_logs(table)
         elif manifest.signal == "metric_series":
-            for row in table.to_pylist():
-                self.metric_series[int(row["series_id"])] = row
-                if len(self.metric_series) > self.config.max_series:
-                    self.metric_series.pop(next(iter(self.metric_series)))
+            self._apply_metric_series(table)
         elif manifest.signal == "metrics":
             self._apply_metric_points(table)
         self.applied[applied_key(manifest)] = manifest.source.last_offset
@@ -204,6 +210,29 @@ class WorldModel:
             wm_key = f"{manifest.source.topic}/{manifest.source.partition}"
             self.watermarks[wm_key] = max(self.watermarks.get(wm_key, 0), manifest.end_unix_nano)
         return True
+
+    def _apply_metric_series(self, table: pa.Table) -> None:
+        """Know the series of a segment, at most ``max_series``: a known series' row is
+        replaced, a new one beyond the cap is refused and counted (``metric_series_cap``, once
+        per segment that names it). The series known first keep their signals however many new
+        ones arrive (a storm of new label sets); the refused ones' points stay stored in the
+        segments, only not derived (``metric_series_cap_points``)."""
+        known = self.metric_series
+        room = self.config.max_series - len(known)
+        keep: list[int] = []
+        refused = 0
+        for i, sid in enumerate(table.column("series_id").to_pylist()):
+            if sid in known:
+                keep.append(i)
+            elif room > 0:
+                keep.append(i)
+                room -= 1
+            else:
+                refused += 1
+        if refused:
+            self.dropped["metric_series_cap"] = self.dropped.get("metric_series_cap", 0) + refused
+        for row in table.take(keep).to_pylist():
+            known[int(row["series_id"])] = orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
 
     def _buffer(
         self, current: pl.DataFrame | None, frame: pl.DataFrame, time_col: str
@@ -296,9 +325,16 @@ class WorldModel:
 
     def _derive_metrics(self, done: pl.DataFrame) -> None:
         ids = set(done["series_id"].to_list())
-        meta = [self.metric_series[s] for s in sorted(ids) if s in self.metric_series]
-        if not meta:
+        kept = sorted(s for s in ids if s in self.metric_series)
+        if len(kept) < len(ids):
+            # points of series refused at the cap: stored, not derived
+            unknown = done.height - done.filter(pl.col("series_id").is_in(kept)).height
+            self.dropped["metric_series_cap_points"] = (
+                self.dropped.get("metric_series_cap_points", 0) + unknown
+            )
+        if not kept:
             return
+        meta = [orjson.loads(self.metric_series[s]) for s in kept]
         series = pa.Table.from_pylist(meta, schema=METRIC_SERIES)
         self._learn(
             self.metrics.derive(series, done.sort("series_id", "time_unix_nano").to_arrow())
@@ -586,7 +622,7 @@ class WorldModel:
             "changes": list(self.changes),
             "events": list(self.events),
             "dropped": self.dropped,
-            "metric_series": list(self.metric_series.values()),
+            "metric_series": [orjson.loads(row) for row in self.metric_series.values()],
             "metric_last": [
                 [sid, v.time_unix_nano, v.value, list(v.buckets), v.total, v.start_unix_nano]
                 for sid, v in self.metrics.last.items()
@@ -633,7 +669,10 @@ class WorldModel:
         model.changes = deque(doc["changes"])
         model.events = deque(doc["events"])
         model.dropped = dict(doc["dropped"])
-        model.metric_series = {int(r["series_id"]): r for r in doc["metric_series"]}
+        model.metric_series = {
+            int(r["series_id"]): orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
+            for r in doc["metric_series"]
+        }
         for sid, t, v, buckets, *summary in doc["metric_last"]:
             # a summary's sum and start time (absent from checkpoints written before them)
             total, start = summary if summary else (0.0, 0)
