@@ -189,7 +189,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--series", type=int, default=1_000_000, help="new series to send")
     parser.add_argument(
-        "--cap", type=int, default=50_000, help="world_model.max_series (and the ingest caps)"
+        "--cap", type=int, default=50_000, help="world_model.max_series (series with a baseline)"
     )
     parser.add_argument(
         "--rate", type=float, default=10_000, help="series per second sent (0: as fast as taken)"
@@ -220,6 +220,7 @@ def main() -> None:
     )
     rng = random.Random(7)
     stop_steady = threading.Event()
+    measured = False
     try:
         stages_path = data_dir / "runtime" / "stages.json"
         wait_for(
@@ -286,6 +287,13 @@ def main() -> None:
         last_report = [time.monotonic()]
 
         def settled() -> bool:
+            restarted = {
+                name: state["restarts"]
+                for name, state in orjson.loads(stages_path.read_bytes())["stages"].items()
+                if state["restarts"]
+            }
+            if restarted:  # a crash loop is no measurement
+                raise SystemExit(f"stages restarted {restarted}: see {data_dir / 'logs'}")
             samples = scrape(port)
             committed = partition_values(
                 samples, "worldline_consumer_committed_offset", "otlp_metrics"
@@ -308,6 +316,13 @@ def main() -> None:
         after = sampler.rss()
         sampler.stop()
         samples = scrape(port)
+        measured = True
+        # after the RSS readings: answering it loads the model into the HTTP server
+        learned = {}
+        for i in range(STEADY_SERVICES):
+            query = f"entity=service:steady-{i}&signal=process.cpu.utilization"
+            answer = orjson.loads(http_call(port, "GET", f"/api/v1/model/baseline?{query}"))
+            learned[f"steady-{i}"] = answer["intervals_learned"]
     finally:
         stop_steady.set()
         up.send_signal(signal.SIGTERM)
@@ -318,7 +333,7 @@ def main() -> None:
             _, stderr = up.communicate()
         if up.returncode not in (0, None) and stderr:
             print(stderr[-2000:], file=sys.stderr)
-        if not args.keep:
+        if measured and not args.keep:
             subprocess.run(["rm", "-rf", str(data_dir)], check=False)
         else:
             print(f"data directory kept: {data_dir}")
@@ -343,9 +358,13 @@ def main() -> None:
     caps = by_label(samples, "worldline_model_cap", "kind")
     for kind in sorted(sizes):
         print(f"  {kind:<22} {sizes[kind]:>12,.0f} / {caps.get(kind, 0):>12,.0f}")
+    splits = by_label(samples, "worldline_ingest_item_cap_splits_total", "stage")
+    print(
+        "\nbatches ingest-metrics sealed in parts at segment_max_items"
+        f" (worldline_ingest_item_cap_splits_total): {splits.get('ingest-metrics', 0):,.0f}"
+    )
     for family, label in (
         ("worldline_model_dropped", "reason"),
-        ("worldline_ingest_dropped_total", "reason"),
         ("worldline_http_refused_total", "reason"),
         ("worldline_deadletters_total", "reason"),
     ):
@@ -353,6 +372,9 @@ def main() -> None:
         print(f"\n{family} by {label}:" + ("" if counted else " none"))
         for reason, n in sorted(counted.items()):
             print(f"  {reason:<34} {n:>12,.0f}")
+    print(
+        f"\nthe steady series keep their baselines through the storm (intervals learned): {learned}"
+    )
     stored = by_label(samples, "worldline_items_stored_total", "stage")
     print(
         f"\nmetric points stored in segments (worldline_items_stored_total):"

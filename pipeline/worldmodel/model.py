@@ -231,7 +231,7 @@ class WorldModel:
                 refused += 1
         if refused:
             self.dropped["metric_series_cap"] = self.dropped.get("metric_series_cap", 0) + refused
-        for row in table.take(keep).to_pylist():
+        for row in table.take(pa.array(keep, pa.int64())).to_pylist():
             known[int(row["series_id"])] = orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
 
     def _buffer(

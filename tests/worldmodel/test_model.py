@@ -422,7 +422,8 @@ def test_a_storm_of_new_series_is_refused_at_the_cap_and_known_series_keep_their
 ) -> None:
     """Three steady series, then 50 new series a minute against a cap of 10: the steady ones
     and the first 7 new ones are kept, every later new one is refused and counted once per
-    segment naming it, with its points (stored, not derived)."""
+    segment naming it, with its points (stored, not derived), also in a segment of new series
+    only."""
     store = SegmentStore(tmp_path)
     ingestor = SegmentIngestor(store, codec_for("otlp_metrics", store))
     steady = ["cart", "checkout", "payment"]
@@ -430,13 +431,16 @@ def test_a_storm_of_new_series_is_refused_at_the_cap_and_known_series_keep_their
         users = range(0) if minute == 0 else range(50 * minute, 50 * minute + 50)
         body = _gauges(steady, users, BASE_NS + minute * MINUTE)
         ingestor.seal(ingestor.decode([KafkaRecord("otlp_metrics", 0, minute, body)]), NOW)
+    # a segment of new series only: every one of them refused
+    body = _gauges([], range(1000, 1050), BASE_NS + 4 * MINUTE + 1)
+    ingestor.seal(ingestor.decode([KafkaRecord("otlp_metrics", 0, 5, body)]), NOW)
     model = WorldModel(WorldModelConfig(max_series=10, allowed_lateness_s=0))
     _feed(model, store)
     model.provisional(BASE_NS + 4 * MINUTE)
 
     assert len(model.metric_series) == 10
-    assert model.dropped["metric_series_cap"] == 43 + 3 * 50
-    assert model.dropped["metric_series_cap_points"] == 43 + 3 * 50
+    assert model.dropped["metric_series_cap"] == 43 + 4 * 50
+    assert model.dropped["metric_series_cap_points"] == 43 + 4 * 50
     for service in steady:
         baseline = model.baselines.get(f"service:{service}", "process.cpu.utilization")
         assert baseline is not None and baseline.intervals_learned == 5
