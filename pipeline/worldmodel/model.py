@@ -317,23 +317,32 @@ class WorldModel:
         self.logs = self._buffer(self.logs, frame, "time_unix_nano")
 
     def _apply_metric_points(self, points: pa.Table) -> None:
+        """Buffer the points of known series. Those of series refused at the cap are counted
+        (``metric_series_cap_points``: stored in the segments, not derived) and not buffered,
+        so a storm of new series does not fill the buffer. A segment's series are applied
+        before its points (ingest seals them first, ``merge_order`` keeps them first)."""
         if points.num_rows == 0:
             return
+        known = pa.array(list(self.metric_series), pa.uint64())
+        mask = pc.is_in(points.column("series_id"), value_set=known)
+        unknown = points.num_rows - (pc.sum(mask).as_py() or 0)
+        if unknown:
+            self.dropped["metric_series_cap_points"] = (
+                self.dropped.get("metric_series_cap_points", 0) + unknown
+            )
+            points = points.filter(mask)
+            if points.num_rows == 0:
+                return
         frame = pl.from_arrow(points)
         assert isinstance(frame, pl.DataFrame)
         self.points = self._buffer(self.points, frame, "time_unix_nano")
 
     def _derive_metrics(self, done: pl.DataFrame) -> None:
-        ids = set(done["series_id"].to_list())
-        kept = sorted(s for s in ids if s in self.metric_series)
-        if len(kept) < len(ids):
-            # points of series refused at the cap: stored, not derived
-            unknown = done.height - done.filter(pl.col("series_id").is_in(kept)).height
-            self.dropped["metric_series_cap_points"] = (
-                self.dropped.get("metric_series_cap_points", 0) + unknown
-            )
+        kept = [s for s in sorted(set(done["series_id"].to_list())) if s in self.metric_series]
         if not kept:
             return
+        # a checkpoint written before series were refused may buffer points of series not kept
+        done = done.filter(pl.col("series_id").is_in(kept))
         meta = [orjson.loads(self.metric_series[s]) for s in kept]
         series = pa.Table.from_pylist(meta, schema=METRIC_SERIES)
         self._learn(
