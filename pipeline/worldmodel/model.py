@@ -232,7 +232,7 @@ class WorldModel:
         if refused:
             self.dropped["metric_series_cap"] = self.dropped.get("metric_series_cap", 0) + refused
         for row in table.take(pa.array(keep, pa.int64())).to_pylist():
-            known[int(row["series_id"])] = orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+            known[int(row["series_id"])] = _series_json(row)
 
     def _buffer(
         self, current: pl.DataFrame | None, frame: pl.DataFrame, time_col: str
@@ -678,10 +678,7 @@ class WorldModel:
         model.changes = deque(doc["changes"])
         model.events = deque(doc["events"])
         model.dropped = dict(doc["dropped"])
-        model.metric_series = {
-            int(r["series_id"]): orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
-            for r in doc["metric_series"]
-        }
+        model.metric_series = {int(r["series_id"]): _series_json(r) for r in doc["metric_series"]}
         for sid, t, v, buckets, *summary in doc["metric_last"]:
             # a summary's sum and start time (absent from checkpoints written before them)
             total, start = summary if summary else (0.0, 0)
@@ -690,6 +687,12 @@ class WorldModel:
             )
         model.metrics.dropped = dict(doc["metric_dropped"])
         return model
+
+
+def _series_json(row: dict[str, Any]) -> bytes:
+    """A series' row as JSON, in a bytes object of its own size: orjson's own result keeps the
+    buffer it was written in (about 4 KB whatever the length)."""
+    return memoryview(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).tobytes()
 
 
 def _undictionary(f: pa.Field) -> pa.Field:
