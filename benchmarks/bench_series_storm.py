@@ -6,12 +6,13 @@ directory, 127.0.0.1 on free ports) with the series caps set below the storm, th
 and half by OTLP/HTTP metrics, in requests of 2,000 series (Prometheus' `max_samples_per_send`)
 at a steady pace. A handful of steady series are sent every few seconds throughout, as the
 system's normal telemetry. Every second the resident set size (RSS, psutil) of each process is
-sampled; once every stage has read everything (consumer lag 0) and the world model has closed
-the storm's intervals, it prints per process the RSS before the storm, its peak, after it, and
+sampled; once ingest-metrics has read up to the storm's last record and the world model has
+closed the storm's intervals (its allowed lateness is set to 10 s so that this comes a minute
+after the storm rather than two), it prints per process the RSS before the storm, its peak, after it, and
 the growth per series sent, then the world model's sizes against their caps and every drop
 counted on `/metrics` by reason.
 
-    .venv/bin/python benchmarks/bench_series_storm.py                 # 1M series (~6 min on 2 cores)
+    .venv/bin/python benchmarks/bench_series_storm.py                 # 1M series (about 5 min on 2 cores)
     .venv/bin/python benchmarks/bench_series_storm.py --series 100000 --cap 20000
 
 The reference in the same run is the RSS before the storm: a stage whose state per series is
