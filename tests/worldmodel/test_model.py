@@ -436,6 +436,8 @@ def test_a_storm_of_new_series_is_refused_at_the_cap_and_known_series_keep_their
     ingestor.seal(ingestor.decode([KafkaRecord("otlp_metrics", 0, 5, body)]), NOW)
     model = WorldModel(WorldModelConfig(max_series=10, allowed_lateness_s=0))
     _feed(model, store)
+    assert model.points is not None  # only the kept series' points wait for their interval
+    assert set(model.points["series_id"].to_list()) <= set(model.metric_series)
     model.provisional(BASE_NS + 4 * MINUTE)
 
     assert len(model.metric_series) == 10
