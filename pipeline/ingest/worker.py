@@ -5,11 +5,10 @@ The agent takes events in batches (``take_events``: up to ``segment_max_records`
 points, log lines) at a time, so its memory is bounded whatever a batch carries. faust
 acknowledges the events of a batch only after the body of the loop has run, and commits only
 acknowledged offsets; the body makes dead letters durable, seals the segments (fsync + rename)
-and only then returns. A crash before that re-delivers the
-batch; records already sealed are recognised by their offsets and skipped. Offsets are compared
-within the broker's epoch (read at the first batch, and again whenever a batch holds offsets
-already stored: a broker that lost its records numbers new ones from 0 again, and those are new
-data, not re-deliveries).
+and only then returns. A crash before that re-delivers the batch; records already sealed are
+recognised by their offsets and skipped. Offsets are compared within the broker's epoch (read at
+the first batch, and again whenever a batch holds offsets already stored: a broker that lost its
+records numbers new ones from 0 again, and those are new data, not re-deliveries).
 
 Scale-out is Kafka's: run as many workers per stage as the topic has partitions, in one group.
 """
