@@ -138,9 +138,18 @@ class WorldModel:
     events: deque[dict[str, Any]] = field(default_factory=deque)
     closed_through: int = 0
     dropped: dict[str, int] = field(
-        default_factory=lambda: {"buffer_full": 0, "late_rows": 0, "changes_evicted": 0}
+        default_factory=lambda: {
+            "buffer_full": 0,
+            "late_rows": 0,
+            "changes_evicted": 0,
+            "metric_series_cap": 0,
+            "metric_series_cap_points": 0,
+        }
     )
-    metric_series: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # series id -> its row of the ``metric_series`` table as JSON (orjson): a few hundred bytes
+    # a series where the row as a dict takes about a kilobyte; decoded only for the series
+    # whose points are derived
+    metric_series: dict[int, bytes] = field(default_factory=dict)
     points: pl.DataFrame | None = None
 
     def __post_init__(self) -> None:
@@ -196,10 +205,7 @@ class WorldModel:
         elif manifest.signal == "logs":
             self._apply_logs(table)
         elif manifest.signal == "metric_series":
-            for row in table.to_pylist():
-                self.metric_series[int(row["series_id"])] = row
-                if len(self.metric_series) > self.config.max_series:
-                    self.metric_series.pop(next(iter(self.metric_series)))
+            self._apply_metric_series(table)
         elif manifest.signal == "metrics":
             self._apply_metric_points(table)
         self.applied[applied_key(manifest)] = manifest.source.last_offset
@@ -207,6 +213,29 @@ class WorldModel:
             wm_key = f"{manifest.source.topic}/{manifest.source.partition}"
             self.watermarks[wm_key] = max(self.watermarks.get(wm_key, 0), manifest.end_unix_nano)
         return True
+
+    def _apply_metric_series(self, table: pa.Table) -> None:
+        """Know the series of a segment, at most ``max_series``: a known series' row is
+        replaced, a new one beyond the cap is refused and counted (``metric_series_cap``, once
+        per segment that names it). The series known first keep their signals however many new
+        ones arrive (a storm of new label sets); the refused ones' points stay stored in the
+        segments, only not derived (``metric_series_cap_points``)."""
+        known = self.metric_series
+        room = self.config.max_series - len(known)
+        keep: list[int] = []
+        refused = 0
+        for i, sid in enumerate(table.column("series_id").to_pylist()):
+            if sid in known:
+                keep.append(i)
+            elif room > 0:
+                keep.append(i)
+                room -= 1
+            else:
+                refused += 1
+        if refused:
+            self.dropped["metric_series_cap"] = self.dropped.get("metric_series_cap", 0) + refused
+        for row in table.take(pa.array(keep, pa.int64())).to_pylist():
+            known[int(row["series_id"])] = _series_json(row)
 
     def _buffer(
         self, current: pl.DataFrame | None, frame: pl.DataFrame, time_col: str
@@ -291,17 +320,33 @@ class WorldModel:
         self.logs = self._buffer(self.logs, frame, "time_unix_nano")
 
     def _apply_metric_points(self, points: pa.Table) -> None:
+        """Buffer the points of known series. Those of series refused at the cap are counted
+        (``metric_series_cap_points``: stored in the segments, not derived) and not buffered,
+        so a storm of new series does not fill the buffer. A segment's series are applied
+        before its points (ingest seals them first, ``merge_order`` keeps them first)."""
         if points.num_rows == 0:
             return
+        known = pa.array(list(self.metric_series), pa.uint64())
+        mask = pc.is_in(points.column("series_id"), value_set=known)
+        unknown = points.num_rows - (pc.sum(mask).as_py() or 0)
+        if unknown:
+            self.dropped["metric_series_cap_points"] = (
+                self.dropped.get("metric_series_cap_points", 0) + unknown
+            )
+            points = points.filter(mask)
+            if points.num_rows == 0:
+                return
         frame = pl.from_arrow(points)
         assert isinstance(frame, pl.DataFrame)
         self.points = self._buffer(self.points, frame, "time_unix_nano")
 
     def _derive_metrics(self, done: pl.DataFrame, now: int) -> None:
-        ids = set(done["series_id"].to_list())
-        meta = [self.metric_series[s] for s in sorted(ids) if s in self.metric_series]
-        if not meta:
+        kept = [s for s in sorted(set(done["series_id"].to_list())) if s in self.metric_series]
+        if not kept:
             return
+        # a checkpoint written before series were refused may buffer points of series not kept
+        done = done.filter(pl.col("series_id").is_in(kept))
+        meta = [orjson.loads(self.metric_series[s]) for s in kept]
         series = pa.Table.from_pylist(meta, schema=METRIC_SERIES)
         derived = self.metrics.derive(series, done.sort("series_id", "time_unix_nano").to_arrow())
         self._learn(derived)
@@ -631,7 +676,7 @@ class WorldModel:
             "changes": list(self.changes),
             "events": list(self.events),
             "dropped": self.dropped,
-            "metric_series": list(self.metric_series.values()),
+            "metric_series": [orjson.loads(row) for row in self.metric_series.values()],
             "metric_last": [
                 [sid, v.time_unix_nano, v.value, list(v.buckets), v.total, v.start_unix_nano]
                 for sid, v in self.metrics.last.items()
@@ -678,7 +723,7 @@ class WorldModel:
         model.changes = deque(doc["changes"])
         model.events = deque(doc["events"])
         model.dropped = dict(doc["dropped"])
-        model.metric_series = {int(r["series_id"]): r for r in doc["metric_series"]}
+        model.metric_series = {int(r["series_id"]): _series_json(r) for r in doc["metric_series"]}
         for sid, t, v, buckets, *summary in doc["metric_last"]:
             # a summary's sum and start time (absent from checkpoints written before them)
             total, start = summary if summary else (0.0, 0)
@@ -687,6 +732,12 @@ class WorldModel:
             )
         model.metrics.dropped = dict(doc["metric_dropped"])
         return model
+
+
+def _series_json(row: dict[str, Any]) -> bytes:
+    """A series' row as JSON, in a bytes object of its own size: orjson's own result keeps the
+    buffer it was written in (about 4 KB whatever the length)."""
+    return memoryview(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).tobytes()
 
 
 def _undictionary(f: pa.Field) -> pa.Field:
