@@ -510,21 +510,7 @@ class EdgeStore:
         now = int(now_unix_nano)
         self.now = now if self.now is None else max(self.now, now)
         deltas: list[dict[str, Any]] = []
-        row = {
-            "source_kind": source.kind,
-            "source_name": source.name,
-            "target_kind": target.kind,
-            "target_name": target.name,
-            "relation": relation,
-            "provenance": "given",
-            "first": now,
-            "last": now,
-            "count": 1,
-            "errors": 0,
-            "bucket": None,
-            "bucket_count": None,
-        }
-        self._apply(row, deltas)
+        self._apply(_evidence_row(source, target, relation, "given", now, now), deltas)
         return deltas
 
     def observe_described(
@@ -541,20 +527,7 @@ class EdgeStore:
         for source, target, relation, first, last in described:
             if relation not in DEPENDENCY_RELATIONS:
                 raise ValueError(f"unknown dependency relation {relation!r}")
-            row = {
-                "source_kind": source.kind,
-                "source_name": source.name,
-                "target_kind": target.kind,
-                "target_name": target.name,
-                "relation": relation,
-                "provenance": "client_metric",
-                "first": int(first),
-                "last": int(last),
-                "count": 1,
-                "errors": 0,
-                "bucket": None,
-                "bucket_count": None,
-            }
+            row = _evidence_row(source, target, relation, "client_metric", first, last)
             self._apply(row, deltas)
         return deltas
 
@@ -1092,6 +1065,26 @@ def _bucket_quantile_ms(buckets: dict[int, int], quantile: float) -> float:
         if seen >= rank:
             return round(LATENCY_BUCKET_RATIO ** (bucket + 0.5) / 1e6, 6)
     return round(LATENCY_BUCKET_RATIO ** (ordered[-1][0] + 0.5) / 1e6, 6)
+
+
+def _evidence_row(
+    source: EntityRef, target: EntityRef, relation: str, provenance: str, first: int, last: int
+) -> dict[str, Any]:
+    """One piece of evidence of an edge that carries no traffic of its own (``_apply``)."""
+    return {
+        "source_kind": source.kind,
+        "source_name": source.name,
+        "target_kind": target.kind,
+        "target_name": target.name,
+        "relation": relation,
+        "provenance": provenance,
+        "first": int(first),
+        "last": int(last),
+        "count": 1,
+        "errors": 0,
+        "bucket": None,
+        "bucket_count": None,
+    }
 
 
 def _node_attributes(ref: EntityRef, node: ElementState) -> dict[str, Any]:
