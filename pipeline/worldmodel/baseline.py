@@ -191,6 +191,26 @@ def _to_float32(x: float) -> float:
     return float(struct.unpack("<f", struct.pack("<f", x))[0])
 
 
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103  # the least double that rounds to infinity in float32
+
+
+def _check_float32(x: float) -> None:
+    """Refuse a finite ``x`` that float32 cannot hold, as packing it would (an ``array("f")``
+    column would silently hold infinity)."""
+    if not -_FLOAT32_OVERFLOW < x < _FLOAT32_OVERFLOW and math.isfinite(x):
+        raise OverflowError("float too large to pack with f format")
+
+
+def _alphas(config: BaselineConfig) -> tuple[float, float, float, float]:
+    """EWMA weights of one interval: level, scale, shape, offset (``BaselineConfig.alpha``)."""
+    return (
+        config.alpha(config.level_memory_s),
+        config.alpha(config.scale_memory_s),
+        config.alpha(config.shape_memory_s),
+        config.alpha(config.offset_memory_s),
+    )
+
+
 def _quantize_residual(z: float) -> int:
     return max(-127, min(127, round(z * _RING_STEPS_PER_SIGMA)))
 
@@ -279,6 +299,8 @@ _HALF_VALUES = array(
     "d", np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(float).tolist()
 )
 _TIER_CODES = {tier: code for code, tier in enumerate(_TIERS)}
+# offsets of one hour of the day's seven hour-of-week buckets: (level, packed count), Monday first
+_WEEKDAY_STEPS = tuple((day * HOURS_PER_DAY, day * HOURS_PER_DAY // 2) for day in range(7))
 
 
 def _half_bits(x: float) -> int:
@@ -432,21 +454,29 @@ class SeasonalBaseline:
     from ``BaselineStore.get`` reads and writes the store's row (the store holds no object per
     series)."""
 
-    __slots__ = ("_c", "_r", "config")
+    __slots__ = ("_alphas", "_c", "_r", "config")
 
     def __init__(self, config: BaselineConfig | None = None, count_scale: float = 0.0) -> None:
         if not (count_scale >= 0.0 and math.isfinite(count_scale)):
             raise ValueError(f"count_scale must be finite and >= 0, got {count_scale}")
         self.config = config or BaselineConfig()
+        self._alphas = _alphas(self.config)
         # values times count_scale are event counts per interval (a rate per second measured
         # over interval_s seconds: count_scale = interval_s); 0 for anything else
         self._c = SeriesColumns()
         self._r = self._c.add_row(count_scale)
 
     @classmethod
-    def _view(cls, config: BaselineConfig, columns: SeriesColumns, row: int) -> SeasonalBaseline:
+    def _view(
+        cls,
+        config: BaselineConfig,
+        columns: SeriesColumns,
+        row: int,
+        alphas: tuple[float, float, float, float] | None = None,
+    ) -> SeasonalBaseline:
         baseline = cls.__new__(cls)
         baseline.config = config
+        baseline._alphas = _alphas(config) if alphas is None else alphas
         baseline._c = columns
         baseline._r = row
         return baseline
@@ -657,26 +687,27 @@ class SeasonalBaseline:
         counts[at] = (packed & 0x0F) | (count << 4) if bucket & 1 else (packed & 0xF0) | count
 
     def _week_level_at(self, hour_index: int) -> float | None:
-        bucket = _hour_of_week(hour_index)
-        if not self._count_at(bucket):
+        day, hour_of_day = divmod(hour_index, HOURS_PER_DAY)
+        bucket = ((day + _EPOCH_WEEKDAY) % 7) * HOURS_PER_DAY + hour_of_day  # _hour_of_week
+        c, r = self._c, self._r
+        packed = c.week_count[r * _COUNTS_PER_ROW + (bucket >> 1)]
+        if not (packed >> 4 if bucket & 1 else packed & 0x0F):
             return None
-        return self._c.week_level[self._r * HOURS_PER_WEEK + bucket]
+        return c.week_level[r * HOURS_PER_WEEK + bucket]
 
     def _day_level_at(self, hour_index: int) -> float | None:
         """The hour-of-day profile at ``hour_index``: the mean of that hour's learned
         hour-of-week levels over the weekdays seen (derived when read, never stored)."""
         hour_of_day = hour_index % HOURS_PER_DAY
         c = self._c
-        at = self._r * HOURS_PER_WEEK + hour_of_day
-        levels = c.week_level[at : at + HOURS_PER_WEEK : HOURS_PER_DAY]  # Monday first
-        at = self._r * _COUNTS_PER_ROW + (hour_of_day >> 1)
-        counts = c.week_count[at : at + _COUNTS_PER_ROW : HOURS_PER_DAY // 2]
+        levels, level_at = c.week_level, self._r * HOURS_PER_WEEK + hour_of_day
+        counts, count_at = c.week_count, self._r * _COUNTS_PER_ROW + (hour_of_day >> 1)
         shift = 4 if hour_of_day & 1 else 0  # 24 is even: every weekday's bucket alike
         total = 0.0
         seen = 0
-        for level, packed in zip(levels, counts, strict=True):
-            if (packed >> shift) & 0x0F:
-                total += level
+        for level_step, count_step in _WEEKDAY_STEPS:
+            if (counts[count_at + count_step] >> shift) & 0x0F:
+                total += levels[level_at + level_step]
                 seen += 1
         if not seen:
             return None
@@ -848,17 +879,20 @@ class SeasonalBaseline:
         c, r = self._c, self._r
         # EWMA memories are event time: a value standing for k intervals weighs as k of them
         steps = self._spacing(interval)
-
-        def alpha_of(memory_s: float) -> float:
-            a = config.alpha(memory_s)
-            return a if steps == 1 else 1.0 - (1.0 - a) ** steps
+        alpha_level, alpha_scale, alpha_shape, alpha_offset = self._alphas
+        if steps != 1:
+            alpha_level = 1.0 - (1.0 - alpha_level) ** steps
+            alpha_scale = 1.0 - (1.0 - alpha_scale) ** steps
+            alpha_shape = 1.0 - (1.0 - alpha_shape) ** steps
+            alpha_offset = 1.0 - (1.0 - alpha_offset) ** steps
 
         t_mid = (interval + 0.5) * config.interval_s
         hour_index = math.floor((t_mid + config.utc_offset_s) / SECONDS_PER_HOUR)
         acc_hour = c.acc_hour[r]
         if acc_hour != _NONE_INDEX and hour_index != acc_hour:
             self._close_hour()
-        c.exposure[r] = _to_float32(exposure)
+        _check_float32(exposure)
+        c.exposure[r] = exposure  # float32, as in snapshots
         expected, spread, tier, seasonal = self._expectation(t_mid)
         n = c.n[r]
         # the first value has nothing to be compared with: it sets the level, and its
@@ -898,16 +932,18 @@ class SeasonalBaseline:
         if n >= max(2, config.winsorize_after):
             w = config.winsorize_z if calm else config.winsorize_z_in_deviation
             value = max(expected - w * spread, min(expected + w * spread, value))
-        alpha = max(1.0 / (n + 1), alpha_of(config.level_memory_s))
+        alpha = max(1.0 / (n + 1), alpha_level)
         level = c.global_level[r]
         c.global_level[r] = level + alpha * (value - level)
         if calm:
-            scale_alpha = max(1.0 / (n + 1), alpha_of(config.scale_memory_s))
+            scale_alpha = max(1.0 / (n + 1), alpha_scale)
             typical = c.resolution[r]
-            c.resolution[r] = _to_float32(typical + scale_alpha * (resolution - typical))
+            typical += scale_alpha * (resolution - typical)
+            _check_float32(typical)
+            c.resolution[r] = typical  # float32, as in snapshots
         if calm and n > 0:
             residual = abs(value - expected)
-            scale_alpha = max(1.0 / n, alpha_of(config.scale_memory_s))
+            scale_alpha = max(1.0 / n, alpha_scale)
             scale = c.scale[r]
             scale += scale_alpha * (residual - scale)
             c.scale[r] = scale
@@ -915,14 +951,14 @@ class SeasonalBaseline:
                 at = r * HOURS_PER_DAY + hour_index % HOURS_PER_DAY
                 shape = _HALF_VALUES[c.shape[at]]
                 ratio = min(residual / scale, 5.0)
-                shape += alpha_of(config.shape_memory_s) * (ratio - shape)
+                shape += alpha_shape * (ratio - shape)
                 c.shape[at] = _half_bits(max(0.2, min(5.0, shape)))
         if tier != _TIERS[c.offset_tier[r]]:
             # the drift learned against one tier's profile means nothing against another's
             c.offset[r] = 0.0
             c.offset_tier[r] = _TIER_CODES[tier]
         if tier != "global":
-            offset_alpha = alpha_of(config.offset_memory_s)
+            offset_alpha = alpha_offset
             offset = c.offset[r]
             c.offset[r] = offset + offset_alpha * (value - seasonal - offset)
         if c.acc_hour[r] == _NONE_INDEX:
@@ -1225,6 +1261,8 @@ class BaselineStore:
         self._columns = SeriesColumns()
         self._rows: dict[SeriesKey, int] = {}
         self._refusals: dict[str, int] = {}
+        self._alphas_of: BaselineConfig | None = None
+        self._alphas = _alphas(self.config)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -1232,10 +1270,18 @@ class BaselineStore:
     def __contains__(self, key: object) -> bool:
         return key in self._rows
 
+    def _view(self, row: int, columns: SeriesColumns | None = None) -> SeasonalBaseline:
+        config = self.config
+        if self._alphas_of is not config:  # EWMA weights computed once per config
+            self._alphas = _alphas(config)
+            self._alphas_of = config
+        columns = self._columns if columns is None else columns
+        return SeasonalBaseline._view(config, columns, row, self._alphas)
+
     def get(self, entity: str, signal: str) -> SeasonalBaseline | None:
         """The series' baseline (a view of its row: updates through it change the store)."""
         row = self._rows.get((entity, signal))
-        return None if row is None else SeasonalBaseline._view(self.config, self._columns, row)
+        return None if row is None else self._view(row)
 
     def keys(self) -> list[SeriesKey]:
         return sorted(self._rows)
@@ -1285,9 +1331,7 @@ class BaselineStore:
             if not (scale >= 0.0 and math.isfinite(scale)):
                 raise ValueError(f"count_scale must be finite and >= 0, got {scale}")
             row = self._add(entity, signal, scale)
-        SeasonalBaseline._view(self.config, self._columns, row).update(
-            t_unix_s, value, exposure, resolution
-        )
+        self._view(row).update(t_unix_s, value, exposure, resolution)
         return True
 
     def update_many(
@@ -1311,7 +1355,7 @@ class BaselineStore:
                 raise ValueError("exposures and resolutions must have the length of keys")
             columns.append(column.tolist() if isinstance(column, np.ndarray) else column)
         rows = self._rows
-        cursor = SeasonalBaseline._view(self.config, self._columns, 0)  # moved row to row
+        cursor = self._view(0)  # moved row to row
         accepted = 0
         for key, t, value, exposure, resolution in zip(keys, *columns, strict=True):
             row = rows.get(key)
@@ -1340,7 +1384,7 @@ class BaselineStore:
         due &= (opened + 1) * self.config.interval_s <= now_unix_s
         rows = np.flatnonzero(due).tolist()
         del pending, opened, due  # the arrays may grow again once no view holds them
-        cursor = SeasonalBaseline._view(self.config, columns, 0)
+        cursor = self._view(0, columns)
         for row in rows:
             cursor._r = row
             cursor.flush(now_unix_s)
@@ -1354,7 +1398,7 @@ class BaselineStore:
             row = self._rows[key]
             if direction[row] == 0:
                 continue
-            deviation = SeasonalBaseline._view(self.config, self._columns, row).deviation()
+            deviation = self._view(row).deviation()
             if deviation is not None:
                 out.append(SeriesDeviation(key[0], key[1], deviation))
         return out
@@ -1365,10 +1409,10 @@ class BaselineStore:
         if other.config.fingerprint() != self.config.fingerprint():
             raise ValueError("cannot merge stores with different configs")
         for key in sorted(other._rows):
-            theirs = SeasonalBaseline._view(other.config, other._columns, other._rows[key])
+            theirs = other._view(other._rows[key])
             row = self._rows.get(key)
             if row is not None:
-                mine = SeasonalBaseline._view(self.config, self._columns, row)
+                mine = self._view(row)
                 merged = mine.merge(theirs)
                 self._columns.copy_row(merged._c, merged._r, row)
             elif len(self._rows) < self.max_series:
@@ -1395,7 +1439,7 @@ class BaselineStore:
             encoded = reason.encode()
             parts.append(struct.pack("<B", len(encoded)) + encoded)
             parts.append(struct.pack("<Q", self._refusals[reason]))
-        cursor = SeasonalBaseline._view(self.config, self._columns, 0)
+        cursor = self._view(0)
         for entity, signal in sorted(self._rows):
             for text in (entity, signal):
                 encoded = text.encode()
@@ -1423,7 +1467,7 @@ class BaselineStore:
             offset += 8
         columns = SeriesColumns()
         rows: dict[SeriesKey, int] = {}
-        cursor = SeasonalBaseline._view(self.config, columns, 0)
+        cursor = self._view(0, columns)
         for _ in range(n_series):
             texts = []
             for _field in range(2):
