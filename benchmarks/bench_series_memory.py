@@ -149,7 +149,7 @@ def measure_components(n: int, intervals: int) -> dict[str, float]:
     model.metrics.last.clear()
     out["counter state"] = before - held()
     before = held()
-    model.metric_series = {}
+    model.metric_series = type(model.metric_series)()
     out["metric series registry"] = before - held()
     before = held()
     model.baselines = type(model.baselines)(model.baselines.config)

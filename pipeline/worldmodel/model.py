@@ -27,6 +27,7 @@ from pipeline.caps import adopt_caps
 from pipeline.segments.store import Manifest
 from pipeline.worldmodel.baseline import BaselineConfig, BaselineStore
 from pipeline.worldmodel.graph import EdgeStore, GraphConfig
+from pipeline.worldmodel.series import MetricSeriesRegistry
 from pipeline.worldmodel.signals import (
     MetricDeriver,
     empty_signals,
@@ -137,7 +138,7 @@ class WorldModel:
     dropped: dict[str, int] = field(
         default_factory=lambda: {"buffer_full": 0, "late_rows": 0, "changes_evicted": 0}
     )
-    metric_series: dict[int, dict[str, Any]] = field(default_factory=dict)
+    metric_series: MetricSeriesRegistry = field(default_factory=MetricSeriesRegistry)
     points: pl.DataFrame | None = None
 
     def __post_init__(self) -> None:
@@ -193,10 +194,12 @@ class WorldModel:
         elif manifest.signal == "logs":
             self._apply_logs(table)
         elif manifest.signal == "metric_series":
-            for row in table.to_pylist():
-                self.metric_series[int(row["series_id"])] = row
-                if len(self.metric_series) > self.config.max_series:
-                    self.metric_series.pop(next(iter(self.metric_series)))
+            # a batch of rows as dicts at a time: a large segment is never all Python objects
+            for batch in table.to_batches(max_chunksize=4096):
+                for row in batch.to_pylist():
+                    self.metric_series[int(row["series_id"])] = row
+                    if len(self.metric_series) > self.config.max_series:
+                        self.metric_series.pop(next(iter(self.metric_series)))
         elif manifest.signal == "metrics":
             self._apply_metric_points(table)
         self.applied[applied_key(manifest)] = manifest.source.last_offset
@@ -633,7 +636,7 @@ class WorldModel:
         model.changes = deque(doc["changes"])
         model.events = deque(doc["events"])
         model.dropped = dict(doc["dropped"])
-        model.metric_series = {int(r["series_id"]): r for r in doc["metric_series"]}
+        model.metric_series = MetricSeriesRegistry(doc["metric_series"])
         for sid, t, v, buckets, *summary in doc["metric_last"]:
             # a summary's sum and start time (absent from checkpoints written before them)
             total, start = summary if summary else (0.0, 0)
