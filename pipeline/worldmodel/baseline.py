@@ -42,7 +42,7 @@ arrives or ``flush(now)`` is called with a watermark past its end. Learning an i
 
 State per series is ~1 KB, serialized (``SeasonalBaseline.to_bytes``, 1017 B) and in memory
 (``ROW_BYTES``, 1010 B): ``BaselineStore`` holds every series as one row of typed columns
-(``SeriesColumns``), not as an object with arrays of its own (about 2.3 KB a series), and
+(``SeriesColumns``), not as an object per series with arrays of its own (about 2.3 KB), and
 derives the hour-of-day profile from the hour-of-week levels when it is read. The float32
 hour-of-week levels are 672 B of a row. ``BaselineStore`` holds many series under a hard cap;
 every refused update is counted by reason.
@@ -363,7 +363,10 @@ class SeriesColumns:
     """The state of many series, one row each, in typed ``array`` columns (a few hundred bytes of
     fixed overhead in all, then only the numbers: ``ROW_BYTES`` a series). Rows are appended
     (the arrays grow geometrically) and never removed. ``SeasonalBaseline`` is a view of one
-    row."""
+    row. ``array``, not numpy: the model reads and writes one element at a time, which ``array``
+    gives as Python floats and ints (a numpy scalar is slower and would carry float32 arithmetic
+    into the formulas); numpy reads the columns whole where a step is vectorised
+    (``BaselineStore.advance``)."""
 
     __slots__ = (
         *(name for name, _, _ in _SCALAR_COLUMNS),
