@@ -638,6 +638,10 @@ class SeasonalBaseline:
             raise ValueError(f"non-finite sample ({t_unix_s!r}, {value!r})")
         if not (0.0 <= exposure < math.inf and 0.0 <= resolution < math.inf):
             raise ValueError(f"exposure and resolution must be finite and >= 0 ({t_unix_s!r})")
+        self._add(t_unix_s, value, exposure, resolution)
+
+    def _add(self, t_unix_s: float, value: float, exposure: float, resolution: float) -> None:
+        """``update`` of a value already checked."""
         c, r = self._c, self._r
         interval = math.floor(t_unix_s / self.config.interval_s)
         open_interval = c.open_interval[r]
@@ -881,7 +885,8 @@ class SeasonalBaseline:
         config = self.config
         c, r = self._c, self._r
         # EWMA memories are event time: a value standing for k intervals weighs as k of them
-        steps = self._spacing(interval)
+        last = c.last_interval[r]
+        steps = 1 if last == _NONE_INDEX or interval - last <= 1 else self._spacing(interval)
         alpha_level, alpha_scale, alpha_shape, alpha_offset = self._alphas
         if steps != 1:
             alpha_level = 1.0 - (1.0 - alpha_level) ** steps
@@ -1371,7 +1376,7 @@ class BaselineStore:
                 accepted += self.update(key[0], key[1], t, value, exposure, resolution)
                 continue
             cursor._r = row
-            cursor.update(t, value, exposure, resolution)
+            cursor._add(t, value, exposure, resolution)  # checked above
             accepted += 1
         return accepted
 
