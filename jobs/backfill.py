@@ -77,10 +77,13 @@ def backfill_bundle(
         )
         count = 0
         for chunk in _chunks(read_topic(bundle, logical), settings.segment_max_records):
-            batch = ingestor.decode(
+            records = [
                 KafkaRecord(source, 0, offset, r.value, r.timestamp_ms) for offset, r in chunk
-            )
-            report.segments += len(ingestor.seal(batch, now))
+            ]
+            while records:  # as live ingest: at most segment_max_items items per segment
+                batch = ingestor.decode(records, settings.segment_max_items)
+                records = records[batch.consumed :]
+                report.segments += len(ingestor.seal(batch, now))
             count += len(chunk)
             progress(logical, count)
         report.records[logical] = count

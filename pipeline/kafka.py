@@ -339,3 +339,60 @@ async def produce(
     finally:
         with contextlib.suppress(Exception):
             await producer.stop()
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``, as the broker describes it."""
+    admin = admin_client(bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] != 0 or not described["partitions"]:
+        raise KeyError(f"topic {topic!r} does not exist")
+    return [
+        TopicPartition(topic, p["partition"])
+        for p in sorted(described["partitions"], key=lambda p: p["partition"])
+    ]
+
+
+async def read_range(
+    bootstrap: str, start: dict[TopicPartition, int], timeout_s: float = 30.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of the partitions of ``start`` from its offset up to the partition's
+    high-water mark read now, without joining a consumer group. Raises ``TimeoutError`` when
+    the records cannot all be read within ``timeout_s``."""
+    if not start:
+        return []
+    tps = sorted(start)
+    ends = await high_water_marks(bootstrap, tps)
+    left = {tp for tp in tps if ends[tp] > start[tp]}
+    if not left:
+        return []
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # an offset the log no longer holds: from its start
+        **kafka_auth.client_options(),
+    )
+    await consumer.start()
+    out: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        consumer.assign(sorted(left))
+        for tp in left:
+            consumer.seek(tp, start[tp])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while left:
+            if loop.time() > deadline:
+                raise TimeoutError(f"{sorted(left)} not read up to {ends} in {timeout_s:g} s")
+            batch = await consumer.getmany(*sorted(left), timeout_ms=250)
+            for tp, records in batch.items():
+                out.extend(r for r in records if r.offset < ends[tp])
+            for tp in list(left):
+                if await consumer.position(tp) >= ends[tp]:
+                    left.discard(tp)
+        return out
+    finally:
+        await consumer.stop()

@@ -96,6 +96,12 @@ SEGMENTS_SEALED = Counter(
     "Segments sealed, by stage and segment signal.",
     ["stage", "signal"],
 )
+ITEM_CAP_SPLITS = Counter(
+    "worldline_ingest_item_cap_splits",
+    "Times an ingest stage sealed a batch of records in more than one go because its items"
+    " reached segment_max_items (what it holds in memory is bounded; nothing is dropped).",
+    ["stage"],
+)
 MODEL_SIZE = Gauge(
     "worldline_model_size",
     "What the world model holds, by kind (baseline_series, metric_series, graph_edges,"
@@ -182,6 +188,7 @@ def feed_ingest(feed: CounterFeed, stage: str, counters: Mapping[str, int]) -> N
         feed.feed(DEADLETTERS, (stage, reason), n)
     feed.feed(ITEMS_STORED, (stage,), counters.get("items_stored", 0))
     feed.feed(REDELIVERED, (stage,), counters.get("redelivered_skipped", 0))
+    feed.feed(ITEM_CAP_SPLITS, (stage,), counters.get("item_cap_splits", 0))
     for key, n in counters.items():
         if key.startswith("segments_") and key != "segments_removed_by_retention":
             feed.feed(SEGMENTS_SEALED, (stage, key[len("segments_") :]), n)

@@ -301,6 +301,14 @@ class Settings(BaseModel):
         le=1_000_000,
         description="Seal a segment after this many Kafka records (each an OTLP export request).",
     )
+    segment_max_items: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        description="Seal a segment once it holds this many spans, metric points or log lines,"
+        " even within a batch of segment_max_records: bounds what ingest holds in memory (the"
+        " rows of every new series included) however much a batch carries. Nothing is dropped.",
+    )
     segment_max_seconds: float = Field(
         default=10.0,
         gt=0,

@@ -7,7 +7,8 @@ store holds every span that was acknowledged, each exactly once.
 - `kill -9` of the world-model stage under load: restarted from its checkpoint, it applies every
   sealed segment exactly once (its applied offsets and the spans it buffers);
 - `kill -9` of the causal-search stage with alerts arriving: every alert is answered, no update
-  of an incident twice;
+  of an incident twice; and killed right after saving its answers with its book, and right
+  after sending them: every update of an incident is in causes.ranked exactly once;
 - `kill -9` of the broker: `up` fails loudly; with durable storage (S3, here moto's server) a
   restart loses nothing;
 - `kill -9` of `up` while its broker is frozen: every stage is gone within its orphan grace,
@@ -33,6 +34,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from jobs.causal.outbox import KILL_AT_ENV, KILL_POINTS
 from pipeline import kafka
 from pipeline.broker import free_port
 from pipeline.segments.store import SegmentStore
@@ -497,3 +499,60 @@ def test_kill_9_of_causal_search_with_alerts_arriving_answers_each_update_once(
     assert max(updates.values()) == 1, [k for k, n in updates.items() if n > 1]
     incidents = {r["incident_id"]: r["alert_fingerprints"] for r in records}
     assert sorted(fp for fps in incidents.values() for fp in fps) == sorted(last_update)
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_9_of_causal_search_between_saving_and_sending_publishes_each_answer_once(
+    tmp_path: Path, point: str
+) -> None:
+    """The stage kills itself (``CAUSAL_SEARCH_KILL_AT``) at ``point`` of its first delivery:
+    "saved", the book holds the batch's answers and none is sent; "sent", every one is in
+    causes.ranked and the book has not been saved since. After the supervisor restarts it, and
+    more alerts and resolutions (second updates) arrive, causes.ranked holds every update of
+    every alert's incident exactly once; and `up` started again sends none of them again
+    (checked once)."""
+    marker = tmp_path / "killed"
+    proc = _up(tmp_path, "causal-search", {KILL_AT_ENV: f"{point}:{marker}"})
+    bootstrap = _running(tmp_path, proc, 1)
+    stage = _stage_pid(tmp_path, "causal-search")
+    asyncio.run(kafka.produce(bootstrap, "alerts", [_alert(i, "firing") for i in range(6)]))
+    _wait("killed in the window", lambda: marker.exists() and not pid_alive(stage), proc, 60)
+    later = [_alert(i, "firing") for i in range(6, 9)]
+    later += [_alert(i, "resolved") for i in (0, 3)]  # alerts of the batch the kill cut
+    asyncio.run(kafka.produce(bootstrap, "alerts", later))
+    want = Counter({(f"{i:016x}", 0): 1 for i in range(9)})
+    want.update((f"{i:016x}", 1) for i in (0, 3))
+
+    def published() -> Counter[tuple[str, int]]:
+        out: Counter[tuple[str, int]] = Counter()
+        for record in _ranked(bootstrap):
+            [fingerprint] = record["alert_fingerprints"]
+            out[(fingerprint, record["update"])] += 1
+        return out
+
+    _wait("answered", lambda: set(published()) >= set(want), proc, 60)
+    time.sleep(1.0)  # a copy sent late would be read below
+    got = published()
+    stats = _stats(tmp_path, "causal-search")
+    restarted = _stage_pid(tmp_path, "causal-search")
+    stderr = _stop(proc)
+    assert restarted != stage
+    assert "stage causal-search exited with code -9; restarted" in stderr
+    assert got == want, sorted((k, n) for k, n in got.items() if want.get(k) != n)
+    # the restart found the saved answers: sent now ("saved"), or found in causes.ranked
+    assert stats["republished" if point == "saved" else "republish_skipped"] >= 1
+    assert stats["republish_skipped" if point == "saved" else "republished"] == 0
+    if point != "sent":
+        return  # the rest does not depend on where the kill was
+
+    # `up` started again (a new in-memory broker): the answers delivered are not sent again
+    stats_file = tmp_path / "stats" / "causal-search.json"
+    stats_file.unlink()
+    proc = _up(tmp_path, "causal-search")
+    bootstrap = _running(tmp_path, proc, 1)
+    _wait("settled", stats_file.exists, proc, 60)  # written once the book's outbox is settled
+    again = _stats(tmp_path, "causal-search")
+    republished = _ranked(bootstrap)
+    _stop(proc)
+    assert again["republished"] == 0 and again["republish_skipped"] == 0
+    assert republished == []

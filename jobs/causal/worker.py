@@ -14,6 +14,13 @@ kept the offsets of the alerts it holds (per broker epoch, ``pipeline.kafka.brok
 alerts the broker delivers again after a restart (read, but not yet committed by the consumer
 group) are skipped, so a firing notification read again after its resolution does not reopen
 the incident and answer it once more.
+
+Answers are published through an outbox (``jobs.causal.outbox``): a batch's answers are saved
+with the book and the alerts' offsets first, then sent, and a restarted stage sends only the
+saved answers ``causes.ranked`` does not hold yet. So a kill at any point publishes each update
+of an incident once (within one life of the broker's storage) and loses none that the book
+counts as answered. Kafka transactions cannot do this here: the book is a file, outside any
+Kafka transaction, and the embedded broker supports none.
 """
 
 from __future__ import annotations
@@ -23,10 +30,10 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import TopicPartition
@@ -41,6 +48,16 @@ from jobs.causal.followup import (
     needed_time,
     record_settled,
     supersedes,
+)
+from jobs.causal.outbox import (
+    DELIVERED_NAME,
+    Outbox,
+    check_kill_at,
+    kill_point,
+    load_delivered,
+    published_keys,
+    save_delivered,
+    unpublished,
 )
 from jobs.causal.record import build_record, iso
 from jobs.causal.search import CausalSearch, SearchConfig
@@ -59,6 +76,7 @@ from pipeline.worldmodel.worker import (
 )
 
 log = logging.getLogger("worldline.causal")
+T = TypeVar("T")
 
 STAGE = "causal-search"
 REFRESH_GIVE_UP_S = 600.0
@@ -218,11 +236,18 @@ def coverage_of(
     }
 
 
-def save_book(path: Path, book: IncidentBook, consumed: dict[str, int] | None = None) -> None:
-    """Save the incident book with ``consumed``: "epoch/topic/partition" -> the last offset of
-    the ``alerts`` records it holds."""
+def save_book(
+    path: Path,
+    book: IncidentBook,
+    consumed: dict[str, int] | None = None,
+    outbox: Outbox | None = None,
+) -> None:
+    """Save the incident book with ``consumed`` ("epoch/topic/partition" -> the last offset of
+    the ``alerts`` records it holds) and the records about to be published (``outbox``):
+    written, fsynced and renamed, so what is sent after it returns is on disk first."""
     doc = {
         "consumed": consumed or {},
+        "outbox": (outbox or Outbox()).to_doc(),
         "incidents": [
             {
                 "incident_id": i.incident_id,
@@ -241,8 +266,23 @@ def save_book(path: Path, book: IncidentBook, consumed: dict[str, int] | None = 
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(doc))
+    with tmp.open("wb") as f:
+        f.write(orjson.dumps(doc))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself
+    finally:
+        os.close(fd)
+
+
+def load_outbox(path: Path) -> Outbox:
+    """The records saved with the book and perhaps not published (``save_book``)."""
+    if not path.exists():
+        return Outbox()
+    return Outbox.from_doc(orjson.loads(path.read_bytes()).get("outbox"))
 
 
 def load_consumed(path: Path) -> dict[str, int]:
@@ -341,6 +381,8 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         "payloads": 0,
         "bytes_in": 0,
         "redelivered_skipped": 0,
+        "republished": 0,
+        "republish_skipped": 0,
     }
     feed = selfmetrics.CounterFeed()
     # first answers waiting for the data of their alert (``Incident.due``, saved with the book:
@@ -356,6 +398,18 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         if i.pending is not None
     }
     lock = asyncio.Lock()
+    check_kill_at()
+    # answers built since the last delivery: saved with the book, then sent (``deliver``)
+    outbox: list[dict[str, Any]] = []
+    # per partition of causes.ranked, in the broker epoch named: an offset at or before which
+    # the next record this stage sends lies (the high-water marks read first, then the end of
+    # its acknowledged records); ``Outbox.since`` of the records it saves
+    sent_through: dict[str, Any] = {"epoch": None, "offsets": {}}
+    recovered = {"done": False}
+    delivered_path = book_path.with_name(DELIVERED_NAME)
+    # above every outbox saved or noted delivered, so a new one is never taken for delivered
+    next_seq = {"seq": max(load_outbox(book_path).seq, load_delivered(delivered_path)) + 1}
+    sending: list[asyncio.Future[None]] = []  # the send of the last saved outbox
     latencies_ms: list[float] = []
     stats_file = stats_path(settings, STAGE)
 
@@ -413,7 +467,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         incident.named = named
         counters["records"] += 1
         counters["abstained"] += int(record["abstained"])
-        await ranked.send(key=incident.incident_id.encode(), value=orjson.dumps(record))
+        outbox.append(record)  # published by ``deliver``, after the book is saved
         needed = needed_time(t_s, interval)
         deadline = time.monotonic() + REFRESH_GIVE_UP_S
         if learned_through(model) < needed:
@@ -481,6 +535,120 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         selfmetrics.INCIDENTS.set(len(book.incidents))
         selfmetrics.INCIDENTS_CAP.set(book.max_incidents)
 
+    async def end_offsets() -> dict[int, int]:
+        if sent_through["epoch"] != epoch["now"] or not sent_through["offsets"]:
+            tps = await kafka.partitions_of(bootstrap, ranked.get_topic_name())
+            hws = await kafka.high_water_marks(bootstrap, tps)
+            offsets = {tp.partition: hw for tp, hw in hws.items()}
+            sent_through.update(epoch=epoch["now"], offsets=offsets)
+        return dict(sent_through["offsets"])
+
+    async def deliver() -> None:
+        """Save the book with the answers built since the last delivery, then publish them
+        (``jobs.causal.outbox``): what is sent is on disk first."""
+        if sending and not sending[0].done():  # the book must not drop them from its outbox
+            await asyncio.shield(sending[0])
+        if not recovered["done"]:  # a send failed: settle what the book saved first
+            await recover()
+            return
+        await app.producer.flush()  # dead letters, acknowledged before their offsets are saved
+        if not outbox:
+            await asyncio.to_thread(save_book, book_path, book, consumed)
+            return
+        since = await retrying("read the high-water marks of causes.ranked", end_offsets)
+        records = list(outbox)
+        seq = next_seq["seq"]
+        next_seq["seq"] += 1
+        await asyncio.to_thread(
+            save_book, book_path, book, consumed, Outbox(records, epoch["now"], since, seq)
+        )
+        del outbox[: len(records)]  # from here on they are the saved outbox's
+        kill_point("saved")
+        # sent to the end even when this task is cancelled (faust restarts its agent on a
+        # rebalance): a send cut short would be sent again, or not at all
+        sending[:] = [asyncio.ensure_future(send(records, seq))]
+        await asyncio.shield(sending[0])
+
+    async def send(records: list[dict[str, Any]], seq: int) -> None:
+        try:
+            futures = [
+                await ranked.send(key=str(r["incident_id"]).encode(), value=orjson.dumps(r))
+                for r in records
+            ]
+            await app.producer.flush()
+            offsets = sent_through["offsets"]
+            for future in futures:
+                sent = await future
+                offsets[sent.partition] = max(offsets.get(sent.partition, 0), sent.offset + 1)
+        except Exception:
+            # some may be in causes.ranked: the saved outbox is settled against it again
+            log.exception("publishing %d answer(s) failed; checking causes.ranked", len(records))
+            recovered["done"] = False
+            return
+        kill_point("sent")
+        await asyncio.to_thread(save_delivered, delivered_path, seq)
+
+    async def recover() -> None:
+        """Once, before anything else is published: publish the answers the book saved that
+        causes.ranked does not hold (``jobs.causal.outbox``)."""
+        if recovered["done"]:
+            return
+        saved = await asyncio.to_thread(load_outbox, book_path)
+        current = await retrying(
+            "read the broker's cluster id", lambda: kafka.broker_epoch(bootstrap)
+        )
+        set_epoch(current)
+        delivered = await asyncio.to_thread(load_delivered, delivered_path)
+        present: set[tuple[str, int]] = set()
+        if (
+            saved.records
+            and saved.seq > delivered
+            and saved.since is not None
+            and saved.epoch == current
+        ):
+            since = saved.since
+
+            async def read_tail() -> list[Any]:
+                topic = ranked.get_topic_name()
+                start = {
+                    tp: since.get(tp.partition, 0)
+                    for tp in await kafka.partitions_of(bootstrap, topic)
+                }
+                return await kafka.read_range(bootstrap, start)
+
+            tail = await retrying("read causes.ranked after the book's last save", read_tail)
+            present = published_keys(r.value for r in tail)
+        missing = unpublished(saved, current, present, delivered)
+        counters["republished"] += len(missing)
+        skipped = len(saved.records) - len(missing) if saved.seq > delivered else 0
+        counters["republish_skipped"] += skipped
+        if saved.seq > delivered:
+            log.info(
+                "%d answer(s) saved with the book: %d already in causes.ranked, %d sent now",
+                len(saved.records),
+                skipped,
+                len(missing),
+            )
+        outbox[:0] = missing
+        recovered["done"] = True
+        await deliver()
+        write_counters()
+
+    @app.task
+    async def recover_at_start() -> None:
+        async with lock:
+            await recover()
+
+    @app.timer(interval=1.0)
+    async def deliver_left() -> None:
+        """Answers built by a batch cut short (a rebalance cancels the agent), or a send that
+        failed."""
+        if recovered["done"] and not outbox:
+            return
+        async with lock:
+            await recover()
+            await deliver()
+
     @app.task
     async def resume_waiting() -> None:
         due = [i for i in book.incidents.values() if i.due]
@@ -494,9 +662,9 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         if not waiting:
             return
         async with lock:
+            await recover()
             await answer_waiting()
-            await app.producer.flush()
-            await asyncio.to_thread(save_book, book_path, book, consumed)
+            await deliver()
             write_counters()
 
     @app.timer(interval=2.0)
@@ -504,6 +672,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
         if not awaiting:
             return
         async with lock:
+            await recover()
             model = await asyncio.to_thread(models.get)
             now = dt.datetime.now(dt.UTC)
             for incident_id, deadline in sorted(awaiting.items()):
@@ -521,22 +690,24 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                     incident.updates += 1
                     await publish(incident, model, now, follow)
                     counters["refreshed"] += 1
-            await app.producer.flush()
-            await asyncio.to_thread(save_book, book_path, book, consumed)
+            await deliver()
 
     async def read_epoch() -> str:
-        """The broker's current epoch; the last one known when the broker cannot tell now.
-        The offsets of other epochs are dropped: their records are never delivered again."""
+        """The broker's current epoch; the last one known when the broker cannot tell now."""
         try:
             now = await kafka.broker_epoch(bootstrap)
         except Exception as e:  # the broker is briefly unreachable
             log.warning("cannot read the broker's cluster id: %s", e)
             return epoch["now"]
+        set_epoch(now)
+        return now
+
+    def set_epoch(now: str) -> None:
+        """The offsets of other epochs are dropped: their records are never delivered again."""
         if now != epoch["now"]:
             epoch["now"] = now
             for key in [k for k in consumed if k.split("/", 1)[0] != now]:
                 del consumed[key]
-        return now
 
     @app.agent(alerts, name="search-incidents")
     async def search_incidents(stream: Any) -> None:
@@ -547,6 +718,7 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
             model = await asyncio.to_thread(models.get)
             mapper = SymptomMapper(_known_entities(model), _signals_of(model))
             async with lock:
+                await recover()
                 current = await read_epoch()
                 for event in events:
                     message = event.message
@@ -582,11 +754,21 @@ def build_causal_app(settings: Settings, bootstrap: str) -> Any:
                     for incident in changed.values():
                         wait_for_data(incident, arrived, received)
                 await answer_waiting()
-                await app.producer.flush()
-                await asyncio.to_thread(save_book, book_path, book, consumed)
+                await deliver()
                 write_counters()
 
     return app
+
+
+async def retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()`` until it succeeds, a second apart: without the broker nothing can be
+    published, and nothing may be published before what the book saved is settled."""
+    while True:
+        try:
+            return await call()
+        except Exception as e:  # the broker is unreachable or not ready yet
+            log.warning("cannot %s: %s; trying again in 1 s", what, e)
+            await asyncio.sleep(1.0)
 
 
 def _signals_of(model: WorldModel | None) -> Callable[[str], list[str]]:

@@ -27,7 +27,7 @@ import math
 import struct
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,10 @@ class BundleRun:
     seconds: float
     segments: int
     records: int
+    # the first records of each variant of the search (``evaluate_bundle(variants=...)``),
+    # searched on the same views as worldline's, and their scores
+    variants: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    variant_scores: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def evaluate_bundle(
@@ -178,8 +182,11 @@ def evaluate_bundle(
     max_alerts: int | None = None,
     workdir: Path | None = None,
     progress: Callable[[str], None] = lambda _m: None,
+    variants: Mapping[str, SearchConfig] | None = None,
 ) -> BundleRun:
-    """Evaluate worldline (and ``baselines``) on a bundle; see the module docstring."""
+    """Evaluate worldline (and ``baselines``) on a bundle; see the module docstring. Each of
+    ``variants`` (other search configs) answers every incident's first record from the same
+    view of the model as worldline's default one."""
     started = dt.datetime.now(dt.UTC)
     config = config or SearchConfig()
     manifest = read_manifest(bundle)
@@ -217,6 +224,7 @@ def evaluate_bundle(
         last_ms: dict[tuple[str, int], int] = {}  # partition -> its latest record's time
         clock_ms = [0]  # the latest record time read
         runs = {"worldline": Answers(), **{m: Answers() for m in baselines}}
+        variant_first: dict[str, dict[str, dict[str, Any]]] = {}
         finals: list[tuple[float, Any]] = []  # (closed_through needed, incident) not yet final
         segments = 0
         records = 0
@@ -252,6 +260,11 @@ def evaluate_bundle(
             view.provisional(int(alert_s * 1e9))
             coverage = coverage_of(model, {}, alert_s, 0.0)
             record = search_incident(view, incident, config, alert_s, alert_s, coverage)
+            if not final:
+                for name, variant in (variants or {}).items():
+                    other = search_incident(view, incident, variant, alert_s, alert_s, coverage)
+                    for fingerprint in incident.fingerprints:
+                        variant_first.setdefault(name, {})[fingerprint] = other
             target = runs["worldline"].final if final else runs["worldline"].first
             for fingerprint in incident.fingerprints:
                 target[fingerprint] = record
@@ -319,7 +332,10 @@ def evaluate_bundle(
         }
         for method, run in runs.items()
     }
-    return BundleRun(runs, scores, seconds, segments, records)
+    variant_scores = {
+        name: score(first, labels, pod_to_service) for name, first in variant_first.items()
+    }
+    return BundleRun(runs, scores, seconds, segments, records, variant_first, variant_scores)
 
 
 def render(run: BundleRun, name: str) -> str:

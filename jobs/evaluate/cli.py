@@ -473,6 +473,111 @@ def bundle_command(
         err.print(f"wrote {json_out}")
 
 
+@evaluate.command("ablate")
+@click.option(
+    "--realism",
+    "modes",
+    default="full,unobserved-alert,trace-windows,metrics-300s,metrics-only",
+    show_default=True,
+    help="Simulator realism modes, comma separated ('' for none).",
+)
+@click.option("--seeds", default="1-2", show_default=True, help="Simulator seeds: 1-3 or 1,4.")
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory keeping the prepared simulator cases (one folder per mode): minutes per"
+    " mode the first time, seconds after.",
+)
+@click.option(
+    "--petshop/--no-petshop",
+    "with_petshop",
+    default=True,
+    show_default=True,
+    help="Score PetShop (every issue; about two minutes per variant).",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="PetShop's folder (default: ../shared/data/petshop beside the project).",
+)
+@click.option(
+    "--bundle",
+    "bundles",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    multiple=True,
+    help="A replay bundle scored offline (first records), e.g. ../shared/data/nezha-ob.",
+)
+@click.option(
+    "--vary",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Another variant of the search's config (repeatable), e.g. --vary w_depth=0.3.",
+)
+@click.option(
+    "--no-rules",
+    is_flag=True,
+    help="Only the --vary variants, not every rule of the search turned off in turn.",
+)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the figures.")
+def ablate_command(
+    modes: str,
+    seeds: str,
+    cache: Path | None,
+    with_petshop: bool,
+    data: Path | None,
+    bundles: tuple[Path, ...],
+    vary: tuple[str, ...],
+    no_rules: bool,
+    json_out: Path | None,
+) -> None:
+    """Each rule and weight of the causal search turned off in turn, scored on every dataset
+    family next to the default (top-1, abstained = miss): a rule is kept only when it holds or
+    improves on every family. Prints the change in top-1 per family and a verdict per rule."""
+    from jobs.evaluate import ablate
+
+    try:
+        configs = ablate.variants(vary, rules=not no_rules)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--vary") from exc
+    err = Console(stderr=True, highlight=False)
+    result = ablate.Ablation()
+    wanted = [m for m in (x.strip() for x in modes.split(",")) if m]
+    unknown = [m for m in wanted if m not in simulator.REALISM]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown mode(s) {', '.join(unknown)}; known: {', '.join(simulator.REALISM)}",
+            param_hint="--realism",
+        )
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
+        task = progress.add_task("ablation", total=None)
+
+        def step(key: str) -> None:
+            progress.update(task, advance=1, description=key)
+
+        if wanted:
+            ablate.simulator_family(result, configs, wanted, _seeds(seeds), cache, step)
+        if with_petshop:
+            root = data or DEFAULT_PETSHOP
+            if not root.exists():
+                raise click.UsageError(f"no PetShop data at {root} (--data DIR or --no-petshop)")
+            ablate.petshop_family(result, configs, petshop.dataset_dir(root), step)
+        for bundle in bundles:
+            ablate.bundle_family(result, configs, bundle, step)
+    if not result.families:
+        raise click.UsageError("nothing to score: give --realism, --petshop or --bundle")
+    click.echo(ablate.render(result))
+    if json_out is not None:
+        json_out.write_bytes(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2))
+        click.echo(f"wrote {json_out}")
+
+
 @evaluate.command("lodo")
 @click.option(
     "--simulator",

@@ -260,6 +260,15 @@ def codec_for(
 class DecodedBatch:
     partitions: list[PartitionBatch] = field(default_factory=list)
     deadletters: list[DeadLetter] = field(default_factory=list)
+    consumed: int = 0
+    """How many of the records (in ``record_order``) the batch took; the rest are for the next."""
+    items: int = 0
+    """Items (spans, points, log lines) its builders hold."""
+
+
+def record_order(record: KafkaRecord) -> tuple[str, int, int]:
+    """The order ``SegmentIngestor.decode`` takes records in: by partition, then offset."""
+    return (record.topic, record.partition, record.offset)
 
 
 class SegmentIngestor:
@@ -306,10 +315,19 @@ class SegmentIngestor:
         """How many of ``records`` the current epoch has already stored (``decode`` skips them)."""
         return sum(r.offset <= self.durable_offset(r.topic, r.partition) for r in records)
 
-    def decode(self, records: Iterable[KafkaRecord]) -> DecodedBatch:
+    def decode(self, records: Iterable[KafkaRecord], max_items: int | None = None) -> DecodedBatch:
+        """Decode ``records`` in ``record_order``. With ``max_items``, stop after the record
+        that brings the builders to that many items (``consumed`` says how many records were
+        taken): what the builders hold in memory, every series' row among it, is bounded by
+        the cap however many items a batch of records carries; the caller seals this batch and
+        decodes the rest into the next, as if Kafka had delivered smaller batches."""
         batch = DecodedBatch()
         by_partition: dict[tuple[str, int], PartitionBatch] = {}
-        for record in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+        for record in sorted(records, key=record_order):
+            if max_items is not None and batch.items >= max_items:
+                self.counters["item_cap_splits"] += 1
+                break
+            batch.consumed += 1
             self.counters["bytes_in"] += len(record.value or b"")
             if record.offset <= self.durable_offset(record.topic, record.partition):
                 self.counters["redelivered_skipped"] += 1
@@ -327,7 +345,9 @@ class SegmentIngestor:
                 by_partition[key] = part
                 batch.partitions.append(part)
             part.last_offset = record.offset
+            before = len(part.builder)
             refusal = self._add(part.builder, record)
+            batch.items += len(part.builder) - before
             if refusal is not None:
                 reason, detail = refusal
                 self.counters[f"refused_{reason}"] += 1

@@ -36,7 +36,10 @@ class MetricColumns:
 
     def __init__(self) -> None:
         self.points: dict[str, list[Any]] = {f.name: [] for f in METRIC_POINTS}
-        self.series: dict[int, dict[str, Any]] = {}
+        # the series' rows as columns, and each series id's row: a row as a dict per series
+        # would take several times the memory in a batch of many new series
+        self.series: dict[str, list[Any]] = {f.name: [] for f in METRIC_SERIES}
+        self.series_row: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.points["series_id"])
@@ -54,22 +57,26 @@ class MetricColumns:
         time_unix_nano: int,
     ) -> int:
         sid = series_id([name, kind, unit, temporality, resource, attrs])
-        known = self.series.get(sid)
-        if known is not None:
-            known["first_seen_unix_nano"] = min(known["first_seen_unix_nano"], time_unix_nano)
-        else:
-            self.series[sid] = {
-                "series_id": sid,
-                "first_seen_unix_nano": time_unix_nano,
-                "name": name,
-                "kind": kind,
-                "unit": unit or None,
-                "temporality": temporality,
-                "monotonic": monotonic,
-                "service": str(resource.get("service.name") or UNKNOWN_SERVICE),
-                "attributes": orjson.dumps(attrs, option=orjson.OPT_SORT_KEYS).decode(),
-                "resource_attributes": resource_json,
-            }
+        columns = self.series
+        row = self.series_row.get(sid)
+        if row is not None:
+            first = columns["first_seen_unix_nano"]
+            first[row] = min(first[row], time_unix_nano)
+            return sid
+        self.series_row[sid] = len(columns["series_id"])
+        for column, value in (
+            ("series_id", sid),
+            ("first_seen_unix_nano", time_unix_nano),
+            ("name", name),
+            ("kind", kind),
+            ("unit", unit or None),
+            ("temporality", temporality),
+            ("monotonic", monotonic),
+            ("service", str(resource.get("service.name") or UNKNOWN_SERVICE)),
+            ("attributes", orjson.dumps(attrs, option=orjson.OPT_SORT_KEYS).decode()),
+            ("resource_attributes", resource_json),
+        ):
+            columns[column].append(value)
         return sid
 
     def _point(self, sid: int, dp: Any, **values: Any) -> None:
@@ -162,7 +169,7 @@ class MetricColumns:
 
     def tables(self) -> tuple[pa.Table, pa.Table]:
         """Series by id, points by (series, time): runs of one id, small time steps."""
-        series = pa.Table.from_pylist(list(self.series.values()), schema=METRIC_SERIES)
+        series = pa.Table.from_pydict(self.series, schema=METRIC_SERIES)
         points = pa.Table.from_pydict(self.points, schema=METRIC_POINTS)
         if series.num_rows > 1:
             series = series.sort_by("series_id")

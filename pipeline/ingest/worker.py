@@ -1,13 +1,14 @@
 """Ingest workers: a faust agent per OTLP topic, a thin shell around ``SegmentIngestor``.
 
 The agent takes events in batches (``take_events``: up to ``segment_max_records`` records or
-``segment_max_seconds`` of waiting). faust acknowledges the events of a batch only after the body
-of the loop has run, and commits only acknowledged offsets; the body makes dead letters durable,
-seals the segments (fsync + rename) and only then returns. A crash before that re-delivers the
-batch; records already sealed are recognised by their offsets and skipped. Offsets are compared
-within the broker's epoch (read at the first batch, and again whenever a batch holds offsets
-already stored: a broker that lost its records numbers new ones from 0 again, and those are new
-data, not re-deliveries).
+``segment_max_seconds`` of waiting) and decodes and seals them ``segment_max_items`` items (spans,
+points, log lines) at a time, so its memory is bounded whatever a batch carries. faust
+acknowledges the events of a batch only after the body of the loop has run, and commits only
+acknowledged offsets; the body makes dead letters durable, seals the segments (fsync + rename)
+and only then returns. A crash before that re-delivers the batch; records already sealed are
+recognised by their offsets and skipped. Offsets are compared within the broker's epoch (read at
+the first batch, and again whenever a batch holds offsets already stored: a broker that lost its
+records numbers new ones from 0 again, and those are new data, not re-deliveries).
 
 Scale-out is Kafka's: run as many workers per stage as the topic has partitions, in one group.
 """
@@ -23,7 +24,15 @@ import faust
 import orjson
 
 from pipeline import kafka, selfmetrics
-from pipeline.ingest.core import STAGES, KafkaRecord, Limits, SegmentIngestor, codec_for
+from pipeline.ingest.core import (
+    STAGES,
+    DecodedBatch,
+    KafkaRecord,
+    Limits,
+    SegmentIngestor,
+    codec_for,
+    record_order,
+)
 from pipeline.logs.templates import MinerConfig
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings, section_config
@@ -66,6 +75,26 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
             log.warning("the broker's storage is new (epoch %s): its offsets start again", epoch)
         return True
 
+    async def seal(batch: DecodedBatch) -> None:
+        """Make the batch's dead letters durable, then seal its segments and announce them."""
+        now = dt.datetime.now(dt.UTC)  # wall time only stamps the manifests' sealed_at
+        for letter in batch.deadletters:
+            await deadletter.send(key=logical.encode(), value=orjson.dumps(letter.to_json(now)))
+        await app.producer.flush()
+        manifests = await asyncio.to_thread(ingestor.seal, batch, now)
+        if manifests and (settings.retention_max_age_s or settings.retention_max_bytes):
+            newest = max(m.end_unix_nano for m in manifests)
+            removed = await asyncio.to_thread(
+                store.apply_retention,
+                now_unix_nano=newest,
+                max_age_s=settings.retention_max_age_s,
+                max_total_bytes=settings.retention_max_bytes,
+            )
+            ingestor.counters["segments_removed_by_retention"] += len(removed)
+        for manifest in manifests:
+            await sealed.send(key=manifest.signal.encode(), value=orjson.dumps(manifest.to_json()))
+        await app.producer.flush()
+
     @app.agent(source, name=stage)
     async def ingest(stream: Any) -> None:
         nonlocal epoch_known
@@ -91,26 +120,15 @@ def build_ingest_app(settings: Settings, stage: str, bootstrap: str) -> faust.Ap
                     wait = min(wait * 2, 10.0)
             if await asyncio.to_thread(ingestor.redeliveries, records):
                 await read_epoch()  # re-deliveries, or a broker that numbers records anew
-            batch = await asyncio.to_thread(ingestor.decode, records)
-            now = dt.datetime.now(dt.UTC)  # wall time only stamps the manifests' sealed_at
-            for letter in batch.deadletters:
-                await deadletter.send(key=logical.encode(), value=orjson.dumps(letter.to_json(now)))
-            await app.producer.flush()
-            manifests = await asyncio.to_thread(ingestor.seal, batch, now)
-            if manifests and (settings.retention_max_age_s or settings.retention_max_bytes):
-                newest = max(m.end_unix_nano for m in manifests)
-                removed = await asyncio.to_thread(
-                    store.apply_retention,
-                    now_unix_nano=newest,
-                    max_age_s=settings.retention_max_age_s,
-                    max_total_bytes=settings.retention_max_bytes,
+            records.sort(key=record_order)
+            while records:
+                # at most segment_max_items items decoded at a time: memory stays bounded
+                # however many items (and new series) the records carry
+                batch = await asyncio.to_thread(
+                    ingestor.decode, records, settings.segment_max_items
                 )
-                ingestor.counters["segments_removed_by_retention"] += len(removed)
-            for manifest in manifests:
-                await sealed.send(
-                    key=manifest.signal.encode(), value=orjson.dumps(manifest.to_json())
-                )
-            await app.producer.flush()
+                records = records[batch.consumed :]
+                await seal(batch)
             write_stats(stats_file, dict(ingestor.counters))
             selfmetrics.feed_ingest(feed, stage, ingestor.counters)
 

@@ -1,4 +1,5 @@
-"""The time-versioned dependency graph, learned from span tables (``schemas.segments.SPANS``).
+"""The time-versioned dependency graph, learned from span tables (``schemas.segments.SPANS``)
+and from the dependencies services' client metrics name.
 
 ``EdgeStore`` is the pure core: ``observe_spans(table, now)`` / ``advance(now)`` take the data
 and the event time, return the graph deltas they caused (dicts valid against
@@ -18,6 +19,9 @@ break the symptom" is always "follow out-edges":
   paired with its consumer does not also make a direct ``calls`` edge.
 - ``runs_on``: service -> pod, pod -> host, or service -> host when there is no pod
   (``resource_attributes``). The ``hosts`` relation of the schema is not emitted.
+- ``calls`` / ``publishes_to`` from a service's client metrics (``observe_described``,
+  ``client_metric``): the dependency their attributes name (``worldmodel.peers``), so a
+  deployment that sends metrics and no traces, or traces only sampled, still has its graph.
 
 Virtual nodes (naming convention). A client or producer span with no child span, once the
 pairing wait has passed (so an instrumented callee whose spans arrive in a later batch is paired
@@ -91,7 +95,13 @@ Relation = Literal["calls", "runs_on", "hosts", "publishes_to", "consumes_from"]
 DEPENDENCY_RELATIONS = ("calls", "publishes_to", "consumes_from")
 INFRASTRUCTURE_RELATIONS = ("runs_on",)
 Provenance = Literal[
-    "trace_pairing", "parent_child", "client_span", "resource_attributes", "given", "co_anomaly"
+    "trace_pairing",
+    "parent_child",
+    "client_span",
+    "client_metric",
+    "resource_attributes",
+    "given",
+    "co_anomaly",
 ]
 PROVENANCE_WEIGHT: dict[str, float] = {
     "given": 1.0,
@@ -99,6 +109,7 @@ PROVENANCE_WEIGHT: dict[str, float] = {
     "resource_attributes": 0.9,
     "parent_child": 0.6,
     "client_span": 0.5,
+    "client_metric": 0.5,
     "co_anomaly": 0.3,
 }
 """Confidence one piece of evidence of each provenance gives; n pieces give 1 - (1 - w)^n."""
@@ -516,6 +527,37 @@ class EdgeStore:
         self._apply(row, deltas)
         return deltas
 
+    def observe_described(
+        self, described: Iterable[tuple[EntityRef, EntityRef, str, int, int]], now_unix_nano: int
+    ) -> list[dict[str, Any]]:
+        """Dependencies a caller's client metrics describe (``worldmodel.peers``): one
+        (caller, dependency, relation, first, last) per pair seen in the intervals just closed,
+        times in event time. They open and keep edges alive like any evidence (provenance
+        ``client_metric``), so a deployment with metrics and no traces still has a graph, as of
+        each time, and one whose traces are sampled keeps the dependencies they missed."""
+        now = int(now_unix_nano)
+        self.now = now if self.now is None else max(self.now, now)
+        deltas: list[dict[str, Any]] = []
+        for source, target, relation, first, last in described:
+            if relation not in DEPENDENCY_RELATIONS:
+                raise ValueError(f"unknown dependency relation {relation!r}")
+            row = {
+                "source_kind": source.kind,
+                "source_name": source.name,
+                "target_kind": target.kind,
+                "target_name": target.name,
+                "relation": relation,
+                "provenance": "client_metric",
+                "first": int(first),
+                "last": int(last),
+                "count": 1,
+                "errors": 0,
+                "bucket": None,
+                "bucket_count": None,
+            }
+            self._apply(row, deltas)
+        return deltas
+
     def advance(self, now_unix_nano: int) -> list[dict[str, Any]]:
         """Move event time to ``now`` without new spans: close intervals, resolve spans that
         waited long enough for a partner, expire what was not seen for ``expiry_s``."""
@@ -762,7 +804,9 @@ class EdgeStore:
             edge.last_seen = max(edge.last_seen, last)
             op = "update" if provenance not in edge.evidence else ""
         edge.evidence[provenance] = edge.evidence.get(provenance, 0) + count
-        if key.relation in DEPENDENCY_RELATIONS and provenance != "given":  # given: no traffic
+        # given and client_metric edges carry no request of their own (a metric's requests
+        # are counted by the metric; its spans, if any, count them on the same edge)
+        if key.relation in DEPENDENCY_RELATIONS and provenance not in ("given", "client_metric"):
             edge.requests += count
             edge.errors += row["errors"]
             for bucket, bucket_count in zip(

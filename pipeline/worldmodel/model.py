@@ -26,8 +26,8 @@ import zstandard
 from pipeline.caps import adopt_caps
 from pipeline.segments.store import Manifest
 from pipeline.worldmodel.baseline import BaselineConfig, BaselineStore
-from pipeline.worldmodel.graph import EdgeStore, GraphConfig
-from pipeline.worldmodel.series import MetricSeriesRegistry
+from pipeline.worldmodel.graph import EdgeStore, EntityRef, GraphConfig
+from pipeline.worldmodel.peers import client_metric_peer, peer_entity
 from pipeline.worldmodel.signals import (
     MetricDeriver,
     empty_signals,
@@ -66,6 +66,8 @@ COUNTED_RATES = SPAN_COUNTED_RATES + LOG_COUNTED_RATES
 fills only its own (a span interval closing must not add a 0 to a log rate of the same interval:
 the baseline averages the values of an interval, so that 0 would halve the real rate)."""
 ZERO_FILL_MAX_INTERVALS = 10_080
+_DESCRIBES_PEER = r"server\.address=|db\.system|messaging\.system=|peer\.service="
+"""Attributes that name a client metric's peer (``worldmodel.peers``): a cheap filter first."""
 
 
 @dataclass(frozen=True)
@@ -136,9 +138,18 @@ class WorldModel:
     events: deque[dict[str, Any]] = field(default_factory=deque)
     closed_through: int = 0
     dropped: dict[str, int] = field(
-        default_factory=lambda: {"buffer_full": 0, "late_rows": 0, "changes_evicted": 0}
+        default_factory=lambda: {
+            "buffer_full": 0,
+            "late_rows": 0,
+            "changes_evicted": 0,
+            "metric_series_cap": 0,
+            "metric_series_cap_points": 0,
+        }
     )
-    metric_series: MetricSeriesRegistry = field(default_factory=MetricSeriesRegistry)
+    # series id -> its row of the ``metric_series`` table as JSON (orjson): a few hundred bytes
+    # a series where the row as a dict takes about a kilobyte; decoded only for the series
+    # whose points are derived
+    metric_series: dict[int, bytes] = field(default_factory=dict)
     points: pl.DataFrame | None = None
 
     def __post_init__(self) -> None:
@@ -194,12 +205,7 @@ class WorldModel:
         elif manifest.signal == "logs":
             self._apply_logs(table)
         elif manifest.signal == "metric_series":
-            # a batch of rows as dicts at a time: a large segment is never all Python objects
-            for batch in table.to_batches(max_chunksize=4096):
-                for row in batch.to_pylist():
-                    self.metric_series[int(row["series_id"])] = row
-                    if len(self.metric_series) > self.config.max_series:
-                        self.metric_series.pop(next(iter(self.metric_series)))
+            self._apply_metric_series(table)
         elif manifest.signal == "metrics":
             self._apply_metric_points(table)
         self.applied[applied_key(manifest)] = manifest.source.last_offset
@@ -207,6 +213,29 @@ class WorldModel:
             wm_key = f"{manifest.source.topic}/{manifest.source.partition}"
             self.watermarks[wm_key] = max(self.watermarks.get(wm_key, 0), manifest.end_unix_nano)
         return True
+
+    def _apply_metric_series(self, table: pa.Table) -> None:
+        """Know the series of a segment, at most ``max_series``: a known series' row is
+        replaced, a new one beyond the cap is refused and counted (``metric_series_cap``, once
+        per segment that names it). The series known first keep their signals however many new
+        ones arrive (a storm of new label sets); the refused ones' points stay stored in the
+        segments, only not derived (``metric_series_cap_points``)."""
+        known = self.metric_series
+        room = self.config.max_series - len(known)
+        keep: list[int] = []
+        refused = 0
+        for i, sid in enumerate(table.column("series_id").to_pylist()):
+            if sid in known:
+                keep.append(i)
+            elif room > 0:
+                keep.append(i)
+                room -= 1
+            else:
+                refused += 1
+        if refused:
+            self.dropped["metric_series_cap"] = self.dropped.get("metric_series_cap", 0) + refused
+        for row in table.take(pa.array(keep, pa.int64())).to_pylist():
+            known[int(row["series_id"])] = _series_json(row)
 
     def _buffer(
         self, current: pl.DataFrame | None, frame: pl.DataFrame, time_col: str
@@ -291,21 +320,76 @@ class WorldModel:
         self.logs = self._buffer(self.logs, frame, "time_unix_nano")
 
     def _apply_metric_points(self, points: pa.Table) -> None:
+        """Buffer the points of known series. Those of series refused at the cap are counted
+        (``metric_series_cap_points``: stored in the segments, not derived) and not buffered,
+        so a storm of new series does not fill the buffer. A segment's series are applied
+        before its points (ingest seals them first, ``merge_order`` keeps them first)."""
         if points.num_rows == 0:
             return
+        known = pa.array(list(self.metric_series), pa.uint64())
+        mask = pc.is_in(points.column("series_id"), value_set=known)
+        unknown = points.num_rows - (pc.sum(mask).as_py() or 0)
+        if unknown:
+            self.dropped["metric_series_cap_points"] = (
+                self.dropped.get("metric_series_cap_points", 0) + unknown
+            )
+            points = points.filter(mask)
+            if points.num_rows == 0:
+                return
         frame = pl.from_arrow(points)
         assert isinstance(frame, pl.DataFrame)
         self.points = self._buffer(self.points, frame, "time_unix_nano")
 
-    def _derive_metrics(self, done: pl.DataFrame) -> None:
-        ids = set(done["series_id"].to_list())
-        meta = [self.metric_series[s] for s in sorted(ids) if s in self.metric_series]
-        if not meta:
+    def _derive_metrics(self, done: pl.DataFrame, now: int) -> None:
+        kept = [s for s in sorted(set(done["series_id"].to_list())) if s in self.metric_series]
+        if not kept:
             return
+        # a checkpoint written before series were refused may buffer points of series not kept
+        done = done.filter(pl.col("series_id").is_in(kept))
+        meta = [orjson.loads(self.metric_series[s]) for s in kept]
         series = pa.Table.from_pylist(meta, schema=METRIC_SERIES)
-        self._learn(
-            self.metrics.derive(series, done.sort("series_id", "time_unix_nano").to_arrow())
+        derived = self.metrics.derive(series, done.sort("series_id", "time_unix_nano").to_arrow())
+        self._learn(derived)
+        self._observe_described(derived, now)
+
+    def _observe_described(self, signals: pl.DataFrame, now: int) -> None:
+        """The dependencies the services' client metrics describe become graph evidence."""
+        if signals.height == 0:
+            return
+        client = (
+            signals.filter(
+                pl.col("entity").str.starts_with("service:")
+                & pl.col("signal").str.contains(_DESCRIBES_PEER)
+            )
+            .group_by("entity", "signal")
+            .agg(
+                pl.col("interval_start_unix_nano").min().alias("first"),
+                pl.col("interval_start_unix_nano").max().alias("last"),
+            )
         )
+        if client.height == 0:
+            return
+        services = {e for e in signals["entity"].unique().to_list() if e.startswith("service:")} | {
+            ref.key for ref in self.graph.nodes if ref.kind == "service"
+        }
+        pairs: dict[tuple[str, str, str], tuple[int, int]] = {}
+        for entity, signal, first, last in client.iter_rows():
+            peer = client_metric_peer(signal)
+            if peer is None:
+                continue
+            target = peer_entity(peer, services)
+            if target == entity:
+                continue
+            key = (entity, target, "publishes_to" if target.startswith("queue:") else "calls")
+            seen = pairs.get(key)
+            pairs[key] = (
+                (first, last) if seen is None else (min(seen[0], first), max(seen[1], last))
+            )
+        rows = [
+            (EntityRef.from_key(s), EntityRef.from_key(t), relation, first, last)
+            for (s, t, relation), (first, last) in sorted(pairs.items())
+        ]
+        self._keep_graph_deltas(self.graph.observe_described(rows, now))
 
     def add_change(self, change: dict[str, Any]) -> None:
         """A change event (from the ``changes`` topic or inferred), kept bounded and in time order."""
@@ -418,7 +502,7 @@ class WorldModel:
             done = self.points.filter(pl.col("time_unix_nano") < close_before)
             self.points = self.points.filter(pl.col("time_unix_nano") >= close_before)
             if done.height:
-                self._derive_metrics(done)
+                self._derive_metrics(done, close_before)
                 closed += done.height
         self.closed_through = close_before
         self.baselines.advance(close_before / 1e9)
@@ -503,7 +587,10 @@ class WorldModel:
         return pl.concat([signals, zeros])
 
     def _observe_graph(self, done: pa.Table, now: int) -> None:
-        for delta in self.graph.observe_spans(done, now):
+        self._keep_graph_deltas(self.graph.observe_spans(done, now))
+
+    def _keep_graph_deltas(self, deltas: list[dict[str, Any]]) -> None:
+        for delta in deltas:
             self.graph_deltas.append(delta)
         while len(self.graph_deltas) > self.config.max_changes:
             self.graph_deltas.popleft()
@@ -589,7 +676,7 @@ class WorldModel:
             "changes": list(self.changes),
             "events": list(self.events),
             "dropped": self.dropped,
-            "metric_series": list(self.metric_series.values()),
+            "metric_series": [orjson.loads(row) for row in self.metric_series.values()],
             "metric_last": [
                 [sid, v.time_unix_nano, v.value, list(v.buckets), v.total, v.start_unix_nano]
                 for sid, v in self.metrics.last.items()
@@ -636,7 +723,7 @@ class WorldModel:
         model.changes = deque(doc["changes"])
         model.events = deque(doc["events"])
         model.dropped = dict(doc["dropped"])
-        model.metric_series = MetricSeriesRegistry(doc["metric_series"])
+        model.metric_series = {int(r["series_id"]): _series_json(r) for r in doc["metric_series"]}
         for sid, t, v, buckets, *summary in doc["metric_last"]:
             # a summary's sum and start time (absent from checkpoints written before them)
             total, start = summary if summary else (0.0, 0)
@@ -645,6 +732,12 @@ class WorldModel:
             )
         model.metrics.dropped = dict(doc["metric_dropped"])
         return model
+
+
+def _series_json(row: dict[str, Any]) -> bytes:
+    """A series' row as JSON, in a bytes object of its own size: orjson's own result keeps the
+    buffer it was written in (about 4 KB whatever the length)."""
+    return memoryview(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).tobytes()
 
 
 def _undictionary(f: pa.Field) -> pa.Field:

@@ -10,13 +10,17 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 
 import schemas
-from pipeline.ingest.core import KafkaRecord, Limits, SegmentIngestor, codec_for
+from pipeline.ingest.core import KafkaRecord, Limits, SegmentIngestor, codec_for, record_order
 from pipeline.ingest.logs import MinerStates
+from pipeline.ingest.metrics import MetricColumns
 from pipeline.segments.audit import row_digests
 from pipeline.segments.store import SegmentStore
-from pipeline.testing import log_request, metric_request, span_request
+from pipeline.testing import BASE_NS, kv, log_request, metric_request, span_request
 
 NOW = dt.datetime(2026, 11, 20, 14, 0, tzinfo=dt.UTC)
 
@@ -255,3 +259,50 @@ def test_span_attributes_over_the_limit_are_dropped_and_counted(tmp_path: Path) 
     ingestor.seal(ingestor.decode([KafkaRecord("otlp_spans", 0, 0, req.SerializeToString())]), NOW)
     assert ingestor.counters["attributes_dropped_over_limit"] == len(span.attributes) - 5
     assert _rows(store, "spans").num_rows == 4
+
+
+def _new_series(first: int, count: int) -> bytes:
+    """One gauge point for each of ``count`` series never seen before (a ``user.id`` each)."""
+    request = ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    rm.resource.attributes.append(kv("service.name", "storm"))
+    metric = rm.scope_metrics.add().metrics.add(name="session.bytes", unit="By")
+    for user in range(first, first + count):
+        point = metric.gauge.data_points.add(time_unix_nano=BASE_NS, as_double=float(user))
+        point.attributes.append(kv("user.id", str(user)))
+    return request.SerializeToString()
+
+
+def test_a_batch_of_new_series_is_decoded_and_sealed_at_most_max_items_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """Ten records of 300 new series each against a cap of 1,000 items: each decode stops at
+    the record that reaches the cap, so the builders never hold more than 1,200 series; every
+    point and series is stored, once, and a re-delivery of the whole batch is skipped."""
+    store = SegmentStore(tmp_path)
+    ingestor = SegmentIngestor(store, codec_for("otlp_metrics", store))
+    records = [
+        KafkaRecord("otlp_metrics", 0, offset, _new_series(300 * offset, 300))
+        for offset in reversed(range(10))
+    ]
+    pending = sorted(records, key=record_order)
+    held: list[tuple[int, int, int]] = []
+    while pending:
+        batch = ingestor.decode(pending, max_items=1000)
+        [part] = batch.partitions
+        assert isinstance(part.builder, MetricColumns)
+        held.append((batch.consumed, batch.items, len(part.builder.series_row)))
+        pending = pending[batch.consumed :]
+        ingestor.seal(batch, NOW)
+    assert held == [(4, 1200, 1200), (4, 1200, 1200), (2, 600, 600)]
+    assert ingestor.counters["item_cap_splits"] == 2
+    series = _rows(store, "metric_series")
+    assert series.num_rows == len(set(series["series_id"].to_pylist())) == 3000
+    assert _rows(store, "metrics").num_rows == ingestor.counters["items_stored"] == 3000
+    ranges = sorted(
+        (m.source.first_offset, m.source.last_offset) for m in store.manifests("metrics")
+    )
+    assert ranges == [(0, 3), (4, 7), (8, 9)]
+    again = ingestor.decode(records, max_items=1000)
+    assert again.consumed == 10 and not again.partitions
+    assert ingestor.counters["redelivered_skipped"] == 10

@@ -65,6 +65,8 @@ def _isolated_settings(platform: Platform, data_dir: Path) -> tuple[Settings, di
         WORLDLINE_DATA_DIR=str(data_dir),
         WORLDLINE_SEGMENT_MAX_RECORDS="15",
         WORLDLINE_SEGMENT_MAX_SECONDS="1.0",
+        # a batch of 15 records carries more: sealed in parts, each part exactly once
+        WORLDLINE_SEGMENT_MAX_ITEMS="100",
         WORLDLINE_LOG_LEVEL="INFO",
     )
     for logical, actual in renames.items():
@@ -219,6 +221,9 @@ def test_logs_and_metrics_stored_as_produced(platform: Platform, tmp_path: Path)
         for w in workers:
             _stop(w)
     store = SegmentStore(store_dir)
+    for stage in ("ingest-logs", "ingest-metrics"):
+        stats = orjson.loads((tmp_path / "stats" / f"{stage}.json").read_bytes())
+        assert stats["item_cap_splits"] > 0  # batches sealed in parts; all stored, checked below
 
     stored_logs = pa.concat_tables(_tables(store, "logs"))
     states = MinerStates(store.state_dir(), settings.topic("otlp_logs"))

@@ -5,10 +5,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 
 from pipeline.ingest.core import KafkaRecord, SegmentIngestor, codec_for
 from pipeline.segments.store import SegmentStore
 from pipeline.testing import BASE_NS, kv, log_request, metric_request, span_request
+from pipeline.worldmodel.graph import EntityRef
 from pipeline.worldmodel.model import COUNTED_RATES, WorldModel, WorldModelConfig, marker
 from pipeline.worldmodel.worker import MODEL_SIGNALS, catch_up, merge_order
 
@@ -395,3 +399,117 @@ def test_the_simulator_searches_the_model_as_the_causal_stage_does(store: Segmen
     # a model that has closed the alert's interval is searched as it is
     earlier_s = (BASE_NS + 7 * MINUTE) / 1e9
     assert as_searched(model, earlier_s) is model
+
+
+def test_client_metrics_describe_the_dependency_graph_without_traces() -> None:
+    """A metrics-only deployment: each service's client metrics name what it calls (OTel
+    ``server.address``, ``db.system``/``db.namespace``, ``messaging.*``), so the graph knows the
+    dependencies as of their intervals, and forgets them when the metrics stop."""
+    model = WorldModel(WorldModelConfig(interval_s=60))
+    http = (
+        "http.client.request.duration{http.request.method=GET,server.address=%s,server.port=8080}"
+    )
+    db = "db.client.operation.duration{db.namespace=orders,db.system=postgresql}.p95"
+    signals = [
+        ("service:front", (http % "cart.prod.svc.cluster.local") + ".p95"),
+        ("service:front", (http % "payments.example.com") + ".error_ratio"),
+        ("service:cart", db),
+        ("service:cart", "http.server.request.duration{http.route=/cart}.p95"),
+        (
+            "service:cart",
+            "messaging.client.sent.messages{messaging.destination.name=orders,messaging.system=kafka}.rate_per_s",
+        ),
+        (
+            "service:worker",
+            "messaging.process.duration{messaging.destination.name=orders,messaging.system=kafka}.p95",
+        ),
+    ]
+    rows = pl.DataFrame(
+        {
+            "interval_start_unix_nano": [BASE_NS] * len(signals),
+            "entity": [e for e, _ in signals],
+            "signal": [s for _, s in signals],
+            "value": [1.0] * len(signals),
+            "exposure": [60.0] * len(signals),
+            "resolution": [0.0] * len(signals),
+        }
+    )
+    model._observe_described(rows, BASE_NS + MINUTE)
+    graph = model.graph.as_of(BASE_NS + MINUTE)
+    edges = {(s, t, r): d["provenance"] for s, t, r, d in graph.edges(keys=True, data=True)}
+    assert edges == {
+        # cart is a service (its server metric names it): the same dependency from both sides
+        ("service:front", "service:cart", "calls"): ["client_metric"],
+        ("service:front", "external:payments.example.com", "calls"): ["client_metric"],
+        ("service:cart", "database:postgresql:orders", "calls"): ["client_metric"],
+        ("service:cart", "queue:kafka:orders", "publishes_to"): ["client_metric"],
+    }
+    upstream = {
+        r.key: h
+        for r, h in model.graph.upstream(EntityRef("service", "front"), 3, BASE_NS + MINUTE).items()
+    }
+    assert upstream == {
+        "service:front": 0,
+        "service:cart": 1,
+        "external:payments.example.com": 1,
+        "database:postgresql:orders": 2,
+        "queue:kafka:orders": 2,
+    }
+    # no metric since: past the graph's expiry the dependency is no longer current
+    later = BASE_NS + int(model.graph.config.expiry_s * 1e9) + 2 * MINUTE
+    model.graph.advance(later)
+    assert ("service:front", "service:cart") not in model.graph.as_of(later).edges()
+    assert ("service:front", "service:cart") in model.graph.as_of(BASE_NS + MINUTE).edges()
+
+
+def _gauges(services: list[str], users: range, t_ns: int) -> bytes:
+    """One gauge point per service, and one series of its own per user id (a new label set)."""
+    request = ExportMetricsServiceRequest()
+    for service in services:
+        rm = request.resource_metrics.add()
+        rm.resource.attributes.append(kv("service.name", service))
+        metric = rm.scope_metrics.add().metrics.add(name="process.cpu.utilization", unit="1")
+        metric.gauge.data_points.add(time_unix_nano=t_ns, as_double=0.5)
+    rm = request.resource_metrics.add()
+    rm.resource.attributes.append(kv("service.name", "storm"))
+    metric = rm.scope_metrics.add().metrics.add(name="session.bytes", unit="By")
+    for user in users:
+        point = metric.gauge.data_points.add(time_unix_nano=t_ns, as_double=float(user))
+        point.attributes.append(kv("user.id", str(user)))
+    return request.SerializeToString()
+
+
+def test_a_storm_of_new_series_is_refused_at_the_cap_and_known_series_keep_their_signals(
+    tmp_path: Path,
+) -> None:
+    """Three steady series, then 50 new series a minute against a cap of 10: the steady ones
+    and the first 7 new ones are kept, every later new one is refused and counted once per
+    segment naming it, with its points (stored, not derived), also in a segment of new series
+    only."""
+    store = SegmentStore(tmp_path)
+    ingestor = SegmentIngestor(store, codec_for("otlp_metrics", store))
+    steady = ["cart", "checkout", "payment"]
+    for minute in range(5):
+        users = range(0) if minute == 0 else range(50 * minute, 50 * minute + 50)
+        body = _gauges(steady, users, BASE_NS + minute * MINUTE)
+        ingestor.seal(ingestor.decode([KafkaRecord("otlp_metrics", 0, minute, body)]), NOW)
+    # a segment of new series only: every one of them refused
+    body = _gauges([], range(1000, 1050), BASE_NS + 4 * MINUTE + 1)
+    ingestor.seal(ingestor.decode([KafkaRecord("otlp_metrics", 0, 5, body)]), NOW)
+    model = WorldModel(WorldModelConfig(max_series=10, allowed_lateness_s=0))
+    _feed(model, store)
+    assert model.points is not None  # only the kept series' points wait for their interval
+    assert set(model.points["series_id"].to_list()) <= set(model.metric_series)
+    model.provisional(BASE_NS + 4 * MINUTE)
+
+    assert len(model.metric_series) == 10
+    assert model.dropped["metric_series_cap"] == 43 + 4 * 50
+    assert model.dropped["metric_series_cap_points"] == 43 + 4 * 50
+    for service in steady:
+        baseline = model.baselines.get(f"service:{service}", "process.cpu.utilization")
+        assert baseline is not None and baseline.intervals_learned == 5
+    storm = [key for key in model.baselines.keys() if key[0] == "service:storm"]
+    assert len(storm) == 7
+    restored = WorldModel.restore(model.checkpoint())
+    assert restored.metric_series == model.metric_series
+    assert restored.dropped == model.dropped

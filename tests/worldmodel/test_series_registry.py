@@ -94,8 +94,8 @@ def test_a_checkpoint_written_before_restores_byte_for_byte() -> None:
     assert len(restored.metrics.last) == 15
     assert len(restored.baselines) == 30
     assert restored.checkpoint() == old
-    # and the model fed now writes that very checkpoint
-    assert model_with_metrics().checkpoint() == old
+    # (a model fed now writes more: refusal counters and the graph its client metrics describe;
+    # the baselines' own numbers are checked against golden files in test_baseline_columns)
 
 
 if __name__ == "__main__":

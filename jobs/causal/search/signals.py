@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from pipeline.worldmodel.graph import CACHE_SYSTEMS, K8S_SERVICE_DNS
+from pipeline.worldmodel.peers import client_metric_peer as client_metric_peer
+from pipeline.worldmodel.peers import peer_entity as _peer_entity  # noqa: F401 (re-exported)
 
 PEER = re.compile(r"\{peer=([^}]*)\}")
 UP_IS_BAD = re.compile(
@@ -20,7 +21,6 @@ LATENCY_LIKE = re.compile(r"latency|duration", re.I)
 FAILURE = re.compile(r"error|fail|exception|5xx|availability|success|timeout", re.I)
 
 QUALIFIER = re.compile(r"\{([^}]*)\}")
-K8S_DNS = re.compile(K8S_SERVICE_DNS)
 
 LATENCY_UNIT = re.compile(r"_(ms|us|ns|s|seconds|milliseconds)(?=$|[{.])")
 
@@ -85,61 +85,6 @@ def fault_class(signal: str, direction: float) -> str:
     if "rate" in s or "count" in s or "request" in s:
         return "traffic_surge" if direction > 0 else "traffic_drop"
     return "anomaly"
-
-
-def _qualifiers(signal: str) -> dict[str, str]:
-    match = QUALIFIER.search(signal)
-    if match is None:
-        return {}
-    out = {}
-    for part in match.group(1).split(","):
-        key, sep, value = part.partition("=")
-        if sep:
-            out[key] = value
-    return out
-
-
-def client_metric_peer(signal: str) -> str | None:
-    """The dependency a client-side metric describes, named as the graph names it.
-
-    OpenTelemetry client metrics (``db.client.*``, ``http.client.*``, ``messaging.*``) carry the
-    peer in their attributes (``db.system``, ``db.namespace``, ``server.address``, ...): such a
-    series is evidence about the peer, as the caller sees it, like an edge's span signals.
-    """
-    if signal.startswith(("span.", "edge.", "log.")):
-        return None
-    q = _qualifiers(signal)
-    host = q.get("server.address") or None
-    if host:
-        short = K8S_DNS.match(host)
-        host = short.group(1) if short else host
-    namespace = q.get("db.namespace") or q.get("db.name") or None
-    if namespace is not None and namespace.isdigit():
-        namespace = None
-    system = q.get("db.system") or q.get("db.system.name")
-    if q.get("messaging.system"):
-        if ".process." in signal or ".receive." in signal or "consume" in signal:
-            return None  # the consumer's own processing: evidence about the consumer
-        destination = q.get("messaging.destination.name") or q.get("messaging.destination") or host
-        return f"queue:{q['messaging.system']}:{destination}" if destination else None
-    if system:
-        if system in CACHE_SYSTEMS:
-            part = host or namespace
-            return f"cache:{system}:{part}" if part else f"cache:{system}"
-        part = namespace or host
-        return f"database:{system}:{part}" if part else f"database:{system}"
-    if q.get("peer.service"):
-        return f"external:{q['peer.service']}"
-    if host and (signal.startswith(("http.client", "rpc.client")) or ".client." in signal):
-        return f"external:{host}"
-    return None
-
-
-def _peer_entity(peer: str, known_services: set[str]) -> str:
-    kind, _, name = peer.partition(":")
-    if kind == "external" and f"service:{name}" in known_services:
-        return f"service:{name}"
-    return peer
 
 
 def _family(signal: str) -> str:

@@ -1,0 +1,76 @@
+"""The dependency a caller's client metric describes, named as the dependency graph names it.
+
+OpenTelemetry client metrics (``db.client.*``, ``http.client.*``, ``rpc.client.*``,
+``messaging.*``) carry their peer in their attributes (``db.system``, ``db.namespace``,
+``server.address``, ``peer.service``, ``messaging.destination.name``). A series of such a metric
+is the caller's view of that dependency: evidence about it for the causal search, and evidence
+of the dependency itself for the graph when no trace shows it (a metrics-only deployment).
+
+A signal's qualifiers are the ``{key=value,...}`` part of its name (``worldmodel.signals``);
+names follow the graph's virtual-node convention (``worldmodel.graph``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from pipeline.worldmodel.graph import CACHE_SYSTEMS, K8S_SERVICE_DNS
+
+QUALIFIER = re.compile(r"\{([^}]*)\}")
+K8S_DNS = re.compile(K8S_SERVICE_DNS)
+
+
+def qualifiers(signal: str) -> dict[str, str]:
+    """The ``{key=value,...}`` attributes in a signal's name."""
+    match = QUALIFIER.search(signal)
+    if match is None:
+        return {}
+    out = {}
+    for part in match.group(1).split(","):
+        key, sep, value = part.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+@functools.lru_cache(maxsize=65_536)
+def client_metric_peer(signal: str) -> str | None:
+    """The dependency (an entity key) a client-side metric describes; None for a series about
+    its own entity (a server metric, a consumer's own processing, a span or log signal)."""
+    if signal.startswith(("span.", "edge.", "log.")):
+        return None
+    q = qualifiers(signal)
+    host = q.get("server.address") or None
+    if host:
+        short = K8S_DNS.match(host)
+        host = short.group(1) if short else host
+    namespace = q.get("db.namespace") or q.get("db.name") or None
+    if namespace is not None and namespace.isdigit():
+        namespace = None  # a Redis database index names no dependency
+    system = q.get("db.system") or q.get("db.system.name")
+    if q.get("messaging.system"):
+        if ".process." in signal or ".receive." in signal or "consume" in signal:
+            return None  # the consumer's own processing: evidence about the consumer
+        destination = q.get("messaging.destination.name") or q.get("messaging.destination") or host
+        return f"queue:{q['messaging.system']}:{destination}" if destination else None
+    if system:
+        if system in CACHE_SYSTEMS:
+            part = host or namespace
+            return f"cache:{system}:{part}" if part else f"cache:{system}"
+        part = namespace or host
+        return f"database:{system}:{part}" if part else f"database:{system}"
+    if q.get("peer.service"):
+        return f"external:{q['peer.service']}"
+    if host and (signal.startswith(("http.client", "rpc.client")) or ".client." in signal):
+        return f"external:{host}"
+    return None
+
+
+def peer_entity(peer: str, known_services: set[str] | frozenset[str]) -> str:
+    """An ``external:<name>`` peer that is a known service is that service (its server
+    metrics or spans name it): the same dependency seen from both sides."""
+    kind, _, name = peer.partition(":")
+    if kind == "external" and f"service:{name}" in known_services:
+        return f"service:{name}"
+    return peer
