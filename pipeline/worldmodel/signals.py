@@ -259,8 +259,10 @@ def new_templates(table: pa.Table, known: set[int]) -> list[tuple[int, str, int]
     return [(int(t), f"service:{s}", int(ts)) for t, ts, s in first.iter_rows()]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Last:
+    """The previous point of a cumulative series (slots: one is held per such series)."""
+
     time_unix_nano: int
     value: float
     buckets: tuple[float, ...] = ()
