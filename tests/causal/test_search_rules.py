@@ -871,3 +871,31 @@ def test_a_dependency_slow_since_long_before_does_not_explain_a_new_slowdown() -
         for r in result.ruled_out
     )
     assert "service:mid" in [c.entity for c in result.causes]
+
+
+def test_an_slo_alert_is_not_cut_at_the_end_of_an_earlier_episode() -> None:
+    # front failed for one interval two intervals ago and recovered (an earlier incident); app
+    # is far slower in the last interval. The alert names no signal worldline receives (an
+    # SLO): it says the symptom is going on now, so the window is not cut where front's
+    # earlier run ended, and app's deviation at the alert is evidence
+    levels = _blip_levels()
+    world = _world(
+        [("front", "app"), ("front", "other")],
+        levels,
+        {
+            ("front", "availability", "Average"): -3.0,
+            ("app", "latency", "Average"): 0.4,
+            ("app", "latency", "p50"): 0.4,
+            ("app", "latency", "p99"): 0.4,
+        },
+        fault_rows=1,
+        delays={
+            ("app", "latency", "Average"): 2,
+            ("app", "latency", "p50"): 2,
+            ("app", "latency", "p99"): 2,
+        },
+    )
+    model, t_s = world
+    result = CausalSearch(model, SearchConfig()).run([("service:front", None)], t_s)
+    assert _top(result) == "service:app"
+    assert result.causes[0].signal.startswith("latency")

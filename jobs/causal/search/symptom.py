@@ -119,6 +119,11 @@ def until_symptom_ends(
     persistent as the symptom, however long ago both recovered."""
     if len(batch) == 0 or not config.until_symptom_ends:
         return batch, ev
+    if all(signal is None for _, signal in symptoms):
+        # the alerted signal is none of worldline's series (an SLO, a probe): the alert says
+        # the symptom is going on at its time; an earlier run of the entity's own series that
+        # is over belongs to an earlier incident and cuts nothing
+        return batch, ev
     idx = {e: i for i, e in enumerate(batch.entities)}
     onset, _, weak, end = symptom_onset(config, symptoms, batch, ev, idx, t_s)
     if end is None or (onset is None and not weak):
