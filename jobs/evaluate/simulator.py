@@ -72,7 +72,8 @@ NO_ALERT_DELAY_S = 300.0  # search time when no alert fired (and the synthetic a
 BASELINE_WINDOW_S = 600.0  # the incident window BARO and N-Sigma rank over
 HIGH_CONFIDENCE = 0.8
 SETTLE_SLACK_S = 15.0  # a metric scrape interval: telemetry after it moves the watermark on
-CASE_VERSION = 5  # part of a cached case's name: bumped when a case is prepared differently
+CASE_VERSION = 6  # part of a cached case's name: bumped when a case is prepared differently
+# or the classes of its pickled world model change (their layout is in the pickle)
 BINS = 10
 
 
