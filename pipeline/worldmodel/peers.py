@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable, Mapping
 
 from pipeline.worldmodel.graph import CACHE_SYSTEMS, K8S_SERVICE_DNS
 
@@ -67,10 +68,52 @@ def client_metric_peer(signal: str) -> str | None:
     return None
 
 
-def peer_entity(peer: str, known_services: set[str] | frozenset[str]) -> str:
-    """An ``external:<name>`` peer that is a known service is that service (its server
-    metrics or spans name it): the same dependency seen from both sides."""
+# an RPC's full method as client and server spans name it (OpenTelemetry's
+# ``{rpc.service}/{rpc.method}``), with the prefixes instrumentations add: a leading slash
+# (``/hipstershop.CartService/GetCart``) or a framework tag (``grpc.hipstershop.CartService/...``)
+RPC_METHOD = re.compile(r"^/?(?:[\w-]+\.)*([A-Za-z_]\w*)/([A-Za-z_]\w*)$")
+
+
+def rpc_method(operation: str) -> str | None:
+    """``Service/Method`` of an RPC operation name, without package or prefixes; None for a
+    name that is no RPC method (an HTTP route with its verb, a free-form name)."""
+    found = RPC_METHOD.match(operation)
+    return f"{found.group(1)}/{found.group(2)}" if found else None
+
+
+def operation_servers(entities: Iterable[str]) -> dict[str, str]:
+    """RPC method (``rpc_method``) -> the server operation entity answering it
+    (``operation:<service> <name>``), for the methods exactly one service serves.
+
+    A client span that names no peer attribute is named by its operation
+    (``operation:hipstershop.CartService/GetCart``); the service whose server spans carry the
+    same method is the dependency it called, even when no trace pairs the two spans (the
+    callee's traces were sampled out or lost)."""
+    servers: dict[str, set[str]] = {}
+    for entity in entities:
+        if not entity.startswith("operation:"):
+            continue
+        _, sep, name = entity.removeprefix("operation:").partition(" ")
+        method = rpc_method(name) if sep else None
+        if method is not None:
+            servers.setdefault(method, set()).add(entity)
+    return {m: next(iter(e)) for m, e in servers.items() if len(e) == 1}
+
+
+def peer_entity(
+    peer: str,
+    known_services: set[str] | frozenset[str],
+    operations: Mapping[str, str] | None = None,
+) -> str:
+    """The entity a caller's peer is, seen from both sides: an ``external:<name>`` peer that
+    is a known service is that service (its server metrics or spans name it); an
+    ``operation:<method>`` peer is the server operation answering that RPC method, when
+    ``operations`` (``operation_servers``) knows exactly one."""
     kind, _, name = peer.partition(":")
     if kind == "external" and f"service:{name}" in known_services:
         return f"service:{name}"
+    if kind == "operation" and operations:
+        method = rpc_method(name)
+        if method is not None and method in operations:
+            return operations[method]
     return peer

@@ -381,3 +381,83 @@ def test_without_a_graph_a_dependency_seen_only_by_its_callers_is_a_candidate() 
     result = CausalSearch(model).run([symptom], T0 + END * MIN)
     assert not result.abstained and result.causes[0].entity == DB
     assert result.causes[0].evidence[0]["signal"] == db_client
+
+
+def _rpc_model(faults: dict[tuple[str, str], float]) -> WorldModel:
+    """frontend -> checkout -> payment and shipping (gRPC), given as the graph. checkout's
+    client spans name no peer attribute, so its views of its dependencies are named by the
+    method they call (``edge.*{peer=operation:hipstershop.PaymentService/Charge}``); payment
+    and shipping answer them in server spans named by their instrumentation
+    (``grpc.hipstershop.PaymentService/Charge``, ``/hipstershop.ShippingService/GetQuote``)."""
+    from pipeline.worldmodel.graph import EntityRef
+
+    pay = "operation:hipstershop.PaymentService/Charge"
+    ship = "operation:hipstershop.ShippingService/GetQuote"
+    series = {
+        ("service:frontend", "span.latency_p95_ms"): 10.0,
+        ("service:checkout", "span.latency_p95_ms"): 8.0,
+        ("service:checkout", "process.cpu.utilization"): 0.3,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 3.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 2.0,
+        ("operation:payment grpc.hipstershop.PaymentService/Charge", "span.latency_p95_ms"): 2.5,
+        ("service:payment", "span.latency_p95_ms"): 2.5,
+        ("operation:shipping /hipstershop.ShippingService/GetQuote", "span.latency_p95_ms"): 1.5,
+        ("service:shipping", "span.latency_p95_ms"): 1.5,
+    }
+    model = WorldModel()
+    rng = random.Random(5)
+    for i in range(END):
+        t = T0 + i * MIN
+        for key, level in series.items():
+            value = level * (1 + rng.gauss(0, 0.03)) * (faults.get(key, 1.0) if i >= FAULT else 1.0)
+            model.baselines.update(key[0], key[1], t, value)
+    model.baselines.advance(T0 + END * MIN)
+    model.closed_through = int((T0 + END * MIN) * 1e9)
+    for caller, callee in [
+        ("service:frontend", "service:checkout"),
+        ("service:checkout", "service:payment"),
+        ("service:checkout", "service:shipping"),
+    ]:
+        model.graph.add_given_edge(
+            EntityRef.from_key(caller), EntityRef.from_key(callee), "calls", int(T0 * 1e9)
+        )
+    return model
+
+
+def test_a_call_named_by_its_rpc_method_is_evidence_about_the_service_serving_it() -> None:
+    # payment's network is slow: checkout sees its calls to Charge take 5x longer while
+    # payment's own server spans (which do not include the network) stay normal. The calls are
+    # named by their method only; the one service serving that method is payment
+    pay = "operation:hipstershop.PaymentService/Charge"
+    model = _rpc_model(
+        {
+            ("service:frontend", "span.latency_p95_ms"): 2.0,
+            ("service:checkout", "span.latency_p95_ms"): 2.5,
+            ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 5.0,
+        }
+    )
+    result = _search(model)
+    assert result.causes and result.causes[0].entity == "service:payment"
+    assert result.causes[0].signal.startswith("edge.latency")
+    assert not any(c.entity.startswith("operation:") for c in result.causes)
+
+
+def test_a_caller_that_sees_all_its_dependencies_slow_at_once_is_the_cause() -> None:
+    # checkout is starved of CPU: every call it makes looks slower from its side (payment and
+    # shipping both), while neither dependency's own spans move: what the two views share is
+    # checkout's side of the calls
+    pay = "operation:hipstershop.PaymentService/Charge"
+    ship = "operation:hipstershop.ShippingService/GetQuote"
+    model = _rpc_model(
+        {
+            ("service:frontend", "span.latency_p95_ms"): 2.0,
+            ("service:checkout", "span.latency_p95_ms"): 2.5,
+            ("service:checkout", "process.cpu.utilization"): 3.0,
+            ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 4.0,
+            ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 4.0,
+        }
+    )
+    result = _search(model)
+    assert result.causes and result.causes[0].entity == "service:checkout"
+    local = {r.entity for r in result.ruled_out if "side of the call" in r.reason}
+    assert local == {"service:payment", "service:shipping"}

@@ -513,3 +513,34 @@ def test_a_storm_of_new_series_is_refused_at_the_cap_and_known_series_keep_their
     restored = WorldModel.restore(model.checkpoint())
     assert restored.metric_series == model.metric_series
     assert restored.dropped == model.dropped
+
+
+def test_rpc_methods_are_matched_across_instrumentations() -> None:
+    from pipeline.worldmodel.peers import operation_servers, peer_entity, rpc_method
+
+    assert rpc_method("hipstershop.CartService/GetCart") == "CartService/GetCart"
+    assert rpc_method("/hipstershop.CartService/GetCart") == "CartService/GetCart"
+    assert rpc_method("grpc.hipstershop.CartService/GetCart") == "CartService/GetCart"
+    assert rpc_method("GET /api/cart") is None
+    servers = operation_servers(
+        [
+            "operation:cart grpc.hipstershop.CartService/GetCart",
+            "operation:cart hipstershop.CartService/AddItem",
+            "operation:a grpc.health.v1.Health/Check",
+            "operation:b grpc.health.v1.Health/Check",  # served by two: no match
+            "service:cart",
+        ]
+    )
+    assert servers == {
+        "CartService/GetCart": "operation:cart grpc.hipstershop.CartService/GetCart",
+        "CartService/AddItem": "operation:cart hipstershop.CartService/AddItem",
+    }
+    known = {"service:cart"}
+    assert (
+        peer_entity("operation:/hipstershop.CartService/GetCart", known, servers)
+        == "operation:cart grpc.hipstershop.CartService/GetCart"
+    )
+    assert (
+        peer_entity("operation:grpc.health.v1.Health/Check", known, servers)
+        == "operation:grpc.health.v1.Health/Check"
+    )

@@ -29,6 +29,7 @@ from jobs.causal.search.signals import (
 )
 from pipeline.worldmodel.graph import EntityRef
 from pipeline.worldmodel.model import WorldModel
+from pipeline.worldmodel.peers import operation_servers
 
 
 def candidates(
@@ -58,10 +59,14 @@ def candidates(
     # so is a dependency known only from its callers' view of it (a database, a cache or an
     # external API in their client metrics or edges): it has no series of its own
     services = {e for e, _ in keys if e.startswith("service:")}
+    operations = operation_servers(e for e, _ in keys)
     for _entity, signal in keys:
         peer = described_peer(signal)
         if peer is not None:
-            out.setdefault(_peer_entity(peer, services), unplaced)
+            target = _peer_entity(peer, services, operations)
+            if target.startswith("operation:") and target in operations.values():
+                continue  # a server operation: evidence about its service
+            out.setdefault(target, unplaced)
     for symptom in symptoms:
         out.setdefault(symptom, 0)
     return out, graph
@@ -94,6 +99,7 @@ def hypotheses(
     entity_ids: list[int] = []
     series: list[tuple[str, str]] = []
     keys = model.baselines.keys()
+    operations = operation_servers(e for e, _ in keys)
     for key in keys:
         entity, signal = key
         target = entity
@@ -101,7 +107,7 @@ def hypotheses(
             peer = PEER.search(signal)
             if peer is None:
                 continue
-            target = _peer_entity(peer.group(1), known_services)
+            target = _peer_entity(peer.group(1), known_services, operations)
         else:
             described = client_metric_peer(signal)
             if described is not None:

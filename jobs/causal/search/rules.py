@@ -20,16 +20,18 @@ import numpy as np
 from jobs.causal.search.config import SearchConfig
 from jobs.causal.search.evidence import EntityEvidence, Evidence, HypothesisBatch
 from jobs.causal.search.result import RuledOut
-from jobs.causal.search.signals import _is_failure, _latency_unit, _owner
+from jobs.causal.search.signals import LATENCY_LIKE, _is_failure, _latency_unit, _owner
 from pipeline.worldmodel.model import WorldModel
 
 
 def caller_local(
     config: SearchConfig, batch: HypothesisBatch, ev: Evidence
 ) -> tuple[HypothesisBatch, list[tuple[str, str]]]:
-    """A dependency that deviates only as one caller measures it, while its other callers
-    measure it healthy and it shows nothing of its own, is not at fault: the fault is on
-    that caller's side of the call (its pool, its query, its retries). Its rows from that
+    """A dependency that deviates only as one caller measures it, and shows no harm of its own
+    (latency, failures) that began with that view, is not at fault when its other callers
+    measure it healthy, or when that caller sees several such dependencies of its own deviate
+    at once: the fault is on that caller's side of the calls (its pool, its CPU, its network),
+    which its view of a dependency cannot tell from the dependency's. Its rows from that
     caller become evidence about the caller. Returns the batch and (dependency, caller)."""
     names = batch.entities
     idx = {e: i for i, e in enumerate(names)}
@@ -37,17 +39,21 @@ def caller_local(
     known = ~np.isnan(batch.z)
     down = batch.down_is_bad if batch.down_is_bad is not None else np.zeros(len(batch), bool)
     directed = batch.up_is_bad | down  # latency, errors, saturation: not traffic
+    # harm a caller can feel: latency or failures (saturation reaches it only through them)
+    felt = directed & np.array(
+        [bool(LATENCY_LIKE.search(sig)) or _is_failure(sig) for _, sig in batch.series],
+        dtype=bool,
+    ).reshape(len(batch))
+    strong = ev.strength >= config.z_min
     by_entity: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for r, (owner, k) in enumerate(zip(owners, batch.entity, strict=True)):
         by_entity[int(k)][owner].append(r)
-    entity = batch.entity.copy()
-    local: list[tuple[str, str]] = []
+    # (dependency, the one caller seeing it deviate, that caller's rows of it, other callers)
+    alone: list[tuple[int, str, list[int], int]] = []
+    views: dict[str, int] = defaultdict(int)
     for k in sorted(by_entity):
         groups = by_entity[k]
         name = names[k]
-        own_rows = groups.get(name, [])
-        if any(ev.strength[r] >= config.z_min for r in own_rows):
-            continue
         callers = {
             c: rows
             for c, rows in groups.items()
@@ -60,12 +66,27 @@ def caller_local(
             for c, rows in callers.items()
         }
         deviating = [c for c, harm in seen.items() if harm >= config.z_min]
-        if len(callers) < 2 or len(deviating) != 1 or deviating[0] not in idx:
+        if len(deviating) != 1 or deviating[0] not in idx:
             continue
-        if any(harm >= config.quiet_z for c, harm in seen.items() if c != deviating[0]):
+        caller = deviating[0]
+        if any(harm >= config.quiet_z for c, harm in seen.items() if c != caller):
             continue
-        entity[callers[deviating[0]]] = idx[deviating[0]]
-        local.append((name, deviating[0]))
+        own_rows = groups.get(name, [])
+        view = [r for r in callers[caller] if directed[r] and strong[r]]
+        began = float(np.nanmin(ev.onset_s[view])) - batch.interval_s
+        if any(strong[r] and felt[r] and ev.onset_s[r] >= began for r in own_rows):
+            continue  # harmed on its own side since the caller saw it deviate
+        views[caller] += 1
+        alone.append((k, caller, callers[caller], len(callers) - 1))
+    entity = batch.entity.copy()
+    local: list[tuple[str, str]] = []
+    for k, caller, rows, others in alone:
+        # with no other caller to compare, only a dependency with series of its own shows
+        # nothing of its own (an uninstrumented one is seen only through its callers)
+        if others == 0 and (views[caller] < 2 or not by_entity[k].get(names[k])):
+            continue
+        entity[rows] = idx[caller]
+        local.append((names[k], caller))
     if not local:
         return batch, local
     return replace(batch, entity=entity), local
