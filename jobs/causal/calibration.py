@@ -26,7 +26,7 @@ from scipy.optimize import minimize
 #   margin   logit gap to the second candidate over the temperature (MARGIN_CLIP alone)
 #   lead     log1p(intervals from the top cause's onset to the alert)
 #   capped   its strongest evidence is at the search's score cap (``z_cap``)
-#   sources  independent sources (traces, logs, metrics) beyond the first
+#   sources  independent sources (traces, logs, metrics; callers measuring it) beyond the first
 #   seen     the alerted signal was itself seen deviating
 #   cold     the search was a cold start
 FEATURES: tuple[str, ...] = ("odds", "margin", "lead", "capped", "sources", "seen", "cold")

@@ -461,3 +461,35 @@ def test_a_caller_that_sees_all_its_dependencies_slow_at_once_is_the_cause() -> 
     assert result.causes and result.causes[0].entity == "service:checkout"
     local = {r.entity for r in result.ruled_out if "side of the call" in r.reason}
     assert local == {"service:payment", "service:shipping"}
+
+
+def test_callers_measuring_a_dependency_are_independent_views_of_it() -> None:
+    # payment is seen slow by checkout and by billing, each through its own calls; shipping by
+    # checkout alone, and by its own spans: two views each, one of a kind for shipping
+    import numpy as np
+
+    from jobs.causal.search.evidence import HypothesisBatch, entity_evidence
+
+    rows = [
+        ("service:checkout", "edge.latency_p95_ms{peer=service:payment}", "service:payment"),
+        ("service:billing", "edge.latency_p95_ms{peer=service:payment}", "service:payment"),
+        ("service:checkout", "edge.latency_p95_ms{peer=service:shipping}", "service:shipping"),
+        ("service:shipping", "span.latency_p95_ms", "service:shipping"),
+    ]
+    entities = ["service:payment", "service:shipping"]
+    w = 10
+    z = np.zeros((len(rows), w))
+    z[:, -3:] = 8.0
+    batch = HypothesisBatch(
+        entity=np.array([entities.index(e) for _, _, e in rows]),
+        series=[(owner, signal) for owner, signal, _ in rows],
+        modality=np.zeros(len(rows), dtype=np.int8),
+        up_is_bad=np.ones(len(rows), dtype=bool),
+        z=z,
+        t0_s=T0,
+        interval_s=MIN,
+        entities=entities,
+    )
+    config = SearchConfig()
+    ents = entity_evidence(batch, evaluate(batch, config), config)
+    assert ents.sources.tolist() == [2, 1]

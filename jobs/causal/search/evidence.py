@@ -6,6 +6,7 @@ account for another's (``_LatencyAccounts``)."""
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -260,7 +261,9 @@ class EntityEvidence:
 
     best_strength: np.ndarray  # its strongest hypothesis
     onset: np.ndarray  # the earliest onset of its strong rows (inf: none)
-    sources: np.ndarray  # how many modalities (traces, logs, metrics) deviate
+    # independent views that deviate: modalities (traces, logs, metrics), and callers
+    # beyond the first that measure it deviate
+    sources: np.ndarray
     last_dev: np.ndarray  # the last interval it was still deviating (strong rows; -inf: never)
     # per row: a signal with a definite harmful direction (latency, errors, saturation,
     # availability...) rather than a two-sided one such as a request rate
@@ -284,6 +287,15 @@ def entity_evidence(batch: HypothesisBatch, ev: Evidence, config: SearchConfig) 
     deviating = ev.strength >= config.z_min
     modalities[ent[deviating], batch.modality[deviating]] = True
     sources = modalities.sum(axis=1)
+    # and each caller beyond the first that measures it deviate: callers see a dependency
+    # independently of one another, through their own calls to it
+    observers: dict[int, set[str]] = defaultdict(set)
+    for r in map(int, np.flatnonzero(deviating)):
+        owner = _owner(batch.series[r][0])
+        if owner != batch.entities[int(ent[r])]:
+            observers[int(ent[r])].add(owner)
+    for k, callers in observers.items():
+        sources[k] += len(callers) - 1
     last_dev = np.full(n_ent, -np.inf)
     ends = ev.end_s if ev.end_s is not None else ev.onset_s
     np.maximum.at(last_dev, ent[strong], np.nan_to_num(ends[strong], nan=-np.inf))

@@ -1,9 +1,10 @@
 """Ranking: the survivors' scores become probabilities, and the search abstains when nothing
 survives or the leaders cannot be told apart.
 
-Each survivor's logit weighs its ranked strength, how many modalities deviate, a change on its
-entity, its depth, whether it is the symptom itself, what it accounts for on its paths to the
-symptom, whether the graph places it there and how late it began; a softmax with a "no cause"
+Each survivor's logit weighs its ranked strength, how many independent views of it deviate
+(modalities, callers measuring it), a change on its entity, its depth, whether it is the symptom
+itself, what it accounts for on its paths to the symptom, whether the graph places it there and
+how late it began; a softmax with a "no cause"
 option (``null_logit``) at ``temperature`` turns them into probabilities. The published top
 probability is calibrated (``calibration``) from what the search saw.
 """
