@@ -73,9 +73,13 @@ def from_simulator(doc: dict[str, Any]) -> Dataset:
     for m in METHODS[1:]:
         top1[m] = _mean([float(c["baselines"][m]["hits"][0]) for c in faults])
         top3[m] = _mean([float(any(c["baselines"][m]["hits"][:3])) for c in faults])
+    # the calibration learns from every answer the search gave, the fault runs where no alert
+    # fired included (searched on the gateway's latency after the onset): accuracy is scored
+    # on alerted runs, but what a doubtful answer looks like is in all of them
+    searched = [c for c in doc["cases"] if c.get("fault", True)]
     cases = [
         Case("simulator", c["stats"], bool(c.get("fault", True) and c["hits"][0]), c["probability"])
-        for c in faults + normals
+        for c in searched + normals
         if c["ranked"] and not c["abstained"] and _calibrated(c.get("stats", {}))
     ]
     return Dataset(

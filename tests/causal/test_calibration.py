@@ -120,3 +120,24 @@ def test_the_search_publishes_the_calibrated_probability() -> None:
     # abstention stays the search's own decision (its model probability is above the bar)
     assert p_model > identity.abstain_below and not published.abstained
     assert published.stats["cal_seen"] == 1.0 and published.stats["cal_lead"] > 0.0
+
+
+def test_simulator_runs_without_an_alert_teach_the_calibration_not_the_accuracy() -> None:
+    stats = {"cal_odds": 2.0, "cal_margin": 1.0}
+
+    def case(fault: bool, alerted: bool, right: bool) -> dict:
+        return {
+            "fault": fault,
+            "alerted": alerted,
+            "hits": [right, right, right],
+            "ranked": ["service:x"],
+            "abstained": False,
+            "probability": 0.9,
+            "stats": stats,
+            "baselines": {m: {"hits": [False] * 3} for m in lodo.METHODS[1:]},
+        }
+
+    doc = {"cases": [case(True, True, True), case(True, False, False), case(False, True, False)]}
+    dataset = lodo.from_simulator(doc)
+    assert dataset.n == 1 and dataset.top1["worldline"] == 1.0
+    assert sorted(c.right for c in dataset.cases) == [False, False, True]
