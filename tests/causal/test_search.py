@@ -461,6 +461,7 @@ def test_a_caller_that_sees_all_its_dependencies_slow_at_once_is_the_cause() -> 
     assert result.causes and result.causes[0].entity == "service:checkout"
     local = {r.entity for r in result.ruled_out if "side of the call" in r.reason}
     assert local == {"service:payment", "service:shipping"}
+    assert all("other dependencies" in r.reason for r in result.ruled_out if "side of" in r.reason)
 
 
 def test_callers_measuring_a_dependency_are_independent_views_of_it() -> None:

@@ -26,13 +26,14 @@ from pipeline.worldmodel.model import WorldModel
 
 def caller_local(
     config: SearchConfig, batch: HypothesisBatch, ev: Evidence
-) -> tuple[HypothesisBatch, list[tuple[str, str]]]:
+) -> tuple[HypothesisBatch, list[tuple[str, str, bool]]]:
     """A dependency that deviates only as one caller measures it, and shows no harm of its own
     (latency, failures) that began with that view, is not at fault when its other callers
     measure it healthy, or when that caller sees several such dependencies of its own deviate
     at once: the fault is on that caller's side of the calls (its pool, its CPU, its network),
     which its view of a dependency cannot tell from the dependency's. Its rows from that
-    caller become evidence about the caller. Returns the batch and (dependency, caller)."""
+    caller become evidence about the caller. Returns the batch and (dependency, caller, whether
+    other callers see the dependency healthy)."""
     names = batch.entities
     idx = {e: i for i, e in enumerate(names)}
     owners = [_owner(e) for e, _ in batch.series]
@@ -79,14 +80,14 @@ def caller_local(
         views[caller] += 1
         alone.append((k, caller, callers[caller], len(callers) - 1))
     entity = batch.entity.copy()
-    local: list[tuple[str, str]] = []
+    local: list[tuple[str, str, bool]] = []
     for k, caller, rows, others in alone:
         # with no other caller to compare, only a dependency with series of its own shows
         # nothing of its own (an uninstrumented one is seen only through its callers)
         if others == 0 and (views[caller] < 2 or not by_entity[k].get(names[k])):
             continue
         entity[rows] = idx[caller]
-        local.append((names[k], caller))
+        local.append((names[k], caller, others > 0))
     if not local:
         return batch, local
     return replace(batch, entity=entity), local
@@ -178,15 +179,18 @@ def latency_decoupled(
     return out
 
 
-def caller_local_ruled_out(local: list[tuple[str, str]]) -> list[RuledOut]:
+def caller_local_ruled_out(local: list[tuple[str, str, bool]]) -> list[RuledOut]:
     """Why each dependency ``caller_local`` found is not at fault."""
     return [
         RuledOut(
             dep,
             f"only {caller} sees it deviate; its other callers see it healthy: the fault is"
-            f" on {caller}'s side of the call",
+            f" on {caller}'s side of the call"
+            if others
+            else f"{caller} sees it and its other dependencies deviate at once, and none of"
+            f" them shows harm of its own: the fault is on {caller}'s side of the calls",
         )
-        for dep, caller in local
+        for dep, caller, others in local
     ]
 
 
