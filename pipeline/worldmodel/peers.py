@@ -89,15 +89,15 @@ def operation_servers(entities: Iterable[str]) -> dict[str, str]:
     (``operation:hipstershop.CartService/GetCart``); the service whose server spans carry the
     same method is the dependency it called, even when no trace pairs the two spans (the
     callee's traces were sampled out or lost)."""
-    servers: dict[str, set[str]] = {}
-    for entity in entities:
+    servers: dict[str, dict[str, str]] = {}  # method -> service -> its operation (the first)
+    for entity in sorted(set(entities)):
         if not entity.startswith("operation:"):
             continue
-        _, sep, name = entity.removeprefix("operation:").partition(" ")
+        service, sep, name = entity.removeprefix("operation:").partition(" ")
         method = rpc_method(name) if sep else None
         if method is not None:
-            servers.setdefault(method, set()).add(entity)
-    return {m: next(iter(e)) for m, e in servers.items() if len(e) == 1}
+            servers.setdefault(method, {}).setdefault(service, entity)
+    return {m: next(iter(s.values())) for m, s in servers.items() if len(s) == 1}
 
 
 def peer_entity(

@@ -526,6 +526,7 @@ def test_rpc_methods_are_matched_across_instrumentations() -> None:
         [
             "operation:cart grpc.hipstershop.CartService/GetCart",
             "operation:cart hipstershop.CartService/AddItem",
+            "operation:cart /hipstershop.CartService/AddItem",  # one service, two spellings
             "operation:a grpc.health.v1.Health/Check",
             "operation:b grpc.health.v1.Health/Check",  # served by two: no match
             "service:cart",
@@ -533,7 +534,7 @@ def test_rpc_methods_are_matched_across_instrumentations() -> None:
     )
     assert servers == {
         "CartService/GetCart": "operation:cart grpc.hipstershop.CartService/GetCart",
-        "CartService/AddItem": "operation:cart hipstershop.CartService/AddItem",
+        "CartService/AddItem": "operation:cart /hipstershop.CartService/AddItem",
     }
     known = {"service:cart"}
     assert (
