@@ -4,6 +4,8 @@ store holds every span that was acknowledged, each exactly once.
 - `up` stopped with records in flight, then started again on the same data directory (the
   in-memory broker numbers the new records from 0 again);
 - `kill -9` of an ingest stage under load, restarted by the supervisor;
+- `kill -9` of the receiver while a client posts spans: nothing it acknowledged is lost, or
+  stored twice;
 - `kill -9` of the world-model stage under load: restarted from its checkpoint, it applies every
   sealed segment exactly once (its applied offsets and the spans it buffers);
 - `kill -9` of the causal-search stage with alerts arriving: every alert is answered, no update
@@ -18,6 +20,7 @@ store holds every span that was acknowledged, each exactly once.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import signal
 import subprocess
@@ -57,8 +60,8 @@ def _up(data_dir: Path, stages: str, extra: dict[str, str] | None = None) -> sub
         WORLDLINE_HTTP_PORT="0",
         WORLDLINE_SEGMENT_MAX_RECORDS="10",
         WORLDLINE_SEGMENT_MAX_SECONDS="0.5",
-        **(extra or {}),
     )
+    env.update(extra or {})
     return subprocess.Popen(
         [*worldline_cmd(), "up", "--stages", stages, "--status-every", "0"],
         env=env,
@@ -236,6 +239,60 @@ def test_kill_9_of_an_ingest_stage_under_load_loses_nothing(tmp_path: Path) -> N
     assert restarted and stage not in restarted
     assert "stage ingest-spans exited with code -9; restarted" in stderr
     assert _stored(tmp_path) == want and max(want.values()) == 1
+
+
+def _post_until_acknowledged(port: int, body: bytes) -> int:
+    """POST an OTLP/HTTP body as a Collector does, again after every failure (refused
+    connection, reset, 5xx) until the receiver answers 200; returns the failed attempts."""
+    failed = 0
+    while True:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request(
+                "POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"}
+            )
+            status = connection.getresponse().status
+            connection.close()
+            if status == 200:
+                return failed
+        except OSError:
+            pass
+        failed += 1
+        time.sleep(0.2)
+
+
+def test_kill_9_of_the_receiver_under_load_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
+    """A client posting spans while the receiver is killed and restarted (on the same port):
+    every request answered 200 at its first try is stored exactly once; a request that failed
+    and was sent again is stored, at most twice (the killed receiver may have produced it
+    without answering: OTLP over HTTP is at least once)."""
+    port = free_port()
+    proc = _up(tmp_path, "receiver,ingest-spans", {"WORLDLINE_HTTP_PORT": str(port)})
+    _running(tmp_path, proc, 2)
+    receiver = _stage_pid(tmp_path, "receiver")
+    first_try: list[ExportTraceServiceRequest] = []
+    again: list[ExportTraceServiceRequest] = []
+
+    def send(batch: int) -> None:
+        request = span_request(500 + batch, traces=3)
+        failed = _post_until_acknowledged(port, request.SerializeToString())
+        (again if failed else first_try).append(request)
+
+    load = _Load(send, after=15, pause_s=0.05)
+    try:
+        _wait("storing", lambda: bool(_stored(tmp_path)), proc, 60)
+        os.kill(receiver, signal.SIGKILL)
+    finally:
+        load.stop()
+    once, at_least_once = _produced(first_try), _produced(again)
+    _wait("stored", lambda: set(_stored(tmp_path)) >= set(once) | set(at_least_once), proc, 90)
+    stderr = _stop(proc)
+    stored = _stored(tmp_path)
+    assert "stage receiver exited with code -9; restarted" in stderr
+    assert again, "some requests were sent while the receiver was down"
+    assert all(stored[k] == 1 for k in once)
+    assert all(1 <= stored[k] <= 2 for k in at_least_once)
+    assert set(stored) == set(once) | set(at_least_once)
 
 
 @pytest.fixture()
