@@ -3,7 +3,7 @@ store holds every span that was acknowledged, each exactly once.
 
 - `up` stopped with records in flight, then started again on the same data directory (the
   in-memory broker numbers the new records from 0 again);
-- `kill -9` of an ingest stage under load, restarted by the supervisor;
+- `kill -9` of each ingest stage (spans, logs, metrics) under load, restarted by the supervisor;
 - `kill -9` of the receiver while a client posts spans: nothing it acknowledged is lost, or
   stored twice;
 - `kill -9` of the world-model stage under load: restarted from its checkpoint, it applies every
@@ -23,6 +23,7 @@ import asyncio
 import http.client
 import os
 import signal
+import signal as signal_module
 import subprocess
 import threading
 import time
@@ -41,7 +42,7 @@ from jobs.causal.outbox import KILL_AT_ENV, KILL_POINTS
 from pipeline import kafka
 from pipeline.broker import free_port
 from pipeline.segments.store import SegmentStore
-from pipeline.testing import BASE_NS, span_request
+from pipeline.testing import BASE_NS, log_request, metric_request, span_request
 from pipeline.workers import ORPHAN_GRACE_S
 from pipeline.worldmodel import reads
 from pipeline.worldmodel.model import applied_key
@@ -239,6 +240,88 @@ def test_kill_9_of_an_ingest_stage_under_load_loses_nothing(tmp_path: Path) -> N
     assert restarted and stage not in restarted
     assert "stage ingest-spans exited with code -9; restarted" in stderr
     assert _stored(tmp_path) == want and max(want.values()) == 1
+
+
+def _log_ids(requests: list[Any]) -> Counter[Any]:
+    return Counter(
+        (r.trace_id, r.span_id)
+        for q in requests
+        for rl in q.resource_logs
+        for sl in rl.scope_logs
+        for r in sl.log_records
+    )
+
+
+def _gauge_ids(requests: list[Any]) -> Counter[Any]:
+    """(time, value) of every gauge point: random values in [0, 1), unique to their point."""
+    return Counter(
+        (p.time_unix_nano, p.as_double)
+        for q in requests
+        for rm in q.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.HasField("gauge")
+        for p in m.gauge.data_points
+    )
+
+
+def _stored_rows(data_dir: Path, signal: str) -> Counter[Any]:
+    store = SegmentStore(data_dir / "segments")
+    out: Counter[Any] = Counter()
+    for m in store.manifests(signal):
+        if signal == "logs":
+            table = store.read(m).select(["trace_id", "span_id"])
+            out.update(
+                zip(table["trace_id"].to_pylist(), table["span_id"].to_pylist(), strict=True)
+            )
+        else:
+            table = store.read(m).select(["time_unix_nano", "value"])
+            out.update(
+                (t, v)
+                for t, v in zip(
+                    table["time_unix_nano"].to_pylist(), table["value"].to_pylist(), strict=True
+                )
+                if v is not None and 0.0 <= v < 1.0
+            )
+    return out
+
+
+@pytest.mark.parametrize("signal", ["logs", "metrics"])
+def test_kill_9_of_the_logs_and_metrics_ingest_stages_under_load_loses_nothing(
+    tmp_path: Path, signal: str
+) -> None:
+    """As for spans: ingest-logs and ingest-metrics, killed mid-stream while records keep
+    arriving, store every log line and every metric point once after their restart."""
+    stage, topic = f"ingest-{signal}", f"otlp_{signal}"
+    proc = _up(tmp_path, stage)
+    bootstrap = _running(tmp_path, proc, 1)
+    pid = _stage_pid(tmp_path, stage)
+    requests: list[Any] = []
+
+    def send(batch: int) -> None:
+        chunk = [
+            log_request(seed, lines=9)
+            if signal == "logs"
+            else metric_request(seed, points=2, start_ns=BASE_NS + seed * 60_000_000_000)
+            for seed in range(5 * batch, 5 * batch + 5)
+        ]
+        asyncio.run(kafka.produce(bootstrap, topic, [(None, r.SerializeToString()) for r in chunk]))
+        requests.extend(chunk)
+
+    ids = _log_ids if signal == "logs" else _gauge_ids
+    load = _Load(send, after=10)
+    try:
+        _wait("sealing", lambda: bool(_stored_rows(tmp_path, signal)), proc, 60)
+        os.kill(pid, signal_module.SIGKILL)
+        at_kill = _stored_rows(tmp_path, signal)
+    finally:
+        load.stop()
+    want = ids(requests)
+    assert at_kill and at_kill != want and max(at_kill.values()) == 1
+    _wait("stored", lambda: _stored_rows(tmp_path, signal) == want, proc, 90)
+    stderr = _stop(proc)
+    assert f"stage {stage} exited with code -9; restarted" in stderr
+    assert _stored_rows(tmp_path, signal) == want and max(want.values()) == 1
 
 
 def _post_until_acknowledged(port: int, body: bytes) -> int:
