@@ -82,10 +82,8 @@ def standing(
     tolerance: float,
 ) -> np.ndarray:
     """Rows harmed at least ``standing_ratio`` of their peak at an interval ending before
-    the symptom began (less the tolerance) while the alerted signal was measured normal there
-    (at least one of its series measured, every measured one under ``z_min``; a series with
-    gaps, such as sampled traces, says nothing where it has none): conditions the symptom did
-    not follow."""
+    the symptom began (less the tolerance) while every series of the alerted signal was
+    measured and under ``z_min`` there: conditions the symptom did not follow."""
     out = np.zeros(len(batch), dtype=bool)
     if began is None or len(batch) == 0 or config.standing_weight >= 1.0:
         return out
@@ -107,8 +105,7 @@ def standing(
         return out
     harmful = _harmful(batch)
     z_own = batch.z[own]
-    measured = (~np.isnan(z_own)).any(axis=0)
-    quiet = before & measured & (harmful[own].max(axis=0) < config.z_min)
+    quiet = before & ~np.isnan(z_own).any(axis=0) & (harmful[own].max(axis=0) < config.z_min)
     if not quiet.any():
         return out
     held = np.where(quiet[None, :], harmful, 0.0).max(axis=1)
@@ -159,14 +156,6 @@ def rank_weights(
         # alert, may be what the alert waited for (alerts fire minutes into a condition)
         fired = t_s if alert_s is None else alert_s
         held = standing(config, symptoms, batch, ev, idx, fired, 0.0) & ev.chronic
-    elif all(signal is None for _, signal in symptoms):
-        # an alert on a signal worldline does not receive (an SLO, a probe) has no onset to
-        # measure against; it says the symptom is going on at its time: a harm that already
-        # held, as much as now, before the alert fired (less the onset tolerance, as alerts
-        # fire into a condition) while the alerted entity was measured normal is a condition
-        # the symptom did not follow
-        fired = t_s if alert_s is None else alert_s
-        held = standing(config, symptoms, batch, ev, idx, fired, tolerance)
     else:
         held = np.zeros(len(batch), dtype=bool)
     held &= ~symptom_row
