@@ -132,12 +132,18 @@ def _produced(requests: list[ExportTraceServiceRequest]) -> Counter[SpanId]:
     )
 
 
-def _stored(data_dir: Path) -> Counter[SpanId]:
+def _stored(data_dir: Path, signal: str = "spans") -> Counter[Any]:
+    """What the store holds, each row by its identity: (trace id, span id) of spans and log
+    lines, (time, value) of the metric points whose value is a gauge's (in [0, 1))."""
     store = SegmentStore(data_dir / "segments")
-    out: Counter[SpanId] = Counter()
-    for m in store.manifests("spans"):
-        table = store.read(m).select(["trace_id", "span_id"])
-        out.update(zip(table["trace_id"].to_pylist(), table["span_id"].to_pylist(), strict=True))
+    out: Counter[Any] = Counter()
+    columns = ["time_unix_nano", "value"] if signal == "metrics" else ["trace_id", "span_id"]
+    for m in store.manifests(signal):
+        table = store.read(m).select(columns)
+        rows = zip(*(table[c].to_pylist() for c in columns), strict=True)
+        if signal == "metrics":
+            rows = ((t, v) for t, v in rows if v is not None and 0.0 <= v < 1.0)
+        out.update(rows)
     return out
 
 
@@ -265,27 +271,6 @@ def _gauge_ids(requests: list[Any]) -> Counter[Any]:
     )
 
 
-def _stored_rows(data_dir: Path, signal: str) -> Counter[Any]:
-    store = SegmentStore(data_dir / "segments")
-    out: Counter[Any] = Counter()
-    for m in store.manifests(signal):
-        if signal == "logs":
-            table = store.read(m).select(["trace_id", "span_id"])
-            out.update(
-                zip(table["trace_id"].to_pylist(), table["span_id"].to_pylist(), strict=True)
-            )
-        else:
-            table = store.read(m).select(["time_unix_nano", "value"])
-            out.update(
-                (t, v)
-                for t, v in zip(
-                    table["time_unix_nano"].to_pylist(), table["value"].to_pylist(), strict=True
-                )
-                if v is not None and 0.0 <= v < 1.0
-            )
-    return out
-
-
 @pytest.mark.parametrize("signal", ["logs", "metrics"])
 def test_kill_9_of_the_logs_and_metrics_ingest_stages_under_load_loses_nothing(
     tmp_path: Path, signal: str
@@ -311,17 +296,17 @@ def test_kill_9_of_the_logs_and_metrics_ingest_stages_under_load_loses_nothing(
     ids = _log_ids if signal == "logs" else _gauge_ids
     load = _Load(send, after=10)
     try:
-        _wait("sealing", lambda: bool(_stored_rows(tmp_path, signal)), proc, 60)
+        _wait("sealing", lambda: bool(_stored(tmp_path, signal)), proc, 60)
         os.kill(pid, signal_module.SIGKILL)
-        at_kill = _stored_rows(tmp_path, signal)
+        at_kill = _stored(tmp_path, signal)
     finally:
         load.stop()
     want = ids(requests)
     assert at_kill and at_kill != want and max(at_kill.values()) == 1
-    _wait("stored", lambda: _stored_rows(tmp_path, signal) == want, proc, 90)
+    _wait("stored", lambda: _stored(tmp_path, signal) == want, proc, 90)
     stderr = _stop(proc)
     assert f"stage {stage} exited with code -9; restarted" in stderr
-    assert _stored_rows(tmp_path, signal) == want and max(want.values()) == 1
+    assert _stored(tmp_path, signal) == want and max(want.values()) == 1
 
 
 def _post_until_acknowledged(port: int, body: bytes) -> int:

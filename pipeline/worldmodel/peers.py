@@ -90,9 +90,7 @@ def operation_servers(entities: Iterable[str]) -> dict[str, str]:
     same method is the dependency it called, even when no trace pairs the two spans (the
     callee's traces were sampled out or lost)."""
     servers: dict[str, dict[str, str]] = {}  # method -> service -> its operation (the first)
-    for entity in sorted(set(entities)):
-        if not entity.startswith("operation:"):
-            continue
+    for entity in sorted({e for e in entities if e.startswith("operation:")}):
         service, sep, name = entity.removeprefix("operation:").partition(" ")
         method = rpc_method(name) if sep else None
         if method is not None:

@@ -276,14 +276,37 @@ def test_a_sparse_series_deviation_runs_over_the_gaps_between_its_values() -> No
     assert ev.persistence.tolist() == [1.0, 1.0]
 
 
+def _given_model(
+    series: dict[tuple[str, str], float],
+    faults: dict[tuple[str, str], float],
+    edges: list[tuple[str, str]],
+    seed: int,
+) -> WorldModel:
+    """Steady ``series`` with 3 % noise, each multiplied by its ``faults`` factor from
+    ``FAULT`` on, and ``edges`` (caller, callee) given as the graph."""
+    from pipeline.worldmodel.graph import EntityRef
+
+    model = WorldModel()
+    rng = random.Random(seed)
+    for i in range(END):
+        t = T0 + i * MIN
+        for key, level in series.items():
+            value = level * (1 + rng.gauss(0, 0.03)) * (faults.get(key, 1.0) if i >= FAULT else 1.0)
+            model.baselines.update(key[0], key[1], t, value)
+    model.baselines.advance(T0 + END * MIN)
+    model.closed_through = int((T0 + END * MIN) * 1e9)
+    for caller, callee in edges:
+        model.graph.add_given_edge(
+            EntityRef.from_key(caller), EntityRef.from_key(callee), "calls", int(T0 * 1e9)
+        )
+    return model
+
+
 def test_a_fault_on_one_callers_side_is_that_callers_even_if_other_callers_traffic_moves() -> None:
     # checkout and billing both call the (uninstrumented) database; checkout's own view of it
     # slows 5x (its connection pool), billing's stays healthy but it sends half the queries
     # (its traffic moved, which says nothing about the database's health): the fault is on
     # checkout's side of the call, not the database's
-    from pipeline.worldmodel.graph import EntityRef
-
-    model = WorldModel()
     series = {
         ("service:frontend", "span.latency_p95_ms"): 10.0,
         ("service:checkout", "span.latency_p95_ms"): 8.0,
@@ -298,24 +321,13 @@ def test_a_fault_on_one_callers_side_is_that_callers_even_if_other_callers_traff
         ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
         ("service:billing", f"edge.rate_per_s{{peer={DB}}}"): 0.5,
     }
-    rng = random.Random(11)
-    for i in range(END):
-        t = T0 + i * MIN
-        for key, level in series.items():
-            value = level * (1 + rng.gauss(0, 0.03)) * (faults.get(key, 1.0) if i >= FAULT else 1.0)
-            model.baselines.update(key[0], key[1], t, value)
-    model.baselines.advance(T0 + END * MIN)
-    model.closed_through = int((T0 + END * MIN) * 1e9)
-    for caller, callee in [
+    edges = [
         ("service:frontend", "service:checkout"),
         ("service:frontend", "service:billing"),
         ("service:checkout", DB),
         ("service:billing", DB),
-    ]:
-        model.graph.add_given_edge(
-            EntityRef.from_key(caller), EntityRef.from_key(callee), "calls", int(T0 * 1e9)
-        )
-    result = _search(model)
+    ]
+    result = _search(_given_model(series, faults, edges, seed=11))
     assert result.causes and result.causes[0].entity == "service:checkout"
     assert any(r.entity == DB and "side of the call" in r.reason for r in result.ruled_out)
 
@@ -389,8 +401,6 @@ def _rpc_model(faults: dict[tuple[str, str], float]) -> WorldModel:
     method they call (``edge.*{peer=operation:hipstershop.PaymentService/Charge}``); payment
     and shipping answer them in server spans named by their instrumentation
     (``grpc.hipstershop.PaymentService/Charge``, ``/hipstershop.ShippingService/GetQuote``)."""
-    from pipeline.worldmodel.graph import EntityRef
-
     pay = "operation:hipstershop.PaymentService/Charge"
     ship = "operation:hipstershop.ShippingService/GetQuote"
     series = {
@@ -404,24 +414,12 @@ def _rpc_model(faults: dict[tuple[str, str], float]) -> WorldModel:
         ("operation:shipping /hipstershop.ShippingService/GetQuote", "span.latency_p95_ms"): 1.5,
         ("service:shipping", "span.latency_p95_ms"): 1.5,
     }
-    model = WorldModel()
-    rng = random.Random(5)
-    for i in range(END):
-        t = T0 + i * MIN
-        for key, level in series.items():
-            value = level * (1 + rng.gauss(0, 0.03)) * (faults.get(key, 1.0) if i >= FAULT else 1.0)
-            model.baselines.update(key[0], key[1], t, value)
-    model.baselines.advance(T0 + END * MIN)
-    model.closed_through = int((T0 + END * MIN) * 1e9)
-    for caller, callee in [
+    edges = [
         ("service:frontend", "service:checkout"),
         ("service:checkout", "service:payment"),
         ("service:checkout", "service:shipping"),
-    ]:
-        model.graph.add_given_edge(
-            EntityRef.from_key(caller), EntityRef.from_key(callee), "calls", int(T0 * 1e9)
-        )
-    return model
+    ]
+    return _given_model(series, faults, edges, seed=5)
 
 
 def test_a_call_named_by_its_rpc_method_is_evidence_about_the_service_serving_it() -> None:

@@ -60,11 +60,12 @@ def candidates(
     # external API in their client metrics or edges): it has no series of its own
     services = {e for e, _ in keys if e.startswith("service:")}
     operations = operation_servers(e for e, _ in keys)
+    served = set(operations.values())
     for _entity, signal in keys:
         peer = described_peer(signal)
         if peer is not None:
             target = _peer_entity(peer, services, operations)
-            if target.startswith("operation:") and target in operations.values():
+            if target in served:
                 continue  # a server operation: evidence about its service
             out.setdefault(target, unplaced)
     for symptom in symptoms:
