@@ -477,7 +477,7 @@ def bundle_command(
 @click.option(
     "--realism",
     "modes",
-    default="full,unobserved-alert,trace-windows,metrics-300s,metrics-only",
+    default="full,unobserved-alert,trace-windows,metrics-300s,metrics-only,standing-condition",
     show_default=True,
     help="Simulator realism modes, comma separated ('' for none).",
 )

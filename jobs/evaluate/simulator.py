@@ -84,10 +84,14 @@ REALISM = {
     " (a synthetic probe)",
     "trace-windows": "traces only in one minute of every three (files missing, sampling windows)",
     "metrics-300s": "metrics scraped every 300 s instead of every 15 s",
+    "standing-condition": "as unobserved-alert, and another service's heap grew to a new level"
+    " 10 minutes before the fault and stays there, harmlessly (what an earlier incident or"
+    " change leaves behind)",
 }
 """What real deployments look like, as variations of the same simulated incidents."""
 TRACE_WINDOW_EVERY = 3  # trace-windows: one minute of traces kept in this many
 COARSE_SCRAPE_S = 300.0  # metrics-300s
+STANDING_CONDITION_S = 600.0  # standing-condition: how long before the fault it began
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,9 @@ class SuiteConfig:
             duration_s=self.duration_s,
             peak_rate=self.peak_rate,
             slice_s=self.slice_s,
+            standing_condition_s=(
+                STANDING_CONDITION_S if self.realism == "standing-condition" else None
+            ),
         )
 
 
@@ -270,7 +277,7 @@ def prepare(
     backfill_bundle(bundle, settings, now=dt.datetime.fromtimestamp(cut_ms / 1000, tz=dt.UTC))
     store = SegmentStore(settings.data_dir / "segments")
     model = reads.load(store)
-    if suite.realism == "unobserved-alert":
+    if suite.realism in ("unobserved-alert", "standing-condition"):
         payload = unobserved(payload)
     [alert] = parse_webhook(payload)
     symptoms = mapped_symptoms(model, alert)

@@ -220,6 +220,31 @@ class MemoryLeak(Fault):
 
 
 @dataclass
+class HeapGrowth(Fault):
+    """Not a fault: a condition that stands while an incident begins elsewhere."""
+
+    fault_class: ClassVar[str] = "heap_growth"
+    signal: ClassVar[str] = "process.memory.usage"
+    description: ClassVar[str] = (
+        "the heap of every pod of one service grows to a new level within a minute and stays"
+        " there, below where collection slows requests (a larger cache after a deploy)"
+    )
+    service: int = 0
+    share: float = 0.75
+    """The level reached, as a share of the pod's memory limit (the engine's collector slows
+    requests only above 0.8 of it)."""
+
+    def entity(self, world: World) -> Entity:
+        return _service(world, self.service)
+
+    def apply(self, ctx: SliceContext) -> None:
+        w = ctx.world
+        pods = w.service_pods[self.service]
+        room = np.maximum(self.share * w.pod_memory_limit[pods] - w.pod_base_memory[pods], 0.0)
+        ctx.effects.pod_memory_extra[pods] += room * self.ramp(ctx.t0_s, 60.0)
+
+
+@dataclass
 class SlowQueryAfterDeploy(Fault):
     fault_class: ClassVar[str] = "slow_query_after_deploy"
     signal: ClassVar[str] = "db.client.operation.duration"

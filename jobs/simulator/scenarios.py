@@ -218,3 +218,15 @@ def get(name: str) -> Scenario:
     except KeyError:
         known = ", ".join(SCENARIOS)
         raise KeyError(f"unknown scenario {name!r}; known: {known}") from None
+
+
+def standing_condition(
+    world: World, rng: np.random.Generator, start_s: float, faults: list[f.Fault]
+) -> f.Fault:
+    """A harmless condition beginning at ``start_s`` on a busy service that no fault names:
+    what an earlier incident or change leaves standing when the next incident begins."""
+    named = {
+        str(e["name"]) for fault in faults for e in [fault.entity(world), *fault.acceptable(world)]
+    }
+    services = [s for s in busy_services(world) if world.topo.services[s].name not in named]
+    return f.HeapGrowth(start_s, service=_pick(rng, services))

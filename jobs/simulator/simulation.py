@@ -65,6 +65,10 @@ class RunConfig:
     logs: bool = True
     alerts: bool = True
     new_call_after_s: float | None = None
+    standing_condition_s: float | None = None
+    """Seconds before the fault at which a harmless condition begins on another busy service
+    and stays (``scenarios.standing_condition``); None: there is none. A fault-free run has
+    none either."""
     """Topology change: seconds after ``start_s`` at which a call that did not exist before
     begins (a release wires a service to a new callee). The call is chosen from the topology by
     ``topology.new_call_candidate`` (no randomness); None: the topology never changes."""
@@ -90,7 +94,9 @@ class SliceResult:
 class Simulation:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        seeds = np.random.SeedSequence(config.seed).spawn(7)
+        # the eighth stream is drawn only for a standing condition: the first seven (and so
+        # every run without one) are as they were before it existed
+        seeds = np.random.SeedSequence(config.seed).spawn(8)
         (
             rng_topology,
             rng_world,
@@ -99,6 +105,7 @@ class Simulation:
             rng_traffic,
             rng_spans,
             rng_telemetry,
+            rng_standing,
         ) = (np.random.default_rng(s) for s in seeds)
         self.rng_spans = rng_spans
         self.rng_telemetry = rng_telemetry
@@ -106,6 +113,16 @@ class Simulation:
         self.world = World(self.topology, config.peak_rate, rng_world)
         self.scenario = scenarios.get(config.scenario)
         self.faults: list[Fault] = self.scenario.build(self.world, rng_scenario, config.onset_s)
+        self.standing: list[Fault] = []
+        if config.standing_condition_s is not None and self.faults:
+            self.standing = [
+                scenarios.standing_condition(
+                    self.world,
+                    rng_standing,
+                    config.onset_s - config.standing_condition_s,
+                    self.faults,
+                )
+            ]
         self.versions = ch.initial_versions(self.topology, rng_changes)
         self.initial_versions = list(self.versions)
         schedule = ch.benign_schedule(
@@ -165,6 +182,12 @@ class Simulation:
             "onset": ch.iso(c.onset_s),
             "end": ch.iso(c.end_s),
             "faults": [fault.label(self.world) for fault in self.faults],
+            # harmless: naming one of them is a wrong answer
+            **(
+                {"standing_conditions": [c.label(self.world) for c in self.standing]}
+                if self.standing
+                else {}
+            ),
             **self._topology_change_labels(),
             "expected": "cause" if self.faults else "no cause",
             "red_herrings": [
@@ -214,7 +237,7 @@ class Simulation:
                 extra_logs.extend(self._apply_change(change))
             effects = Effects.neutral(self.topology)
             ctx = SliceContext(self.world, t0, c.slice_s, effects, self.cron)
-            for fault in self.faults:
+            for fault in self.faults + self.standing:
                 fault.apply(ctx)
             effects.dep_extra_load[self.cron.database] += self.cron.extra_load(t0 + c.slice_s / 2)
             extra_logs.extend(ctx.logs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -229,3 +230,33 @@ def test_fault_library_has_at_least_twelve_classes() -> None:
         )
         used |= {f.fault_class for f in sim_faults}
     assert used == classes
+
+
+def test_a_standing_condition_raises_one_services_memory_and_harms_nothing() -> None:
+    base = {"start_s": START_S, "services": 14, "warmup_s": 240.0, "duration_s": 60.0}
+    config = RunConfig(scenario="cpu-saturation", seed=3, peak_rate=30.0, **base)
+    with_condition = Simulation(replace(config, standing_condition_s=180.0))
+    without = Simulation(config)
+    [condition] = with_condition.standing
+    [fault] = with_condition.faults
+    assert condition.entity(with_condition.world) != fault.entity(with_condition.world)
+    assert condition.onset_s == config.onset_s - 180.0
+    labels = with_condition.labels()
+    assert labels["standing_conditions"][0]["entity"] == condition.entity(with_condition.world)  # type: ignore[index]
+    assert "standing_conditions" not in without.labels()
+    pods = with_condition.world.service_pods[condition.service]  # type: ignore[attr-defined]
+    grew = False
+    for a, b in zip(with_condition.slices(), without.slices(), strict=True):
+        for name in ("start_ns", "end_ns", "variant", "pod", "span_key"):
+            np.testing.assert_array_equal(getattr(a.spans, name), getattr(b.spans, name))
+        others = np.setdiff1d(np.arange(len(a.state.pod_memory_bytes)), pods)
+        np.testing.assert_array_equal(
+            a.state.pod_memory_bytes[others], b.state.pod_memory_bytes[others]
+        )
+        if a.t0_s >= condition.onset_s + 60.0:
+            memory = a.state.pod_memory_bytes[pods]
+            limit = with_condition.world.pod_memory_limit[pods]
+            assert (memory > 1.2 * b.state.pod_memory_bytes[pods]).all()
+            assert (memory < 0.8 * limit).all(), "below where collection slows requests"
+            grew = True
+    assert grew
