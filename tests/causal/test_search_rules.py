@@ -272,6 +272,33 @@ def test_inbound_traffic_alone_ranks_below_a_slow_dependency() -> None:
     assert _top(_search(world, "latency.average", traffic_weight=1.0)) == "service:lambda"
 
 
+def test_saturation_its_own_requests_do_not_feel_ranks_below_a_slow_dependency() -> None:
+    # front gets slower with app; cache's memory jumps to a new level at the same time while
+    # cache answers as fast as ever: its memory harmed no request, so app is why front is slow
+    memory = ("cache", "memory", "Average")
+    levels = _levels({"front": 0.2, "app": 0.08, "cache": 0.01}, {memory: (500.0, 0.02)})
+    fault = {
+        ("front", "latency", "Average"): 0.03,
+        ("app", "latency", "Average"): 0.03,  # ~9 sigma
+        ("app", "latency", "p50"): 0.03,
+        memory: 1000.0,  # 100 sigma
+    }
+    graph = [("front", "app"), ("front", "cache")]
+    result = _search(_world(graph, levels, fault), "latency.average")
+    assert _top(result) == "service:app"
+    assert "service:cache" in [c.entity for c in result.causes]
+    # counted like any other evidence, the far larger memory deviation would win
+    loose = _search(_world(graph, levels, fault), "latency.average", traffic_weight=1.0)
+    assert _top(loose) == "service:cache"
+    # with neither cache's latency nor its failures measured, its memory is all there is
+    unseen = {
+        k: v
+        for k, v in levels.items()
+        if not (k[0] == "cache" and k[1] in ("latency", "availability"))
+    }
+    assert _top(_search(_world(graph, unseen, fault), "latency.average")) == "service:cache"
+
+
 def test_a_failing_symptom_is_explained_by_a_failing_dependency_not_a_slow_one() -> None:
     levels = _levels({"front": 0.2, "app": 0.08, "cache": 0.002})
     world = _world(

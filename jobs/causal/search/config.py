@@ -75,8 +75,10 @@ class SearchConfig:
     failures_need_harm: bool = True
     # a change in inbound traffic alone (no latency, errors or saturation of its own) says the
     # callers changed, not that the entity harms them; a latency rise too small to account for
-    # the alerted one says the entity changed, not that its latency is why: such evidence about
-    # a candidate other than the symptom counts this much when ranking
+    # the alerted one says the entity changed, not that its latency is why; saturation (memory,
+    # CPU, pools) while the entity's measured latency and failures stay normal harmed no one
+    # through it: such evidence about a candidate other than the symptom counts this much when
+    # ranking
     traffic_weight: float = 0.25
     # a dependency typically slower than this many times the symptom's slowest statistic is
     # not waited for by it (asynchronous): its latency is no evidence for the symptom

@@ -1,7 +1,8 @@
 """Down-weighting: evidence that stays, but counts less when ranking.
 
-Inbound traffic alone says the callers changed; a latency rise too small to account for the
-alerted one says the candidate changed, not that it is why; a standing condition held before
+Inbound traffic alone says the callers changed; saturation (memory, CPU, pools) while the
+entity's requests stay as fast and as successful harmed no one through it; a latency rise too
+small to account for the alerted one says the candidate changed, not that it is why; a standing condition held before
 the symptom began without it following; a series that often deviates says little when it
 deviates now.
 """
@@ -23,7 +24,7 @@ from jobs.causal.search.evidence import (
     _LatencyAccounts,
     _own_mask,
 )
-from jobs.causal.search.signals import TRAFFIC, _bare, _is_failure
+from jobs.causal.search.signals import LATENCY_LIKE, TRAFFIC, _bare, _is_failure
 from pipeline.worldmodel.baseline import SCORE_LIMIT
 
 
@@ -70,6 +71,29 @@ def too_small_for_symptom(
         small = [k for k, x in rise.items() if x < config.explain_fraction * needed]
         out |= np.isin(others, small) & accounts.latency
     return out
+
+
+def unfelt(
+    config: SearchConfig, batch: HypothesisBatch, ev: Evidence, ents: EntityEvidence
+) -> np.ndarray:
+    """Saturation rows (memory, CPU, pools: directed, but not latency or failures) of
+    entities whose latency or failures are measured in the recent intervals and stay under
+    ``z_min``: a resource that rose while the entity's requests stayed as fast and as
+    successful harmed no one through it. Where its latency is not measured (a host, a
+    metrics-only pod), saturation is all there is and counts in full."""
+    if len(batch) == 0:
+        return np.zeros(0, dtype=bool)
+    ent = batch.entity
+    felt_row = np.array(
+        [bool(LATENCY_LIKE.search(sig)) or _is_failure(sig) for _, sig in batch.series],
+        dtype=bool,
+    ).reshape(len(batch))
+    recent = batch.z[:, -max(1, config.recent_intervals) :]
+    measured_row = felt_row & (~np.isnan(recent)).any(axis=1)
+    measured = np.zeros(len(batch.entities), dtype=bool)
+    measured[ent[measured_row]] = True
+    quiet = measured & (ents.felt_strength < config.z_min)
+    return ents.directed & ~felt_row & quiet[ent]
 
 
 def standing(
@@ -146,7 +170,12 @@ def rank_weights(
         )
         & ~ents.directed
     )
-    weighted = ev.strength * np.where((traffic & ~symptom_row) | small, config.traffic_weight, 1.0)
+    # saturation that harmed no one (its entity's requests measured as fast and successful)
+    # is weak evidence in the same way: the entity changed, not how it harms the symptom
+    quiet = unfelt(config, batch, ev, ents)
+    weighted = ev.strength * np.where(
+        ((traffic | quiet) & ~symptom_row) | small, config.traffic_weight, 1.0
+    )
     if symptom_onset is not None:
         held = standing(config, symptoms, batch, ev, idx, symptom_onset, tolerance)
     elif uncorroborated and ev.chronic is not None:
