@@ -97,6 +97,16 @@ def _parse_start(value: str | None, total_s: float, pace: str) -> float:
     help="Simulation step; longer steps generate faster but resolve the resource model coarser.",
 )
 @click.option(
+    "--standing-condition",
+    "standing_condition_s",
+    default=None,
+    type=click.FloatRange(0.0, min_open=True),
+    metavar="SECONDS",
+    help="Also grow another busy service's heap to a new level this long before the fault, and"
+    " keep it there, harmlessly: what an earlier incident or change leaves standing"
+    " (labelled, naming it is a wrong answer).",
+)
+@click.option(
     "--start",
     default=None,
     metavar="RFC3339",
@@ -122,6 +132,7 @@ def run(
     pace: str,
     rate: float,
     slice_s: float,
+    standing_condition_s: float | None,
     start: str | None,
     out_dir: Path | None,
     kafka: bool,
@@ -129,6 +140,15 @@ def run(
     """Run a scenario into a replay bundle (--out) and/or onto Kafka (--kafka)."""
     if not out_dir and not kafka:
         raise click.UsageError("choose a destination: --out DIR and/or --kafka")
+    if standing_condition_s is not None and scenario == "normal":
+        raise click.UsageError(
+            "--standing-condition stands beside a fault: choose a fault scenario"
+        )
+    if standing_condition_s is not None and standing_condition_s > warmup:
+        raise click.UsageError(
+            f"--standing-condition {standing_condition_s:g} begins before the run does"
+            f" (--warmup {warmup:g}): it would be part of the normal history"
+        )
     config = RunConfig(
         start_s=_parse_start(start, warmup + duration, pace),
         scenario=scenario,
@@ -138,6 +158,7 @@ def run(
         duration_s=duration,
         peak_rate=rate,
         slice_s=slice_s,
+        standing_condition_s=standing_condition_s,
     )
     sim = Simulation(config)
     labels = sim.labels()

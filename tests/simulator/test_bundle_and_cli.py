@@ -99,6 +99,25 @@ def test_cli_run_writes_a_bundle(tmp_path: Path) -> None:
     assert json.loads((out / "labels.json").read_text())["faults"][0]["entity"]["kind"] == "host"
 
 
+def test_cli_run_adds_a_labelled_standing_condition(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    args = ["run", "--scenario", "cpu-saturation", "--seed", "3", "--services", "14"]
+    args += ["--warmup", "60", "--duration", "10", "--standing-condition", "30"]
+    args += ["--start", "2025-11-21T13:00:00Z", "--out", str(out)]
+    result = CliRunner().invoke(simulate, args)
+    assert result.exit_code == 0, result.output
+    labels = json.loads((out / "labels.json").read_text())
+    [condition] = labels["standing_conditions"]
+    assert condition["fault_class"] == "heap_growth"
+    assert condition["onset"] == "2025-11-21T13:00:30.000Z"
+    assert condition["entity"] != labels["faults"][0]["entity"]
+    normal = CliRunner().invoke(simulate, ["run", "--standing-condition", "30", "--out", str(out)])
+    assert normal.exit_code != 0 and "fault scenario" in normal.output
+    early = [*args[:11], "--standing-condition", "90", "--out", str(tmp_path / "b2")]
+    result = CliRunner().invoke(simulate, early)
+    assert result.exit_code != 0 and "normal history" in result.output
+
+
 def test_cli_needs_a_destination() -> None:
     result = CliRunner().invoke(simulate, ["run"])
     assert result.exit_code != 0
