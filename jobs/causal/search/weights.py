@@ -88,7 +88,7 @@ def unfelt(
         [bool(LATENCY_LIKE.search(sig)) or _is_failure(sig) for _, sig in batch.series],
         dtype=bool,
     ).reshape(len(batch))
-    recent = batch.z[:, -max(1, config.recent_intervals) :]
+    recent = batch.z[:, -max(1, config.recent_intervals * batch.spacing) :]
     measured_row = felt_row & (~np.isnan(recent)).any(axis=1)
     measured = np.zeros(len(batch.entities), dtype=bool)
     measured[ent[measured_row]] = True
