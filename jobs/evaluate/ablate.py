@@ -47,7 +47,6 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("w_sources", 0.0),
     ("w_change", 0.0),
     ("w_depth", 0.0),
-    ("w_self", 0.0),
     ("w_explains", 0.0),
     ("w_off_graph", 0.0),
     ("w_late", 0.0),

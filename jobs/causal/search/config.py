@@ -24,12 +24,12 @@ class SearchConfig:
     # the alert already says the symptom is abnormal: its own signal needs less to corroborate it
     symptom_z_min: float = 3.0
     change_lookback_s: float = 1800.0  # how long before its entity's onset a change can matter
-    # logit = w_strength*log1p(z) + w_sources*(sources-1) + w_change*change + w_depth*depth + w_self*is_symptom
+    # logit = w_strength*log1p(z) + w_sources*(sources-1) + w_change*change + w_depth*depth
+    # (the alerted entity is a candidate like any other: no term for it)
     w_strength: float = 1.6
     w_sources: float = 0.6
     w_change: float = 0.8
     w_depth: float = 0.15
-    w_self: float = -0.3
     # + w_explains*log1p(deviating entities between the symptom and the candidate): a cause
     # accounts for the anomalies on its propagation paths
     w_explains: float = 0.5

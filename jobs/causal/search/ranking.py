@@ -2,10 +2,10 @@
 survives or the leaders cannot be told apart.
 
 Each survivor's logit weighs its ranked strength, how many independent views of it deviate
-(modalities, callers measuring it), a change on its entity, its depth, whether it is the symptom
-itself, what it accounts for on its paths to the symptom, whether the graph places it there and
-how late it began; a softmax with a "no cause"
-option (``null_logit``) at ``temperature`` turns them into probabilities. The published top
+(modalities, callers measuring it), a change on its entity, its depth, what it accounts for on
+its paths to the symptom, whether the graph places it there and how late it began; the alerted
+entity itself is a candidate like any other. A softmax with a "no cause" option
+(``null_logit``) at ``temperature`` turns them into probabilities. The published top
 probability is calibrated (``calibration``) from what the search saw.
 """
 
@@ -49,7 +49,6 @@ def logits(
     ents: EntityEvidence,
     rank_strength: np.ndarray,
     change_for: dict[int, dict[str, Any]],
-    symptom_ids: list[int],
     explains: np.ndarray,
     symptom_onset: float | None,
     step_s: float,
@@ -62,7 +61,6 @@ def logits(
         + config.w_sources * (ents.sources[survivors] - 1)
         + config.w_change * np.array([i in change_for for i in survivors], dtype=float)
         + config.w_depth * depth
-        + config.w_self * np.array([i in symptom_ids for i in survivors], dtype=float)
         + config.w_explains * np.log1p(explains)
         + config.w_off_graph * off_graph
     )
@@ -129,7 +127,6 @@ def rank(
         ents,
         rank_strength,
         change_for,
-        symptom_ids,
         explains,
         symptom_onset,
         batch.step_s,
