@@ -2,9 +2,9 @@
 
 Inbound traffic alone says the callers changed; saturation (memory, CPU, pools) while the
 entity's requests stay as fast and as successful harmed no one through it; a latency rise too
-small to account for the alerted one says the candidate changed, not that it is why; a standing condition held before
-the symptom began without it following; a series that often deviates says little when it
-deviates now.
+small to account for the alerted one says the candidate changed, not that it is why; a
+standing condition held before the symptom began without it following; a series that often
+deviates says little when it deviates now.
 """
 
 from __future__ import annotations
@@ -73,9 +73,7 @@ def too_small_for_symptom(
     return out
 
 
-def unfelt(
-    config: SearchConfig, batch: HypothesisBatch, ev: Evidence, ents: EntityEvidence
-) -> np.ndarray:
+def unfelt(config: SearchConfig, batch: HypothesisBatch, ents: EntityEvidence) -> np.ndarray:
     """Saturation rows (memory, CPU, pools: directed, but not latency or failures) of
     entities whose latency or failures are measured in the recent intervals and stay under
     ``z_min``: a resource that rose while the entity's requests stayed as fast and as
@@ -172,7 +170,7 @@ def rank_weights(
     )
     # saturation that harmed no one (its entity's requests measured as fast and successful)
     # is weak evidence in the same way: the entity changed, not how it harms the symptom
-    quiet = unfelt(config, batch, ev, ents)
+    quiet = unfelt(config, batch, ents)
     weighted = ev.strength * np.where(
         ((traffic | quiet) & ~symptom_row) | small, config.traffic_weight, 1.0
     )
