@@ -23,7 +23,6 @@ import asyncio
 import http.client
 import os
 import signal
-import signal as signal_module
 import subprocess
 import threading
 import time
@@ -132,16 +131,16 @@ def _produced(requests: list[ExportTraceServiceRequest]) -> Counter[SpanId]:
     )
 
 
-def _stored(data_dir: Path, signal: str = "spans") -> Counter[Any]:
+def _stored(data_dir: Path, kind: str = "spans") -> Counter[Any]:
     """What the store holds, each row by its identity: (trace id, span id) of spans and log
     lines, (time, value) of the metric points whose value is a gauge's (in [0, 1))."""
     store = SegmentStore(data_dir / "segments")
     out: Counter[Any] = Counter()
-    columns = ["time_unix_nano", "value"] if signal == "metrics" else ["trace_id", "span_id"]
-    for m in store.manifests(signal):
+    columns = ["time_unix_nano", "value"] if kind == "metrics" else ["trace_id", "span_id"]
+    for m in store.manifests(kind):
         table = store.read(m).select(columns)
         rows = zip(*(table[c].to_pylist() for c in columns), strict=True)
-        if signal == "metrics":
+        if kind == "metrics":
             rows = ((t, v) for t, v in rows if v is not None and 0.0 <= v < 1.0)
         out.update(rows)
     return out
@@ -271,13 +270,13 @@ def _gauge_ids(requests: list[Any]) -> Counter[Any]:
     )
 
 
-@pytest.mark.parametrize("signal", ["logs", "metrics"])
+@pytest.mark.parametrize("kind", ["logs", "metrics"])
 def test_kill_9_of_the_logs_and_metrics_ingest_stages_under_load_loses_nothing(
-    tmp_path: Path, signal: str
+    tmp_path: Path, kind: str
 ) -> None:
     """As for spans: ingest-logs and ingest-metrics, killed mid-stream while records keep
     arriving, store every log line and every metric point once after their restart."""
-    stage, topic = f"ingest-{signal}", f"otlp_{signal}"
+    stage, topic = f"ingest-{kind}", f"otlp_{kind}"
     proc = _up(tmp_path, stage)
     bootstrap = _running(tmp_path, proc, 1)
     pid = _stage_pid(tmp_path, stage)
@@ -286,27 +285,27 @@ def test_kill_9_of_the_logs_and_metrics_ingest_stages_under_load_loses_nothing(
     def send(batch: int) -> None:
         chunk = [
             log_request(seed, lines=9)
-            if signal == "logs"
+            if kind == "logs"
             else metric_request(seed, points=2, start_ns=BASE_NS + seed * 60_000_000_000)
             for seed in range(5 * batch, 5 * batch + 5)
         ]
         asyncio.run(kafka.produce(bootstrap, topic, [(None, r.SerializeToString()) for r in chunk]))
         requests.extend(chunk)
 
-    ids = _log_ids if signal == "logs" else _gauge_ids
+    ids = _log_ids if kind == "logs" else _gauge_ids
     load = _Load(send, after=10)
     try:
-        _wait("sealing", lambda: bool(_stored(tmp_path, signal)), proc, 60)
-        os.kill(pid, signal_module.SIGKILL)
-        at_kill = _stored(tmp_path, signal)
+        _wait("sealing", lambda: bool(_stored(tmp_path, kind)), proc, 60)
+        os.kill(pid, signal.SIGKILL)
+        at_kill = _stored(tmp_path, kind)
     finally:
         load.stop()
     want = ids(requests)
     assert at_kill and at_kill != want and max(at_kill.values()) == 1
-    _wait("stored", lambda: _stored(tmp_path, signal) == want, proc, 90)
+    _wait("stored", lambda: _stored(tmp_path, kind) == want, proc, 90)
     stderr = _stop(proc)
     assert f"stage {stage} exited with code -9; restarted" in stderr
-    assert _stored(tmp_path, signal) == want and max(want.values()) == 1
+    assert _stored(tmp_path, kind) == want and max(want.values()) == 1
 
 
 def _post_until_acknowledged(port: int, body: bytes) -> int:

@@ -273,6 +273,14 @@ class EntityEvidence:
     felt_onset: np.ndarray  # the earliest onset of that felt harm (inf: none)
 
 
+def felt_signal(batch: HypothesisBatch) -> np.ndarray:
+    """Per row: a signal of harm a caller feels, latency or failures (not saturation)."""
+    return np.array(
+        [bool(LATENCY_LIKE.search(sig)) or _is_failure(sig) for _, sig in batch.series],
+        dtype=bool,
+    ).reshape(len(batch))
+
+
 def entity_evidence(batch: HypothesisBatch, ev: Evidence, config: SearchConfig) -> EntityEvidence:
     """Entity level: the strongest hypothesis, the earliest strong onset, the modalities, the
     last deviating interval, and how strongly it is harmed in ways its callers feel."""
@@ -305,10 +313,7 @@ def entity_evidence(batch: HypothesisBatch, ev: Evidence, config: SearchConfig) 
     np.maximum.at(harm_strength, ent[directed], ev.strength[directed])
     # harm its callers feel: its latency or its failures (its own, or seen on calls to it).
     # Saturation alone (memory, CPU) reaches a dependent only through them
-    felt = directed & np.array(
-        [bool(LATENCY_LIKE.search(sig)) or _is_failure(sig) for _, sig in batch.series],
-        dtype=bool,
-    ).reshape(len(batch))
+    felt = directed & felt_signal(batch)
     felt_strength = np.zeros(n_ent)
     np.maximum.at(felt_strength, ent[felt], ev.strength[felt])
     felt_rows = felt & (ev.strength >= config.z_min)

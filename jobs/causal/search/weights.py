@@ -23,8 +23,9 @@ from jobs.causal.search.evidence import (
     _in_family,
     _LatencyAccounts,
     _own_mask,
+    felt_signal,
 )
-from jobs.causal.search.signals import LATENCY_LIKE, TRAFFIC, _bare, _is_failure
+from jobs.causal.search.signals import TRAFFIC, _bare, _is_failure
 from pipeline.worldmodel.baseline import SCORE_LIMIT
 
 
@@ -82,10 +83,7 @@ def unfelt(config: SearchConfig, batch: HypothesisBatch, ents: EntityEvidence) -
     if len(batch) == 0:
         return np.zeros(0, dtype=bool)
     ent = batch.entity
-    felt_row = np.array(
-        [bool(LATENCY_LIKE.search(sig)) or _is_failure(sig) for _, sig in batch.series],
-        dtype=bool,
-    ).reshape(len(batch))
+    felt_row = felt_signal(batch)
     recent = batch.z[:, -max(1, config.recent_intervals * batch.spacing) :]
     measured_row = felt_row & (~np.isnan(recent)).any(axis=1)
     measured = np.zeros(len(batch.entities), dtype=bool)
