@@ -299,6 +299,34 @@ def test_saturation_its_own_requests_do_not_feel_ranks_below_a_slow_dependency()
     assert _top(_search(_world(graph, unseen, fault), "latency.average")) == "service:cache"
 
 
+def test_latency_its_callers_saw_while_it_served_as_fast_ranks_below_a_slow_dependency() -> None:
+    # front gets slower with app; at the same time db's latency as its callers measure it
+    # (client side) jumps while db's own server-side latency stays as it was: the time was
+    # lost before reaching db, so app is why front is slow
+    client = ("db", "client.latency", "p90")
+    server = ("db", "server.latency", "p90")
+    levels = _levels({"front": 0.2, "app": 0.08}, {client: (0.01, 0.04), server: (0.008, 0.04)})
+    fault = {
+        ("front", "latency", "Average"): 0.03,
+        ("app", "latency", "Average"): 0.03,  # ~9 sigma
+        ("app", "latency", "p50"): 0.03,
+        client: 0.01,  # 25 sigma
+    }
+    graph = [("front", "app"), ("front", "db")]
+    result = _search(_world(graph, levels, fault), "latency.average")
+    assert _top(result) == "service:app"
+    assert "service:db" in [c.entity for c in result.causes]
+    # counted like any other evidence, the far larger client-side deviation would win
+    loose = _search(_world(graph, levels, fault), "latency.average", traffic_weight=1.0)
+    assert _top(loose) == "service:db"
+    # without db's server side measured, the client side is all there is
+    unseen = {k: v for k, v in levels.items() if k != server}
+    assert _top(_search(_world(graph, unseen, fault), "latency.average")) == "service:db"
+    # and when the server side rose too, db itself is slow
+    slow = fault | {server: 0.008}
+    assert _top(_search(_world(graph, levels, slow), "latency.average")) == "service:db"
+
+
 def test_a_failing_symptom_is_explained_by_a_failing_dependency_not_a_slow_one() -> None:
     levels = _levels({"front": 0.2, "app": 0.08, "cache": 0.002})
     world = _world(

@@ -1,7 +1,8 @@
 """Down-weighting: evidence that stays, but counts less when ranking.
 
 Inbound traffic alone says the callers changed; saturation (memory, CPU, pools) while the
-entity's requests stay as fast and as successful harmed no one through it; a latency rise too
+entity's requests stay as fast and as successful harmed no one through it, and neither did a
+latency its callers saw rise while the entity itself served as fast; a latency rise too
 small to account for the alerted one says the candidate changed, not that it is why; a
 standing condition held before the symptom began without it following; a series that often
 deviates says little when it deviates now.
@@ -10,6 +11,7 @@ deviates says little when it deviates now.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 
 import numpy as np
@@ -25,7 +27,7 @@ from jobs.causal.search.evidence import (
     _own_mask,
     felt_signal,
 )
-from jobs.causal.search.signals import TRAFFIC, _bare, _is_failure
+from jobs.causal.search.signals import LATENCY_LIKE, TRAFFIC, _bare, _is_failure
 from pipeline.worldmodel.baseline import SCORE_LIMIT
 
 
@@ -74,12 +76,19 @@ def too_small_for_symptom(
     return out
 
 
-def unfelt(config: SearchConfig, batch: HypothesisBatch, ents: EntityEvidence) -> np.ndarray:
+def unfelt(
+    config: SearchConfig,
+    batch: HypothesisBatch,
+    ev: Evidence,
+    ents: EntityEvidence,
+    outside: np.ndarray,
+) -> np.ndarray:
     """Saturation rows (memory, CPU, pools: directed, but not latency or failures) of
     entities whose latency or failures are measured in the recent intervals and stay under
-    ``z_min``: a resource that rose while the entity's requests stayed as fast and as
-    successful harmed no one through it. Where its latency is not measured (a host, a
-    metrics-only pod), saturation is all there is and counts in full."""
+    ``z_min``, latency seen only from outside (``outside_view``) left aside: a resource that
+    rose while the entity's requests stayed as fast and as successful harmed no one through
+    it. Where its latency is not measured (a host, a metrics-only pod), saturation is all
+    there is and counts in full."""
     if len(batch) == 0:
         return np.zeros(0, dtype=bool)
     ent = batch.entity
@@ -88,8 +97,46 @@ def unfelt(config: SearchConfig, batch: HypothesisBatch, ents: EntityEvidence) -
     measured_row = felt_row & (~np.isnan(recent)).any(axis=1)
     measured = np.zeros(len(batch.entities), dtype=bool)
     measured[ent[measured_row]] = True
-    quiet = measured & (ents.felt_strength < config.z_min)
+    inside = felt_row & ents.directed & ~outside
+    felt = np.zeros(len(batch.entities))
+    np.maximum.at(felt, ent[inside], ev.strength[inside])
+    quiet = measured & (felt < config.z_min)
     return ents.directed & ~felt_row & quiet[ent]
+
+
+CLIENT_SIDE = re.compile(r"(?:^|[._])client(?:[._]|$)")
+SERVER_SIDE = re.compile(r"(?:^|[._])server(?:[._]|$)")
+"""A latency measured on the client side of calls (``rpc.client.duration``, a mesh's
+source-reported duration) or on the server side of the entity (``http.server.request.duration``,
+the destination-reported one)."""
+
+
+def outside_view(config: SearchConfig, batch: HypothesisBatch) -> np.ndarray:
+    """Client-side latency rows of an entity (naming no peer: ``client_metric_peer`` already
+    moved those that do) that rise only at intervals where the same entity's server-side
+    latency is measured and under ``z_min``: the time was lost outside the entity's own
+    handling (on the network, on the caller's side), so the rise says little about the entity
+    itself. Without a server-side latency of the entity, the client side is all there is and
+    counts in full."""
+    out = np.zeros(len(batch), dtype=bool)
+    names = [_bare(signal) if "{" not in signal else "" for _, signal in batch.series]
+    latency = np.array([bool(LATENCY_LIKE.search(n)) for n in names], dtype=bool)
+    client = latency & np.array([bool(CLIENT_SIDE.search(n)) for n in names], dtype=bool)
+    server = latency & np.array([bool(SERVER_SIDE.search(n)) for n in names], dtype=bool)
+    if not client.any() or not server.any():
+        return out
+    harmful = _harmful(batch)
+    known = ~np.isnan(batch.z)
+    ent = batch.entity
+    for r in map(int, np.flatnonzero(client)):
+        rising = harmful[r] >= config.z_min
+        own = server & (ent == ent[r])
+        if not rising.any() or not own.any():
+            continue
+        measured = known[own][:, rising].any(axis=0)
+        server_slow = (harmful[own][:, rising] >= config.z_min).any(axis=0)
+        out[r] = bool(measured.all() and not server_slow.any())
+    return out
 
 
 def standing(
@@ -166,9 +213,11 @@ def rank_weights(
         )
         & ~ents.directed
     )
-    # saturation that harmed no one (its entity's requests measured as fast and successful)
-    # is weak evidence in the same way: the entity changed, not how it harms the symptom
-    quiet = unfelt(config, batch, ents)
+    # saturation that harmed no one (its entity's requests measured as fast and successful),
+    # and latency its callers saw rise while the entity served as fast as ever, are weak
+    # evidence in the same way: the entity changed, or the time was lost before reaching it
+    outside = outside_view(config, batch)
+    quiet = unfelt(config, batch, ev, ents, outside) | outside
     weighted = ev.strength * np.where(
         ((traffic | quiet) & ~symptom_row) | small, config.traffic_weight, 1.0
     )
