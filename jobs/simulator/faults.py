@@ -155,14 +155,20 @@ def _dependency(world: World, d: int) -> Entity:
 
 
 @dataclass
-class CpuSaturation(Fault):
-    fault_class: ClassVar[str] = "cpu_saturation"
-    signal: ClassVar[str] = "process.cpu.utilization"
-    description: ClassVar[str] = "a runaway thread burns the CPU of every pod of one service"
+class ServiceFault(Fault):
+    """A fault whose root cause is one service (``service``: its index in the topology)."""
+
     service: int = 0
 
     def entity(self, world: World) -> Entity:
         return _service(world, self.service)
+
+
+@dataclass
+class CpuSaturation(ServiceFault):
+    fault_class: ClassVar[str] = "cpu_saturation"
+    signal: ClassVar[str] = "process.cpu.utilization"
+    description: ClassVar[str] = "a runaway thread burns the CPU of every pod of one service"
 
     def apply(self, ctx: SliceContext) -> None:
         pods = ctx.world.service_pods[self.service]
@@ -171,18 +177,14 @@ class CpuSaturation(Fault):
 
 
 @dataclass
-class MemoryLeak(Fault):
+class MemoryLeak(ServiceFault):
     fault_class: ClassVar[str] = "memory_leak"
     signal: ClassVar[str] = "process.memory.usage"
     description: ClassVar[str] = (
         "memory grows until pods are OOM-killed and restart, again and again"
     )
-    service: int = 0
     seconds_to_oom: float = 80.0
     restart_s: float = 20.0
-
-    def entity(self, world: World) -> Entity:
-        return _service(world, self.service)
 
     def apply(self, ctx: SliceContext) -> None:
         if not self.active(ctx.t0_s):
@@ -220,7 +222,7 @@ class MemoryLeak(Fault):
 
 
 @dataclass
-class HeapGrowth(Fault):
+class HeapGrowth(ServiceFault):
     """Not a fault: a condition that stands while an incident begins elsewhere."""
 
     fault_class: ClassVar[str] = "heap_growth"
@@ -229,13 +231,9 @@ class HeapGrowth(Fault):
         "the heap of every pod of one service grows to a new level within a minute and stays"
         " there, below where collection slows requests (a larger cache after a deploy)"
     )
-    service: int = 0
     share: float = 0.75
     """The level reached, as a share of the pod's memory limit (the engine's collector slows
     requests only above 0.8 of it)."""
-
-    def entity(self, world: World) -> Entity:
-        return _service(world, self.service)
 
     def apply(self, ctx: SliceContext) -> None:
         w = ctx.world
@@ -245,18 +243,14 @@ class HeapGrowth(Fault):
 
 
 @dataclass
-class SlowQueryAfterDeploy(Fault):
+class SlowQueryAfterDeploy(ServiceFault):
     fault_class: ClassVar[str] = "slow_query_after_deploy"
     signal: ClassVar[str] = "db.client.operation.duration"
     description: ClassVar[str] = (
         "a deploy ships a query without its index: one call gets 12x slower"
     )
-    service: int = 0
     call: int = 0
     change_id: str = "deploy-slow-query"
-
-    def entity(self, world: World) -> Entity:
-        return _service(world, self.service)
 
     def acceptable(self, world: World) -> list[Entity]:
         return [{"kind": "change", "name": self.change_id}]
@@ -280,17 +274,13 @@ class SlowQueryAfterDeploy(Fault):
 
 
 @dataclass
-class ConnectionPoolLeak(Fault):
+class ConnectionPoolLeak(ServiceFault):
     fault_class: ClassVar[str] = "connection_pool_exhaustion"
     signal: ClassVar[str] = "db.client.connections.usage"
     description: ClassVar[str] = (
         "connections leak from one service's pool until requests wait and fail"
     )
-    service: int = 0
     seconds_to_exhaust: float = 60.0
-
-    def entity(self, world: World) -> Entity:
-        return _service(world, self.service)
 
     def apply(self, ctx: SliceContext) -> None:
         if self.active(ctx.t0_s):
@@ -389,17 +379,13 @@ class ExternalApiTimeouts(Fault):
 
 
 @dataclass
-class BadConfigPush(Fault):
+class BadConfigPush(ServiceFault):
     fault_class: ClassVar[str] = "bad_config_push"
     signal: ClassVar[str] = "error ratio"
     description: ClassVar[str] = (
         "a config push with a malformed value makes one service fail requests"
     )
-    service: int = 0
     change_id: str = "config-push"
-
-    def entity(self, world: World) -> Entity:
-        return _service(world, self.service)
 
     def acceptable(self, world: World) -> list[Entity]:
         return [{"kind": "change", "name": self.change_id}]
@@ -433,17 +419,13 @@ class BadConfigPush(Fault):
 
 
 @dataclass
-class FeatureFlagErrors(Fault):
+class FeatureFlagErrors(ServiceFault):
     fault_class: ClassVar[str] = "feature_flag_errors"
     signal: ClassVar[str] = "error ratio"
     description: ClassVar[str] = "a feature flag turns on a broken code path in one endpoint"
-    service: int = 0
     operation: int = 0
     flag: str = "ranker-v2"
     change_id: str = "flag-flip"
-
-    def entity(self, world: World) -> Entity:
-        return _service(world, self.service)
 
     def acceptable(self, world: World) -> list[Entity]:
         return [{"kind": "change", "name": self.change_id}]
@@ -528,7 +510,7 @@ class CronDatabaseSaturation(Fault):
 
 
 @dataclass
-class RetryStorm(Fault):
+class RetryStorm(ServiceFault):
     """A metastable failure: a trigger, and retries that keep the service down after it.
 
     The latent amplifier is the callers' retry policy: every direct caller of the service
@@ -547,13 +529,9 @@ class RetryStorm(Fault):
     description: ClassVar[str] = (
         "a short error burst makes callers retry; the amplified load keeps the service down"
     )
-    service: int = 0
     burst_s: float = 45.0
     burst_error: float = 0.9
     caller_retries: int = 3
-
-    def entity(self, world: World) -> Entity:
-        return _service(world, self.service)
 
     def apply(self, ctx: SliceContext) -> None:
         topo = ctx.world.topo
@@ -570,15 +548,11 @@ class RetryStorm(Fault):
 
 
 @dataclass
-class ConsumerSlowdown(Fault):
+class ConsumerSlowdown(ServiceFault):
     fault_class: ClassVar[str] = "consumer_slowdown"
     signal: ClassVar[str] = "messaging.kafka.consumer.lag"
     description: ClassVar[str] = "a queue consumer slows down; the backlog grows and messages wait"
-    service: int = 0
     queue: int = 0
-
-    def entity(self, world: World) -> Entity:
-        return _service(world, self.service)
 
     def acceptable(self, world: World) -> list[Entity]:
         return [_dependency(world, self.queue)]
