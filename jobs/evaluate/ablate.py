@@ -50,6 +50,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("w_explains", 0.0),
     ("w_off_graph", 0.0),
     ("w_late", 0.0),
+    ("w_early", 0.0),
     # down-weighting, none
     ("standing_weight", 1.0),
     ("traffic_weight", 1.0),

@@ -829,6 +829,41 @@ def test_an_unobserved_alerted_signal_does_not_date_the_symptom_by_the_entity_s_
     )
 
 
+def test_an_slo_alert_is_less_likely_about_a_harm_that_held_long_before_it_fired() -> None:
+    """The alert names no signal worldline receives (an SLO): the store's memory has been far
+    up for an hour (an earlier incident's, left standing), app slowed down just before the
+    alert. Alerts fire minutes into a harm, not an hour: app ranks first."""
+    memory = ("store", "memory", "usage")
+    levels = _levels(
+        {"front": 0.2, "app": 0.08},
+        {memory: (40.0, 0.005), ("store", "requests", "Sum"): (600, 0.05)},
+    )
+    graph = [("front", "app"), ("front", "store")]
+    fault = {
+        memory: 6.0,  # 30 sigma
+        ("app", "latency", "Average"): 0.03,  # ~9 sigma
+        ("app", "latency", "p50"): 0.03,
+        ("front", "latency", "Average"): 0.03,
+    }
+    world = _world(graph, levels, fault, fault_rows=INCIDENT_ROWS + 12, delays={memory: -12})
+    model, t_s = world
+    result = CausalSearch(model, SearchConfig()).run([("service:front", None)], t_s)
+    assert result.symptom_onset_s is None
+    assert _top(result) == "service:app"
+    assert "service:store" in [c.entity for c in result.causes]
+    # without the term, the far larger standing deviation ranks first
+    flat = CausalSearch(model, SearchConfig(w_early=0.0)).run([("service:front", None)], t_s)
+    assert _top(flat) == "service:store"
+    # an alert on front's latency dates the symptom itself: the term does not apply
+    on_latency = [("service:front", "latency.average")]
+    dated = CausalSearch(model, SearchConfig(symptom_z_min=1.5)).run(on_latency, t_s)
+    undated = CausalSearch(model, SearchConfig(symptom_z_min=1.5, w_early=0.0)).run(on_latency, t_s)
+    assert dated.symptom_onset_s is not None and dated.causes
+    assert [(c.entity, c.logit) for c in dated.causes] == [
+        (c.entity, c.logit) for c in undated.causes
+    ]
+
+
 def test_a_series_that_often_deviates_in_its_history_is_weaker_evidence() -> None:
     """Two dependencies deviate alike now; one of them had a deviation episode every few hours
     of its history (a flat series that jumps every so often): the other ranks first."""

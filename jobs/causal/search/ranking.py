@@ -3,7 +3,8 @@ survives or the leaders cannot be told apart.
 
 Each survivor's logit weighs its ranked strength, how many independent views of it deviate
 (modalities, callers measuring it), a change on its entity, its depth, what it accounts for on
-its paths to the symptom, whether the graph places it there and how late it began; the alerted
+its paths to the symptom, whether the graph places it there, how late it began and, for an
+alert on none of worldline's series, how long before the alert its evidence began; the alerted
 entity itself is a candidate like any other. A softmax with a "no cause" option
 (``null_logit``) at ``temperature`` turns them into probabilities. The published top
 probability is calibrated (``calibration``) from what the search saw.
@@ -52,8 +53,11 @@ def logits(
     explains: np.ndarray,
     symptom_onset: float | None,
     step_s: float,
+    ranked_onset: np.ndarray | None = None,
+    fired_s: float | None = None,
 ) -> np.ndarray:
-    """The survivors' logits (``SearchConfig``'s weights)."""
+    """The survivors' logits (``SearchConfig``'s weights). ``ranked_onset``: per survivor, the
+    onset of the evidence it ranks with; ``fired_s``: when the alert fired."""
     depth = np.array([max(candidates.get(names[i], 0), 0) for i in survivors], dtype=float)
     off_graph = np.array([candidates.get(names[i]) == OFF_GRAPH for i in survivors], dtype=float)
     out = (
@@ -67,6 +71,11 @@ def logits(
     if symptom_onset is not None and config.w_late:
         after = np.clip((ents.onset[survivors] - symptom_onset) / step_s, 0.0, None)
         out = out + config.w_late * np.where(np.isfinite(after), after, 0.0)
+    if symptom_onset is None and ranked_onset is not None and fired_s is not None:
+        # no onset of the alerted deviation: the alert's time is all there is to time against
+        held = (fired_s - ranked_onset) / step_s - config.early_grace_intervals
+        held = np.clip(np.where(np.isfinite(held), held, 0.0), 0.0, None)
+        out = out + config.w_early * held
     return out
 
 
@@ -130,6 +139,8 @@ def rank(
         explains,
         symptom_onset,
         batch.step_s,
+        np.array([ev.onset_s[r] if r >= 0 else np.nan for r in best_row[survivors]], dtype=float),
+        alert_s if alert_s is not None else t_s,
     )
     probs = probabilities(config, scores, cold, uncorroborated)
     order_s = np.argsort(-probs[:-1], kind="stable")
