@@ -2,12 +2,18 @@
 
 The search's softmax says how the candidates compare with each other and with "nothing is
 wrong" under its own model; how often a top cause with that probability is right depends on
-things the softmax does not weigh: whether the leading evidence began long before the alert (an
-earlier incident's deviation still standing), whether it sits at the score cap (a degenerate
-spread), how many sources agree, whether the alerted signal was itself seen deviating, whether
-the model is young. ``Calibration`` maps those features of a search to the probability that its
-top cause is the right one, fitted on labelled incidents (``fit``), and judged on datasets it
-was not fitted on (``worldline evaluate lodo``).
+things the softmax does not weigh. ``Calibration`` maps features of a search to the probability
+that its top cause is the right one, fitted on labelled incidents (``fit``), and judged on
+datasets it was not fitted on (``worldline evaluate lodo``).
+
+The map reads only what carries over between deployments (``FEATURES``): how far the top cause
+leads the next one, whether the alerted signal was itself seen deviating, whether the model is
+young. The search measures more (``MEASURED``, all published in ``stats``), but those say as
+much about the deployment as about the answer: the softmax's absolute odds depend on how
+strongly "nothing is wrong" competes with the evidence a system's telemetry can give, the
+number of sources on which modalities it sends, a score at the cap on its noise, and how long
+before the alert the cause began is weighed by the ranking itself. Fitted on the simulator and
+PetShop, they made the Online Boutique answers over-confident, and the reverse.
 
 The ranking never depends on it; abstention stays the search's own decision (its softmax).
 """
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-# the search's features of its top cause, in the order of ``Calibration.weights``:
+# what the search measures of its top cause, published in its ``stats``:
 #   odds     log-odds of the softmax's top probability (clipped to +-ODDS_CLIP)
 #   margin   logit gap to the second candidate over the temperature (MARGIN_CLIP alone)
 #   lead     log1p(intervals from the top cause's onset to the alert)
@@ -29,7 +35,9 @@ from scipy.optimize import minimize
 #   sources  independent sources (traces, logs, metrics; callers measuring it) beyond the first
 #   seen     the alerted signal was itself seen deviating
 #   cold     the search was a cold start
-FEATURES: tuple[str, ...] = ("odds", "margin", "lead", "capped", "sources", "seen", "cold")
+MEASURED: tuple[str, ...] = ("odds", "margin", "lead", "capped", "sources", "seen", "cold")
+# what the map reads, in the order of ``Calibration.weights``
+FEATURES: tuple[str, ...] = ("margin", "seen", "cold")
 PREFIX = "cal_"
 ODDS_CLIP = 8.0
 MARGIN_CLIP = 8.0
@@ -48,11 +56,6 @@ class Calibration:
                 f"calibration needs {len(FEATURES)} weights ({', '.join(FEATURES)}),"
                 f" got {len(self.weights)}"
             )
-
-    @classmethod
-    def identity(cls) -> Calibration:
-        """The softmax's own probability (up to the odds clip)."""
-        return cls(0.0, (1.0,) + (0.0,) * (len(FEATURES) - 1))
 
     @classmethod
     def from_sequence(cls, values: Sequence[float]) -> Calibration:
@@ -83,7 +86,7 @@ def features(
     seen: bool,
     cold: bool,
 ) -> dict[str, float]:
-    """The calibration features of a search's top cause, as ``stats`` entries."""
+    """What the search measured of its top cause (``MEASURED``), as ``stats`` entries."""
     values = {
         "odds": log_odds(top_probability),
         "margin": MARGIN_CLIP if margin is None else max(0.0, min(MARGIN_CLIP, margin)),
@@ -126,7 +129,7 @@ def fit(
         grad = np.concatenate([[g.sum()], x.T @ g + l2 * theta[1:] / len(y)])
         return value, grad
 
-    start = np.array(Calibration.identity().as_sequence(), dtype=float)
+    start = np.zeros(len(FEATURES) + 1)
     result = minimize(loss, start, jac=True, method="L-BFGS-B")
     return Calibration.from_sequence([float(v) for v in result.x])
 

@@ -44,7 +44,8 @@ import pyarrow as pa
 
 from jobs.backfill import backfill_bundle
 from jobs.causal.alerts import Alert, SymptomMapper, parse_webhook
-from jobs.causal.calibration import PREFIX, Calibration, log_odds
+from jobs.causal.calibration import PREFIX, Calibration
+from jobs.causal.calibration import features as search_features
 from jobs.causal.search import (
     PEER,
     CausalSearch,
@@ -607,8 +608,13 @@ def with_probability(outcomes: Sequence[Outcome], config: SearchConfig) -> list[
     for o in outcomes:
         raw = recalibrated(o, config.temperature, config.null_logit)
         p = raw
-        if o.logits and PREFIX + "odds" in o.stats:
-            p = mapping.probability(o.stats | {PREFIX + "odds": log_odds(raw)})
+        if o.logits and PREFIX + "margin" in o.stats:
+            # the measures the temperature and null logit change, as the search computes them
+            gap = (o.logits[0] - o.logits[1]) / config.temperature if len(o.logits) > 1 else None
+            now = search_features(raw, gap, None, False, 1, False, False)
+            p = mapping.probability(
+                o.stats | {k: now[k] for k in (PREFIX + "odds", PREFIX + "margin")}
+            )
         out.append(
             replace(o, probability=p, abstained=(not o.logits) or raw < config.abstain_below)
         )

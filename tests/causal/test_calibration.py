@@ -16,14 +16,15 @@ from tests.causal.test_search import DB, END, FAULT, MIN, T0, _model
 
 
 def _synthetic(n: int, seed: int, shift: float = 0.0) -> tuple[list[dict[str, float]], list[bool]]:
-    """Cases whose truth follows p = sigmoid(0.8 * odds - 0.9 * lead + shift)."""
+    """Cases whose truth follows p = sigmoid(0.8 * margin - 1.2 * seen + shift)."""
     rng = np.random.default_rng(seed)
     rows, right = [], []
     for _ in range(n):
         p_model = float(rng.uniform(0.2, 0.999))
-        lead = float(rng.uniform(0, 30))
-        row = calibration.features(p_model, 2.0, lead, False, 1, True, False)
-        z = 0.8 * row["cal_odds"] - 0.9 * row["cal_lead"] + shift
+        margin = float(rng.uniform(0, 6))
+        seen = bool(rng.random() < 0.5)
+        row = calibration.features(p_model, margin, 3.0, False, 1, seen, False)
+        z = 0.8 * row["cal_margin"] - 1.2 * row["cal_seen"] + shift
         rows.append(row)
         right.append(bool(rng.random() < 1 / (1 + math.exp(-z))))
     return rows, right
@@ -46,9 +47,14 @@ def test_features_are_clipped_and_named() -> None:
     )
 
 
-def test_the_identity_gives_the_models_probability() -> None:
+def test_the_map_reads_only_its_features() -> None:
     row = calibration.features(0.73, 1.0, 4.0, True, 2, True, False)
-    assert Calibration.identity().probability(row) == pytest.approx(0.73, abs=1e-6)
+    mapping = Calibration(0.2, (0.5, -1.0, 0.3))
+    expected = 1 / (1 + math.exp(-(0.2 + 0.5 * 1.0 - 1.0)))
+    assert mapping.probability(row) == pytest.approx(expected)
+    # what the search measures besides (odds, lead, capped, sources) does not move it
+    other = calibration.features(0.2, 1.0, 40.0, False, 5, True, False)
+    assert mapping.probability(other) == pytest.approx(expected)
     with pytest.raises(ValueError, match="weights"):
         Calibration(0.0, (1.0,))
 
@@ -57,8 +63,8 @@ def test_the_fit_recovers_the_relation_and_calibrates_held_out_cases() -> None:
     rows, right = _synthetic(4000, seed=1)
     fitted = calibration.fit(rows, right, l2=0.1)
     weights = dict(zip(calibration.FEATURES, fitted.weights, strict=True))
-    assert weights["odds"] == pytest.approx(0.8, abs=0.15)
-    assert weights["lead"] == pytest.approx(-0.9, abs=0.15)
+    assert weights["margin"] == pytest.approx(0.8, abs=0.15)
+    assert weights["seen"] == pytest.approx(-1.2, abs=0.2)
     test_rows, test_right = _synthetic(2000, seed=2)
     raw = [1 / (1 + math.exp(-r["cal_odds"])) for r in test_rows]
     refit = [fitted.probability(r) for r in test_rows]
@@ -105,20 +111,19 @@ def test_the_search_publishes_the_calibrated_probability() -> None:
         }
     )
     symptoms = [("service:frontend", "span.latency_p95_ms")]
-    identity = SearchConfig(calibration=Calibration.identity().as_sequence())
-    raw = CausalSearch(model, identity).run(symptoms, T0 + END * MIN)
-    halved = SearchConfig(calibration=(-math.log(2.0), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    default = SearchConfig()
+    raw = CausalSearch(model, default).run(symptoms, T0 + END * MIN)
+    halved = SearchConfig(calibration=(-math.log(2.0), 0.0, 0.0, 0.0))
     published = CausalSearch(model, halved).run(symptoms, T0 + END * MIN)
     assert [c.entity for c in published.causes] == [c.entity for c in raw.causes]
     p_model = raw.stats["model_probability"]
-    assert raw.causes[0].probability == pytest.approx(p_model, abs=1e-3)
     assert published.stats["model_probability"] == p_model
     # sigmoid(-log 2) = 1/3 whatever the features: the published top probability
     assert published.causes[0].probability == pytest.approx(1 / 3)
     assert all(c.probability <= 1 / 3 for c in published.causes[1:])
     assert sum(c.probability for c in published.causes) <= 1.0 + 1e-9
     # abstention stays the search's own decision (its model probability is above the bar)
-    assert p_model > identity.abstain_below and not published.abstained
+    assert p_model > default.abstain_below and not published.abstained
     assert published.stats["cal_seen"] == 1.0 and published.stats["cal_lead"] > 0.0
 
 

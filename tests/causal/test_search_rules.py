@@ -771,8 +771,9 @@ def test_a_quiet_alert_is_not_answered_by_a_chronic_failure_that_held_before_it_
     result = CausalSearch(model, SearchConfig(symptom_z_min=1.5)).run(symptoms, t_s, alert_s)
     assert result.symptom_onset_s is None  # the alerted signal itself never deviates
     assert [c.entity for c in result.causes[:2]] == ["service:app", "service:lb"]
-    # counted in full, lb's failure wins (far larger, though weighed down for its age)
-    loose = CausalSearch(model, SearchConfig(symptom_z_min=1.5, standing_weight=1.0))
+    # counted in full and not timed against the alert, lb's failure wins (far larger, though
+    # weighed down for its age)
+    loose = CausalSearch(model, SearchConfig(symptom_z_min=1.5, standing_weight=1.0, w_early=0.0))
     assert _top(loose.run(symptoms, t_s, alert_s)) == "service:lb"
     # a failure that began in the window, even intervals before the alert fired (alerts wait),
     # is the answer

@@ -10,7 +10,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from jobs.causal.calibration import Calibration, features
+from jobs.causal.search import SearchConfig
 from jobs.evaluate.cli import evaluate
+from jobs.evaluate.simulator import Outcome, probabilities, with_probability
 
 pytestmark = [pytest.mark.slow]
 
@@ -63,3 +66,35 @@ def test_the_settled_answer_waits_for_the_alerts_interval_to_close() -> None:
     # notified long after its interval closed: answered at notification
     late_ms = int((start + 600) * 1000)
     assert settled_ms(late_ms, start + 20) == late_ms
+
+
+def test_a_refitted_temperature_recomputes_the_margin_the_map_reads() -> None:
+    logits = [6.0, 4.0, 1.0]
+    stats = features(0.9, (logits[0] - logits[1]) / 0.5, 2.0, False, 1, True, False)
+    case = Outcome(
+        "s",
+        1,
+        "c",
+        True,
+        True,
+        ["a", "b", "c"],
+        logits,
+        0.9,
+        False,
+        None,
+        [True] * 5,
+        {},
+        {},
+        stats,
+    )
+    mapping = (0.1, 0.5, -0.4, 0.0)
+    config = SearchConfig(temperature=2.0, null_logit=3.0, calibration=mapping)
+    (out,) = with_probability([case], config)
+    raw = float(probabilities(logits, 2.0, 3.0)[0])
+    expected = Calibration.from_sequence(mapping).probability(
+        features(raw, (logits[0] - logits[1]) / 2.0, None, False, 1, True, False)
+    )
+    assert out.probability == pytest.approx(expected)
+    # at the search's own temperature the margin it published stands
+    (same,) = with_probability([case], SearchConfig(temperature=0.5, calibration=mapping))
+    assert same.probability == pytest.approx(Calibration.from_sequence(mapping).probability(stats))
