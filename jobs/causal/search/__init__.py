@@ -15,8 +15,9 @@
    the symptom's; explained away by a dependency that deviated first. A change counts only
    through a deviation on its own entity after it; a change whose entity was ruled out is ruled
    out with it. Evidence that stays but says less counts less when ranking (``weights``).
-5. The survivors' scores become probabilities (``ranking``: softmax with a "no cause" option;
-   temperature and weights come from ``SearchConfig``, calibrated on labelled scenarios), and
+5. Each survivor's odds against "nothing is wrong" (``model``: a prior from the graph and
+   changes, its evidence, what it accounts for, its timing) become probabilities (``ranking``:
+   softmax with a "no cause" option; temperature and weights come from ``SearchConfig``), and
    the search abstains when nothing survives or the leaders cannot be told apart. The answer's
    shape is in ``result``.
 

@@ -1,18 +1,10 @@
-"""Ranking: the survivors' scores become probabilities, and the search abstains when nothing
-survives or the leaders cannot be told apart.
-
-Each survivor's logit weighs its ranked strength, how many independent views of it deviate
-(modalities, callers measuring it), a change on its entity, its depth, what it accounts for on
-its paths to the symptom, whether the graph places it there, how late it began and, for an
-alert on none of worldline's series, how long before the alert its evidence began; the alerted
-entity itself is a candidate like any other. A softmax with a "no cause" option
-(``null_logit``) at ``temperature`` turns them into probabilities. The published top
-probability is calibrated (``calibration``) from what the search saw.
+"""Ranking: the survivors' odds (``model``) become probabilities, and the search abstains when
+nothing survives or the leaders cannot be told apart. The published top probability is
+calibrated (``calibration``) from what the search saw.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import networkx as nx
@@ -20,9 +12,10 @@ import numpy as np
 
 from jobs.causal import calibration
 from jobs.causal.calibration import Calibration
-from jobs.causal.search.config import OFF_GRAPH, SearchConfig
+from jobs.causal.search.config import SearchConfig
 from jobs.causal.search.evidence import EntityEvidence, Evidence, HypothesisBatch
 from jobs.causal.search.explain import explained_between
+from jobs.causal.search.model import logits, probabilities
 from jobs.causal.search.result import Cause, build_cause
 from pipeline.worldmodel.model import WorldModel
 
@@ -40,64 +33,6 @@ def best_rows(batch: HypothesisBatch, weighted: np.ndarray) -> tuple[np.ndarray,
     first[1:] = ent[order][1:] != ent[order][:-1]
     best_row[ent[order][first]] = order[first]
     return rank_strength, best_row
-
-
-def logits(
-    config: SearchConfig,
-    survivors: np.ndarray,
-    names: list[str],
-    candidates: dict[str, int],
-    ents: EntityEvidence,
-    rank_strength: np.ndarray,
-    change_for: dict[int, dict[str, Any]],
-    explains: np.ndarray,
-    symptom_onset: float | None,
-    step_s: float,
-    ranked_onset: np.ndarray | None = None,
-    fired_s: float | None = None,
-) -> np.ndarray:
-    """The survivors' logits (``SearchConfig``'s weights). ``ranked_onset``: per survivor, the
-    onset of the evidence it ranks with; ``fired_s``: when the alert fired."""
-    depth = np.array([max(candidates.get(names[i], 0), 0) for i in survivors], dtype=float)
-    off_graph = np.array([candidates.get(names[i]) == OFF_GRAPH for i in survivors], dtype=float)
-    out = (
-        config.w_strength * np.log1p(rank_strength[survivors])
-        + config.w_sources * (ents.sources[survivors] - 1)
-        + config.w_change * np.array([i in change_for for i in survivors], dtype=float)
-        + config.w_depth * depth
-        + config.w_explains * np.log1p(explains)
-        + config.w_off_graph * off_graph
-    )
-    if symptom_onset is not None and config.w_late:
-        after = np.clip((ents.onset[survivors] - symptom_onset) / step_s, 0.0, None)
-        out = out + config.w_late * np.where(np.isfinite(after), after, 0.0)
-    if symptom_onset is None and ranked_onset is not None and fired_s is not None:
-        # no onset of the alerted deviation: the alert's time is all there is to time against
-        held = (fired_s - ranked_onset) / step_s - config.early_grace_intervals
-        held = np.clip(np.where(np.isfinite(held), held, 0.0), 0.0, None)
-        out = out + config.w_early * held
-    return out
-
-
-def probabilities(
-    config: SearchConfig, logits: np.ndarray, cold: bool, uncorroborated: bool
-) -> np.ndarray:
-    """Softmax over the logits and the "no cause" option (last)."""
-    null_logit = config.null_logit
-    if cold and len(logits):
-        # little history: the best cause is at most ``cold_start_odds`` to one against
-        # "nothing is wrong"
-        null_logit = max(
-            null_logit,
-            float(logits.max()) - config.temperature * math.log(config.cold_start_odds),
-        )
-    if uncorroborated and len(logits):
-        # the alerted signal itself looks normal: "nothing is wrong" stays at least as
-        # likely as the best cause
-        null_logit = max(null_logit, float(logits.max()))
-    scaled = np.concatenate([logits, [null_logit]]) / config.temperature
-    scaled -= scaled.max()
-    return np.exp(scaled) / np.exp(scaled).sum()
 
 
 def rank(

@@ -1,0 +1,110 @@
+"""The model: each surviving candidate's odds of being the cause against "nothing is wrong".
+
+For candidate c, on the log scale (a logit), against the "no cause" option's ``null_logit``:
+
+    logit(c) = prior(c) + evidence(c) + propagation(c) + timing(c)
+
+prior(c)
+    Where the dependency graph places it: ``w_depth`` per hop from the symptom (a cause further
+    up accounts for more of the path), ``w_off_graph`` when the graph places others on the
+    symptom's past side but not c (the graph is a prior, it may be partial), and ``w_change``
+    for a deploy, config change or flag on c's entity before its deviation began.
+evidence(c)
+    ``w_strength * log1p(s)``, s the strength of c's strongest series: its deviation in robust
+    spreads of its own normal (the noise model is the baselines'), clipped at ``z_cap``, times
+    the square root of its persistence, times what that kind of deviation says about c
+    (``weights``): a change of inbound traffic, saturation while c's requests stay fast and
+    successful, latency its callers saw while c served as fast, or a rise too small to account
+    for the alerted one count ``traffic_weight``; a harm that already held before the symptom
+    began counts ``standing_weight``; one older than the window ``chronic_weight``; one over
+    long ago ``stale_weight``; a series that often deviates less. Plus ``w_sources`` per
+    independent view beyond the first (traces, logs, metrics, each further caller measuring
+    c).
+propagation(c)
+    ``w_explains * log1p(n)``, n the deviating entities between c and the symptom: a cause
+    accounts for the anomalies on its propagation paths. A candidate whose own deviation a
+    dependency accounts for (it began no later, and is a harm its callers feel, large enough)
+    has no odds of its own: it is explained away before ranking (``explain``).
+timing(c)
+    ``w_late`` per interval c's onset follows the symptom's (within the onset tolerance; later
+    than that c is ruled out, ``rules``). For an alert with no onset to time against (an SLO,
+    a probe), ``w_early`` per interval c's evidence held before the alert beyond
+    ``early_grace_intervals``: alerts fire minutes into a harm.
+
+A softmax at ``temperature`` over the survivors' logits and ``null_logit`` gives the model's
+probabilities (``model_probability`` for the top one); abstention is decided on them. The null
+logit rises to the best candidate's when the alerted signal itself looks normal ("nothing is
+wrong" stays at least as likely), and to within ``cold_start_odds`` to one of it on a cold
+start.
+
+The weights are set by hand and checked on every dataset family (``worldline evaluate
+ablate`` turns each off in turn); they are not yet likelihoods derived from a noise model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from jobs.causal.search.config import OFF_GRAPH, SearchConfig
+from jobs.causal.search.evidence import EntityEvidence
+
+
+def logits(
+    config: SearchConfig,
+    survivors: np.ndarray,
+    names: list[str],
+    candidates: dict[str, int],
+    ents: EntityEvidence,
+    rank_strength: np.ndarray,
+    change_for: dict[int, dict[str, Any]],
+    explains: np.ndarray,
+    symptom_onset: float | None,
+    step_s: float,
+    ranked_onset: np.ndarray | None = None,
+    fired_s: float | None = None,
+) -> np.ndarray:
+    """The survivors' logits (``SearchConfig``'s weights). ``ranked_onset``: per survivor, the
+    onset of the evidence it ranks with; ``fired_s``: when the alert fired."""
+    depth = np.array([max(candidates.get(names[i], 0), 0) for i in survivors], dtype=float)
+    off_graph = np.array([candidates.get(names[i]) == OFF_GRAPH for i in survivors], dtype=float)
+    out = (
+        config.w_strength * np.log1p(rank_strength[survivors])
+        + config.w_sources * (ents.sources[survivors] - 1)
+        + config.w_change * np.array([i in change_for for i in survivors], dtype=float)
+        + config.w_depth * depth
+        + config.w_explains * np.log1p(explains)
+        + config.w_off_graph * off_graph
+    )
+    if symptom_onset is not None and config.w_late:
+        after = np.clip((ents.onset[survivors] - symptom_onset) / step_s, 0.0, None)
+        out = out + config.w_late * np.where(np.isfinite(after), after, 0.0)
+    if symptom_onset is None and ranked_onset is not None and fired_s is not None:
+        # no onset of the alerted deviation: the alert's time is all there is to time against
+        held = (fired_s - ranked_onset) / step_s - config.early_grace_intervals
+        held = np.clip(np.where(np.isfinite(held), held, 0.0), 0.0, None)
+        out = out + config.w_early * held
+    return out
+
+
+def probabilities(
+    config: SearchConfig, logits: np.ndarray, cold: bool, uncorroborated: bool
+) -> np.ndarray:
+    """Softmax over the logits and the "no cause" option (last)."""
+    null_logit = config.null_logit
+    if cold and len(logits):
+        # little history: the best cause is at most ``cold_start_odds`` to one against
+        # "nothing is wrong"
+        null_logit = max(
+            null_logit,
+            float(logits.max()) - config.temperature * math.log(config.cold_start_odds),
+        )
+    if uncorroborated and len(logits):
+        # the alerted signal itself looks normal: "nothing is wrong" stays at least as
+        # likely as the best cause
+        null_logit = max(null_logit, float(logits.max()))
+    scaled = np.concatenate([logits, [null_logit]]) / config.temperature
+    scaled -= scaled.max()
+    return np.exp(scaled) / np.exp(scaled).sum()
