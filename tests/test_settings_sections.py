@@ -109,6 +109,13 @@ def test_toml_env_and_flags_reach_sections(tmp_path: Path) -> None:
             " set: templates.similarity_threshold=1.5 (from command line)",
         ),
         (
+            "",
+            {},
+            ["search.calibration=0.7,0.1,0.2"],
+            "invalid search settings: calibration takes 4 numbers: an intercept, then one weight"
+            " each for margin, seen, cold; got 3",
+        ),
+        (
             "[baseline]\ncusum_cap = 2\n",
             {},
             [],

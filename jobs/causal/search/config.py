@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jobs.causal.calibration import FEATURES
+
 OFF_GRAPH = -2
 """Hops of a candidate the graph does not place upstream of the symptom (it has a graph)."""
 
@@ -141,3 +143,10 @@ class SearchConfig:
     # ranks with its strength scaled by log(1/r) / log(1 / episode_rate_ref) (a flat series
     # that moves by a little every so often, a noisy counter); 0 turns it off
     episode_rate_ref: float = 0.001
+
+    def __post_init__(self) -> None:
+        if len(self.calibration) != len(FEATURES) + 1:
+            raise ValueError(
+                f"calibration takes {len(FEATURES) + 1} numbers: an intercept, then one weight"
+                f" each for {', '.join(FEATURES)}; got {len(self.calibration)}"
+            )
