@@ -125,6 +125,11 @@ def test_the_search_publishes_the_calibrated_probability() -> None:
     # abstention stays the search's own decision (its model probability is above the bar)
     assert p_model > default.abstain_below and not published.abstained
     assert published.stats["cal_seen"] == 1.0 and published.stats["cal_lead"] > 0.0
+    # an abstention publishes the model's own probabilities (those it abstained on), not the
+    # map's: the calibration is fitted on answers
+    unsure = CausalSearch(model, replace(halved, abstain_below=1.0)).run(symptoms, T0 + END * MIN)
+    assert unsure.abstained and unsure.stats["model_probability"] == p_model
+    assert unsure.causes[0].probability == pytest.approx(p_model, abs=1e-6)
 
 
 def test_simulator_runs_without_an_alert_teach_the_calibration_not_the_accuracy() -> None:

@@ -266,7 +266,11 @@ class CausalSearch:
             alert_s,
         )
         abstained, reason, separating = abstention(config, causes)
-        if causes:
+        if causes and abstained:
+            # the calibration is fitted on answers; an abstention publishes the model's own
+            # probabilities, those it abstained on
+            stats["model_probability"] = round(causes[0].probability, 6)
+        elif causes:
             calibrate(config, causes, stats)
         stats |= {
             "cold_start": float(cold),
