@@ -40,6 +40,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 
 from jobs.causal import calibration
 from jobs.causal.alerts import IncidentBook, SymptomMapper, parse_webhook
+from jobs.causal.followup import supersedes
 from jobs.causal.record import iso
 from jobs.causal.search import SearchConfig
 from jobs.causal.worker import _known_entities, _signals_of, coverage_of, search_incident
@@ -106,6 +107,15 @@ class Answers:
 
     first: dict[str, dict[str, Any]] = field(default_factory=dict)
     final: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def settled_record(earlier: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:
+    """An alert's final record: its re-search once the alert's interval has closed, unless that
+    names no cause after ``earlier`` (its first record) named one. The stage keeps the earlier
+    answer then (``followup.supersedes``): the re-search was looking for more, not for less."""
+    if earlier is None:
+        return record
+    return record if supersedes(bool(record["causes"]), bool(earlier["causes"]), 1) else earlier
 
 
 def services_named(record: dict[str, Any] | None, pod_to_service: dict[str, str]) -> list[str]:
@@ -267,7 +277,8 @@ def evaluate_bundle(
                         variant_first.setdefault(name, {})[fingerprint] = other
             target = runs["worldline"].final if final else runs["worldline"].first
             for fingerprint in incident.fingerprints:
-                target[fingerprint] = record
+                earlier = runs["worldline"].final.get(fingerprint) if final else None
+                target[fingerprint] = settled_record(earlier, record)
                 if not final:
                     runs["worldline"].final[fingerprint] = record
 

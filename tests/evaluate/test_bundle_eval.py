@@ -19,6 +19,7 @@ from jobs.evaluate.bundle import (
     read_stream,
     score,
     services_named,
+    settled_record,
 )
 from pipeline.testing import BASE_NS, metric_request, span_request
 
@@ -127,3 +128,14 @@ def test_scores_count_distinct_services_and_abstentions_as_misses() -> None:
     assert s["all"]["abstained"] == 1 / 3
     assert s["cpu"]["AS@1"] == 0.5 and s["delay"]["AS@5"] == 0.0
     assert abs(s["all"]["ece"] - 0.4) < 1e-9  # p 0.9, right once in two
+
+
+def test_a_final_re_search_that_finds_nothing_keeps_the_first_answer() -> None:
+    named = {"causes": [{"entity": {"kind": "service", "name": "payment"}}], "abstained": False}
+    nothing = {"causes": [], "abstained": True}
+    other = {"causes": [{"entity": {"kind": "service", "name": "cart"}}], "abstained": False}
+    # as the stage: a re-search looking for more that finds less does not replace the answer
+    assert settled_record(named, nothing) is named
+    assert settled_record(named, other) is other
+    assert settled_record(nothing, other) is other
+    assert settled_record(None, nothing) is nothing
