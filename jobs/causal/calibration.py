@@ -12,8 +12,7 @@ young. The search measures more (``MEASURED``, all published in ``stats``), but 
 much about the deployment as about the answer: the softmax's absolute odds depend on how
 strongly "nothing is wrong" competes with the evidence a system's telemetry can give, the
 number of sources on which modalities it sends, a score at the cap on its noise, and how long
-before the alert the cause began is weighed by the ranking itself. Fitted on the simulator and
-PetShop, they made the Online Boutique answers over-confident, and the reverse.
+before the alert the cause began is weighed by the ranking itself.
 
 The ranking never depends on it; abstention stays the search's own decision (its softmax).
 """

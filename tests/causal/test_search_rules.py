@@ -272,17 +272,24 @@ def test_inbound_traffic_alone_ranks_below_a_slow_dependency() -> None:
     assert _top(_search(world, "latency.average", traffic_weight=1.0)) == "service:lambda"
 
 
+def _app_slows_front(
+    also: dict[tuple[str, str, str], float],
+) -> dict[tuple[str, str, str], float]:
+    """front slower with app (~9 sigma of app's latency), and ``also`` at the same time."""
+    return {
+        ("front", "latency", "Average"): 0.03,
+        ("app", "latency", "Average"): 0.03,
+        ("app", "latency", "p50"): 0.03,
+        **also,
+    }
+
+
 def test_saturation_its_own_requests_do_not_feel_ranks_below_a_slow_dependency() -> None:
     # front gets slower with app; cache's memory jumps to a new level at the same time while
     # cache answers as fast as ever: its memory harmed no request, so app is why front is slow
     memory = ("cache", "memory", "Average")
     levels = _levels({"front": 0.2, "app": 0.08, "cache": 0.01}, {memory: (500.0, 0.02)})
-    fault = {
-        ("front", "latency", "Average"): 0.03,
-        ("app", "latency", "Average"): 0.03,  # ~9 sigma
-        ("app", "latency", "p50"): 0.03,
-        memory: 1000.0,  # 100 sigma
-    }
+    fault = _app_slows_front({memory: 1000.0})  # 100 sigma
     graph = [("front", "app"), ("front", "cache")]
     result = _search(_world(graph, levels, fault), "latency.average")
     assert _top(result) == "service:app"
@@ -306,12 +313,7 @@ def test_latency_its_callers_saw_while_it_served_as_fast_ranks_below_a_slow_depe
     client = ("db", "client.latency", "p90")
     server = ("db", "server.latency", "p90")
     levels = _levels({"front": 0.2, "app": 0.08}, {client: (0.01, 0.04), server: (0.008, 0.04)})
-    fault = {
-        ("front", "latency", "Average"): 0.03,
-        ("app", "latency", "Average"): 0.03,  # ~9 sigma
-        ("app", "latency", "p50"): 0.03,
-        client: 0.01,  # 25 sigma
-    }
+    fault = _app_slows_front({client: 0.01})  # 25 sigma
     graph = [("front", "app"), ("front", "db")]
     result = _search(_world(graph, levels, fault), "latency.average")
     assert _top(result) == "service:app"

@@ -119,7 +119,8 @@ def outside_view(config: SearchConfig, batch: HypothesisBatch) -> np.ndarray:
     itself. Without a server-side latency of the entity, the client side is all there is and
     counts in full."""
     out = np.zeros(len(batch), dtype=bool)
-    names = [_bare(signal) if "{" not in signal else "" for _, signal in batch.series]
+    # a qualified series ({peer=...}, {db.system=...}) is a view of something else: not these
+    names = [signal if "{" not in signal else "" for _, signal in batch.series]
     latency = np.array([bool(LATENCY_LIKE.search(n)) for n in names], dtype=bool)
     client = latency & np.array([bool(CLIENT_SIDE.search(n)) for n in names], dtype=bool)
     server = latency & np.array([bool(SERVER_SIDE.search(n)) for n in names], dtype=bool)
