@@ -135,8 +135,12 @@ def test_a_slow_uninstrumented_database_is_found_upstream() -> None:
     assert top.path == [DB, "service:checkout", "service:frontend"]
     assert top.probability > 0.5
     assert top.onset_s == T0 + FAULT * MIN
+    # checkout's own latency is DB's: ranked, below it, by the odds of DB's deviation being
+    # a coincidence
+    checkout = next(c for c in result.causes if c.entity == "service:checkout")
+    assert f"what accounts for it: explained by {DB}" in checkout.explanation
+    assert checkout.probability < 0.01 * top.probability
     reasons = {r.entity: r.reason for r in result.ruled_out}
-    assert reasons["service:checkout"].startswith(f"explained by {DB}")
     assert "no deviation" in reasons["host:node-1"]
 
 
@@ -154,7 +158,7 @@ def test_cpu_saturation_of_a_service_beats_its_healthy_database() -> None:
     assert {e["signal"] for e in top.evidence} >= {"process.cpu.utilization", "span.latency_p95_ms"}
 
 
-def test_a_coinciding_deploy_elsewhere_is_ruled_out() -> None:
+def test_a_coinciding_deploy_elsewhere_ranks_below_what_accounts_for_its_service() -> None:
     deploy = {
         "schema_version": 1,
         "change_id": "deploy-frontend-9",
@@ -172,8 +176,14 @@ def test_a_coinciding_deploy_elsewhere_is_ruled_out() -> None:
         changes=[deploy],
     )
     result = _search(model)
-    assert result.causes[0].entity == DB
-    assert any(r.entity == "change:deploy-frontend-9" for r in result.ruled_out)
+    # frontend deviated after its deploy, but checkout accounts for its latency, and the
+    # database for checkout's: the deploy is the least likely of the three
+    assert [c.entity for c in result.causes] == [DB, "service:checkout", "service:frontend"]
+    frontend = result.causes[2]
+    assert frontend.fault_class == "deploy"
+    assert "accounts for it: explained by service:checkout" in frontend.explanation
+    assert frontend.logit < result.causes[1].logit < result.causes[0].logit
+    assert frontend.probability < 1e-6
 
 
 def test_normal_data_gives_no_cause() -> None:

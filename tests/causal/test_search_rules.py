@@ -88,6 +88,18 @@ def _top(result: SearchResult) -> str | None:
     return None if result.abstained or not result.causes else result.causes[0].entity
 
 
+def _accounted_for(result: SearchResult, entity: str) -> str | None:
+    """Why another candidate accounts for ``entity``'s deviation, from its cause record (None
+    when nothing does); ``entity`` must be ranked."""
+    cause = next(c for c in result.causes if c.entity == entity)
+    _, found, why = cause.explanation.partition("what accounts for it: ")
+    return why.rstrip(".") if found else None
+
+
+def _rank(result: SearchResult, entity: str) -> int:
+    return [c.entity for c in result.causes].index(entity)
+
+
 def test_a_dependency_too_little_slower_does_not_explain_a_slow_service() -> None:
     # app gets 0.4 s slower; its database deviates too, at the same time, by 2 ms: the database
     # cannot account for app's slowdown even called ten times per request
@@ -107,9 +119,7 @@ def test_a_dependency_too_little_slower_does_not_explain_a_slow_service() -> Non
     )
     result = _search(world, "latency.average")
     assert _top(result) == "service:app"
-    assert not any(
-        r.entity == "service:app" and "explained by" in r.reason for r in result.ruled_out
-    )
+    assert _accounted_for(result, "service:app") is None
     # with the accounting off (a dependency explains whatever its size), the database wins
     loose = _search(world, "latency.average", explain_fraction=0.0)
     assert _top(loose) == "service:db"
@@ -157,10 +167,8 @@ def test_a_rise_beyond_the_kept_score_limit_still_accounts_for_the_dependent() -
     )
     result = _search(world, "latency.average")
     assert _top(result) == "service:db"
-    assert any(
-        r.entity == "service:app" and "explained by service:db" in r.reason
-        for r in result.ruled_out
-    )
+    assert (_accounted_for(result, "service:app") or "").startswith("explained by service:db")
+    assert _rank(result, "service:app") > _rank(result, "service:db")
 
 
 def test_a_leaf_failing_with_an_instrumented_sibling_is_the_callers_view_of_it() -> None:
@@ -179,9 +187,8 @@ def test_a_leaf_failing_with_an_instrumented_sibling_is_the_callers_view_of_it()
     )
     result = _search(world, "availability.average")
     assert _top(result) == "service:app"
-    assert any(
-        r.entity == "service:lb" and "view of service:app" in r.reason for r in result.ruled_out
-    )
+    assert "view of service:app" in (_accounted_for(result, "service:lb") or "")
+    assert _rank(result, "service:lb") > _rank(result, "service:app")
     # with the rule off, the leaf that deviates most wins
     assert _top(_search(world, "availability.average", leaf_is_sibling_view=False)) == "service:lb"
     # the same requests seen from both sides of the balancer: the leaf's view may show the
@@ -442,9 +449,7 @@ def test_a_dependency_only_slower_does_not_explain_a_failing_service() -> None:
     )
     result = _search(world, "availability.average")
     assert _top(result) == "service:app"
-    assert not any(
-        r.entity == "service:app" and "explained by" in r.reason for r in result.ruled_out
-    )
+    assert _accounted_for(result, "service:app") is None
     # when a slower dependency may explain failures too, the store wins
     assert _top(_search(world, "availability.average", failures_need_failures=False)) == (
         "service:store"
@@ -563,12 +568,10 @@ def test_a_dependency_that_began_failing_after_its_caller_does_not_explain_it() 
     )
     result = _search(world, "availability.average")
     assert _top(result) == "service:app"
-    assert not any(
-        r.entity == "service:app" and "explained by" in r.reason for r in result.ruled_out
-    )
+    assert _accounted_for(result, "service:app") is None
     # within the onset tolerance alone, the later database explains app and wins
     loose = _search(world, "availability.average", explain_needs_precedence=False)
-    assert any(r.entity == "service:app" and "explained by" in r.reason for r in loose.ruled_out)
+    assert (_accounted_for(loose, "service:app") or "").startswith("explained by service:db")
     assert _top(loose) == "service:db"
 
 
@@ -921,10 +924,7 @@ def test_a_dependency_explains_a_dependent_only_by_a_harm_its_callers_feel() -> 
     )
     result = _search(world, "latency.average")
     assert _top(result) == "service:mid"
-    assert not any(
-        r.entity == "service:mid" and "explained by service:store" in r.reason
-        for r in result.ruled_out
-    )
+    assert "service:store" not in (_accounted_for(result, "service:mid") or "")
 
 
 def test_an_alert_on_an_unobserved_signal_is_a_cold_start_when_the_model_is_young() -> None:
@@ -959,10 +959,7 @@ def test_a_dependency_slow_since_long_before_does_not_explain_a_new_slowdown() -
         delays={("store", "latency", "Average"): -FAULT_ROW},
     )
     result = _search(world, "latency.average")
-    assert not any(
-        r.entity == "service:mid" and "explained by service:store" in r.reason
-        for r in result.ruled_out
-    )
+    assert "service:store" not in (_accounted_for(result, "service:mid") or "")
     assert "service:mid" in [c.entity for c in result.causes]
 
 
@@ -992,3 +989,29 @@ def test_an_slo_alert_is_not_cut_at_the_end_of_an_earlier_episode() -> None:
     result = CausalSearch(model, SearchConfig()).run([("service:front", None)], t_s)
     assert _top(result) == "service:app"
     assert result.causes[0].signal.startswith("latency")
+
+
+def test_a_candidate_another_accounts_for_has_at_most_the_odds_of_a_coincidence() -> None:
+    from jobs.causal.search.model import explained_away
+
+    config = SearchConfig()
+    survivors = np.array([0, 1, 2, 3])
+    logits = np.array([5.0, 6.0, 3.0, 1.0])
+    strength = np.array([10.0, 20.0, 5.0, 2.0])
+
+    def evidence(i: int) -> float:
+        return config.w_strength * math.log1p(strength[i])
+
+    # 2 accounts for 0, which accounts for 1; 3 is on its own
+    out = explained_away(config, logits, survivors, strength, [(1, 0), (0, 2)])
+    assert out[2] == 3.0 and out[3] == 1.0
+    assert out[0] == pytest.approx(3.0 - evidence(2))
+    assert out[1] == pytest.approx(out[0] - evidence(0))
+    # a candidate already less likely keeps its own odds
+    assert explained_away(config, np.array([0.5, 6.0]), np.array([0, 1]), strength, [(0, 1)])[
+        0
+    ] == pytest.approx(0.5)
+    # two that would each account for the other are each held against the other's own odds
+    out = explained_away(config, logits, survivors, strength, [(0, 1), (1, 0)])
+    assert out[0] == pytest.approx(6.0 - evidence(1))
+    assert out[1] == pytest.approx(5.0 - evidence(0))

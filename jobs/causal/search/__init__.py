@@ -11,12 +11,15 @@
    robust z over the last intervals -> peak deviation in the harmful direction, onset (start of
    the run of deviating intervals that ends at the peak), persistence. The alerted deviation's
    onset and end are in ``symptom``.
-4. Elimination, not down-weighting (``rules``, ``explain``): no deviation; deviation began after
-   the symptom's; explained away by a dependency that deviated first. A change counts only
-   through a deviation on its own entity after it; a change whose entity was ruled out is ruled
-   out with it. Evidence that stays but says less counts less when ranking (``weights``).
+4. Elimination (``rules``): no deviation; deviation began after the symptom's or was over
+   before it. A change counts only through a deviation on its own entity after it; a change
+   whose entity was ruled out is ruled out with it. Evidence that stays but says less counts
+   less when ranking (``weights``). Which candidate's deviation another accounts for
+   (``explain``: a dependency that deviated first, a sibling seen through a balancer, shifted
+   load) is the model's to weigh.
 5. Each survivor's odds against "nothing is wrong" (``model``: a prior from the graph and
-   changes, its evidence, what it accounts for, its timing) become probabilities (``ranking``:
+   changes, its evidence, what it accounts for, its timing, and explaining away: a candidate
+   another accounts for is ranked below it) become probabilities (``ranking``:
    softmax with a "no cause" option; temperature and weights come from ``SearchConfig``), and
    the search abstains when nothing survives or the leaders cannot be told apart. The answer's
    shape is in ``result``.
@@ -219,12 +222,10 @@ class CausalSearch:
         for i, why in eliminated:
             alive[i] = False
             ruled.append(RuledOut(names[i], why))
-        explained = explain_away(
+        # what accounts for what: a candidate another accounts for stays, ranked below it
+        accounted = explain_away(
             config, alive, batch, ev, graph, idx, ents, accounts, tolerance, symptom_ids
         )
-        for i, why in explained:
-            alive[i] = False
-            ruled.append(RuledOut(names[i], why))
         change_for, changes_ruled = changes_before(
             model, config, alive, idx, ents.onset, onset_s, t_s
         )
@@ -264,6 +265,7 @@ class CausalSearch:
             uncorroborated,
             t_s,
             alert_s,
+            accounted,
         )
         abstained, reason, separating = abstention(config, causes)
         if causes and abstained:
@@ -277,6 +279,7 @@ class CausalSearch:
             "hypotheses": float(len(batch)),
             "candidates": float(n_ent),
             "eliminated": float(n_ent - int(alive.sum())),
+            "accounted_for": float(len({i for i, _, _ in accounted})),
             "score_ms": round(scored_ms, 3),
             "search_ms": round((time.perf_counter() - started) * 1000, 3),
         }

@@ -1,9 +1,11 @@
-"""Explaining away: a candidate whose deviation another candidate accounts for is ruled out.
+"""Explaining away: which candidate's deviation another candidate accounts for.
 
 A dependency that deviated no later explains its dependent; an uninstrumented leaf harmed with
 an instrumented sibling is the caller's view of it; load shifted from one dependency onto another
-is explained by the first, and so is what the shifted one would have explained. What a survivor
-accounts for on its paths to the symptom (``explained_between``) raises its rank.
+is explained by the first, and so is what the shifted one would have explained. What follows for
+the odds of a candidate another accounts for is the model's (``model.explained_away``): it stays
+ranked, below what accounts for it. What a candidate accounts for on its paths to the symptom
+(``explained_between``) raises its rank.
 """
 
 from __future__ import annotations
@@ -178,8 +180,8 @@ def explained_by_dependencies(
     ents: EntityEvidence,
     accounts: _LatencyAccounts,
     tolerance: float,
-) -> dict[int, int]:
-    """Dependent -> the dependency that explains its deviation.
+) -> dict[int, list[int]]:
+    """Dependent -> the dependencies that explain its deviation (in name order).
 
     A dependency whose harmful deviation began no later, and was still going on when the
     dependent's began, explains the dependent's deviation when the harm its callers feel
@@ -187,7 +189,7 @@ def explained_by_dependencies(
     turned abnormal long after is abnormal for another reason. Its deviation must also be
     able to account for the dependent's (``_LatencyAccounts``)."""
     onset, last_dev = ents.onset, ents.last_dev
-    explained_by: dict[int, int] = {}
+    explained_by: dict[int, list[int]] = {}
     for i in map(int, np.flatnonzero(alive)):
         node = names[i]
         if node not in graph:
@@ -203,8 +205,7 @@ def explained_by_dependencies(
                 and not (node in graph.successors(dep) and onset[i] < onset[j])
                 and accounts.for_(j, i)
             ):
-                explained_by[i] = j
-                break
+                explained_by.setdefault(i, []).append(j)
     return explained_by
 
 
@@ -271,23 +272,27 @@ def explain_away(
     accounts: _LatencyAccounts,
     tolerance: float,
     symptom_ids: list[int],
-) -> list[tuple[int, str]]:
-    """The candidates among ``alive`` that others explain, in the order the steps rule them
-    out, each with why: by a dependency, as a sibling's view, by shifted load, and through
-    the dependency a shifted load fell on. Each step sees the survivors of the ones before."""
+) -> list[tuple[int, int, str]]:
+    """(candidate, the candidate accounting for it, why) for each candidate among ``alive``
+    that another explains: by a dependency, as a sibling's view, by shifted load, and through
+    the dependency a shifted load fell on. Each step considers the candidates no step before
+    it accounted for."""
     names = batch.entities
     alive = alive.copy()
-    out: list[tuple[int, str]] = []
+    out: list[tuple[int, int, str]] = []
 
-    def rule_out(i: int, reason: str) -> None:
+    def accounted(i: int, by: int, reason: str) -> None:
         alive[i] = False
-        out.append((i, reason))
+        out.append((i, by, reason))
 
     explained = explained_by_dependencies(
         config, alive, graph, idx, names, ents, accounts, tolerance
     )
-    for i, j in sorted(explained.items()):
-        rule_out(i, f"explained by {names[j]}, which it depends on and which deviated no later")
+    for i, deps in sorted(explained.items()):
+        for j in deps:
+            accounted(
+                i, j, f"explained by {names[j]}, which it depends on and which deviated no later"
+            )
     # a leaf (a dependency that calls nothing known: a load balancer, an uninstrumented
     # endpoint) harmed together with an instrumented sibling, the same way and at the same
     # time, is its caller's view of that sibling (a load balancer in front of it)
@@ -306,8 +311,9 @@ def explain_away(
             set(symptom_ids),
         )
         for i, j in sorted(viewed.items()):
-            rule_out(
+            accounted(
                 i,
+                j,
                 f"explained by {names[j]}: called by the same caller, harmed the same"
                 " way at the same time, and instrumented where it calls nothing: it is"
                 f" the caller's view of {names[j]}",
@@ -328,8 +334,9 @@ def explain_away(
         tolerance,
     )
     for i, j in sorted(shifted.items()):
-        rule_out(
+        accounted(
             i,
+            j,
             f"its extra load comes from callers whose own traffic did not grow, while"
             f" {names[j]}, which they also call, deviated no later",
         )
@@ -337,8 +344,9 @@ def explain_away(
         config, alive, batch, ev, graph, idx, ents, accounts, shifted, tolerance
     )
     for i, (k, j) in sorted(through.items()):
-        rule_out(
+        accounted(
             i,
+            k,
             f"explained by {names[k]} through {names[j]}, which it depends on and"
             f" whose extra load {names[k]} explains",
         )

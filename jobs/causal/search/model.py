@@ -22,9 +22,15 @@ evidence(c)
     c).
 propagation(c)
     ``w_explains * log1p(n)``, n the deviating entities between c and the symptom: a cause
-    accounts for the anomalies on its propagation paths. A candidate whose own deviation a
-    dependency accounts for (it began no later, and is a harm its callers feel, large enough)
-    has no odds of its own: it is explained away before ranking (``explain``).
+    accounts for the anomalies on its propagation paths.
+explaining away
+    When d accounts for c's deviation (``explain``: a dependency of c whose harm, felt by its
+    callers and large enough, began no later; a sibling c is the caller's view of; load
+    shifted onto c from d), "d is the cause" and "c is the cause" explain the same deviations
+    but d's own: under "c is the cause" d's deviation is a coincidence, as unlikely as d's
+    evidence says it is in normal time. So c's odds against d are at most those of d's
+    evidence term: ``logit(c) <= logit(d) - w_strength * log1p(s_d)`` (``explained_away``),
+    applied along chains from the candidates nothing accounts for. c stays ranked, below d.
 timing(c)
     ``w_late`` per interval c's onset follows the symptom's (within the onset tolerance; later
     than that c is ruled out, ``rules``). For an alert with no onset to time against (an SLO,
@@ -46,6 +52,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import networkx as nx
 import numpy as np
 
 from jobs.causal.search.config import OFF_GRAPH, SearchConfig
@@ -86,6 +93,34 @@ def logits(
         held = (fired_s - ranked_onset) / step_s - config.early_grace_intervals
         held = np.clip(np.where(np.isfinite(held), held, 0.0), 0.0, None)
         out = out + config.w_early * held
+    return out
+
+
+def explained_away(
+    config: SearchConfig,
+    logits: np.ndarray,
+    survivors: np.ndarray,
+    rank_strength: np.ndarray,
+    accounted: list[tuple[int, int]],
+) -> np.ndarray:
+    """The logits with each candidate another accounts for (``accounted``: (candidate, the one
+    accounting for it), entity indices) at most its explainer's logit less the explainer's
+    evidence term. Chains apply from their first explainer; in a cycle (two that would
+    each account for the other) each is held against the other's own logit."""
+    out = logits.copy()
+    pos = {int(h): k for k, h in enumerate(survivors)}
+    relation = nx.DiGraph()
+    relation.add_edges_from((by, i) for i, by in accounted if i in pos and by in pos)
+    if not relation:
+        return out
+    evidence = config.w_strength * np.log1p(rank_strength)
+    cycles = nx.condensation(relation)
+    member = cycles.graph["mapping"]
+    for component in nx.topological_sort(cycles):
+        for c in sorted(cycles.nodes[component]["members"]):
+            for d in sorted(relation.predecessors(c)):
+                held = logits if member[d] == component else out
+                out[pos[c]] = min(out[pos[c]], held[pos[d]] - evidence[d])
     return out
 
 

@@ -15,7 +15,7 @@ from jobs.causal.calibration import Calibration
 from jobs.causal.search.config import SearchConfig
 from jobs.causal.search.evidence import EntityEvidence, Evidence, HypothesisBatch
 from jobs.causal.search.explain import explained_between
-from jobs.causal.search.model import logits, probabilities
+from jobs.causal.search.model import explained_away, logits, probabilities
 from jobs.causal.search.result import Cause, build_cause
 from pipeline.worldmodel.model import WorldModel
 
@@ -54,9 +54,11 @@ def rank(
     uncorroborated: bool,
     t_s: float,
     alert_s: float | None,
+    accounted: list[tuple[int, int, str]],
 ) -> tuple[list[Cause], dict[str, float]]:
     """The survivors as causes, most probable first, and the features of the top one that
-    its calibrated probability is computed from (empty without causes)."""
+    its calibrated probability is computed from (empty without causes). ``accounted``:
+    (candidate, the candidate accounting for its deviation, why), from ``explain``."""
     names = batch.entities
     rank_strength, best_row = best_rows(batch, weighted)
     survivors = np.flatnonzero(alive)
@@ -77,6 +79,12 @@ def rank(
         np.array([ev.onset_s[r] if r >= 0 else np.nan for r in best_row[survivors]], dtype=float),
         alert_s if alert_s is not None else t_s,
     )
+    scores = explained_away(
+        config, scores, survivors, rank_strength, [(i, by) for i, by, _ in accounted]
+    )
+    why: dict[int, str] = {}
+    for i, _, reason in accounted:
+        why.setdefault(i, reason)
     probs = probabilities(config, scores, cold, uncorroborated)
     order_s = np.argsort(-probs[:-1], kind="stable")
     causes = []
@@ -97,6 +105,7 @@ def rank(
                 graph,
                 symptom_entities,
                 names,
+                why.get(i),
             )
         )
     stats: dict[str, float] = {}
