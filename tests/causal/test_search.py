@@ -502,3 +502,17 @@ def test_callers_measuring_a_dependency_are_independent_views_of_it() -> None:
     config = SearchConfig()
     ents = entity_evidence(batch, evaluate(batch, config), config)
     assert ents.sources.tolist() == [2, 1]
+
+
+def test_a_search_long_after_its_time_says_its_scores_are_gone() -> None:
+    model = _model({("service:frontend", "span.latency_p95_ms"): (FAULT, 3.0)})
+    at = T0 + END * MIN
+    model.closed_through = int(at * 1e9)
+    assert _search(model).causes[0].entity == "service:frontend"
+    # the model went on closing intervals (data resumed after a gap) past what its rings of
+    # recent scores keep: a re-search at the alert's time cannot read them
+    model.closed_through = int((at + 40 * MIN) * 1e9)
+    result = _search(model)
+    assert result.abstained and result.causes == []
+    assert "no longer held" in (result.abstain_reason or "")
+    assert result.stats["intervals_past_held"] == 39.0  # closed after the searched one

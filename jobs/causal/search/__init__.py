@@ -71,8 +71,10 @@ from jobs.causal.search.signals import (
 )
 from jobs.causal.search.symptom import (
     harmed_far,
+    intervals_past_held,
     model_history,
     quiet_symptom,
+    scores_gone,
     symptom_history,
     symptom_onset,
     until_symptom_ends,
@@ -126,6 +128,11 @@ class CausalSearch:
         """Search at event time ``t_s`` (the data through its interval) for an alert fired at
         ``alert_s`` (default ``t_s``; earlier when the answer is a follow-up)."""
         config = self.config
+        past = intervals_past_held(self.model, t_s)
+        if past is not None:
+            # a search long after its time (a follow-up once data resumed after a gap): the
+            # scores it would read are gone, which is not the same as normal
+            return scores_gone(past)
         # cold start: the alerted signal has less history than the warm-up; young scores are
         # all there is, so they count, with a ceiling on the confidence they can give
         history = symptom_history(self.model, symptoms)

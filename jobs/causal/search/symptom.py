@@ -21,6 +21,7 @@ from jobs.causal.search.evidence import (
 )
 from jobs.causal.search.result import SearchResult
 from jobs.causal.search.signals import _is_failure
+from pipeline.worldmodel.baseline import ONSET_RING_LENGTH
 from pipeline.worldmodel.model import WorldModel
 
 
@@ -167,6 +168,29 @@ def model_history(model: WorldModel) -> int | None:
         if (baseline := model.baselines.get(*key)) is not None
     ]
     return int(np.median(learned)) if learned else None
+
+
+def intervals_past_held(model: WorldModel, t_s: float) -> int | None:
+    """How many intervals the model has closed after ``t_s``'s when that is more than the
+    ring of recent scores its series keep (``ONSET_RING_LENGTH``): the scores of the
+    intervals up to ``t_s`` are gone. None while they are held (or nothing is closed)."""
+    if model.closed_through <= 0:
+        return None
+    interval_ns = int(model.config.interval_s * 1e9)
+    last_closed = model.closed_through // interval_ns - 1
+    past = last_closed - math.floor(t_s / model.config.interval_s)
+    return past if past >= ONSET_RING_LENGTH else None
+
+
+def scores_gone(past: int) -> SearchResult:
+    """The answer to a search at a time whose scores the model no longer holds: it abstains,
+    saying why, rather than reading the missing scores as no deviation."""
+    reason = (
+        f"the world model has closed {past} intervals since the one searched and keeps the"
+        f" scores of its last {ONSET_RING_LENGTH}: the data of the searched window is no longer"
+        " held"
+    )
+    return SearchResult([], [], True, reason, [], None, {"intervals_past_held": float(past)})
 
 
 def quiet_symptom(
