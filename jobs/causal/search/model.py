@@ -4,6 +4,12 @@ For candidate c, on the log scale (a logit), against the "no cause" option's ``n
 
     logit(c) = prior(c) + evidence(c) + propagation(c) + timing(c)
 
+then held below what accounts for c's deviation (explaining away). What cannot have caused the
+symptom at all is ruled out before (``rules``): no deviation in the window, a deviation that
+began after the symptom's (beyond the onset tolerance) or was over before it began, and rows
+that cannot reach the symptom's requests (an asynchronous dependency's latency, one caller's
+view of its own side of the calls).
+
 prior(c)
     Where the dependency graph places it: ``w_depth`` per hop from the symptom (a cause further
     up accounts for more of the path), ``w_off_graph`` when the graph places others on the
