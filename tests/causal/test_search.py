@@ -135,6 +135,8 @@ def test_a_slow_uninstrumented_database_is_found_upstream() -> None:
     assert top.path == [DB, "service:checkout", "service:frontend"]
     assert top.probability > 0.5
     assert top.onset_s == T0 + FAULT * MIN
+    # the database accounts for checkout's deviation, and through it for the frontend's
+    assert "accounts for the deviation of service:checkout, service:frontend" in top.explanation
     # checkout's own latency is DB's: ranked, below it, by the odds of DB's deviation being
     # a coincidence
     checkout = next(c for c in result.causes if c.entity == "service:checkout")

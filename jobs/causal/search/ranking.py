@@ -85,6 +85,9 @@ def rank(
     why: dict[int, str] = {}
     for i, _, reason in accounted:
         why.setdefault(i, reason)
+    # what each candidate accounts for, through chains (a database slowing checkout, which
+    # slows the frontend, accounts for both)
+    relation = nx.DiGraph([(by, i) for i, by, _ in accounted])
     probs = probabilities(config, scores, cold, uncorroborated)
     order_s = np.argsort(-probs[:-1], kind="stable")
     causes = []
@@ -106,6 +109,7 @@ def rank(
                 symptom_entities,
                 names,
                 why.get(i),
+                sorted(names[e] for e in nx.descendants(relation, i)) if i in relation else [],
             )
         )
     stats: dict[str, float] = {}

@@ -62,10 +62,12 @@ def build_cause(
     symptoms: list[str],
     names: list[str],
     accounted_for: str | None = None,
+    accounts_for: list[str] | None = None,
 ) -> Cause:
     """Candidate ``i`` as a cause: its strongest evidence rows as ranked (``best_row`` names
     the one it is ranked by), the change before its deviation, its path to the symptom, and
-    why another candidate accounts for its deviation (``accounted_for``), when one does."""
+    why another candidate accounts for its deviation (``accounted_for``), when one does, and
+    the candidates whose deviations it accounts for (``accounts_for``)."""
     row = int(best_row[i])
     series_entity, signal = batch.series[row]
     rows = np.flatnonzero((batch.entity == i) & (ev.strength >= config.z_min))
@@ -120,6 +122,7 @@ def build_cause(
         + (f" from {_iso(onset_s)}" if onset_s else "")
         + (f", after {change['kind']} {change['change_id']}" if change is not None else "")
         + (f"; it propagates to {path[-1]} via {len(path) - 1} hop(s)" if len(path) > 1 else "")
+        + (f"; it accounts for the deviation of {', '.join(accounts_for)}" if accounts_for else "")
         + (
             f"; it is less likely the cause than what accounts for it: {accounted_for}"
             if accounted_for
