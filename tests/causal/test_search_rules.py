@@ -1015,3 +1015,45 @@ def test_a_candidate_another_accounts_for_has_at_most_the_odds_of_a_coincidence(
     out = explained_away(config, logits, survivors, strength, [(0, 1), (1, 0)])
     assert out[0] == pytest.approx(6.0 - evidence(1))
     assert out[1] == pytest.approx(5.0 - evidence(0))
+
+
+def test_how_long_a_harm_held_before_an_undated_alert_counts_in_time_not_intervals() -> None:
+    from jobs.causal.search.evidence import EntityEvidence
+    from jobs.causal.search.model import logits
+
+    config = SearchConfig()
+    n = 4
+    ents = EntityEvidence(
+        best_strength=np.full(n, 10.0),
+        onset=np.zeros(n),
+        sources=np.ones(n),
+        last_dev=np.zeros(n),
+        directed=np.ones(n, dtype=bool),
+        harm_strength=np.full(n, 10.0),
+        felt_strength=np.full(n, 10.0),
+        felt_onset=np.zeros(n),
+    )
+    fired = 100_000.0
+    # harms that began 1, 4, 20 and 30 minutes before the alert
+    ranked_onset = fired - 60.0 * np.array([1.0, 4.0, 20.0, 30.0])
+    names = [f"service:{k}" for k in "abcd"]
+    for step_s in (15.0, 60.0, 300.0):
+        out = logits(
+            config,
+            np.arange(n),
+            names,
+            dict.fromkeys(names, 1),
+            ents,
+            np.full(n, 10.0),
+            {},
+            np.zeros(n),
+            None,
+            step_s,
+            ranked_onset,
+            fired,
+        )
+        # within the grace (4 minutes, and an interval for the onset's uncertainty) nothing
+        assert out[0] == out[1], step_s
+        # beyond it, w_early per minute, whatever the interval
+        assert out[3] - out[2] == pytest.approx(config.w_early * 10), step_s
+        assert out[2] < out[1], step_s

@@ -49,12 +49,13 @@ class SearchConfig:
     w_late: float = -0.3
     # an alert whose symptom has no onset to time against (on none of worldline's series, such
     # as an SLO or a probe, or on one that looks normal) says when the symptom became bad
-    # enough to page, and alerts fire minutes into a harm: + w_early*(intervals from the
-    # onset of a candidate's ranked evidence to the alert, beyond early_grace_intervals). A
-    # harm that held that long without the alert firing is less likely what it fired for (an
-    # earlier incident's deviation still standing)
+    # enough to page, and alerts fire minutes into a harm: + w_early*(minutes from the onset
+    # of a candidate's ranked evidence to the alert, beyond early_grace_s and the interval an
+    # onset is known to within). A harm that held that long without the alert firing is less
+    # likely what it fired for (an earlier incident's deviation still standing). In time, not
+    # intervals: how long alerts wait does not depend on the model's interval
     w_early: float = -0.2
-    early_grace_intervals: float = 5.0
+    early_grace_s: float = 240.0
     # the "no cause" option (below it, weak evidence loses to "nothing") and the softmax
     # temperature (``worldline evaluate simulator --train-seeds`` fits both)
     null_logit: float = 2.0

@@ -40,8 +40,9 @@ explaining away
 timing(c)
     ``w_late`` per interval c's onset follows the symptom's (within the onset tolerance; later
     than that c is ruled out, ``rules``). For an alert with no onset to time against (an SLO,
-    a probe), ``w_early`` per interval c's evidence held before the alert beyond
-    ``early_grace_intervals``: alerts fire minutes into a harm.
+    a probe), ``w_early`` per minute c's evidence held before the alert beyond
+    ``early_grace_s`` and one interval (what an onset is known to within): alerts fire
+    minutes into a harm, whatever the model's interval.
 
 A softmax at ``temperature`` over the survivors' logits and ``null_logit`` gives the model's
 probabilities (``model_probability`` for the top one); abstention is decided on them. The null
@@ -96,7 +97,8 @@ def logits(
         out = out + config.w_late * np.where(np.isfinite(after), after, 0.0)
     if symptom_onset is None and ranked_onset is not None and fired_s is not None:
         # no onset of the alerted deviation: the alert's time is all there is to time against
-        held = (fired_s - ranked_onset) / step_s - config.early_grace_intervals
+        # an onset is known to within an interval: the grace is that much longer
+        held = (fired_s - ranked_onset - config.early_grace_s - step_s) / 60.0
         held = np.clip(np.where(np.isfinite(held), held, 0.0), 0.0, None)
         out = out + config.w_early * held
     return out
