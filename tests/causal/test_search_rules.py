@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import networkx as nx
 import numpy as np
 import pytest
 
@@ -1003,16 +1004,17 @@ def test_a_candidate_another_accounts_for_has_at_most_the_odds_of_a_coincidence(
         return config.w_strength * math.log1p(strength[i])
 
     # 2 accounts for 0, which accounts for 1; 3 is on its own
-    out = explained_away(config, logits, survivors, strength, [(1, 0), (0, 2)])
+    out = explained_away(config, logits, survivors, strength, nx.DiGraph([(0, 1), (2, 0)]))
     assert out[2] == 3.0 and out[3] == 1.0
     assert out[0] == pytest.approx(3.0 - evidence(2))
     assert out[1] == pytest.approx(out[0] - evidence(0))
     # a candidate already less likely keeps its own odds
-    assert explained_away(config, np.array([0.5, 6.0]), np.array([0, 1]), strength, [(0, 1)])[
-        0
-    ] == pytest.approx(0.5)
+    kept = explained_away(
+        config, np.array([0.5, 6.0]), np.array([0, 1]), strength, nx.DiGraph([(1, 0)])
+    )
+    assert kept[0] == pytest.approx(0.5)
     # two that would each account for the other are each held against the other's own odds
-    out = explained_away(config, logits, survivors, strength, [(0, 1), (1, 0)])
+    out = explained_away(config, logits, survivors, strength, nx.DiGraph([(0, 1), (1, 0)]))
     assert out[0] == pytest.approx(6.0 - evidence(1))
     assert out[1] == pytest.approx(5.0 - evidence(0))
 

@@ -109,18 +109,17 @@ def explained_away(
     logits: np.ndarray,
     survivors: np.ndarray,
     rank_strength: np.ndarray,
-    accounted: list[tuple[int, int]],
+    relation: nx.DiGraph,
 ) -> np.ndarray:
-    """The logits with each candidate another accounts for (``accounted``: (candidate, the one
-    accounting for it), entity indices) at most its explainer's logit less the explainer's
-    evidence term. Chains apply from their first explainer; in a cycle (two that would
-    each account for the other) each is held against the other's own logit."""
+    """The logits with each candidate another accounts for (``relation``: an edge from the
+    one accounting to the one accounted for, entity indices of ``survivors``) at most its
+    explainer's logit less the explainer's evidence term. Chains apply from their first
+    explainer; in a cycle (two that would each account for the other) each is held against
+    the other's own logit."""
     out = logits.copy()
-    pos = {int(h): k for k, h in enumerate(survivors)}
-    relation = nx.DiGraph()
-    relation.add_edges_from((by, i) for i, by in accounted if i in pos and by in pos)
     if not relation:
         return out
+    pos = {int(h): k for k, h in enumerate(survivors)}
     evidence = config.w_strength * np.log1p(rank_strength)
     cycles = nx.condensation(relation)
     member = cycles.graph["mapping"]

@@ -79,15 +79,13 @@ def rank(
         np.array([ev.onset_s[r] if r >= 0 else np.nan for r in best_row[survivors]], dtype=float),
         alert_s if alert_s is not None else t_s,
     )
-    scores = explained_away(
-        config, scores, survivors, rank_strength, [(i, by) for i, by, _ in accounted]
-    )
+    # who accounts for whom; through chains, a database slowing checkout, which slows the
+    # frontend, accounts for both
+    relation = nx.DiGraph([(by, i) for i, by, _ in accounted])
+    scores = explained_away(config, scores, survivors, rank_strength, relation)
     why: dict[int, str] = {}
     for i, _, reason in accounted:
         why.setdefault(i, reason)
-    # what each candidate accounts for, through chains (a database slowing checkout, which
-    # slows the frontend, accounts for both)
-    relation = nx.DiGraph([(by, i) for i, by, _ in accounted])
     probs = probabilities(config, scores, cold, uncorroborated)
     order_s = np.argsort(-probs[:-1], kind="stable")
     causes = []
