@@ -42,7 +42,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("until_symptom_ends", False),
     ("explain_fraction", 0.0),
     ("uncorroborated_failure_z", 0.0),
-    ("symptom_weak_z", 0.0),
+    ("small_rise_z", 0.0),
     # ranking weights, zero
     ("w_sources", 0.0),
     ("w_change", 0.0),

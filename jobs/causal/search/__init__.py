@@ -78,7 +78,6 @@ from jobs.causal.search.symptom import (
     symptom_history,
     symptom_onset,
     until_symptom_ends,
-    weak_symptom_onset,
 )
 from jobs.causal.search.weights import rank_weights
 from pipeline.worldmodel.model import WorldModel
@@ -186,7 +185,7 @@ class CausalSearch:
         tolerance = _tolerance(config, batch)
         names = batch.entities
         idx = {e: i for i, e in enumerate(names)}
-        onset_s, symptom_known, weak_runs, _ = symptom_onset(config, symptoms, batch, ev, idx, t_s)
+        onset_s, symptom_known, _ = symptom_onset(config, symptoms, batch, ev, idx, t_s)
         if all(signal is None for _, signal in symptoms):
             # the alerted signal is none of worldline's series (an SLO, a probe): the alert
             # says the symptom exists at its time, not when it began. The entity's own earliest
@@ -199,15 +198,6 @@ class CausalSearch:
         ents = entity_evidence(batch, ev, config)
         symptom_ids = [idx[e] for e in symptom_entities if e in idx]
         ruled: list[RuledOut] = caller_local_ruled_out(local)
-        weakly = False
-        if symptom_known and onset_s is None and weak_runs:
-            # the alerted signal moved, but little: it is the alerted deviation when a
-            # dependency is clearly harmed over the same intervals
-            weak_onset = weak_symptom_onset(
-                config, batch, ev, ents, symptom_ids, weak_runs, tolerance
-            )
-            if weak_onset is not None:
-                onset_s, weakly = weak_onset, True
         uncorroborated = False
         far = np.zeros(n_ent, dtype=bool)
         if symptom_known and onset_s is None:
@@ -222,7 +212,7 @@ class CausalSearch:
         # (a quiet alert answered for a strong dependency: the strong one says there is an
         # incident; every deviating candidate is ranked, as for any alert, those strong ones
         # first, and "nothing is wrong" stays at least as likely as the best)
-        alive = deviating(config, symptoms, ents, symptom_ids, far, uncorroborated, weakly)
+        alive = deviating(config, symptoms, ents, symptom_ids, far, uncorroborated)
         for i in map(int, np.flatnonzero(~alive)):
             ruled.append(RuledOut(names[i], "no deviation from its baseline in the window"))
         eliminated = mistimed(alive, ents, names, onset_s, tolerance) if onset_s is not None else []

@@ -63,7 +63,7 @@ class SearchConfig:
     # the published top probability: intercept, then one weight per ``calibration.FEATURES``
     # (``worldline evaluate lodo`` fits it on every dataset family and judges it on each one
     # left out)
-    calibration: tuple[float, ...] = (0.534, 0.311, 1.250, -0.624)
+    calibration: tuple[float, ...] = (0.478, 0.355, 1.441, -0.748)
     abstain_below: float = 0.35  # top probability under this: abstain, name what would separate
     chronic_weight: float = 0.25  # deviations older than the window count this much
     warmup_intervals: int = 15  # scores of a series' first intervals are not evidence
@@ -102,17 +102,12 @@ class SearchConfig:
     # failures deviate this much now: failures are rare, and the alert names them (the
     # evidence threshold ``z_min`` itself). 0 turns it off.
     uncorroborated_failure_z: float = 3.0
-    # an alerted failure signal (errors, availability) that deviates only weakly (harmful
-    # direction, at least this many spreads, under ``symptom_z_min``) is corroborated by a
-    # dependency that fails clearly (``z_min``) over the same intervals: failures are rare, so
-    # the coincidence is the evidence the alert names. Latency is not corroborated this way: a
-    # service's latency and its dependencies' move together a little all the time (shared
-    # load), so such coincidences are no evidence. 0 turns it off. It is also the least rise (in spreads) of a candidate's latency
-    # statistic that counts, under ``z_min``, when judging whether the candidate is too little
-    # slower to account for the alerted statistic's rise: a tail statistic (p95, p99) is noisy
-    # and may rise by less than ``z_min`` of its spreads while rising by far more than the
-    # ``explain_fraction`` of the alerted one.
-    symptom_weak_z: float = 1.5
+    # the least rise (in spreads) of a candidate's latency statistic that counts, under
+    # ``z_min``, when judging whether the candidate is too little slower to account for the
+    # alerted statistic's rise (``explain_fraction``): a tail statistic (p95, p99) is noisy and
+    # may rise by less than ``z_min`` of its spreads while rising by far more than that
+    # fraction of the alerted one; a rise within the noise is none
+    small_rise_z: float = 1.5
     # a leaf dependency (it calls nothing known) harmed together with an instrumented sibling
     # (same caller, same harm, onsets within the tolerance: the same requests seen from both
     # sides of a balancer, neither precedes the other) is the caller's view of that sibling,

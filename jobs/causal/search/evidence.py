@@ -206,14 +206,14 @@ class _LatencyAccounts:
     def excess(self, row: int, below_threshold: bool = False) -> float | None:
         """Absolute rise at the row's peak (peak z times the baseline's spread at its onset);
         with ``below_threshold``, also of a row whose rise stayed under the evidence threshold
-        but reached the weak one (``symptom_weak_z``; its spread at the window's last
+        but reached ``small_rise_z`` (its spread at the window's last
         interval): a small rise is still a rise, a rise within the noise is none."""
         key = (row, below_threshold)
         if key not in self._excess:
             value = None
             at = float(self.ev.onset_s[row])
             peak = float(self.ev.peak[row])
-            weak = self.config.symptom_weak_z
+            weak = self.config.small_rise_z
             if not math.isfinite(at) and below_threshold and 0 < weak <= peak:
                 at = self.batch.t0_s + (self.batch.z.shape[1] - 1) * self.batch.interval_s
             baseline = self.model.baselines.get(*self.batch.series[row])

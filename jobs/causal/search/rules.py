@@ -209,20 +209,17 @@ def deviating(
     symptom_ids: list[int],
     far: np.ndarray,
     uncorroborated: bool,
-    weakly: bool,
 ) -> np.ndarray:
     """Candidates that deviate from their baseline in the window (the rest are ruled out).
 
-    An alerted failure (``failures_need_harm``), a weak alerted deviation corroborated by a
-    failing dependency, and a quiet alert answered for a dependency harmed far beyond its
-    normal, are explained only by a candidate that is itself harmed (in a signal with a
+    An alerted failure (``failures_need_harm``) and a quiet alert answered for a dependency
+    harmed far beyond its normal are explained only by a candidate that is itself harmed (in a signal with a
     harmful direction): one whose only change is how much it is called did not make its
     callers fail. The alerted entity itself stays (its alert names its harm), except for a
     quiet alert, where it stays only when it is itself harmed far beyond its normal."""
     alive = ents.best_strength >= config.z_min
     if (
         uncorroborated
-        or weakly
         or config.failures_need_harm
         and any(signal is not None and _is_failure(signal) for _, signal in symptoms)
     ):

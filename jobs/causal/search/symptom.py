@@ -32,16 +32,14 @@ def symptom_onset(
     ev: Evidence,
     idx: dict[str, int],
     t_s: float,
-) -> tuple[float | None, bool, list[tuple[float, float]], float | None]:
-    """Onset of the alerted deviation, whether the alerted signal is known but quiet, the
-    recent weak runs of the alerted signal (onset, end) for corroboration, and the start
-    of the last interval the alerted deviation lasted.
+) -> tuple[float | None, bool, float | None]:
+    """Onset of the alerted deviation, whether the alerted signal is known but quiet, and the
+    start of the last interval the alerted deviation lasted.
 
     With a signal named and series of it known, only a recent deviation of that signal in
     its harmful direction counts: when there is none, the alert has nothing to explain."""
     onsets = []
     ends = []
-    weak: list[tuple[float, float]] = []
     known = False
     recent = t_s - config.symptom_recency_s
     own = _own_mask(batch)
@@ -83,25 +81,11 @@ def symptom_onset(
                 end_of = np.full(len(batch), np.nan)
                 end_of[of_signal] = sends
                 rows = of_signal[keep]
-                if not keep.any() and config.symptom_weak_z > 0 and _is_failure(signal):
-                    wev = evaluate(sub, replace(config, z_min=config.symptom_weak_z))
-                    wends = wev.end_s if wev.end_s is not None else wev.onset_s
-                    # a one-interval dip counts: its peak, not its persistence
-                    recent_weak = (
-                        ~np.isnan(wev.onset_s)
-                        & (np.abs(wev.peak) >= config.symptom_weak_z)
-                        & (wends >= recent)
-                    )
-                    weak += [
-                        (float(wev.onset_s[r]), float(wends[r]))
-                        for r in np.flatnonzero(recent_weak)
-                    ]
         if len(rows):
             onsets.append(float(np.nanmin(onset_of[rows])))
             ends.append(float(np.nanmax(end_of[rows])))
     quiet = known and not onsets
-    end = max(ends) if ends else (max(e for _, e in weak) if quiet and weak else None)
-    return (min(onsets) if onsets else None), quiet, weak if quiet else [], end
+    return (min(onsets) if onsets else None), quiet, (max(ends) if ends else None)
 
 
 def until_symptom_ends(
@@ -126,8 +110,8 @@ def until_symptom_ends(
         # is over belongs to an earlier incident and cuts nothing
         return batch, ev
     idx = {e: i for i, e in enumerate(batch.entities)}
-    onset, _, weak, end = symptom_onset(config, symptoms, batch, ev, idx, t_s)
-    if end is None or (onset is None and not weak):
+    onset, _, end = symptom_onset(config, symptoms, batch, ev, idx, t_s)
+    if end is None or onset is None:
         return batch, ev
     tolerance = _tolerance(config, batch)
     keep = int(math.floor((end + tolerance - batch.t0_s) / batch.interval_s)) + 1
@@ -225,40 +209,6 @@ def quiet_symptom(
         "search_ms": round((time.perf_counter() - started) * 1000, 3),
     }
     return SearchResult([], [], True, reason, [f"{e} {s}" for e, s in symptoms], None, stats)
-
-
-def weak_symptom_onset(
-    config: SearchConfig,
-    batch: HypothesisBatch,
-    ev: Evidence,
-    ents: EntityEvidence,
-    symptom_ids: list[int],
-    weak_runs: list[tuple[float, float]],
-    tolerance: float,
-) -> float | None:
-    """The onset of the alerted signal's weak run that a dependency corroborates, if any.
-
-    The alerted signal moved, but little: it is the alerted deviation when a dependency is
-    clearly harmed over the same intervals (failures are rare, so the coincidence is the
-    evidence the alert names)."""
-    n_ent = len(batch.entities)
-    others = np.ones(n_ent, dtype=bool)
-    others[symptom_ids] = False
-    failing = np.zeros(n_ent, dtype=bool)
-    failure_rows = np.array(
-        [_is_failure(signal) for _, signal in batch.series], dtype=bool
-    ).reshape(len(batch))
-    np.logical_or.at(failing, batch.entity, failure_rows & (ev.strength >= config.z_min))
-    for run_onset, run_end in sorted(weak_runs):
-        together = (
-            others
-            & failing
-            & (ents.onset <= run_end + tolerance)
-            & (ents.last_dev >= run_onset - tolerance)
-        )
-        if together.any():
-            return run_onset
-    return None
 
 
 def harmed_far(

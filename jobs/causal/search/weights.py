@@ -41,7 +41,7 @@ def too_small_for_symptom(
     """Latency rows of candidates whose rise is too small to account for an alerted
     latency: the alerted statistic rose by X at the symptom, the same statistic of the
     candidate by less than ``explain_fraction`` of X (see ``_LatencyAccounts``; a rise
-    under the evidence threshold counts from ``symptom_weak_z`` spreads on). For an
+    under the evidence threshold counts from ``small_rise_z`` spreads on). For an
     alerted failure that does not slow the symptom: the latency rows of candidates that
     do not fail."""
     out = np.zeros(len(batch), dtype=bool)
