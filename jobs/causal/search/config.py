@@ -14,7 +14,9 @@ OFF_GRAPH = -2
 class SearchConfig:
     hops: int = 6
     window_intervals: int = 30
-    z_min: float = 3.0  # a deviation smaller than this is no evidence
+    # a deviation smaller than this is no evidence; a caller whose directed evidence (latency,
+    # errors) about a dependency stays under it measures the dependency healthy
+    z_min: float = 3.0
     z_cap: float = 30.0
     onset_tolerance_s: float = (
         120.0  # a cause may start this much after the symptom (interval rounding)
@@ -71,9 +73,6 @@ class SearchConfig:
     # their peak, and their strength when one is the peak, count this much
     recent_intervals: int = 10
     stale_weight: float = 0.1
-    # a caller whose directed evidence (latency, errors) about a dependency stays under this
-    # strength measures it healthy
-    quiet_z: float = 3.0
     # a dependency whose own latency rose by less than this fraction of a dependent's latency
     # excess (same statistic, absolute units) cannot account for it: even called this many
     # times in sequence per request, it adds too little; the dependent is slow on its own

@@ -70,7 +70,7 @@ def caller_local(
         if len(deviating) != 1 or deviating[0] not in idx:
             continue
         caller = deviating[0]
-        if any(harm >= config.quiet_z for c, harm in seen.items() if c != caller):
+        if any(harm >= config.z_min for c, harm in seen.items() if c != caller):
             continue
         own_rows = groups.get(name, [])
         view = [r for r in callers[caller] if directed[r] and strong[r]]
