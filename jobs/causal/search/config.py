@@ -29,7 +29,9 @@ class SearchConfig:
     symptom_z_min: float = 3.0
     change_lookback_s: float = 1800.0  # how long before its entity's onset a change can matter
     # logit = w_strength*log1p(z) + w_sources*(sources-1) + w_change*change + w_depth*depth
-    # (the alerted entity is a candidate like any other: no term for it)
+    # (the alerted entity is a candidate like any other: no term for it). w_strength is the
+    # tail index of the scores under "nothing is wrong", P(|z| > s) ~ (1+s)^-w_strength: the
+    # surprise of a deviation of s spreads is w_strength*log1p(s)
     w_strength: float = 1.6
     w_sources: float = 0.6
     w_change: float = 0.8

@@ -18,7 +18,11 @@ prior(c)
 evidence(c)
     ``w_strength * log1p(s)``, s the strength of c's strongest series: its deviation in robust
     spreads of its own normal (the noise model is the baselines'), clipped at ``z_cap``, times
-    the square root of its persistence, times what that kind of deviation says about c
+    the square root of its persistence. This is the surprise of the deviation under "nothing
+    is wrong" when the scores' tails fall as a power, P(|z| > s) ~ (1 + s) ** -w_strength
+    (telemetry spikes far more often than a Gaussian allows): ``w_strength`` is that tail
+    index. Doubling a deviation adds about ``w_strength * log 2`` logits, where a Gaussian
+    would quadruple its surprise. The strength is further scaled by what that kind of deviation says about c
     (``weights``): a change of inbound traffic, saturation while c's requests stay fast and
     successful, latency its callers saw while c served as fast, or a rise too small to account
     for the alerted one count ``traffic_weight``; a harm that already held before the symptom
@@ -50,8 +54,9 @@ logit rises to the best candidate's when the alerted signal itself looks normal 
 wrong" stays at least as likely), and to within ``cold_start_odds`` to one of it on a cold
 start.
 
-The weights are set by hand and checked on every dataset family (``worldline evaluate
-ablate`` turns each off in turn); they are not yet likelihoods derived from a noise model.
+``w_strength`` is a parameter of the noise model (its tail index). The other weights are set
+by hand and checked on every dataset family (``worldline evaluate ablate`` turns each off in
+turn); they are not yet likelihoods derived from a noise model.
 """
 
 from __future__ import annotations
