@@ -1061,3 +1061,41 @@ def test_how_long_a_harm_held_before_an_undated_alert_counts_in_time_not_interva
         # beyond it, w_early per minute, whatever the interval
         assert out[3] - out[2] == pytest.approx(config.w_early * 10), step_s
         assert out[2] < out[1], step_s
+
+
+def test_a_causes_odds_are_published_term_by_term() -> None:
+    # app fails (and slows down), and so does front because of it: each cause carries the terms
+    # of its logit, in its explanation and, for the ranked evidence, timing, topology and
+    # explaining away, as evidence items with their weight in logits
+    levels = _levels({"front": 0.2, "app": 0.08, "store": 0.05})
+    world = _world(
+        [("front", "app"), ("app", "store")],
+        levels,
+        {
+            ("front", "availability", "Average"): -4.0,
+            ("app", "availability", "Average"): -8.0,
+            ("app", "latency", "Average"): 0.1,
+            ("app", "latency", "p50"): 0.1,
+        },
+    )
+    result = _search(world, "availability.average")
+    assert _top(result) == "service:app"
+    for cause in result.causes:
+        total = cause.explanation.rsplit("(total ", 1)[1].split(")")[0]
+        assert float(total) == pytest.approx(cause.logit, abs=0.006), cause.explanation
+        weighted = [e for e in cause.evidence if "weight" in e]
+        # the ranked series' weight is its surprise: w_strength * log1p(strength)
+        ranked = [e for e in weighted if e.get("signal") == cause.signal]
+        assert len(ranked) == 1 and ranked[0]["weight"] > 0, cause.evidence
+        if "further views" not in cause.explanation:
+            # every other term is an item: the weights add up to the logit
+            assert sum(e["weight"] for e in weighted) == pytest.approx(cause.logit, abs=0.01)
+    app = next(c for c in result.causes if c.entity == "service:app")
+    topology = [e for e in app.evidence if e["type"] == "topology"]
+    assert topology and topology[0]["summary"] == "1 hop(s) from the symptom"
+    assert topology[0]["weight"] == pytest.approx(SearchConfig().w_depth)
+    # front is accounted for by app: held below it, and the item says by how much
+    front = next(c for c in result.causes if c.entity == "service:front")
+    away = [e for e in front.evidence if e["type"] == "explaining_away"]
+    assert len(away) == 1 and away[0]["weight"] < 0
+    assert front.logit < app.logit

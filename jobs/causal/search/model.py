@@ -70,8 +70,12 @@ import numpy as np
 from jobs.causal.search.config import OFF_GRAPH, SearchConfig
 from jobs.causal.search.evidence import EntityEvidence
 
+TERMS = ("surprise", "sources", "change", "depth", "propagation", "off_graph", "late", "early")
+"""The terms of a candidate's logit, in the order they are added (explaining away comes after);
+each cause publishes them (``result.build_cause``)."""
 
-def logits(
+
+def terms(
     config: SearchConfig,
     survivors: np.ndarray,
     names: list[str],
@@ -84,28 +88,45 @@ def logits(
     step_s: float,
     ranked_onset: np.ndarray | None = None,
     fired_s: float | None = None,
-) -> np.ndarray:
-    """The survivors' logits (``SearchConfig``'s weights). ``ranked_onset``: per survivor, the
-    onset of the evidence it ranks with; ``fired_s``: when the alert fired."""
+) -> dict[str, np.ndarray]:
+    """Each term of the survivors' logits (``TERMS``, ``SearchConfig``'s weights applied);
+    their sum is the logit. ``ranked_onset``: per survivor, the onset of the evidence it ranks
+    with; ``fired_s``: when the alert fired."""
+    n = len(survivors)
     depth = np.array([max(candidates.get(names[i], 0), 0) for i in survivors], dtype=float)
     off_graph = np.array([candidates.get(names[i]) == OFF_GRAPH for i in survivors], dtype=float)
-    out = (
-        config.w_strength * np.log1p(rank_strength[survivors])
-        + config.w_sources * (ents.sources[survivors] - 1)
-        + config.w_change * np.array([i in change_for for i in survivors], dtype=float)
-        + config.w_depth * depth
-        + config.w_explains * np.log1p(explains)
-        + config.w_off_graph * off_graph
-    )
+    out = {
+        "surprise": config.w_strength * np.log1p(rank_strength[survivors]),
+        "sources": config.w_sources * (ents.sources[survivors] - 1),
+        "change": config.w_change * np.array([i in change_for for i in survivors], dtype=float),
+        "depth": config.w_depth * depth,
+        "off_graph": config.w_off_graph * off_graph,
+        "propagation": config.w_explains * np.log1p(explains),
+        "late": np.zeros(n),
+        "early": np.zeros(n),
+    }
     if symptom_onset is not None and config.w_late:
         after = np.clip((ents.onset[survivors] - symptom_onset) / step_s, 0.0, None)
-        out = out + config.w_late * np.where(np.isfinite(after), after, 0.0)
+        out["late"] = config.w_late * np.where(np.isfinite(after), after, 0.0)
     if symptom_onset is None and ranked_onset is not None and fired_s is not None:
         # no onset of the alerted deviation: the alert's time is all there is to time against
         # an onset is known to within an interval: the grace is that much longer
         held = (fired_s - ranked_onset - config.early_grace_s - step_s) / 60.0
         held = np.clip(np.where(np.isfinite(held), held, 0.0), 0.0, None)
-        out = out + config.w_early * held
+        out["early"] = config.w_early * held
+    return out
+
+
+def logits(config: SearchConfig, *args: Any, **kwargs: Any) -> np.ndarray:
+    """The survivors' logits: the sum of their ``terms`` (same arguments)."""
+    return total(terms(config, *args, **kwargs))
+
+
+def total(parts: dict[str, np.ndarray]) -> np.ndarray:
+    """The logits the ``terms`` add up to."""
+    out = parts[TERMS[0]].copy()
+    for name in TERMS[1:]:
+        out = out + parts[name]
     return out
 
 

@@ -15,7 +15,7 @@ from jobs.causal.calibration import Calibration
 from jobs.causal.search.config import SearchConfig
 from jobs.causal.search.evidence import EntityEvidence, Evidence, HypothesisBatch
 from jobs.causal.search.explain import explained_between
-from jobs.causal.search.model import explained_away, logits, probabilities
+from jobs.causal.search.model import TERMS, explained_away, probabilities, terms, total
 from jobs.causal.search.result import Cause, build_cause
 from pipeline.worldmodel.model import WorldModel
 
@@ -65,7 +65,7 @@ def rank(
     explains = explained_between(
         config, survivors, graph, names, idx, symptom_ids, ents.best_strength, ents.onset
     )
-    scores = logits(
+    parts = terms(
         config,
         survivors,
         names,
@@ -79,10 +79,13 @@ def rank(
         np.array([ev.onset_s[r] if r >= 0 else np.nan for r in best_row[survivors]], dtype=float),
         alert_s if alert_s is not None else t_s,
     )
+    scores = total(parts)
     # who accounts for whom; through chains, a database slowing checkout, which slows the
     # frontend, accounts for both
     relation = nx.DiGraph([(by, i) for i, by, _ in accounted])
-    scores = explained_away(config, scores, survivors, rank_strength, relation)
+    bounded = explained_away(config, scores, survivors, rank_strength, relation)
+    parts["explained_away"] = bounded - scores
+    scores = bounded
     why: dict[int, str] = {}
     for i, _, reason in accounted:
         why.setdefault(i, reason)
@@ -108,6 +111,7 @@ def rank(
                 names,
                 why.get(i),
                 sorted(names[e] for e in nx.descendants(relation, i)) if i in relation else [],
+                {name: float(parts[name][rank_i]) for name in (*TERMS, "explained_away")},
             )
         )
     stats: dict[str, float] = {}

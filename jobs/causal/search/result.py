@@ -63,11 +63,15 @@ def build_cause(
     names: list[str],
     accounted_for: str | None = None,
     accounts_for: list[str] | None = None,
+    terms: dict[str, float] | None = None,
 ) -> Cause:
     """Candidate ``i`` as a cause: its strongest evidence rows as ranked (``best_row`` names
     the one it is ranked by), the change before its deviation, its path to the symptom, and
     why another candidate accounts for its deviation (``accounted_for``), when one does, and
-    the candidates whose deviations it accounts for (``accounts_for``)."""
+    the candidates whose deviations it accounts for (``accounts_for``). ``terms``: what each
+    term of the model (``model.TERMS``, then ``explained_away``) adds to its logit; the ranked
+    evidence, the change and the terms of timing, topology and explaining away then carry
+    their ``weight`` in logits."""
     row = int(best_row[i])
     series_entity, signal = batch.series[row]
     rows = np.flatnonzero((batch.entity == i) & (ev.strength >= config.z_min))
@@ -100,6 +104,8 @@ def build_cause(
             item["baseline"] = round(float(expected), 6)
             item["spread"] = round(float(spread), 6)
             item["observed"] = round(float(expected + ev.peak[r] * spread), 6)
+        if terms is not None and r == row:
+            item["weight"] = round(terms["surprise"], 3)
         evidence.append(item)
     change = change_for.get(i)
     if change is not None:
@@ -109,7 +115,10 @@ def build_cause(
                 "summary": f"{change['kind']} of {names[i]} at {_iso(int(change['time_unix_nano']) / 1e9)}, before its deviation",
                 "change_id": change["change_id"],
             }
+            | ({"weight": round(terms["change"], 3)} if terms is not None else {})
         )
+    if terms is not None:
+        evidence += model_terms(config, terms)
     path = _path(graph, names[i], symptoms)
     fclass = (
         change["kind"]
@@ -128,6 +137,11 @@ def build_cause(
             if accounted_for
             else ""
         )
+        + (
+            f"; its odds against nothing being wrong, in logits: {_breakdown(terms)}"
+            if terms
+            else ""
+        )
         + "."
     )
     return Cause(
@@ -141,6 +155,63 @@ def build_cause(
         path,
         explanation,
     )
+
+
+TERM_NAMES = {
+    "surprise": "deviation",
+    "sources": "further views",
+    "change": "change",
+    "depth": "distance",
+    "off_graph": "off the graph",
+    "propagation": "propagation",
+    "late": "began late",
+    "early": "held before the alert",
+    "explained_away": "explained away",
+}
+
+
+def _breakdown(terms: dict[str, float]) -> str:
+    """The non-zero terms and their total, as a cause's explanation reads them."""
+    parts = [f"{TERM_NAMES[k]} {v:+.2f}" for k, v in terms.items() if abs(v) >= 0.005]
+    return ", ".join(parts) + f" (total {sum(terms.values()):+.2f})"
+
+
+def model_terms(config: SearchConfig, terms: dict[str, float]) -> list[dict[str, Any]]:
+    """Evidence items for the model's terms of timing, topology and explaining away that
+    move a cause's logit, each with its ``weight`` (logits)."""
+    out: list[dict[str, Any]] = []
+
+    def add(kind: str, term: str, summary: str) -> None:
+        if abs(terms.get(term, 0.0)) >= 0.005:
+            out.append({"type": kind, "summary": summary, "weight": round(terms[term], 3)})
+
+    if config.w_depth:
+        add("topology", "depth", f"{terms['depth'] / config.w_depth:.0f} hop(s) from the symptom")
+    add(
+        "topology",
+        "off_graph",
+        "the dependency graph places other candidates on the symptom's past side, not it",
+    )
+    if config.w_explains:
+        n = math.expm1(terms["propagation"] / config.w_explains)
+        entities = "entity" if round(n) == 1 else "entities"
+        add("topology", "propagation", f"{n:.0f} deviating {entities} between it and the symptom")
+    if config.w_late:
+        add(
+            "timing",
+            "late",
+            f"its deviation began {terms['late'] / config.w_late:.1f} interval(s) after the"
+            " symptom's",
+        )
+    if config.w_early:
+        add(
+            "timing",
+            "early",
+            f"its evidence held {terms['early'] / config.w_early:.1f} min before the alert"
+            " beyond the grace",
+        )
+    add("explaining_away", "explained_away", "less likely than what accounts for its deviation")
+    return out
 
 
 def _path(graph: nx.MultiDiGraph, cause: str, symptoms: list[str]) -> list[str]:
