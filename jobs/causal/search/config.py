@@ -18,12 +18,10 @@ class SearchConfig:
     # errors) about a dependency stays under it measures the dependency healthy
     z_min: float = 3.0
     z_cap: float = 30.0
-    onset_tolerance_s: float = (
-        120.0  # a cause may start this much after the symptom (interval rounding)
-    )
-    # at least one interval: at coarse granularity (5-minute metrics) a cause and its effect
-    # routinely land in neighbouring intervals
-    tolerance_intervals: float = 1.0
+    # a cause may start this much after the symptom (interval rounding), and at least one
+    # interval: an onset is known to within its interval, so at coarse granularity (5-minute
+    # metrics) a cause and its effect routinely land in neighbouring intervals
+    onset_tolerance_s: float = 120.0
     symptom_recency_s: float = 1800.0  # the alerted deviation must be this recent to be explained
     # the alert already says the symptom is abnormal: its own signal needs less to corroborate it
     symptom_z_min: float = 3.0

@@ -131,8 +131,9 @@ def _in_family(batch: HypothesisBatch, rows: np.ndarray, signal: str | None) -> 
 
 
 def _tolerance(config: SearchConfig, batch: HypothesisBatch) -> float:
-    """How much later than another a deviation may begin and still count as simultaneous."""
-    return max(config.onset_tolerance_s, config.tolerance_intervals * batch.step_s)
+    """How much later than another a deviation may begin and still count as simultaneous:
+    ``onset_tolerance_s``, and at least the interval an onset is known to within."""
+    return max(config.onset_tolerance_s, batch.step_s)
 
 
 def _harmful(batch: HypothesisBatch, filled: np.ndarray | None = None) -> np.ndarray:
