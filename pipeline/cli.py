@@ -596,7 +596,11 @@ def demo(ctx: Context, scenario: str, seed: int, services: int, history: float) 
     if record["causes"]:
         top = record["causes"][0]
         for item in top["evidence"]:
-            stdout().print(f"  - {item['summary']}")
+            # a weight is what the item adds to the cause's odds, in logits
+            weight = item.get("weight")
+            stdout().print(
+                f"  - {item['summary']}" + (f" ({weight:+.2f})" if weight is not None else "")
+            )
         stdout().print(f"  {top['explanation']}")
         hit = any(
             label_matches(f"{top['entity']['kind']}:{top['entity']['name']}", f["entity"])

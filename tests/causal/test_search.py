@@ -157,7 +157,10 @@ def test_cpu_saturation_of_a_service_beats_its_healthy_database() -> None:
     )
     top = _search(model).causes[0]
     assert top.entity == "service:checkout"
-    assert {e.get("signal") for e in top.evidence} >= {"process.cpu.utilization", "span.latency_p95_ms"}
+    assert {e.get("signal") for e in top.evidence} >= {
+        "process.cpu.utilization",
+        "span.latency_p95_ms",
+    }
 
 
 def test_a_coinciding_deploy_elsewhere_ranks_below_what_accounts_for_its_service() -> None:

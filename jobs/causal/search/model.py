@@ -22,14 +22,16 @@ evidence(c)
     is wrong" when the scores' tails fall as a power, P(|z| > s) ~ (1 + s) ** -w_strength
     (telemetry spikes far more often than a Gaussian allows): ``w_strength`` is that tail
     index. Doubling a deviation adds about ``w_strength * log 2`` logits, where a Gaussian
-    would quadruple its surprise. The strength is further scaled by what that kind of deviation says about c
-    (``weights``): a change of inbound traffic, saturation while c's requests stay fast and
-    successful, latency its callers saw while c served as fast, or a rise too small to account
-    for the alerted one count ``traffic_weight``; a harm that already held before the symptom
-    began counts ``standing_weight``; one older than the window ``chronic_weight``; one over
-    long ago ``stale_weight``; a series that often deviates less. Plus ``w_sources`` per
-    independent view beyond the first (traces, logs, metrics, each further caller measuring
-    c).
+    would quadruple its surprise. The strength is further scaled by what that kind of
+    deviation says about c (``weights``): a change of inbound traffic, saturation while c's
+    requests stay fast and successful, latency its callers saw while c served as fast, or a
+    rise too small to account for the alerted one count ``traffic_weight``; a harm that
+    already held before the symptom began counts ``standing_weight``; one older than the
+    window ``chronic_weight``; one over long ago ``stale_weight``; a series that often
+    deviates less. Under the same tail, a factor f on a large strength is a likelihood ratio
+    of f ** w_strength: such a deviation is that much more common when c is not the cause
+    (0.25 makes it about 9 times, 0.1 about 40 times). Plus ``w_sources`` per independent
+    view beyond the first (traces, logs, metrics, each further caller measuring c).
 propagation(c)
     ``w_explains * log1p(n)``, n the deviating entities between c and the symptom: a cause
     accounts for the anomalies on its propagation paths.
