@@ -137,11 +137,7 @@ def build_cause(
             if accounted_for
             else ""
         )
-        + (
-            f"; its odds against nothing being wrong, in logits: {_breakdown(terms)}"
-            if terms
-            else ""
-        )
+        + (f"; the terms of its logit: {_breakdown(terms)}" if terms else "")
         + "."
     )
     return Cause(
