@@ -432,22 +432,26 @@ def test_latency_statistics_keep_what_follows_the_qualifiers() -> None:
     assert _latency_unit("latency.p90") == ""
 
 
+def _failing_app(store_slower: bool) -> tuple[WorldModel, float]:
+    """front -> app -> store: app fails and slows down, and so does front through it;
+    ``store_slower``: the store gets slower too, enough to account for app's slowdown."""
+    deltas: dict[tuple[str, str, str], float] = {
+        ("front", "availability", "Average"): -4.0,
+        ("app", "availability", "Average"): -8.0,
+        ("app", "latency", "Average"): 0.1,
+        ("app", "latency", "p50"): 0.1,
+    }
+    if store_slower:
+        deltas[("store", "latency", "Average")] = 0.1
+        deltas[("store", "latency", "p50")] = 0.1
+    levels = _levels({"front": 0.2, "app": 0.08, "store": 0.05})
+    return _world([("front", "app"), ("app", "store")], levels, deltas)
+
+
 def test_a_dependency_only_slower_does_not_explain_a_failing_service() -> None:
     # app fails and slows down (it retries its own errors); its object store gets slower at the
     # same time, enough to account for app's slowdown, but nothing fails there
-    levels = _levels({"front": 0.2, "app": 0.08, "store": 0.05})
-    world = _world(
-        [("front", "app"), ("app", "store")],
-        levels,
-        {
-            ("front", "availability", "Average"): -4.0,
-            ("app", "availability", "Average"): -8.0,
-            ("app", "latency", "Average"): 0.1,
-            ("app", "latency", "p50"): 0.1,
-            ("store", "latency", "Average"): 0.1,
-            ("store", "latency", "p50"): 0.1,
-        },
-    )
+    world = _failing_app(store_slower=True)
     result = _search(world, "availability.average")
     assert _top(result) == "service:app"
     assert _accounted_for(result, "service:app") is None
@@ -1023,7 +1027,7 @@ def test_a_candidate_another_accounts_for_has_at_most_the_odds_of_a_coincidence(
 
 def test_how_long_a_harm_held_before_an_undated_alert_counts_in_time_not_intervals() -> None:
     from jobs.causal.search.evidence import EntityEvidence
-    from jobs.causal.search.model import logits
+    from jobs.causal.search.model import terms, total
 
     config = SearchConfig()
     n = 4
@@ -1042,19 +1046,21 @@ def test_how_long_a_harm_held_before_an_undated_alert_counts_in_time_not_interva
     ranked_onset = fired - 60.0 * np.array([1.0, 4.0, 20.0, 30.0])
     names = [f"service:{k}" for k in "abcd"]
     for step_s in (15.0, 60.0, 300.0):
-        out = logits(
-            config,
-            np.arange(n),
-            names,
-            dict.fromkeys(names, 1),
-            ents,
-            np.full(n, 10.0),
-            {},
-            np.zeros(n),
-            None,
-            step_s,
-            ranked_onset,
-            fired,
+        out = total(
+            terms(
+                config,
+                np.arange(n),
+                names,
+                dict.fromkeys(names, 1),
+                ents,
+                np.full(n, 10.0),
+                {},
+                np.zeros(n),
+                None,
+                step_s,
+                ranked_onset,
+                fired,
+            )
         )
         # within the grace (4 minutes, and an interval for the onset's uncertainty) nothing
         assert out[0] == out[1], step_s
@@ -1067,17 +1073,7 @@ def test_a_causes_odds_are_published_term_by_term() -> None:
     # app fails (and slows down), and so does front because of it: each cause carries the terms
     # of its logit, in its explanation and, for the ranked evidence, timing, topology and
     # explaining away, as evidence items with their weight in logits
-    levels = _levels({"front": 0.2, "app": 0.08, "store": 0.05})
-    world = _world(
-        [("front", "app"), ("app", "store")],
-        levels,
-        {
-            ("front", "availability", "Average"): -4.0,
-            ("app", "availability", "Average"): -8.0,
-            ("app", "latency", "Average"): 0.1,
-            ("app", "latency", "p50"): 0.1,
-        },
-    )
+    world = _failing_app(store_slower=False)
     result = _search(world, "availability.average")
     assert _top(result) == "service:app"
     for cause in result.causes:

@@ -73,7 +73,7 @@ from jobs.causal.search.config import OFF_GRAPH, SearchConfig
 from jobs.causal.search.evidence import EntityEvidence
 
 TERMS = ("surprise", "sources", "change", "depth", "propagation", "off_graph", "late", "early")
-"""The terms of a candidate's logit, in the order they are added (explaining away comes after);
+"""The terms of a candidate's logit, in the order ``total`` adds them (explaining away comes after);
 each cause publishes them (``result.build_cause``)."""
 
 
@@ -117,11 +117,6 @@ def terms(
         held = np.clip(np.where(np.isfinite(held), held, 0.0), 0.0, None)
         out["early"] = config.w_early * held
     return out
-
-
-def logits(config: SearchConfig, *args: Any, **kwargs: Any) -> np.ndarray:
-    """The survivors' logits: the sum of their ``terms`` (same arguments)."""
-    return total(terms(config, *args, **kwargs))
 
 
 def total(parts: dict[str, np.ndarray]) -> np.ndarray:

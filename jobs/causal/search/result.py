@@ -76,6 +76,10 @@ def build_cause(
     series_entity, signal = batch.series[row]
     rows = np.flatnonzero((batch.entity == i) & (ev.strength >= config.z_min))
     rows = rows[np.argsort(-ev.strength[rows], kind="stable")][:5]
+    if row not in rows:
+        # the series it is ranked by is always shown: rows counting less (traffic, standing
+        # harm) may be stronger
+        rows = np.append(rows[:4], row)
     evidence = []
     for r in rows:
         e, s = batch.series[r]
