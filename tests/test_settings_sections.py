@@ -62,13 +62,16 @@ def test_toml_env_and_flags_reach_sections(tmp_path: Path) -> None:
     s, sources = load(
         config_file=cfg,
         environ=env,
-        cli=parse_assignments(["search.explain_needs_precedence=false", "max_incidents=12"]),
+        cli=parse_assignments(
+            ["search.off=explain_needs_precedence,cold_start", "max_incidents=12"]
+        ),
     )
     search = section_config(s, SearchConfig)
     assert search.w_off_graph == -0.5 and sources["search.w_off_graph"] == f"file {cfg}"
     assert search.hops == 5 and sources["search.hops"] == "environment"
-    assert search.explain_needs_precedence is False
-    assert sources["search.explain_needs_precedence"] == "command line"
+    assert search.off == ("explain_needs_precedence", "cold_start")
+    assert not search.on("explain_needs_precedence") and search.on("failures_need_harm")
+    assert sources["search.off"] == "command line"
     assert sources["search.z_min"] == "default"
     assert s.max_incidents == 12
     config = model_config(s)
@@ -107,6 +110,12 @@ def test_toml_env_and_flags_reach_sections(tmp_path: Path) -> None:
             ["templates.similarity_threshold=1.5"],
             "invalid templates settings: similarity_threshold must be in (0, 1];"
             " set: templates.similarity_threshold=1.5 (from command line)",
+        ),
+        (
+            "",
+            {},
+            ["search.off=cold_start,nope"],
+            "invalid search settings: off names rules of the search; nope is none of them",
         ),
         (
             "",

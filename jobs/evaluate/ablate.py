@@ -29,19 +29,14 @@ from typing import Any
 import numpy as np
 
 from jobs.causal.search import SearchConfig
+from jobs.causal.search.config import RULES as search_rules
 from jobs.evaluate import petshop, simulator
 
 RULES: tuple[tuple[str, Any], ...] = (
-    # elimination rules, off
-    ("explain_needs_precedence", False),
-    ("shift_spares_failing", False),
-    ("failures_need_failures", False),
-    ("failures_need_harm", False),
-    ("leaf_is_sibling_view", False),
-    ("cold_start", False),
-    ("until_symptom_ends", False),
+    # the rules of the search (``SearchConfig.off``), each off
+    *(("off", rule) for rule in search_rules),
+    # thresholds of rules, zero
     ("explain_fraction", 0.0),
-    ("uncorroborated_failure_z", 0.0),
     ("small_rise_z", 0.0),
     # ranking weights, zero
     ("w_sources", 0.0),
@@ -72,7 +67,11 @@ def parse_variant(text: str, base: SearchConfig | None = None) -> tuple[str, dic
         raise ValueError(f"expected name=value with a SearchConfig field name, got {text!r}")
     current = getattr(base, name)
     value: Any
-    if isinstance(current, bool):
+    if name == "off":
+        # rules turned off, besides those the base turns off
+        value = (*base.off, *(r.strip() for r in raw.split(",") if r.strip()))
+        SearchConfig(off=value)  # names only rules of the search
+    elif isinstance(current, bool):
         if raw.lower() not in ("true", "false"):
             raise ValueError(f"{name} takes true or false, got {raw!r}")
         value = raw.lower() == "true"
@@ -94,7 +93,10 @@ def variants(
     base = base or SearchConfig()
     out = {DEFAULT: base}
     for name, value in RULES if rules else ():
-        if getattr(base, name) != value:
+        if name == "off":
+            if base.on(value):
+                out[f"off={value}"] = dataclasses.replace(base, off=(*base.off, value))
+        elif getattr(base, name) != value:
             out[f"{name}={value}"] = dataclasses.replace(base, **{name: value})
     for text in extra:
         label, change = parse_variant(text, base)

@@ -67,12 +67,7 @@ WINDOW_ROWS = 5
 SPECIFICITY_WINDOWS = 12  # per scenario with normal data, per alert metric
 SPECIFICITY_MIN_HISTORY_S = DAY_S  # a normal window is judged after a day of history
 PETSHOP_SEARCH = SearchConfig()
-"""The search as evaluated here: the default ``SearchConfig``, as deployed. ``symptom_z_min``
-(how far the alerted signal must deviate to corroborate the alert; below it the search answers
-"no incident") was once lowered to 1.5 here, chosen on the ``train`` issues among {1.5, 3.0}
-while the search ran at the window's end (train top-1 0.81 vs 0.78); answering at the alert's
-row, both give train top-1 1.00 and specificity on noissue windows is 0.96 vs 1.00, so the
-default 3.0 stands."""
+"""The search as evaluated here: the default ``SearchConfig``, as deployed."""
 
 
 # ------------------------------------------------------------------------------- loading

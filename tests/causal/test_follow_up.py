@@ -39,7 +39,7 @@ def test_an_alert_before_the_interval_that_shows_it_is_answered_when_that_interv
     fault_row_start = T0 + INTERVAL_S * (NORMAL_ROWS + FAULT_ROW)
     # the alert is stamped a minute before the row in which the slowdown shows
     incident = _incident(fault_row_start - 60.0)
-    config = SearchConfig(symptom_z_min=1.5)
+    config = SearchConfig()
     first_t = answer_time(incident, INTERVAL_S)
     first = search_incident(world, incident, config, 0.0, first_t)
     assert first["abstained"] and not first["causes"]
@@ -97,9 +97,7 @@ def test_an_alert_that_named_nothing_known_at_intake_is_mapped_again_when_search
     incident = _incident(fault_row_start + 60.0)
     # filed before the model knew service front
     incident.symptoms["fp1"] = Symptom(None, "span.latency_p95_ms", "no known entity in labels")
-    record = search_incident(
-        world, incident, SearchConfig(symptom_z_min=1.5), 0.0, fault_row_start + 60.0
-    )
+    record = search_incident(world, incident, SearchConfig(), 0.0, fault_row_start + 60.0)
     assert incident.symptoms["fp1"].entity == "service:front"
     assert record["symptoms"][0]["entity"] == {"kind": "service", "name": "front"}
     assert record["causes"] and record["causes"][0]["entity"]["name"] == "app"

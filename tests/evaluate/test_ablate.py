@@ -6,28 +6,29 @@ from pathlib import Path
 import pytest
 
 from jobs.causal.search import SearchConfig
+from jobs.causal.search.config import RULES
 from jobs.evaluate import ablate
 from jobs.evaluate.ablate import DEFAULT, Ablation
 from tests.evaluate.test_bundle_eval import _bundle
 
 
 def test_variants_turn_each_rule_off_and_parse_extra_ones() -> None:
-    configs = ablate.variants(["w_depth=0.3", "cold_start=false", "warmup_intervals=5"])
+    configs = ablate.variants(["w_depth=0.3", "off=cold_start", "warmup_intervals=5"])
     assert configs[DEFAULT] == SearchConfig()
     assert configs["w_depth=0.3"].w_depth == 0.3
-    assert configs["cold_start=false"].cold_start is False
+    assert configs["off=cold_start"].on("cold_start") is False
     assert configs["warmup_intervals=5"].warmup_intervals == 5
     assert configs["standing_weight=1.0"].standing_weight == 1.0
-    # a rule turned off differs from the default in that field only
-    off = configs["failures_need_failures=False"]
-    assert off.failures_need_failures is False
-    assert off == SearchConfig(failures_need_failures=False)
+    # every rule of the search is turned off in turn, and differs from the default in that
+    # rule only
+    assert {k for k in configs if k.startswith("off=")} == {f"off={r}" for r in RULES}
+    off = configs["off=failures_need_failures"]
+    assert not off.on("failures_need_failures") and off.on("cold_start")
+    assert off == SearchConfig(off=("failures_need_failures",))
     assert len(ablate.variants([], rules=False)) == 1
 
 
-@pytest.mark.parametrize(
-    "text", ["nope=1", "w_depth", "cold_start=maybe", "w_depth=nan", "calibration=1"]
-)
+@pytest.mark.parametrize("text", ["nope=1", "w_depth", "off=maybe", "w_depth=nan", "calibration=1"])
 def test_a_bad_variant_is_refused_with_its_reason(text: str) -> None:
     with pytest.raises(ValueError):
         ablate.parse_variant(text)

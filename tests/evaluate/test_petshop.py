@@ -101,7 +101,7 @@ def test_an_alert_is_answered_as_the_stage_answers_it_followed_up_until_settled(
     offset = petshop.apply_frame(model, frame.rows(0, NORMAL_ROWS), "t", 0)
     window = frame.rows(NORMAL_ROWS, len(frame))
     alert = float(window.timestamps[FAULT_ROW]) - 60.0
-    config = petshop.SearchConfig(symptom_z_min=1.5)
+    config = petshop.SearchConfig()
     result = petshop.answer_as_live(
         model, window, "PetSite", "latency.average", config, alert, "t", offset
     )

@@ -139,11 +139,11 @@ class CausalSearch:
             # no alerted series to judge by (an SLO, a probe): the candidates' series say how
             # much the model has seen
             history = model_history(self.model)
-        cold = config.cold_start and history is not None and history < config.warmup_intervals
+        cold = config.on("cold_start") and history is not None and history < config.warmup_intervals
         result = self._search(symptoms, t_s, alert_s, cold)
         recency = math.ceil(config.symptom_recency_s / self.model.config.interval_s)
         if (
-            config.cold_start
+            config.on("cold_start")
             and not cold
             and history is not None
             and history < config.warmup_intervals + recency

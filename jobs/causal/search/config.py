@@ -10,12 +10,44 @@ OFF_GRAPH = -2
 """Hops of a candidate the graph does not place upstream of the symptom (it has a graph)."""
 
 
+RULES: dict[str, str] = {
+    "explain_needs_precedence": "a dependency explains a dependent only when its deviation"
+    " began no later (without the onset tolerance): one that began an interval after the"
+    " dependent is its consequence",
+    "shift_spares_failing": "load shifted from another dependency explains a candidate only"
+    " when the candidate does not fail: a failing one's extra requests are its callers"
+    " retrying what failed",
+    "failures_need_failures": "a failing dependent (errors, availability) is explained only by"
+    " a failing dependency",
+    "failures_need_harm": "an alerted failure is explained only by a candidate harmed in a"
+    " signal with a harmful direction (errors, availability, latency, saturation,"
+    " restarts...): one whose only change is how much it is called did not make its callers"
+    " fail (the callers changed)",
+    "failures_corroborate": "an alerted failure whose own signal looks normal is also"
+    " answered for a dependency whose failures deviate (by ``z_min``) now: failures are"
+    " rare, and the alert names them",
+    "leaf_is_sibling_view": "a leaf dependency (it calls nothing known) harmed together with"
+    " an instrumented sibling (same caller, same harm, onsets within the tolerance: the same"
+    " requests seen from both sides of a balancer, neither precedes the other) is the"
+    " caller's view of that sibling, e.g. the load balancer in front of it, and is explained"
+    " by it",
+    "cold_start": "with less history than the warm-up for the alerted signal (a new"
+    " deployment, a service just added), young scores count (their spreads are already"
+    " widened for youth), and the confidence they give is capped (``cold_start_odds``)",
+    "until_symptom_ends": "persistence is measured up to the alerted deviation's end (plus the"
+    " onset tolerance) when the symptom has recovered: a cause must deviate while the"
+    " symptom does",
+}
+"""The search's rules that can be turned off (``SearchConfig.off``), each with what it says."""
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     hops: int = 6
     window_intervals: int = 30
-    # a deviation smaller than this is no evidence; a caller whose directed evidence (latency,
-    # errors) about a dependency stays under it measures the dependency healthy
+    # a deviation smaller than this is no evidence, the alerted signal's own included; a
+    # caller whose directed evidence (latency, errors) about a dependency stays under it
+    # measures the dependency healthy
     z_min: float = 3.0
     z_cap: float = 30.0
     # a cause may start this much after the symptom (interval rounding), and at least one
@@ -23,8 +55,6 @@ class SearchConfig:
     # metrics) a cause and its effect routinely land in neighbouring intervals
     onset_tolerance_s: float = 120.0
     symptom_recency_s: float = 1800.0  # the alerted deviation must be this recent to be explained
-    # the alert already says the symptom is abnormal: its own signal needs less to corroborate it
-    symptom_z_min: float = 3.0
     change_lookback_s: float = 1800.0  # how long before its entity's onset a change can matter
     # logit = w_strength*log1p(z) + w_sources*(sources-1) + w_change*change + w_depth*depth
     # (the alerted entity is a candidate like any other: no term for it). w_strength is the
@@ -40,12 +70,6 @@ class SearchConfig:
     # + w_off_graph for a candidate the dependency graph does not place on the symptom's past
     # side while it places others there: the graph is a prior (it may be partial), not a filter
     w_off_graph: float = -1.0
-    # a dependency explains a dependent only when its deviation began no later (without the
-    # onset tolerance): one that began an interval after the dependent is its consequence
-    explain_needs_precedence: bool = True
-    # load shifted from another dependency explains a candidate only when the candidate does
-    # not fail: a failing one's extra requests are its callers retrying what failed
-    shift_spares_failing: bool = True
     # + w_late*(intervals its onset follows the symptom's, within the tolerance): a cause
     # precedes its effects; one that began after the symptom did is less likely its cause
     w_late: float = -0.3
@@ -77,12 +101,6 @@ class SearchConfig:
     # excess (same statistic, absolute units) cannot account for it: even called this many
     # times in sequence per request, it adds too little; the dependent is slow on its own
     explain_fraction: float = 0.1
-    # a failing dependent (errors, availability) is explained only by a failing dependency
-    failures_need_failures: bool = True
-    # an alerted failure is explained only by a candidate harmed in a signal with a harmful
-    # direction (errors, availability, latency, saturation, restarts...): one whose only change
-    # is how much it is called did not make its callers fail (the callers changed)
-    failures_need_harm: bool = True
     # a change in inbound traffic alone (no latency, errors or saturation of its own) says the
     # callers changed, not that the entity harms them; a latency rise too small to account for
     # the alerted one says the entity changed, not that its latency is why; saturation (memory,
@@ -97,29 +115,15 @@ class SearchConfig:
     # harmful signal (latency, errors, availability) deviates at least this much, now, with
     # "nothing is wrong" kept at least as likely as it
     uncorroborated_z: float = 20.0
-    # ... or, when the alerted signal is a failure (errors, availability), a dependency whose
-    # failures deviate this much now: failures are rare, and the alert names them (the
-    # evidence threshold ``z_min`` itself). 0 turns it off.
-    uncorroborated_failure_z: float = 3.0
     # the least rise (in spreads) of a candidate's latency statistic that counts, under
     # ``z_min``, when judging whether the candidate is too little slower to account for the
     # alerted statistic's rise (``explain_fraction``): a tail statistic (p95, p99) is noisy and
     # may rise by less than ``z_min`` of its spreads while rising by far more than that
     # fraction of the alerted one; a rise within the noise is none
     small_rise_z: float = 1.5
-    # a leaf dependency (it calls nothing known) harmed together with an instrumented sibling
-    # (same caller, same harm, onsets within the tolerance: the same requests seen from both
-    # sides of a balancer, neither precedes the other) is the caller's view of that sibling,
-    # e.g. the load balancer in front of it, and is explained by it
-    leaf_is_sibling_view: bool = True
-    # with less history than the warm-up for the alerted signal (a new deployment, a service
-    # just added), young scores count (their spreads are already widened for youth), and the
-    # best cause is at most ``cold_start_odds`` to one against "nothing is wrong" (p <= 0.8)
-    cold_start: bool = True
+    # on a cold start (``RULES``), the best cause is at most ``cold_start_odds`` to one
+    # against "nothing is wrong" (p <= 0.8)
     cold_start_odds: float = 4.0
-    # persistence is measured up to the alerted deviation's end (plus the onset tolerance)
-    # when the symptom has recovered: a cause must deviate while the symptom does
-    until_symptom_ends: bool = True
     # a candidate already harmed as much as now (at least ``standing_ratio`` of its peak, in
     # spreads) at an interval before the symptom began (beyond the onset tolerance) while the
     # alerted signal was measured normal is a standing condition: it held and the symptom did
@@ -138,8 +142,21 @@ class SearchConfig:
     # ranks with its strength scaled by log(1/r) / log(1 / episode_rate_ref) (a flat series
     # that moves by a little every so often, a noisy counter); 0 turns it off
     episode_rate_ref: float = 0.001
+    # rules of ``RULES`` turned off (``worldline evaluate ablate`` turns each off in turn to
+    # measure what it does): switches, not parameters of the model
+    off: tuple[str, ...] = ()
+
+    def on(self, rule: str) -> bool:
+        """Whether ``rule`` (one of ``RULES``) applies."""
+        return rule not in self.off
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.off) - set(RULES))
+        if unknown:
+            raise ValueError(
+                f"off names rules of the search; {', '.join(unknown)} is none of them"
+                f" (the rules: {', '.join(RULES)})"
+            )
         if len(self.calibration) != len(FEATURES) + 1:
             raise ValueError(
                 f"calibration takes {len(FEATURES) + 1} numbers: an intercept, then one weight"

@@ -228,7 +228,7 @@ class _LatencyAccounts:
     def for_(self, dependency: int, dependent: int) -> bool:
         if self.fails[dependency] and self.fails[dependent]:
             return True  # failures account for failures (and for the time spent on them)
-        if self.fails[dependent] and self.config.failures_need_failures:
+        if self.fails[dependent] and self.config.on("failures_need_failures"):
             # a dependency that is only slower does not make its callers fail: had they given
             # up waiting, their calls to it would count as its failures; the dependent's own
             # failures stay unexplained (it may be slow because it fails, retrying)

@@ -107,7 +107,7 @@ def shifted_load(
     }
     # candidates that fail: their extra requests are their callers retrying what failed
     failing = np.zeros(len(names), dtype=bool)
-    if config.shift_spares_failing:
+    if config.on("shift_spares_failing"):
         failure = np.array([_is_failure(s) for _, s in batch.series], dtype=bool)
         failure = failure.reshape(len(batch))
         np.logical_or.at(failing, batch.entity, failure & (ev.strength >= config.z_min))
@@ -154,7 +154,7 @@ def explained_between(
     those whose deviation did not begin before the survivor's (with
     ``explain_needs_precedence``; an earlier one is not its consequence)."""
     symptoms = {names[i] for i in symptom_ids}
-    precedence = config.explain_needs_precedence
+    precedence = config.on("explain_needs_precedence")
     out = np.zeros(len(survivors))
     for k, i in enumerate(map(int, survivors)):
         node = names[i]
@@ -199,7 +199,7 @@ def explained_by_dependencies(
             if j is None or j == i or ents.felt_strength[j] < config.z_min:
                 continue
             if (
-                onset[j] <= onset[i] + (0.0 if config.explain_needs_precedence else tolerance)
+                onset[j] <= onset[i] + (0.0 if config.on("explain_needs_precedence") else tolerance)
                 and onset[i] - ents.felt_onset[j] <= tolerance
                 and last_dev[j] >= onset[i] - tolerance
                 and not (node in graph.successors(dep) and onset[i] < onset[j])
@@ -252,7 +252,8 @@ def explained_through_shifted(
             if (
                 k != i
                 and alive[k]
-                and onset[j] <= onset[i] + (0.0 if config.explain_needs_precedence else tolerance)
+                and onset[j]
+                <= onset[i] + (0.0 if config.on("explain_needs_precedence") else tolerance)
                 and last_dev[j] >= onset[i] - tolerance
                 and ((node, j) in sent_more or accounts.for_(j, i))
             ):
@@ -296,7 +297,7 @@ def explain_away(
     # a leaf (a dependency that calls nothing known: a load balancer, an uninstrumented
     # endpoint) harmed together with an instrumented sibling, the same way and at the same
     # time, is its caller's view of that sibling (a load balancer in front of it)
-    if config.leaf_is_sibling_view:
+    if config.on("leaf_is_sibling_view"):
         viewed = sibling_views(
             config,
             alive,

@@ -220,7 +220,7 @@ def deviating(
     alive = ents.best_strength >= config.z_min
     if (
         uncorroborated
-        or config.failures_need_harm
+        or config.on("failures_need_harm")
         and any(signal is not None and _is_failure(signal) for _, signal in symptoms)
     ):
         harmed = ents.harm_strength >= config.z_min

@@ -55,7 +55,7 @@ def symptom_onset(
             of_signal = _in_family(batch, mine, signal)
             if len(of_signal):
                 known = True
-                # the alerted signal, at the (lower) corroboration threshold
+                # the alerted signal
                 sub = HypothesisBatch(
                     entity=batch.entity[of_signal],
                     series=[batch.series[r] for r in of_signal],
@@ -68,9 +68,9 @@ def symptom_onset(
                     down_is_bad=None if batch.down_is_bad is None else batch.down_is_bad[of_signal],
                     spacing=batch.spacing,
                 )
-                sev = evaluate(sub, replace(config, z_min=config.symptom_z_min))
+                sev = evaluate(sub, config)
                 sends = sev.end_s if sev.end_s is not None else sev.onset_s
-                keep = (sev.strength >= config.symptom_z_min) & (sends >= recent)
+                keep = (sev.strength >= config.z_min) & (sends >= recent)
                 # the alert fires now: a deviation still going on near its time is the
                 # alerted one, an earlier run that ended (a spike) is not
                 ongoing = sends >= t_s - 2 * max(config.onset_tolerance_s, batch.step_s)
@@ -102,7 +102,7 @@ def until_symptom_ends(
     since a run began) is measured up to the symptom's last deviating interval plus the
     onset tolerance, so a dependency that failed for as long as the symptom did is as
     persistent as the symptom, however long ago both recovered."""
-    if len(batch) == 0 or not config.until_symptom_ends:
+    if len(batch) == 0 or not config.on("until_symptom_ends"):
         return batch, ev
     if all(signal is None for _, signal in symptoms):
         # the alerted signal is none of worldline's series (an SLO, a probe): the alert says
@@ -227,11 +227,12 @@ def harmed_far(
 
     The alert fired but its own signal looks normal to the baseline: it is answered only for
     a dependency that is harmed far beyond its normal right now (``uncorroborated_z``), or,
-    for an alerted failure, one that clearly fails right now (``uncorroborated_failure_z``)."""
+    for an alerted failure, one whose failures deviate (``z_min``) right now
+    (``failures_corroborate``)."""
     n_ent = len(batch.entities)
     recent_end = t_s - 2 * max(config.onset_tolerance_s, batch.step_s)
     far = ents.harm_strength >= config.uncorroborated_z
-    if config.uncorroborated_failure_z > 0 and any(
+    if config.on("failures_corroborate") and any(
         signal is not None and _is_failure(signal) for _, signal in symptoms
     ):
         failure_rows = ents.directed & np.array(
@@ -239,7 +240,7 @@ def harmed_far(
         ).reshape(len(batch))
         fail_strength = np.zeros(n_ent)
         np.maximum.at(fail_strength, batch.entity[failure_rows], ev.strength[failure_rows])
-        far |= fail_strength >= config.uncorroborated_failure_z
+        far |= fail_strength >= config.z_min
     # ... and whose harm began by the alert's time: what began after it did not fire it
     fired_by = (t_s if alert_s is None else alert_s) + tolerance
     strong_now = far & (ents.last_dev >= recent_end) & (ents.onset <= fired_by)
