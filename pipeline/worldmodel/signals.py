@@ -16,8 +16,10 @@ histogram's or a summary's: its sampling error over them, ``sampling_resolution`
   the same, so a dependency nobody instrumented still has signals.
 - Logs: per service, line rate and error-level rate; per template, its rate; templates seen
   for the first time are reported by ``new_templates``.
-- Metrics: every numeric series whatever its name. Gauges give their mean; cumulative sums
-  become rates (resets handled); delta sums become rates; histograms give p50/p95/p99 from the
+- Metrics: every numeric series whatever its name. Gauges give their mean; cumulative
+  monotonic sums (counters) become rates (resets handled), cumulative up-down counters are
+  levels as gauges are, and a whole number of things (its unit a UCUM annotation,
+  ``{thread}``) is known to one of them; delta sums become rates; histograms give p50/p95/p99 from the
   bucket increments; summaries their quantiles (``p50``, ``p90``, ... as histograms name them)
   and the average of the observations each point adds (count and sum are cumulative since the
   start time), each known to its sampling error over those observations. Cumulative series
@@ -438,11 +440,18 @@ class MetricDeriver:
         anything (bytes, seconds) and is not a count."""
         t = int(row["time_unix_nano"])  # type: ignore[call-overload]
         if kind == "gauge":
-            return [("", float(row["value"]), 0.0, 0.0)] if row["value"] is not None else []  # type: ignore[arg-type]
+            if row["value"] is None:
+                return []
+            level = float(row["value"])  # type: ignore[arg-type]
+            return [("", level, 0.0, _level_resolution(info.get("unit"), level))]
         if kind == "sum":
             value = float(row["value"]) if row["value"] is not None else None  # type: ignore[arg-type]
             if value is None:
                 return []
+            if info.get("monotonic") is False and info.get("temporality") != 1:
+                # a cumulative up-down counter (threads, queue length, connections in use) is
+                # a level, as a gauge: its changes are no events and its rate no count
+                return [("", value, 0.0, _level_resolution(info.get("unit"), value))]
             events = bool(info.get("monotonic")) and counts_events(info.get("unit"))
             if info.get("temporality") == 1:  # delta: the increase over [start, time)
                 start = row.get("start_unix_nano")
@@ -722,6 +731,18 @@ def counts_events(unit: object) -> bool:
     semantic conventions write counts. Bytes, seconds or no unit at all may be anything."""
     text = str(unit or "").strip()
     return text == "1" or (text.startswith("{") and text.endswith("}") and len(text) > 2)
+
+
+def _level_resolution(unit: object, value: float) -> float:
+    """The step in which a level (a gauge, an up-down counter) is known: 1 for a whole number
+    of things, its unit a UCUM annotation alone as OpenTelemetry's semantic conventions write
+    counts (``{thread}``, ``{connection}``, ``{message}``); 0 (exact) for anything else,
+    fractions of an annotated unit (``{millicore}``) included. One thread more or one item
+    queued is the least a count can move: a thread pool that sits on 22 or a queue that is
+    empty nearly always has no spread to learn, yet one more is no deviation."""
+    text = str(unit or "").strip()
+    counts = text.startswith("{") and text.endswith("}") and len(text) > 2
+    return 1.0 if counts and math.isfinite(value) and value == round(value) else 0.0
 
 
 def histogram_quantile(q: float, bounds: list[float], counts: tuple[float, ...]) -> float:

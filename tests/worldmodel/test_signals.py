@@ -140,7 +140,13 @@ def test_metric_rates_quantiles_and_resets() -> None:
     assert set(_value(frame, "service:cart", "process.cpu.utilization", "resolution")) == {0.0}
 
 
-def _sum_request(unit: str, temporality: int, values: list[float], start_s: float | None) -> Any:
+def _sum_request(
+    unit: str,
+    temporality: int,
+    values: list[float],
+    start_s: float | None,
+    monotonic: bool = True,
+) -> Any:
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
         ExportMetricsServiceRequest,
     )
@@ -152,7 +158,7 @@ def _sum_request(unit: str, temporality: int, values: list[float], start_s: floa
     rm.resource.attributes.append(kv("service.name", "cart"))
     total = rm.scope_metrics.add().metrics.add(name="sent", unit=unit).sum
     total.aggregation_temporality = temporality
-    total.is_monotonic = True
+    total.is_monotonic = monotonic
     for i, v in enumerate(values):
         t = BASE_NS + (i + 1) * 60_000_000_000
         start = 0 if start_s is None else t - int(start_s * 1e9)
@@ -171,6 +177,27 @@ def test_a_counter_counts_events_only_when_its_unit_says_so(unit: str, events: b
     assert set(_value(frame, "service:cart", "sent.rate_per_s", "exposure")) == {
         60.0 if events else 0.0
     }
+
+
+def test_an_up_down_counter_is_a_level_not_a_rate() -> None:
+    # a thread count exported as a cumulative non-monotonic sum (an UpDownCounter): each
+    # point is the current number, as a gauge's would be; its falls are no counter resets
+    series, points = metrics_tables([_sum_request("{thread}", 2, [12.0, 13.0, 11.0], 0.0, False)])
+    deriver = MetricDeriver(interval_s=60)
+    frame = deriver.derive(series, points)
+    assert _value(frame, "service:cart", "sent") == pytest.approx([12.0, 13.0, 11.0])
+    assert _value(frame, "service:cart", "sent", "exposure") == [0.0, 0.0, 0.0]
+    assert _value(frame, "service:cart", "sent.rate_per_s") == []
+    # a number of threads is known to one thread; a level in bytes, exactly
+    assert _value(frame, "service:cart", "sent", "resolution") == [1.0, 1.0, 1.0]
+    series, points = metrics_tables([_sum_request("By", 2, [12.0, 13.0], 0.0, False)])
+    frame = MetricDeriver(interval_s=60).derive(series, points)
+    assert _value(frame, "service:cart", "sent", "resolution") == [0.0, 0.0]
+    # fractions of an annotated unit are measured, not counted: exact
+    series, points = metrics_tables([_sum_request("{millicore}", 2, [1.76, 2.0], 0.0, False)])
+    frame = MetricDeriver(interval_s=60).derive(series, points)
+    assert _value(frame, "service:cart", "sent", "resolution") == [0.0, 1.0]
+    assert deriver.dropped["counter_reset"] == 0
 
 
 def test_a_delta_sum_is_a_rate_over_its_own_period() -> None:
