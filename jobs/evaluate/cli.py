@@ -477,7 +477,8 @@ def bundle_command(
 @click.option(
     "--realism",
     "modes",
-    default="full,unobserved-alert,trace-windows,metrics-300s,metrics-only,standing-condition",
+    default="full,unobserved-alert,trace-windows,trace-sampled,metrics-60s,metrics-300s,"
+    "metrics-only,standing-condition",
     show_default=True,
     help="Simulator realism modes, comma separated ('' for none).",
 )
@@ -513,7 +514,8 @@ def bundle_command(
     "--vary",
     multiple=True,
     metavar="NAME=VALUE",
-    help="Another variant of the search's config (repeatable), e.g. --vary w_depth=0.3.",
+    help="Another variant of the search's config (repeatable), e.g. --vary w_depth=0.3;"
+    " --vary off=cold_start turns a rule off (SearchConfig.off names them).",
 )
 @click.option(
     "--no-rules",

@@ -41,6 +41,7 @@ import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from jobs.backfill import backfill_bundle
 from jobs.causal.alerts import Alert, SymptomMapper, parse_webhook
@@ -73,7 +74,7 @@ NO_ALERT_DELAY_S = 300.0  # search time when no alert fired (and the synthetic a
 BASELINE_WINDOW_S = 600.0  # the incident window BARO and N-Sigma rank over
 HIGH_CONFIDENCE = 0.8
 SETTLE_SLACK_S = 15.0  # a metric scrape interval: telemetry after it moves the watermark on
-CASE_VERSION = 6  # part of a cached case's name: bumped when a case is prepared differently
+CASE_VERSION = 7  # part of a cached case's name: bumped when a case is prepared differently
 # or the classes of its pickled world model change (their layout is in the pickle)
 BINS = 10
 
@@ -84,6 +85,9 @@ REALISM = {
     "unobserved-alert": "the alert names its service but a signal worldline does not receive"
     " (a synthetic probe)",
     "trace-windows": "traces only in one minute of every three (files missing, sampling windows)",
+    "trace-sampled": "one trace in ten kept, whole, as a probabilistic sampler on the trace id"
+    " keeps them",
+    "metrics-60s": "metrics scraped every 60 s (one per interval) instead of every 15 s",
     "metrics-300s": "metrics scraped every 300 s instead of every 15 s",
     "standing-condition": "as unobserved-alert, and another service's heap grew to a new level"
     " 10 minutes before the fault and stays there, harmlessly (what an earlier incident or"
@@ -91,7 +95,8 @@ REALISM = {
 }
 """What real deployments look like, as variations of the same simulated incidents."""
 TRACE_WINDOW_EVERY = 3  # trace-windows: one minute of traces kept in this many
-COARSE_SCRAPE_S = 300.0  # metrics-300s
+TRACE_SAMPLE_EVERY = 10  # trace-sampled: one trace kept in this many
+COARSE_SCRAPE_S = {"metrics-60s": 60.0, "metrics-300s": 300.0}
 STANDING_CONDITION_S = 600.0  # standing-condition: how long before the fault it began
 
 
@@ -301,16 +306,35 @@ def realistic(records: list[Record], realism: str) -> list[Record]:
             for r in records
             if r.topic != "otlp_spans" or (r.timestamp_ms // 60_000) % TRACE_WINDOW_EVERY == 0
         ]
-    if realism == "metrics-300s":
-        # scrapes are stamped at their own time: one in every COARSE_SCRAPE_S is kept
+    if realism == "trace-sampled":
+        return [
+            r if r.topic != "otlp_spans" else replace(r, value=sampled_spans(r.value))
+            for r in records
+        ]
+    if realism in COARSE_SCRAPE_S:
+        # scrapes are stamped at their own time: the first in every COARSE_SCRAPE_S is kept
+        every_ms = COARSE_SCRAPE_S[realism] * 1000
         first: dict[int, int] = {}
         for r in records:
             if r.topic == "otlp_metrics":
-                slot = int(r.timestamp_ms // (COARSE_SCRAPE_S * 1000))
+                slot = int(r.timestamp_ms // every_ms)
                 first[slot] = min(first.get(slot, r.timestamp_ms), r.timestamp_ms)
         keep = set(first.values())
         return [r for r in records if r.topic != "otlp_metrics" or r.timestamp_ms in keep]
     return records
+
+
+def sampled_spans(value: bytes, every: int = TRACE_SAMPLE_EVERY) -> bytes:
+    """An OTLP span export with one trace in ``every`` kept, by its trace id: every span of a
+    kept trace stays, whichever service exported it (a consistent probabilistic sampler)."""
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(value)
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            kept = [span for span in ss.spans if int.from_bytes(span.trace_id[-8:]) % every == 0]
+            del ss.spans[:]
+            ss.spans.extend(kept)
+    return request.SerializeToString()
 
 
 def unobserved(payload: dict[str, Any]) -> dict[str, Any]:

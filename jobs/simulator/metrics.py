@@ -5,6 +5,12 @@ Cumulative duration histograms per pod (server side ``http.server.request.durati
 cron job's ``job.run.duration`` with bounds for runs of up to an hour) fed by the spans that
 ended; gauges from the resource model (CPU, memory, connection pools, consumer lag);
 restart counters; host CPU. Exported on every scrape, one request per service.
+
+Each pod also exports what a language runtime's instrumentation does, whatever happens to the
+service (``RuntimeNoise``): a rare counter (full garbage collections, a few an hour), a thread
+count that sits on an integer and steps by one now and then, and a work-queue length that is
+zero nearly always. Real deployments are full of such series; they deviate by chance, never
+because of the incident.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     Metric,
     NumberDataPoint,
     ResourceMetrics,
+    ScopeMetrics,
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -35,6 +42,32 @@ from jobs.simulator.telemetry import (
     span_shapes,
 )
 
+GC_PER_S = 1.0 / 1200.0
+"""Full collections per second per pod (a few an hour: a counter whose rate is mostly zero)."""
+THREAD_STEP_P = 0.05  # per scrape, the thread count steps one up or down from its level
+QUEUE_BUSY_P = 0.02  # per scrape, the work queue holds a few items rather than none
+
+
+class RuntimeNoise:
+    """Per pod: the runtime series (``GC_PER_S``, ``THREAD_STEP_P``, ``QUEUE_BUSY_P``), drawn
+    from their own generator so that they leave every other series as it was."""
+
+    def __init__(self, pods: int, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.collections = np.zeros(pods, dtype=np.int64)
+        self.threads = rng.integers(8, 40, size=pods)
+        self.last_ns = np.zeros(pods, dtype=np.int64)
+
+    def sample(self, pod: int, now_ns: int) -> tuple[int, int, int]:
+        """(cumulative collections, thread count, queue length) at ``now_ns``."""
+        elapsed = (now_ns - self.last_ns[pod]) / 1e9 if self.last_ns[pod] else 0.0
+        self.last_ns[pod] = now_ns
+        self.collections[pod] += self.rng.poisson(GC_PER_S * elapsed)
+        step = self.rng.random() < THREAD_STEP_P
+        threads = int(self.threads[pod]) + (int(self.rng.choice((-1, 1))) if step else 0)
+        queue = int(self.rng.integers(1, 4)) if self.rng.random() < QUEUE_BUSY_P else 0
+        return int(self.collections[pod]), threads, queue
+
 
 @dataclass
 class _Histogram:
@@ -46,8 +79,15 @@ class _Histogram:
 class MetricsRecorder:
     """Cumulative metric state per pod, fed by span batches; exported on every scrape."""
 
-    def __init__(self, world: World, resources: ResourceCatalog, start_ns: int) -> None:
+    def __init__(
+        self,
+        world: World,
+        resources: ResourceCatalog,
+        start_ns: int,
+        runtime: np.random.Generator | None = None,
+    ) -> None:
         self.world = world
+        self.runtime = RuntimeNoise(len(world.topo.pods), runtime) if runtime is not None else None
         self.resources = resources
         self.histograms: dict[tuple[int, int, int], _Histogram] = {}
         """(pod, span key, status variant) -> cumulative duration histogram."""
@@ -219,6 +259,8 @@ class MetricsRecorder:
                     m = sm.metrics.add(name=gauge_name, unit=unit)
                     gauge_dp = m.gauge.data_points.add(time_unix_nano=now_ns, as_double=value)
                     gauge_dp.attributes.extend([key_value(k, v) for k, v in gauge_attrs])
+                if self.runtime is not None:
+                    self._runtime(sm, pod, now_ns)
                 restarts = sm.metrics.add(name="k8s.container.restarts", unit="{restart}")
                 restarts.sum.aggregation_temporality = (
                     AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -253,6 +295,30 @@ class MetricsRecorder:
             hosts.resource_metrics.append(rm)
         records.append((-1, hosts.SerializeToString()))
         return records
+
+    def _runtime(self, sm: ScopeMetrics, pod: int, now_ns: int) -> None:
+        """The pod's runtime series, as the .NET runtime instrumentation names them."""
+        assert self.runtime is not None
+        collections, threads, queue = self.runtime.sample(pod, now_ns)
+        gc = sm.metrics.add(name="dotnet.gc.collections", unit="{collection}")
+        gc.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+        gc.sum.is_monotonic = True
+        gc_dp = gc.sum.data_points.add(
+            start_time_unix_nano=self.run_start_ns, time_unix_nano=now_ns, as_int=collections
+        )
+        gc_dp.attributes.append(key_value("dotnet.gc.heap.generation", "gen2"))
+        for name, unit, value in (
+            ("dotnet.thread_pool.thread.count", "{thread}", threads),
+            ("dotnet.thread_pool.queue.length", "{work_item}", queue),
+        ):
+            m = sm.metrics.add(name=name, unit=unit)
+            m.sum.aggregation_temporality = (
+                AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+            )
+            m.sum.is_monotonic = False
+            m.sum.data_points.add(
+                start_time_unix_nano=self.run_start_ns, time_unix_nano=now_ns, as_int=value
+            )
 
 
 _DURATION_ATTRIBUTES = {

@@ -94,9 +94,9 @@ class SliceResult:
 class Simulation:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        # the eighth stream is drawn only for a standing condition: the first seven (and so
-        # every run without one) are as they were before it existed
-        seeds = np.random.SeedSequence(config.seed).spawn(8)
+        # the eighth stream is drawn only for a standing condition, the ninth only for the
+        # runtime series: the streams before each are as they were before it existed
+        seeds = np.random.SeedSequence(config.seed).spawn(9)
         (
             rng_topology,
             rng_world,
@@ -106,6 +106,7 @@ class Simulation:
             rng_spans,
             rng_telemetry,
             rng_standing,
+            rng_runtime,
         ) = (np.random.default_rng(s) for s in seeds)
         self.rng_spans = rng_spans
         self.rng_telemetry = rng_telemetry
@@ -142,7 +143,7 @@ class Simulation:
         self.resources = ResourceModel(self.world)
         catalog = ResourceCatalog(self.world)
         self.span_encoder = SpanEncoder(self.world, catalog)
-        self.metrics = MetricsRecorder(self.world, catalog, int(config.start_s * 1e9))
+        self.metrics = MetricsRecorder(self.world, catalog, int(config.start_s * 1e9), rng_runtime)
         self.log_writer = LogWriter(self.world, catalog)
         self.alerts = SloBurnAlerts(
             self.world, config.slice_s, calibration_s=min(180.0, config.warmup_s / 2)

@@ -7,8 +7,10 @@ import pytest
 from jobs.causal.alerts import SymptomMapper, parse_webhook
 from jobs.evaluate.simulator import (
     COARSE_SCRAPE_S,
+    TRACE_SAMPLE_EVERY,
     _alert_payload,
     realistic,
+    sampled_spans,
     unobserved,
 )
 from jobs.simulator.simulation import Record
@@ -53,10 +55,55 @@ def test_trace_windows_keep_one_minute_in_three() -> None:
     assert len(topics["otlp_metrics"]) == 60 and len(topics["otlp_logs"]) == 30
 
 
-def test_coarse_metrics_keep_one_scrape_per_period() -> None:
-    topics = _topics(realistic(_records(), "metrics-300s"))
-    assert topics["otlp_metrics"] == [0, COARSE_SCRAPE_S, 2 * COARSE_SCRAPE_S]
+@pytest.mark.parametrize(("mode", "kept"), [("metrics-60s", 15), ("metrics-300s", 3)])
+def test_coarse_metrics_keep_one_scrape_per_period(mode: str, kept: int) -> None:
+    topics = _topics(realistic(_records(), mode))
+    every = COARSE_SCRAPE_S[mode]
+    assert topics["otlp_metrics"] == [int(k * every) for k in range(kept)]
     assert len(topics["otlp_spans"]) == 30
+
+
+def _spans(service: str, traces: range) -> bytes:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from pipeline.testing import kv
+
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.append(kv("service.name", service))
+    scope = rs.scope_spans.add()
+    for t in traces:
+        scope.spans.add(trace_id=t.to_bytes(16, "big"), span_id=t.to_bytes(8, "big"), name="op")
+    return request.SerializeToString()
+
+
+def _trace_ids(value: bytes) -> set[int]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(value)
+    return {
+        int.from_bytes(span.trace_id, "big")
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    }
+
+
+def test_sampled_traces_keep_one_trace_in_ten_whole() -> None:
+    # two services export spans of the same 100 traces: both keep the same tenth
+    front, back = _spans("front", range(100)), _spans("back", range(100))
+    records = [Record("otlp_spans", None, front, T0_MS), Record("otlp_spans", None, back, T0_MS)]
+    records.append(Record("otlp_metrics", None, b"m", T0_MS))
+    sampled = realistic(records, "trace-sampled")
+    kept = [_trace_ids(r.value) for r in sampled if r.topic == "otlp_spans"]
+    assert kept[0] == kept[1] == {t for t in range(100) if t % TRACE_SAMPLE_EVERY == 0}
+    assert sampled[-1] == records[-1]
+    assert _trace_ids(sampled_spans(_spans("front", range(1, 10)))) == set()
 
 
 def test_an_unknown_mode_is_refused() -> None:

@@ -144,6 +144,10 @@ def test_metrics_have_expected_names_types_and_resources(normal_run: RunSummary)
     assert names["k8s.container.restarts"] == "sum"
     assert names["system.cpu.utilization"] == "gauge"
     assert names["messaging.kafka.consumer.lag"] == "gauge"
+    # a runtime's series: a rare counter, an up-down thread count, a queue empty nearly always
+    assert names["dotnet.gc.collections"] == "sum"
+    assert names["dotnet.thread_pool.thread.count"] == "sum"
+    assert names["dotnet.thread_pool.queue.length"] == "sum"
     for client_side in (
         "http.client.request.duration",
         "db.client.operation.duration",
