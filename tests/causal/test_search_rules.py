@@ -1020,6 +1020,9 @@ def test_a_candidate_another_accounts_for_has_at_most_the_odds_of_a_coincidence(
     out = explained_away(config, logits, survivors, strength, nx.DiGraph([(0, 1), (1, 0)]))
     assert out[0] == pytest.approx(6.0 - evidence(1))
     assert out[1] == pytest.approx(5.0 - evidence(0))
+    # one ruled out (not a survivor: entity 7) holds no one below it
+    out = explained_away(config, logits, survivors, strength, nx.DiGraph([(7, 1), (2, 0)]))
+    assert out[1] == 6.0 and out[0] == pytest.approx(3.0 - evidence(2))
 
 
 def test_how_long_a_harm_held_before_an_undated_alert_counts_in_time_not_intervals() -> None:

@@ -138,11 +138,13 @@ def explained_away(
     one accounting to the one accounted for, entity indices of ``survivors``) at most its
     explainer's logit less the explainer's evidence term. Chains apply from their first
     explainer; in a cycle (two that would each account for the other) each is held against
-    the other's own logit."""
+    the other's own logit. Only survivors account for others: one ruled out (its deviation
+    began after the symptom's, or was over before it) has no odds to hold another below."""
     out = logits.copy()
+    pos = {int(h): k for k, h in enumerate(survivors)}
+    relation = relation.subgraph([n for n in relation if n in pos])
     if not relation:
         return out
-    pos = {int(h): k for k, h in enumerate(survivors)}
     evidence = config.w_strength * np.log1p(rank_strength)
     cycles = nx.condensation(relation)
     member = cycles.graph["mapping"]

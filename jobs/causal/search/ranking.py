@@ -81,7 +81,8 @@ def rank(
     )
     scores = total(parts)
     # who accounts for whom; through chains, a database slowing checkout, which slows the
-    # frontend, accounts for both
+    # frontend, accounts for both. Only survivors account for others (``explained_away``)
+    accounted = [(i, by, why) for i, by, why in accounted if alive[by]]
     relation = nx.DiGraph([(by, i) for i, by, _ in accounted])
     bounded = explained_away(config, scores, survivors, rank_strength, relation)
     parts["explained_away"] = bounded - scores
