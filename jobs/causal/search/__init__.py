@@ -15,8 +15,8 @@
    before it. A change counts only through a deviation on its own entity after it; a change
    whose entity was ruled out is ruled out with it. The rules that say more than the timing
    (a failure needs a failing cause, a leaf harmed with its sibling is that sibling's view,
-   ...) are named in ``config.RULES``, each with what it says. Evidence that stays but says less counts
-   less when ranking (``weights``). Which candidate's deviation another accounts for
+   ...) are named in ``config.RULES``, each with what it says. Evidence that stays but says
+   less counts less when ranking (``weights``). Which candidate's deviation another accounts for
    (``explain``: a dependency that deviated first, a sibling seen through a balancer, shifted
    load) is the model's to weigh.
 5. Each survivor's odds against "nothing is wrong" (``model``: a prior from the graph and

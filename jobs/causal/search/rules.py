@@ -215,8 +215,9 @@ def deviating(
     An alerted failure (``failures_need_harm``) and a quiet alert answered for a dependency
     harmed far beyond its normal are explained only by a candidate that is itself harmed (in
     a signal with a harmful direction): one whose only change is how much it is called did
-    not make its callers fail. The alerted entity itself stays (its alert names its harm), except for a
-    quiet alert, where it stays only when it is itself harmed far beyond its normal."""
+    not make its callers fail. The alerted entity itself stays (its alert names its harm),
+    except for a quiet alert, where it stays only when it is itself harmed far beyond its
+    normal."""
     alive = ents.best_strength >= config.z_min
     if (
         uncorroborated
