@@ -477,8 +477,8 @@ def bundle_command(
 @click.option(
     "--realism",
     "modes",
-    default="full,unobserved-alert,trace-windows,trace-sampled,metrics-60s,metrics-300s,"
-    "metrics-only,standing-condition",
+    default="full,unobserved-alert,trace-windows,trace-sampled,metrics-1s,metrics-60s,"
+    "metrics-300s,metrics-only,standing-condition",
     show_default=True,
     help="Simulator realism modes, comma separated ('' for none).",
 )

@@ -74,7 +74,7 @@ NO_ALERT_DELAY_S = 300.0  # search time when no alert fired (and the synthetic a
 BASELINE_WINDOW_S = 600.0  # the incident window BARO and N-Sigma rank over
 HIGH_CONFIDENCE = 0.8
 SETTLE_SLACK_S = 15.0  # a metric scrape interval: telemetry after it moves the watermark on
-CASE_VERSION = 7  # part of a cached case's name: bumped when a case is prepared differently
+CASE_VERSION = 8  # part of a cached case's name: bumped when a case is prepared differently
 # or the classes of its pickled world model change (their layout is in the pickle)
 BINS = 10
 
@@ -87,6 +87,8 @@ REALISM = {
     "trace-windows": "traces only in one minute of every three (files missing, sampling windows)",
     "trace-sampled": "one trace in ten kept, whole, as a probabilistic sampler on the trace id"
     " keeps them",
+    "metrics-1s": "metrics scraped every second instead of every 15 s (sixty points per"
+    " interval, each gauge measured afresh)",
     "metrics-60s": "metrics scraped every 60 s (one per interval) instead of every 15 s",
     "metrics-300s": "metrics scraped every 300 s instead of every 15 s",
     "standing-condition": "as unobserved-alert, and another service's heap grew to a new level"
@@ -97,6 +99,7 @@ REALISM = {
 TRACE_WINDOW_EVERY = 3  # trace-windows: one minute of traces kept in this many
 TRACE_SAMPLE_EVERY = 10  # trace-sampled: one trace kept in this many
 COARSE_SCRAPE_S = {"metrics-60s": 60.0, "metrics-300s": 300.0}
+FINE_SCRAPE_S = {"metrics-1s": 1.0}  # simulated at this scrape interval (15 s otherwise)
 STANDING_CONDITION_S = 600.0  # standing-condition: how long before the fault it began
 
 
@@ -120,6 +123,7 @@ class SuiteConfig:
             duration_s=self.duration_s,
             peak_rate=self.peak_rate,
             slice_s=self.slice_s,
+            scrape_interval_s=FINE_SCRAPE_S.get(self.realism, RunConfig.scrape_interval_s),
             standing_condition_s=(
                 STANDING_CONDITION_S if self.realism == "standing-condition" else None
             ),

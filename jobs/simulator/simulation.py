@@ -253,12 +253,20 @@ class Simulation:
             for _service, value in self.span_encoder.encode(batch, self.versions):
                 records.append(Record("otlp_spans", None, value, t1_ms))
             if c.metrics:
-                self.metrics.observe(batch)
+                # a scrape reads the counters as they stand at its instant: the spans that
+                # ended by then, not those ending later in the slice (at 1 s scrapes, a
+                # request counter advances every second, not once per slice)
+                counted = np.zeros(len(batch), dtype=bool)
                 for scrape in _scrape_times(t0, t1, c.scrape_interval_s):
+                    scrape_ns = int(scrape * 1e9)
+                    due = ~counted & (batch.end_ns <= scrape_ns)
+                    self.metrics.observe(batch.take(np.flatnonzero(due)))
+                    counted |= due
                     for _service, value in self.metrics.export(
-                        int(scrape * 1e9), state, self.versions, self.rng_telemetry
+                        scrape_ns, state, self.versions, self.rng_telemetry
                     ):
                         records.append(Record("otlp_metrics", None, value, int(scrape * 1000)))
+                self.metrics.observe(batch.take(np.flatnonzero(~counted)))
             if c.logs:
                 extra_logs.extend(self._consumer_lag_logs(t0, state))
                 for _service, value in self.log_writer.encode(

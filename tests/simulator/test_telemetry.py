@@ -224,3 +224,57 @@ def test_database_fault_is_visible_in_client_metrics_alone(database_run: RunSumm
     before_ms = 1000 * (s1 - s0) / max(c1 - c0, 1)
     after_ms = 1000 * (s3 - s2) / max(c3 - c2, 1)
     assert after_ms > 3 * before_ms
+
+
+def test_a_scrape_counts_the_requests_ended_by_its_instant() -> None:
+    """At 1 s scrapes (slices of 10 s), a request counter advances every second: each scrape
+    counts the server spans that ended by then, not those ending later in the slice."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    config = RunConfig(
+        start_s=START_S,
+        seed=5,
+        services=10,
+        warmup_s=60.0,
+        duration_s=0.0,
+        slice_s=10.0,
+        scrape_interval_s=1.0,
+        peak_rate=20.0,
+    )
+    ends: list[int] = []
+    counts: dict[int, int] = {}
+    for record in Simulation(config).records():
+        if record.topic == "otlp_spans":
+            traces = ExportTraceServiceRequest.FromString(record.value)
+            for rs in traces.resource_spans:
+                if attributes(rs.resource.attributes).get("service.name") != "edge-gateway":
+                    continue
+                ends += [
+                    s.end_time_unix_nano
+                    for ss in rs.scope_spans
+                    for s in ss.spans
+                    if s.kind == Span.SPAN_KIND_SERVER
+                ]
+        elif record.topic == "otlp_metrics":
+            metrics = ExportMetricsServiceRequest.FromString(record.value)
+            for rm in metrics.resource_metrics:
+                if attributes(rm.resource.attributes).get("service.name") != "edge-gateway":
+                    continue
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        if m.name == "http.server.request.duration":
+                            for dp in m.histogram.data_points:
+                                t = dp.time_unix_nano
+                                counts[t] = counts.get(t, 0) + dp.count
+    assert len(counts) >= 50 and ends
+    ended = np.sort(np.array(ends))
+    for t, count in counts.items():
+        assert count == int(np.searchsorted(ended, t, side="right")), t
+    # the counter moves between slice boundaries, as a live one does
+    within = [t for t, c in counts.items() if (t // 10**9) % 10 and c != counts.get(t - 10**9)]
+    assert len(within) >= 20
