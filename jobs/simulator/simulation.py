@@ -259,9 +259,9 @@ class Simulation:
                 counted = np.zeros(len(batch), dtype=bool)
                 for scrape in _scrape_times(t0, t1, c.scrape_interval_s):
                     scrape_ns = int(scrape * 1e9)
-                    due = ~counted & (batch.end_ns <= scrape_ns)
-                    self.metrics.observe(batch.take(np.flatnonzero(due)))
-                    counted |= due
+                    ended = ~counted & (batch.end_ns <= scrape_ns)
+                    self.metrics.observe(batch.take(np.flatnonzero(ended)))
+                    counted |= ended
                     for _service, value in self.metrics.export(
                         scrape_ns, state, self.versions, self.rng_telemetry
                     ):
