@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -293,12 +294,13 @@ def test_a_sparse_series_deviation_runs_over_the_gaps_between_its_values() -> No
 
 def _given_model(
     series: dict[tuple[str, str], float],
-    faults: dict[tuple[str, str], float],
+    faults: dict[tuple[str, str], float | Callable[[int], float]],
     edges: list[tuple[str, str]],
     seed: int,
 ) -> WorldModel:
     """Steady ``series`` with 3 % noise, each multiplied by its ``faults`` factor from
-    ``FAULT`` on, and ``edges`` (caller, callee) given as the graph."""
+    ``FAULT`` on (or by the factor a callable gives for each interval), and ``edges``
+    (caller, callee) given as the graph."""
     from pipeline.worldmodel.graph import EntityRef
 
     model = WorldModel()
@@ -306,7 +308,9 @@ def _given_model(
     for i in range(END):
         t = T0 + i * MIN
         for key, level in series.items():
-            value = level * (1 + rng.gauss(0, 0.03)) * (faults.get(key, 1.0) if i >= FAULT else 1.0)
+            fault = faults.get(key, 1.0)
+            factor = fault(i) if callable(fault) else (fault if i >= FAULT else 1.0)
+            value = level * (1 + rng.gauss(0, 0.03)) * factor
             model.baselines.update(key[0], key[1], t, value)
     model.baselines.advance(T0 + END * MIN)
     model.closed_through = int((T0 + END * MIN) * 1e9)
@@ -475,6 +479,116 @@ def test_a_caller_that_sees_all_its_dependencies_slow_at_once_is_the_cause() -> 
     local = {r.entity for r in result.ruled_out if "side of the call" in r.reason}
     assert local == {"service:payment", "service:shipping"}
     assert all("other dependencies" in r.reason for r in result.ruled_out if "side of" in r.reason)
+
+
+def test_a_dependency_harmed_later_than_its_caller_saw_it_is_still_the_callers_view() -> None:
+    # checkout is starved of CPU and sees payment and shipping slow at once; eight minutes
+    # later payment's own spans slow too (a harm of its own, later): that later harm is not
+    # what checkout saw, so both views are still checkout's side of the calls
+    pay = "operation:hipstershop.PaymentService/Charge"
+    ship = "operation:hipstershop.ShippingService/GetQuote"
+    model = _rpc_model(
+        {
+            ("service:frontend", "span.latency_p95_ms"): 2.0,
+            ("service:checkout", "span.latency_p95_ms"): 2.5,
+            ("service:checkout", "process.cpu.utilization"): 3.0,
+            ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 4.0,
+            ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 4.0,
+            ("service:payment", "span.latency_p95_ms"): lambda i: 2.0 if i >= FAULT + 8 else 1.0,
+        }
+    )
+    result = _search(model)
+    assert result.causes and result.causes[0].entity == "service:checkout"
+    local = {r.entity for r in result.ruled_out if "side of the call" in r.reason}
+    assert local == {"service:payment", "service:shipping"}
+
+
+def test_a_caller_at_fault_on_its_side_is_not_explained_by_one_dependency() -> None:
+    # checkout is starved of CPU: its calls to shipping and email look slower from its side
+    # while neither's own spans move; payment happens to slow at the same time. Payment being
+    # slow does not make checkout's calls to shipping and email slow: it does not account
+    # for checkout's deviation, and checkout is not held below it
+    pay = "operation:hipstershop.PaymentService/Charge"
+    ship = "operation:hipstershop.ShippingService/GetQuote"
+    mail = "operation:hipstershop.EmailService/SendOrderConfirmation"
+    series = {
+        ("service:frontend", "span.latency_p95_ms"): 10.0,
+        ("service:checkout", "span.latency_p95_ms"): 8.0,
+        ("service:checkout", "process.cpu.utilization"): 0.3,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 3.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 2.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={mail}}}"): 2.0,
+        ("operation:payment grpc.hipstershop.PaymentService/Charge", "span.latency_p95_ms"): 2.5,
+        ("service:payment", "span.latency_p95_ms"): 2.5,
+        ("operation:shipping /hipstershop.ShippingService/GetQuote", "span.latency_p95_ms"): 1.5,
+        ("service:shipping", "span.latency_p95_ms"): 1.5,
+        (
+            "operation:email /hipstershop.EmailService/SendOrderConfirmation",
+            "span.latency_p95_ms",
+        ): 1.5,
+        ("service:email", "span.latency_p95_ms"): 1.5,
+    }
+    faults = {
+        ("service:frontend", "span.latency_p95_ms"): 2.0,
+        ("service:checkout", "span.latency_p95_ms"): 2.5,
+        ("service:checkout", "process.cpu.utilization"): 3.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 1.5,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 4.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={mail}}}"): 4.0,
+        ("service:payment", "span.latency_p95_ms"): 1.5,
+        ("operation:payment grpc.hipstershop.PaymentService/Charge", "span.latency_p95_ms"): 1.5,
+    }
+    edges = [
+        ("service:frontend", "service:checkout"),
+        ("service:checkout", "service:payment"),
+        ("service:checkout", "service:shipping"),
+        ("service:checkout", "service:email"),
+    ]
+    result = _search(_given_model(series, faults, edges, seed=5))
+    local = {r.entity for r in result.ruled_out if "side of the call" in r.reason}
+    assert local == {"service:shipping", "service:email"}
+    assert result.causes and result.causes[0].entity == "service:checkout", result.causes
+    ranked = [c.entity for c in result.causes]
+    assert "service:payment" in ranked
+
+
+def test_a_brief_rise_another_caller_sees_is_no_sign_of_health() -> None:
+    # the database slows: checkout's calls to it are 5x slower throughout; billing's view of
+    # it rises in one interval only (billing calls it rarely): too brief to be evidence of its
+    # own, but no sign that the database is healthy either. The slow database is the cause,
+    # not checkout's side of the calls
+    series = {
+        ("service:frontend", "span.latency_p95_ms"): 10.0,
+        ("service:checkout", "span.latency_p95_ms"): 8.0,
+        ("service:billing", "span.latency_p95_ms"): 6.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
+        ("service:billing", f"edge.latency_p95_ms{{peer={DB}}}"): 4.0,
+    }
+    faults = {
+        ("service:frontend", "span.latency_p95_ms"): 3.0,
+        ("service:checkout", "span.latency_p95_ms"): 4.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
+        ("service:billing", f"edge.latency_p95_ms{{peer={DB}}}"): lambda i: (
+            1.2 if i == FAULT + 2 else 1.0
+        ),
+    }
+    edges = [
+        ("service:frontend", "service:checkout"),
+        ("service:frontend", "service:billing"),
+        ("service:checkout", DB),
+        ("service:billing", DB),
+    ]
+    model = _given_model(series, faults, edges, seed=11)
+    result = _search(model)
+    billing_view = ("service:billing", f"edge.latency_p95_ms{{peer={DB}}}")
+    search = CausalSearch(model)
+    candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
+    batch = search.hypotheses(candidates, T0 + END * MIN)
+    row = batch.series.index(billing_view)
+    ev = evaluate(batch, SearchConfig())
+    assert ev.strength[row] < SearchConfig().z_min <= ev.peak[row]  # brief, not calm
+    assert not any("side of the call" in r.reason for r in result.ruled_out)
+    assert result.causes and result.causes[0].entity == DB
 
 
 def test_callers_measuring_a_dependency_are_independent_views_of_it() -> None:

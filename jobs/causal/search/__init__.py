@@ -222,8 +222,21 @@ class CausalSearch:
             alive[i] = False
             ruled.append(RuledOut(names[i], why))
         # what accounts for what: a candidate another accounts for stays, ranked below it
+        # a caller whose own side of its calls is at fault (``caller_local``) deviates in
+        # ways no one dependency of it accounts for
+        callers_at_fault = {idx[caller] for _, caller, _ in local if caller in idx}
         accounted = explain_away(
-            config, alive, batch, ev, graph, idx, ents, accounts, tolerance, symptom_ids
+            config,
+            alive,
+            batch,
+            ev,
+            graph,
+            idx,
+            ents,
+            accounts,
+            tolerance,
+            symptom_ids,
+            callers_at_fault,
         )
         change_for, changes_ruled = changes_before(
             model, config, alive, idx, ents.onset, onset_s, t_s

@@ -273,11 +273,14 @@ def explain_away(
     accounts: _LatencyAccounts,
     tolerance: float,
     symptom_ids: list[int],
+    callers_at_fault: set[int] | None = None,
 ) -> list[tuple[int, int, str]]:
     """(candidate, the candidate accounting for it, why) for each candidate among ``alive``
     that another explains: by a dependency, as a sibling's view, by shifted load, and through
     the dependency a shifted load fell on. Each step considers the candidates no step before
-    it accounted for."""
+    it accounted for. ``callers_at_fault``: candidates whose own side of their calls is at
+    fault (``rules.caller_local``): their views of other dependencies deviate, which no one
+    dependency of theirs accounts for, so none explains them."""
     names = batch.entities
     alive = alive.copy()
     out: list[tuple[int, int, str]] = []
@@ -290,6 +293,8 @@ def explain_away(
         config, alive, graph, idx, names, ents, accounts, tolerance
     )
     for i, deps in sorted(explained.items()):
+        if callers_at_fault and i in callers_at_fault:
+            continue
         for j in deps:
             accounted(
                 i, j, f"explained by {names[j]}, which it depends on and which deviated no later"

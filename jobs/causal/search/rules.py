@@ -18,7 +18,7 @@ import networkx as nx
 import numpy as np
 
 from jobs.causal.search.config import SearchConfig
-from jobs.causal.search.evidence import EntityEvidence, Evidence, HypothesisBatch
+from jobs.causal.search.evidence import EntityEvidence, Evidence, HypothesisBatch, _harmful
 from jobs.causal.search.result import RuledOut
 from jobs.causal.search.signals import LATENCY_LIKE, _is_failure, _latency_unit, _owner
 from pipeline.worldmodel.model import WorldModel
@@ -46,6 +46,7 @@ def caller_local(
         dtype=bool,
     ).reshape(len(batch))
     strong = ev.strength >= config.z_min
+    harmful = _harmful(batch)
     by_entity: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for r, (owner, k) in enumerate(zip(owners, batch.entity, strict=True)):
         by_entity[int(k)][owner].append(r)
@@ -70,13 +71,25 @@ def caller_local(
         if len(deviating) != 1 or deviating[0] not in idx:
             continue
         caller = deviating[0]
-        if any(harm >= config.z_min for c, harm in seen.items() if c != caller):
-            continue
         own_rows = groups.get(name, [])
         view = [r for r in callers[caller] if directed[r] and strong[r]]
         began = float(np.nanmin(ev.onset_s[view])) - batch.interval_s
-        if any(strong[r] and felt[r] and ev.onset_s[r] >= began for r in own_rows):
-            continue  # harmed on its own side since the caller saw it deviate
+        # another caller sees it healthy only if none of its scores since then deviates: a
+        # brief or sparse rise (too short to be evidence of its own) is no sign of health
+        since = max(0, math.floor((began - batch.t0_s) / batch.interval_s))
+        if any(
+            harmful[r, since:].max(initial=0.0) >= config.z_min
+            for c, rows in callers.items()
+            if c != caller
+            for r in rows
+            if directed[r]
+        ):
+            continue
+        # harmed on its own side from when the caller saw it deviate (within the onset
+        # tolerance): what the caller saw. A harm of its own that began later is not
+        with_view = began + batch.interval_s + max(config.onset_tolerance_s, batch.step_s)
+        if any(strong[r] and felt[r] and began <= ev.onset_s[r] <= with_view for r in own_rows):
+            continue
         views[caller] += 1
         alone.append((k, caller, callers[caller], len(callers) - 1))
     entity = batch.entity.copy()
