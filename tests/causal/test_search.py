@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -12,6 +13,7 @@ import schemas
 from jobs.causal.alerts import Incident, Symptom
 from jobs.causal.record import build_record
 from jobs.causal.search import OFF_GRAPH, CausalSearch, SearchConfig, evaluate
+from jobs.causal.search.weights import unseen_by_callers
 from pipeline.ingest.spans import spans_table
 from pipeline.testing import kv
 from pipeline.worldmodel.model import WorldModel
@@ -457,6 +459,45 @@ def test_a_call_named_by_its_rpc_method_is_evidence_about_the_service_serving_it
     assert result.causes and result.causes[0].entity == "service:payment"
     assert result.causes[0].signal.startswith("edge.latency")
     assert not any(c.entity.startswith("operation:") for c in result.causes)
+
+
+def test_a_latency_rise_its_callers_did_not_wait_for_ranks_below_one_they_did() -> None:
+    # payment reports its own requests ten times slower, while checkout, its one caller,
+    # measures its calls to payment as fast as ever: the rise reached no request checkout
+    # waits for. Shipping slows twice over, and checkout's calls to it with it: that is what
+    # checkout, and the frontend through it, waited for
+    ship = "operation:hipstershop.ShippingService/GetQuote"
+    model = _rpc_model(
+        {
+            ("service:frontend", "span.latency_p95_ms"): 1.5,
+            ("service:checkout", "span.latency_p95_ms"): 1.6,
+            ("service:payment", "span.latency_p95_ms"): 10.0,
+            (
+                "operation:payment grpc.hipstershop.PaymentService/Charge",
+                "span.latency_p95_ms",
+            ): 10.0,
+            ("service:shipping", "span.latency_p95_ms"): 2.0,
+            (
+                "operation:shipping /hipstershop.ShippingService/GetQuote",
+                "span.latency_p95_ms",
+            ): 2.0,
+            ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 2.0,
+        }
+    )
+    result = _search(model)
+    ranked = [c.entity for c in result.causes]
+    assert ranked[:1] == ["service:shipping"], result.causes
+    assert "service:payment" in ranked
+    search = CausalSearch(model)
+    candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
+    batch = search.hypotheses(candidates, T0 + END * MIN)
+    unseen = unseen_by_callers(SearchConfig(), batch)
+    flagged = {batch.series[r] for r in np.flatnonzero(unseen)}
+    assert ("service:payment", "span.latency_p95_ms") in flagged
+    assert not any(
+        entity.startswith(("service:shipping", "operation:shipping")) for entity, _ in flagged
+    )
+    assert not any(signal.startswith("edge.") for _, signal in flagged)
 
 
 def test_a_caller_that_sees_all_its_dependencies_slow_at_once_is_the_cause() -> None:

@@ -105,8 +105,9 @@ class SearchConfig:
     # callers changed, not that the entity harms them; a latency rise too small to account for
     # the alerted one says the entity changed, not that its latency is why; saturation (memory,
     # CPU, pools) while the entity's measured latency and failures stay normal harmed no one
-    # through it: such evidence about a candidate other than the symptom counts this much when
-    # ranking
+    # through it, nor did a latency of its own that its callers did not wait for (they measured
+    # their calls to it as fast): such evidence about a candidate other than the symptom counts
+    # this much when ranking
     traffic_weight: float = 0.25
     # a dependency typically slower than this many times the symptom's slowest statistic is
     # not waited for by it (asynchronous): its latency is no evidence for the symptom

@@ -24,8 +24,9 @@ evidence(c)
     index. Doubling a deviation adds about ``w_strength * log 2`` logits, where a Gaussian
     would quadruple its surprise. The strength is further scaled by what that kind of
     deviation says about c (``weights``): a change of inbound traffic, saturation while c's
-    requests stay fast and successful, latency its callers saw while c served as fast, or a
-    rise too small to account for the alerted one count ``traffic_weight``; a harm that
+    requests stay fast and successful, latency its callers saw while c served as fast (or c
+    reports while its callers measured their calls to it as fast), or a rise too small to
+    account for the alerted one count ``traffic_weight``; a harm that
     already held before the symptom began counts ``standing_weight``; one older than the
     window ``chronic_weight``; one over long ago ``stale_weight``; a series that often
     deviates less. Under the same tail, a factor f on a large strength is a likelihood ratio

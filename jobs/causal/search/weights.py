@@ -2,7 +2,8 @@
 
 Inbound traffic alone says the callers changed; saturation (memory, CPU, pools) while the
 entity's requests stay as fast and as successful harmed no one through it, and neither did a
-latency its callers saw rise while the entity itself served as fast; a latency rise too
+latency its callers saw rise while the entity itself served as fast, nor a latency the entity
+reports rising while its callers measured their calls to it as fast; a latency rise too
 small to account for the alerted one says the candidate changed, not that it is why; a
 standing condition held before the symptom began without it following; a series that often
 deviates says little when it deviates now.
@@ -140,6 +141,34 @@ def outside_view(config: SearchConfig, batch: HypothesisBatch) -> np.ndarray:
     return out
 
 
+def unseen_by_callers(config: SearchConfig, batch: HypothesisBatch) -> np.ndarray:
+    """An entity's own latency rows that rise only at intervals where its callers' views of
+    their calls to it are measured and under ``z_min``: the callers did not wait longer, so
+    the rise harmed no one through the entity's requests (it reached requests no caller
+    measures, or it is the measurement's own). The mirror of ``outside_view``. Without a
+    caller's view of it, its own latency is all there is and counts in full."""
+    out = np.zeros(len(batch), dtype=bool)
+    if len(batch) == 0:
+        return out
+    latency = np.array([bool(LATENCY_LIKE.search(s)) for _, s in batch.series], dtype=bool)
+    own = _own_mask(batch)
+    views = latency & ~own
+    if not views.any():
+        return out
+    harmful = _harmful(batch)
+    known = ~np.isnan(batch.z)
+    ent = batch.entity
+    for r in map(int, np.flatnonzero(latency & own)):
+        rising = harmful[r] >= config.z_min
+        seen = views & (ent == ent[r])
+        if not rising.any() or not seen.any():
+            continue
+        measured = known[seen][:, rising].any(axis=0)
+        slow = (harmful[seen][:, rising] >= config.z_min).any(axis=0)
+        out[r] = bool(measured.all() and not slow.any())
+    return out
+
+
 def standing(
     config: SearchConfig,
     symptoms: list[tuple[str, str | None]],
@@ -218,7 +247,7 @@ def rank_weights(
     # and latency its callers saw rise while the entity served as fast as ever, are weak
     # evidence in the same way: the entity changed, or the time was lost before reaching it
     outside = outside_view(config, batch)
-    quiet = unfelt(config, batch, ev, ents, outside) | outside
+    quiet = unfelt(config, batch, ev, ents, outside) | outside | unseen_by_callers(config, batch)
     weighted = ev.strength * np.where(
         ((traffic | quiet) & ~symptom_row) | small, config.traffic_weight, 1.0
     )
