@@ -632,6 +632,35 @@ def test_a_brief_rise_another_caller_sees_is_no_sign_of_health() -> None:
     assert result.causes and result.causes[0].entity == DB
 
 
+def test_a_caller_seen_through_several_dependencies_has_as_many_views() -> None:
+    # checkout starved of CPU is seen through its calls to payment and through its calls to
+    # shipping, two measurements independent of each other, besides its own CPU: three views
+    from jobs.causal.search.evidence import entity_evidence
+    from jobs.causal.search.rules import caller_local
+
+    pay = "operation:hipstershop.PaymentService/Charge"
+    ship = "operation:hipstershop.ShippingService/GetQuote"
+    model = _rpc_model(
+        {
+            ("service:frontend", "span.latency_p95_ms"): 2.0,
+            ("service:checkout", "span.latency_p95_ms"): 2.5,
+            ("service:checkout", "process.cpu.utilization"): 3.0,
+            ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 4.0,
+            ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 4.0,
+        }
+    )
+    config = SearchConfig()
+    search = CausalSearch(model, config)
+    candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
+    batch = search.hypotheses(candidates, T0 + END * MIN)
+    ev = evaluate(batch, config)
+    batch, local = caller_local(config, batch, ev)
+    assert {caller for _, caller, _ in local} == {"service:checkout"}
+    ents = entity_evidence(batch, ev, config)
+    # traces and metrics, and the second dependency it is seen through
+    assert ents.sources[batch.entities.index("service:checkout")] == 3
+
+
 def test_callers_measuring_a_dependency_are_independent_views_of_it() -> None:
     # payment is seen slow by checkout and by billing, each through its own calls; shipping by
     # checkout alone, and by its own spans: two views each, one of a kind for shipping

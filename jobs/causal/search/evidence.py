@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs.causal.search.config import SearchConfig
-from jobs.causal.search.signals import LATENCY_LIKE, _bare, _family, _is_failure, _owner
+from jobs.causal.search.signals import LATENCY_LIKE, PEER, _bare, _family, _is_failure, _owner
 from pipeline.worldmodel.baseline import SCORE_LIMIT
 from pipeline.worldmodel.model import WorldModel
 
@@ -298,13 +298,22 @@ def entity_evidence(batch: HypothesisBatch, ev: Evidence, config: SearchConfig) 
     sources = modalities.sum(axis=1)
     # and each caller beyond the first that measures it deviate: callers see a dependency
     # independently of one another, through their own calls to it
+    # ... and, for a caller at fault on its side of its calls (``rules.caller_local`` made its
+    # views of its dependencies evidence about it), each dependency beyond the first through
+    # whose calls it is seen: its calls to each are measured independently of the others
     observers: dict[int, set[str]] = defaultdict(set)
+    through: dict[int, set[str]] = defaultdict(set)
     for r in map(int, np.flatnonzero(deviating)):
-        owner = _owner(batch.series[r][0])
+        entity, signal = batch.series[r]
+        owner = _owner(entity)
         if owner != batch.entities[int(ent[r])]:
             observers[int(ent[r])].add(owner)
+        elif (peer := PEER.search(signal)) is not None:
+            through[int(ent[r])].add(peer.group(1))
     for k, callers in observers.items():
         sources[k] += len(callers) - 1
+    for k, peers in through.items():
+        sources[k] += len(peers) - 1
     last_dev = np.full(n_ent, -np.inf)
     ends = ev.end_s if ev.end_s is not None else ev.onset_s
     np.maximum.at(last_dev, ent[strong], np.nan_to_num(ends[strong], nan=-np.inf))
