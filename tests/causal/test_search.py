@@ -81,6 +81,7 @@ def _chain_spans(t_s: float) -> ExportTraceServiceRequest:
 
 
 DB = "database:postgresql:orders"
+MAIL = "operation:hipstershop.EmailService/SendOrderConfirmation"
 SERIES = {
     ("service:frontend", "span.latency_p95_ms"): 10.0,
     ("service:frontend", "span.error_ratio"): 0.01,
@@ -323,24 +324,28 @@ def _given_model(
     return model
 
 
-def test_a_fault_on_one_callers_side_is_that_callers_even_if_other_callers_traffic_moves() -> None:
-    # checkout and billing both call the (uninstrumented) database; checkout's own view of it
-    # slows 5x (its connection pool), billing's stays healthy but it sends half the queries
-    # (its traffic moved, which says nothing about the database's health): the fault is on
-    # checkout's side of the call, not the database's
+BILLING_VIEW = ("service:billing", f"edge.latency_p95_ms{{peer={DB}}}")
+
+
+def _shared_database_model(
+    billing: dict[tuple[str, str], float | Callable[[int], float]],
+) -> WorldModel:
+    """frontend -> checkout and billing, both -> the (uninstrumented) database; checkout's view
+    of it slows 5x, and the frontend and checkout with it; ``billing``: how billing's series
+    move (its view of the database, how much it calls it)."""
     series = {
         ("service:frontend", "span.latency_p95_ms"): 10.0,
         ("service:checkout", "span.latency_p95_ms"): 8.0,
         ("service:billing", "span.latency_p95_ms"): 6.0,
         ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
-        ("service:billing", f"edge.latency_p95_ms{{peer={DB}}}"): 4.0,
+        BILLING_VIEW: 4.0,
         ("service:billing", f"edge.rate_per_s{{peer={DB}}}"): 20.0,
     }
-    faults = {
+    faults: dict[tuple[str, str], float | Callable[[int], float]] = {
         ("service:frontend", "span.latency_p95_ms"): 3.0,
         ("service:checkout", "span.latency_p95_ms"): 4.0,
         ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
-        ("service:billing", f"edge.rate_per_s{{peer={DB}}}"): 0.5,
+        **billing,
     }
     edges = [
         ("service:frontend", "service:checkout"),
@@ -348,7 +353,16 @@ def test_a_fault_on_one_callers_side_is_that_callers_even_if_other_callers_traff
         ("service:checkout", DB),
         ("service:billing", DB),
     ]
-    result = _search(_given_model(series, faults, edges, seed=11))
+    return _given_model(series, faults, edges, seed=11)
+
+
+def test_a_fault_on_one_callers_side_is_that_callers_even_if_other_callers_traffic_moves() -> None:
+    # checkout and billing both call the (uninstrumented) database; checkout's own view of it
+    # slows 5x (its connection pool), billing's stays healthy but it sends half the queries
+    # (its traffic moved, which says nothing about the database's health): the fault is on
+    # checkout's side of the call, not the database's
+    model = _shared_database_model({("service:billing", f"edge.rate_per_s{{peer={DB}}}"): 0.5})
+    result = _search(model)
     assert result.causes and result.causes[0].entity == "service:checkout"
     assert any(r.entity == DB and "side of the call" in r.reason for r in result.ruled_out)
 
@@ -416,11 +430,13 @@ def test_without_a_graph_a_dependency_seen_only_by_its_callers_is_a_candidate() 
     assert result.causes[0].evidence[0]["signal"] == db_client
 
 
-def _rpc_model(faults: dict[tuple[str, str], float]) -> WorldModel:
-    """frontend -> checkout -> payment and shipping (gRPC), given as the graph. checkout's
-    client spans name no peer attribute, so its views of its dependencies are named by the
-    method they call (``edge.*{peer=operation:hipstershop.PaymentService/Charge}``); payment
-    and shipping answer them in server spans named by their instrumentation
+def _rpc_model(
+    faults: dict[tuple[str, str], float | Callable[[int], float]], email: bool = False
+) -> WorldModel:
+    """frontend -> checkout -> payment and shipping (gRPC), and email with ``email``, given as
+    the graph. checkout's client spans name no peer attribute, so its views of its dependencies
+    are named by the method they call (``edge.*{peer=operation:hipstershop.PaymentService/Charge}``);
+    payment and shipping answer them in server spans named by their instrumentation
     (``grpc.hipstershop.PaymentService/Charge``, ``/hipstershop.ShippingService/GetQuote``)."""
     pay = "operation:hipstershop.PaymentService/Charge"
     ship = "operation:hipstershop.ShippingService/GetQuote"
@@ -440,6 +456,11 @@ def _rpc_model(faults: dict[tuple[str, str], float]) -> WorldModel:
         ("service:checkout", "service:payment"),
         ("service:checkout", "service:shipping"),
     ]
+    if email:
+        series[("service:checkout", f"edge.latency_p95_ms{{peer={MAIL}}}")] = 2.0
+        series[(f"operation:email /{MAIL.removeprefix('operation:')}", "span.latency_p95_ms")] = 1.5
+        series[("service:email", "span.latency_p95_ms")] = 1.5
+        edges.append(("service:checkout", "service:email"))
     return _given_model(series, faults, edges, seed=5)
 
 
@@ -551,41 +572,17 @@ def test_a_caller_at_fault_on_its_side_is_not_explained_by_one_dependency() -> N
     # for checkout's deviation, and checkout is not held below it
     pay = "operation:hipstershop.PaymentService/Charge"
     ship = "operation:hipstershop.ShippingService/GetQuote"
-    mail = "operation:hipstershop.EmailService/SendOrderConfirmation"
-    series = {
-        ("service:frontend", "span.latency_p95_ms"): 10.0,
-        ("service:checkout", "span.latency_p95_ms"): 8.0,
-        ("service:checkout", "process.cpu.utilization"): 0.3,
-        ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 3.0,
-        ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 2.0,
-        ("service:checkout", f"edge.latency_p95_ms{{peer={mail}}}"): 2.0,
-        ("operation:payment grpc.hipstershop.PaymentService/Charge", "span.latency_p95_ms"): 2.5,
-        ("service:payment", "span.latency_p95_ms"): 2.5,
-        ("operation:shipping /hipstershop.ShippingService/GetQuote", "span.latency_p95_ms"): 1.5,
-        ("service:shipping", "span.latency_p95_ms"): 1.5,
-        (
-            "operation:email /hipstershop.EmailService/SendOrderConfirmation",
-            "span.latency_p95_ms",
-        ): 1.5,
-        ("service:email", "span.latency_p95_ms"): 1.5,
-    }
-    faults = {
+    faults: dict[tuple[str, str], float | Callable[[int], float]] = {
         ("service:frontend", "span.latency_p95_ms"): 2.0,
         ("service:checkout", "span.latency_p95_ms"): 2.5,
         ("service:checkout", "process.cpu.utilization"): 3.0,
         ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 1.5,
         ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 4.0,
-        ("service:checkout", f"edge.latency_p95_ms{{peer={mail}}}"): 4.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={MAIL}}}"): 4.0,
         ("service:payment", "span.latency_p95_ms"): 1.5,
         ("operation:payment grpc.hipstershop.PaymentService/Charge", "span.latency_p95_ms"): 1.5,
     }
-    edges = [
-        ("service:frontend", "service:checkout"),
-        ("service:checkout", "service:payment"),
-        ("service:checkout", "service:shipping"),
-        ("service:checkout", "service:email"),
-    ]
-    result = _search(_given_model(series, faults, edges, seed=5))
+    result = _search(_rpc_model(faults, email=True))
     local = {r.entity for r in result.ruled_out if "side of the call" in r.reason}
     assert local == {"service:shipping", "service:email"}
     assert result.causes and result.causes[0].entity == "service:checkout", result.causes
@@ -598,34 +595,12 @@ def test_a_brief_rise_another_caller_sees_is_no_sign_of_health() -> None:
     # it rises in one interval only (billing calls it rarely): too brief to be evidence of its
     # own, but no sign that the database is healthy either. The slow database is the cause,
     # not checkout's side of the calls
-    series = {
-        ("service:frontend", "span.latency_p95_ms"): 10.0,
-        ("service:checkout", "span.latency_p95_ms"): 8.0,
-        ("service:billing", "span.latency_p95_ms"): 6.0,
-        ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
-        ("service:billing", f"edge.latency_p95_ms{{peer={DB}}}"): 4.0,
-    }
-    faults = {
-        ("service:frontend", "span.latency_p95_ms"): 3.0,
-        ("service:checkout", "span.latency_p95_ms"): 4.0,
-        ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
-        ("service:billing", f"edge.latency_p95_ms{{peer={DB}}}"): lambda i: (
-            1.2 if i == FAULT + 2 else 1.0
-        ),
-    }
-    edges = [
-        ("service:frontend", "service:checkout"),
-        ("service:frontend", "service:billing"),
-        ("service:checkout", DB),
-        ("service:billing", DB),
-    ]
-    model = _given_model(series, faults, edges, seed=11)
+    model = _shared_database_model({BILLING_VIEW: lambda i: 1.2 if i == FAULT + 2 else 1.0})
     result = _search(model)
-    billing_view = ("service:billing", f"edge.latency_p95_ms{{peer={DB}}}")
     search = CausalSearch(model)
     candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
     batch = search.hypotheses(candidates, T0 + END * MIN)
-    row = batch.series.index(billing_view)
+    row = batch.series.index(BILLING_VIEW)
     ev = evaluate(batch, SearchConfig())
     assert ev.strength[row] < SearchConfig().z_min <= ev.peak[row]  # brief, not calm
     assert not any("side of the call" in r.reason for r in result.ruled_out)

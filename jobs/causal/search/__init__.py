@@ -224,7 +224,7 @@ class CausalSearch:
         # what accounts for what: a candidate another accounts for stays, ranked below it
         # a caller whose own side of its calls is at fault (``caller_local``) deviates in
         # ways no one dependency of it accounts for
-        callers_at_fault = {idx[caller] for _, caller, _ in local if caller in idx}
+        callers_at_fault = frozenset(idx[caller] for _, caller, _ in local)
         accounted = explain_away(
             config,
             alive,

@@ -273,7 +273,7 @@ def explain_away(
     accounts: _LatencyAccounts,
     tolerance: float,
     symptom_ids: list[int],
-    callers_at_fault: set[int] | None = None,
+    callers_at_fault: frozenset[int] = frozenset(),
 ) -> list[tuple[int, int, str]]:
     """(candidate, the candidate accounting for it, why) for each candidate among ``alive``
     that another explains: by a dependency, as a sibling's view, by shifted load, and through
@@ -293,7 +293,7 @@ def explain_away(
         config, alive, graph, idx, names, ents, accounts, tolerance
     )
     for i, deps in sorted(explained.items()):
-        if callers_at_fault and i in callers_at_fault:
+        if i in callers_at_fault:
             continue
         for j in deps:
             accounted(

@@ -127,18 +127,7 @@ def outside_view(config: SearchConfig, batch: HypothesisBatch) -> np.ndarray:
     server = latency & np.array([bool(SERVER_SIDE.search(n)) for n in names], dtype=bool)
     if not client.any() or not server.any():
         return out
-    harmful = _harmful(batch)
-    known = ~np.isnan(batch.z)
-    ent = batch.entity
-    for r in map(int, np.flatnonzero(client)):
-        rising = harmful[r] >= config.z_min
-        own = server & (ent == ent[r])
-        if not rising.any() or not own.any():
-            continue
-        measured = known[own][:, rising].any(axis=0)
-        server_slow = (harmful[own][:, rising] >= config.z_min).any(axis=0)
-        out[r] = bool(measured.all() and not server_slow.any())
-    return out
+    return _rises_only_where_calm(config, batch, client, server)
 
 
 def unseen_by_callers(config: SearchConfig, batch: HypothesisBatch) -> np.ndarray:
@@ -147,25 +136,33 @@ def unseen_by_callers(config: SearchConfig, batch: HypothesisBatch) -> np.ndarra
     the rise harmed no one through the entity's requests (it reached requests no caller
     measures, or it is the measurement's own). The mirror of ``outside_view``. Without a
     caller's view of it, its own latency is all there is and counts in full."""
-    out = np.zeros(len(batch), dtype=bool)
-    if len(batch) == 0:
-        return out
     latency = np.array([bool(LATENCY_LIKE.search(s)) for _, s in batch.series], dtype=bool)
+    latency = latency.reshape(len(batch))
     own = _own_mask(batch)
     views = latency & ~own
     if not views.any():
-        return out
+        return np.zeros(len(batch), dtype=bool)
+    return _rises_only_where_calm(config, batch, latency & own, views)
+
+
+def _rises_only_where_calm(
+    config: SearchConfig, batch: HypothesisBatch, rows: np.ndarray, reference: np.ndarray
+) -> np.ndarray:
+    """Which of ``rows`` rise (by ``z_min``) only at intervals where the ``reference`` rows
+    of the same entity are measured and none of them rises: what the reference measures did
+    not move with them. A row whose entity has no reference row is not among them."""
+    out = np.zeros(len(batch), dtype=bool)
     harmful = _harmful(batch)
     known = ~np.isnan(batch.z)
     ent = batch.entity
-    for r in map(int, np.flatnonzero(latency & own)):
+    for r in map(int, np.flatnonzero(rows)):
         rising = harmful[r] >= config.z_min
-        seen = views & (ent == ent[r])
-        if not rising.any() or not seen.any():
+        same = reference & (ent == ent[r])
+        if not rising.any() or not same.any():
             continue
-        measured = known[seen][:, rising].any(axis=0)
-        slow = (harmful[seen][:, rising] >= config.z_min).any(axis=0)
-        out[r] = bool(measured.all() and not slow.any())
+        measured = known[same][:, rising].any(axis=0)
+        moved = (harmful[same][:, rising] >= config.z_min).any(axis=0)
+        out[r] = bool(measured.all() and not moved.any())
     return out
 
 
