@@ -300,10 +300,11 @@ def _given_model(
     faults: dict[tuple[str, str], float | Callable[[int], float]],
     edges: list[tuple[str, str]],
     seed: int,
+    silent: frozenset[tuple[str, str]] = frozenset(),
 ) -> WorldModel:
     """Steady ``series`` with 3 % noise, each multiplied by its ``faults`` factor from
     ``FAULT`` on (or by the factor a callable gives for each interval), and ``edges``
-    (caller, callee) given as the graph."""
+    (caller, callee) given as the graph; ``silent`` series report nothing from ``FAULT`` on."""
     from pipeline.worldmodel.graph import EntityRef
 
     model = WorldModel()
@@ -311,6 +312,8 @@ def _given_model(
     for i in range(END):
         t = T0 + i * MIN
         for key, level in series.items():
+            if key in silent and i >= FAULT:
+                continue
             fault = faults.get(key, 1.0)
             factor = fault(i) if callable(fault) else (fault if i >= FAULT else 1.0)
             value = level * (1 + rng.gauss(0, 0.03)) * factor
@@ -329,10 +332,12 @@ BILLING_VIEW = ("service:billing", f"edge.latency_p95_ms{{peer={DB}}}")
 
 def _shared_database_model(
     billing: dict[tuple[str, str], float | Callable[[int], float]],
+    silent: frozenset[tuple[str, str]] = frozenset(),
 ) -> WorldModel:
     """frontend -> checkout and billing, both -> the (uninstrumented) database; checkout's view
     of it slows 5x, and the frontend and checkout with it; ``billing``: how billing's series
-    move (its view of the database, how much it calls it)."""
+    move (its view of the database, how much it calls it); ``silent``: series of billing's that
+    stop reporting when the fault begins."""
     series = {
         ("service:frontend", "span.latency_p95_ms"): 10.0,
         ("service:checkout", "span.latency_p95_ms"): 8.0,
@@ -353,7 +358,7 @@ def _shared_database_model(
         ("service:checkout", DB),
         ("service:billing", DB),
     ]
-    return _given_model(series, faults, edges, seed=11)
+    return _given_model(series, faults, edges, seed=11, silent=silent)
 
 
 def test_a_fault_on_one_callers_side_is_that_callers_even_if_other_callers_traffic_moves() -> None:
@@ -605,6 +610,46 @@ def test_a_brief_rise_another_caller_sees_is_no_sign_of_health() -> None:
     assert ev.strength[row] < SearchConfig().z_min <= ev.peak[row]  # brief, not calm
     assert not any("side of the call" in r.reason for r in result.ruled_out)
     assert result.causes and result.causes[0].entity == DB
+
+
+def test_one_of_many_callers_rising_once_leaves_the_others_witnesses_of_health() -> None:
+    # checkout's calls to the database are 5x slower throughout; of its three other callers,
+    # billing's view rises in one interval, ledger's and audit's stay calm. A slow database
+    # is slow for every caller: the others, taken together, see it healthy (with many
+    # callers, one crossing once is noise), so the fault is on checkout's side of the calls
+    others = ("service:billing", "service:ledger", "service:audit")
+    series = {
+        ("service:frontend", "span.latency_p95_ms"): 10.0,
+        ("service:checkout", "span.latency_p95_ms"): 8.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
+        **{(o, f"edge.latency_p95_ms{{peer={DB}}}"): 4.0 for o in others},
+    }
+    faults: dict[tuple[str, str], float | Callable[[int], float]] = {
+        ("service:frontend", "span.latency_p95_ms"): 3.0,
+        ("service:checkout", "span.latency_p95_ms"): 4.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
+        BILLING_VIEW: lambda i: 1.2 if i == FAULT + 2 else 1.0,
+    }
+    edges = [
+        ("service:frontend", "service:checkout"),
+        *(("service:frontend", o) for o in others),
+        ("service:checkout", DB),
+        *((o, DB) for o in others),
+    ]
+    model = _given_model(series, faults, edges, seed=11)
+    result = _search(model)
+    assert any(r.entity == DB and "side of the call" in r.reason for r in result.ruled_out)
+    assert result.causes and result.causes[0].entity == "service:checkout", result.causes
+
+
+def test_a_caller_that_stopped_measuring_a_dependency_is_no_witness_of_its_health() -> None:
+    # checkout's calls to the (uninstrumented) database are 5x slower; billing, its other
+    # caller, stopped calling it when that began (nothing measured since: a gap, not health).
+    # Nobody else measured the database, so nothing says the fault is on checkout's side
+    model = _shared_database_model({}, silent=frozenset({BILLING_VIEW}))
+    result = _search(model)
+    assert not any("side of the call" in r.reason for r in result.ruled_out)
+    assert result.causes and result.causes[0].entity == DB, result.causes
 
 
 def test_a_caller_seen_through_several_dependencies_has_as_many_views() -> None:

@@ -74,16 +74,23 @@ def caller_local(
         own_rows = groups.get(name, [])
         view = [r for r in callers[caller] if directed[r] and strong[r]]
         began = float(np.nanmin(ev.onset_s[view])) - batch.interval_s
-        # another caller sees it healthy only if none of its scores since then deviates: a
-        # brief or sparse rise (too short to be evidence of its own) is no sign of health
+        # another caller sees it healthy when it measured it while the caller saw it deviate
+        # and none of its scores since then deviates: a brief or sparse rise (too short to be
+        # evidence of its own) is no sign of health, and a caller that measured nothing then
+        # is no witness (a gap). A dependency at fault is harmed for every caller, so its
+        # other callers, taken together, see it healthy when more of them measure it calm
+        # than see it rise: with many callers, one of them crossing ``z_min`` once is noise
         since = max(0, math.floor((began - batch.t0_s) / batch.interval_s))
-        if any(
-            harmful[r, since:].max(initial=0.0) >= config.z_min
-            for c, rows in callers.items()
-            if c != caller
-            for r in rows
-            if directed[r]
-        ):
+        calm = risen = 0
+        for c, rows in callers.items():
+            mine = [r for r in rows if directed[r]] if c != caller else []
+            if not any(known[r, since + 1 :].any() for r in mine):
+                continue
+            if any(harmful[r, since:].max(initial=0.0) >= config.z_min for r in mine):
+                risen += 1
+            else:
+                calm += 1
+        if risen and calm <= risen:
             continue
         # harmed on its own side from when the caller saw it deviate (within the onset
         # tolerance): what the caller saw. A harm of its own that began later is not
@@ -91,7 +98,7 @@ def caller_local(
         if any(strong[r] and felt[r] and began <= ev.onset_s[r] <= with_view for r in own_rows):
             continue
         views[caller] += 1
-        alone.append((k, caller, callers[caller], len(callers) - 1))
+        alone.append((k, caller, callers[caller], calm))
     entity = batch.entity.copy()
     local: list[tuple[str, str, bool]] = []
     for k, caller, rows, others in alone:
