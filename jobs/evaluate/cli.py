@@ -310,6 +310,16 @@ def _seeds(text: str) -> list[int]:
     " service just deployed or a replay of a short capture.",
 )
 @click.option(
+    "--services",
+    type=click.IntRange(min=10, max=500),
+    default=simulator.SuiteConfig.services,
+    show_default=True,
+    help="Services in the simulated system (each case draws its topology from its seed): a"
+    " larger system has more callers per dependency, longer call chains and more series"
+    " that deviate by chance. About 40 is the size of the larger microservice benchmarks;"
+    " a case takes about three times as long to prepare.",
+)
+@click.option(
     "--realism",
     type=click.Choice(list(simulator.REALISM)),
     default="full",
@@ -332,6 +342,7 @@ def simulator_command(
     scenarios: tuple[str, ...],
     no_normal: bool,
     history_s: float,
+    services: int,
     realism: str,
     cache: Path | None,
     json_out: Path | None,
@@ -346,7 +357,7 @@ def simulator_command(
     )
     held = [1] if quick and seeds == "1-2" else _seeds(seeds)
     train = _seeds(train_seeds) if train_seeds else []
-    suite = simulator.SuiteConfig(history_s=history_s, realism=realism)
+    suite = simulator.SuiteConfig(history_s=history_s, services=services, realism=realism)
     config = SearchConfig()
     per_seed = len(names) + (0 if no_normal else 1)
     with Progress(

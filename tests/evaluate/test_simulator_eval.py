@@ -53,6 +53,14 @@ def test_small_simulator_run(tmp_path: Path) -> None:
     assert _in_unit(db["probability"])
 
 
+def test_the_size_of_the_simulated_system_is_an_option() -> None:
+    from jobs.evaluate.simulator import SuiteConfig
+
+    assert SuiteConfig(services=40).run("normal", 1).services == 40
+    refused = CliRunner().invoke(evaluate, ["simulator", "--services", "5"])
+    assert refused.exit_code == 2 and "10<=x<=500" in refused.output, refused.output
+
+
 def test_the_settled_answer_waits_for_the_alerts_interval_to_close() -> None:
     from jobs.evaluate.simulator import SETTLE_SLACK_S, settled_ms
     from pipeline.worldmodel.model import WorldModelConfig
