@@ -33,8 +33,27 @@ ENTITY_LABELS = (
     "container",
     "deployment",
     "workload",
+    # Kubernetes resource attributes as OpenTelemetry and Prometheus spell them, and the
+    # service mesh's name for the called workload
+    "k8s.deployment.name",
+    "k8s_deployment_name",
+    "destination_workload",
+    "destination_service_name",
+    "destination_app",
 )
+# label names that name a pod: the pod when worldline knows it, else the workload that owns it
+POD_LABELS = ("pod", "pod_name", "k8s.pod.name", "k8s_pod_name", "kubernetes_pod_name")
 HOST_LABELS = ("host", "hostname", "host.name", "node", "instance")
+# the suffixes Kubernetes appends to a workload's name to name its pods, most specific first: a
+# Deployment's ReplicaSet hash then the pod's own five characters, the five characters alone (a
+# DaemonSet, a bare ReplicaSet), or a StatefulSet's ordinal. The generated characters come from
+# an alphabet without vowels, so a word of the workload's own name is not taken for one
+_GENERATED = "[bcdfghjklmnpqrstvwxz2456789]"
+POD_SUFFIXES = (
+    re.compile(rf"-{_GENERATED}{{6,10}}-{_GENERATED}{{5}}$"),
+    re.compile(rf"-{_GENERATED}{{5}}$"),
+    re.compile(r"-\d+$"),
+)
 
 # words in the alert's name, labels or summary -> the signal of the symptom
 SIGNAL_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -134,11 +153,30 @@ class SymptomMapper:
                 return keys[0]
         return None
 
+    def _lookup_kind(self, kind: str, name: str) -> str | None:
+        """The known entity of ``kind`` named ``name`` (case-insensitive)."""
+        return next(
+            (k for k in self.by_name.get(name.lower(), []) if k.startswith(f"{kind}:")), None
+        )
+
     def map(self, alert: Alert) -> Symptom:
         labels = alert.labels
         for label in ENTITY_LABELS:
             if label in labels:
                 found = self._lookup(labels[label])
+                if found:
+                    return Symptom(
+                        found, self.signal(alert, found), f"label {label}={labels[label]}"
+                    )
+        for label in POD_LABELS:
+            if label in labels:
+                pod = labels[label].strip().split("/")[-1]
+                workloads = (p.sub("", pod) for p in POD_SUFFIXES if p.search(pod))
+                found = (
+                    self._lookup_kind("pod", pod)
+                    or next((k for w in workloads if (k := self._lookup(w))), None)
+                    or self._lookup(pod)
+                )
                 if found:
                     return Symptom(
                         found, self.signal(alert, found), f"label {label}={labels[label]}"

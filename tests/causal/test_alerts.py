@@ -58,6 +58,35 @@ def test_a_metrics_only_entity_gets_its_own_series_of_the_alerted_kind() -> None
     assert cart_latency.signal == "http_server_duration_seconds.p99"
 
 
+def test_a_pod_label_names_the_pod_or_the_workload_that_owns_it() -> None:
+    known = {
+        "service:cartservice": ["span.latency_p95_ms"],
+        "pod:cartservice-6d8f9c7b45-x7k2p": ["k8s.pod.cpu.utilization"],
+        "service:redis-cart": ["span.latency_p95_ms"],
+        "service:node-exporter-abcde": ["process.cpu.utilization"],
+    }
+    mapper = _mapper(known)
+    pod = mapper.map(_alert("PodCPUThrottled", {"pod": "cartservice-6d8f9c7b45-x7k2p"}))
+    assert pod.entity == "pod:cartservice-6d8f9c7b45-x7k2p"
+    # a pod worldline has not seen (rescheduled since): the Deployment it belongs to
+    moved = mapper.map(_alert("HighLatency", {"k8s_pod_name": "cartservice-6d8f9c7b45-q9zzb"}))
+    assert (moved.entity, moved.signal) == ("service:cartservice", "span.latency_p95_ms")
+    # a StatefulSet's pod, written namespace/pod
+    ordinal = mapper.map(_alert("SlowRedis", {"kubernetes_pod_name": "shop/redis-cart-0"}))
+    assert ordinal.entity == "service:redis-cart"
+    # a word of the workload's own name is not a generated suffix (it has vowels)
+    named = mapper.map(_alert("Down", {"pod": "node-exporter-abcde"}))
+    assert named.entity == "service:node-exporter-abcde"
+    unknown = mapper.map(_alert("Down", {"pod": "ledger-7c9d8b6f5d-x7k2p"}))
+    assert unknown.entity is None
+
+
+def test_kubernetes_and_mesh_workload_labels_name_the_service() -> None:
+    mapper = _mapper(SPANS)
+    for label in ("k8s_deployment_name", "k8s.deployment.name", "destination_workload"):
+        assert mapper.map(_alert("HighLatency", {label: "frontend"})).entity == "service:frontend"
+
+
 def test_without_known_series_the_kind_is_all_there_is() -> None:
     mapper = SymptomMapper(["service:PetSite"])
     symptom = mapper.map(_alert("PetSiteHighLatency", {"service": "PetSite"}))
