@@ -41,6 +41,9 @@ import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from jobs.backfill import backfill_bundle
@@ -94,6 +97,9 @@ REALISM = {
     "standing-condition": "as unobserved-alert, and another service's heap grew to a new level"
     " 10 minutes before the fault and stays there, harmlessly (what an earlier incident or"
     " change leaves behind)",
+    "node-metrics-on-pods": "each node's metrics exported with every pod it runs (the pod's"
+    " service in their resource), as exports that join node metrics to pods deliver them:"
+    " every service on a busy node shows its CPU, and the node has no series of its own",
 }
 """What real deployments look like, as variations of the same simulated incidents."""
 TRACE_WINDOW_EVERY = 3  # trace-windows: one minute of traces kept in this many
@@ -315,6 +321,8 @@ def realistic(records: list[Record], realism: str) -> list[Record]:
             r if r.topic != "otlp_spans" else replace(r, value=sampled_spans(r.value))
             for r in records
         ]
+    if realism == "node-metrics-on-pods":
+        return node_metrics_on_pods(records)
     if realism in COARSE_SCRAPE_S:
         # scrapes are stamped at their own time: the first in every COARSE_SCRAPE_S is kept
         every_ms = COARSE_SCRAPE_S[realism] * 1000
@@ -326,6 +334,58 @@ def realistic(records: list[Record], realism: str) -> list[Record]:
         keep = set(first.values())
         return [r for r in records if r.topic != "otlp_metrics" or r.timestamp_ms in keep]
     return records
+
+
+def node_metrics_on_pods(records: list[Record]) -> list[Record]:
+    """The metrics with each node's own (a resource naming a node and no service) exported
+    again in every pod resource on that node at the same scrape, and no longer on their own."""
+
+    def node_of(resource: Any) -> tuple[str | None, bool]:
+        attrs = {kv.key: kv.value.string_value for kv in resource.attributes}
+        return attrs.get("k8s.node.name") or attrs.get("host.name"), "service.name" in attrs
+
+    by_node: dict[tuple[str, int], list[Any]] = {}
+    for r in records:
+        if r.topic != "otlp_metrics":
+            continue
+        request = ExportMetricsServiceRequest()
+        request.ParseFromString(r.value)
+        for rm in request.resource_metrics:
+            node, owned = node_of(rm.resource)
+            if node is None or owned:
+                continue
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    points = metric.gauge.data_points or metric.sum.data_points
+                    times = {dp.time_unix_nano for dp in points}
+                    for t in times:
+                        by_node.setdefault((node, t), []).append(metric)
+    out = []
+    for r in records:
+        if r.topic != "otlp_metrics":
+            out.append(r)
+            continue
+        request = ExportMetricsServiceRequest()
+        request.ParseFromString(r.value)
+        kept = []
+        for rm in request.resource_metrics:
+            node, owned = node_of(rm.resource)
+            if node is not None and not owned:
+                continue  # the node's own export: now carried by its pods
+            if node is not None and rm.scope_metrics:
+                times = {
+                    dp.time_unix_nano
+                    for metric in rm.scope_metrics[0].metrics
+                    for dp in (metric.gauge.data_points or metric.sum.data_points)
+                }
+                for t in sorted(times):
+                    rm.scope_metrics[0].metrics.extend(by_node.get((node, t), []))
+            kept.append(rm)
+        if kept:
+            del request.resource_metrics[:]
+            request.resource_metrics.extend(kept)
+            out.append(replace(r, value=request.SerializeToString()))
+    return out
 
 
 def sampled_spans(value: bytes, every: int = TRACE_SAMPLE_EVERY) -> bytes:

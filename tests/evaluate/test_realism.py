@@ -131,3 +131,57 @@ def test_fine_metrics_are_simulated_at_their_scrape_interval() -> None:
     assert SuiteConfig(realism="full").run("normal", 1).scrape_interval_s == 15.0
     records = _records()
     assert realistic(records, "metrics-1s") == records
+
+
+def _metrics_record(t_ms: int, resources: list[tuple[dict[str, str], str, float]]) -> Record:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    request = ExportMetricsServiceRequest()
+    for attrs, name, value in resources:
+        rm = request.resource_metrics.add()
+        rm.resource.attributes.extend(
+            KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attrs.items()
+        )
+        metric = rm.scope_metrics.add().metrics.add(name=name)
+        metric.gauge.data_points.add(time_unix_nano=t_ms * 1_000_000, as_double=value)
+    return Record("otlp_metrics", None, request.SerializeToString(), t_ms)
+
+
+def test_node_metrics_on_pods_carry_each_nodes_metrics_in_its_pods() -> None:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    pod = {"service.name": "cart", "k8s.pod.name": "cart-1", "k8s.node.name": "n1"}
+    other = {"service.name": "ads", "k8s.pod.name": "ads-1", "k8s.node.name": "n2"}
+    records = []
+    for k, t in enumerate((T0_MS, T0_MS + 15_000)):
+        records.append(_metrics_record(t, [(pod, "cpu", 0.1), (other, "cpu", 0.2)]))
+        node = [
+            ({"host.name": n, "k8s.node.name": n}, "system.cpu", 0.5 + k + i)
+            for i, n in enumerate(("n1", "n2"))
+        ]
+        records.append(_metrics_record(t, node))
+    out = realistic(records, "node-metrics-on-pods")
+    assert len(out) == 2  # the nodes' own exports are gone
+    seen = []
+    for r in out:
+        request = ExportMetricsServiceRequest()
+        request.ParseFromString(r.value)
+        for rm in request.resource_metrics:
+            service = {kv.key: kv.value.string_value for kv in rm.resource.attributes}
+            for m in rm.scope_metrics[0].metrics:
+                seen.append((service["service.name"], m.name, m.gauge.data_points[0].as_double))
+    assert seen == [
+        ("cart", "cpu", 0.1),
+        ("cart", "system.cpu", 0.5),
+        ("ads", "cpu", 0.2),
+        ("ads", "system.cpu", 1.5),
+        ("cart", "cpu", 0.1),
+        ("cart", "system.cpu", 1.5),
+        ("ads", "cpu", 0.2),
+        ("ads", "system.cpu", 2.5),
+    ]
