@@ -83,8 +83,8 @@ def caller_local(
         since = max(0, math.floor((began - batch.t0_s) / batch.interval_s))
         calm = risen = 0
         for c, rows in callers.items():
-            mine = [r for r in rows if directed[r]] if c != caller else []
-            if not any(known[r, since + 1 :].any() for r in mine):
+            mine = [r for r in rows if directed[r]]
+            if c == caller or not any(known[r, since + 1 :].any() for r in mine):
                 continue
             if any(harmful[r, since:].max(initial=0.0) >= config.z_min for r in mine):
                 risen += 1
@@ -204,8 +204,8 @@ def caller_local_ruled_out(local: list[tuple[str, str, bool]]) -> list[RuledOut]
     return [
         RuledOut(
             dep,
-            f"only {caller} sees it deviate; its other callers see it healthy: the fault is"
-            f" on {caller}'s side of the call"
+            f"only {caller} sees it deviate; its other callers, taken together, see it healthy:"
+            f" the fault is on {caller}'s side of the call"
             if others
             else f"{caller} sees it and its other dependencies deviate at once, and none of"
             f" them shows harm of its own: the fault is on {caller}'s side of the calls",
