@@ -339,53 +339,51 @@ def realistic(records: list[Record], realism: str) -> list[Record]:
 def node_metrics_on_pods(records: list[Record]) -> list[Record]:
     """The metrics with each node's own (a resource naming a node and no service) exported
     again in every pod resource on that node at the same scrape, and no longer on their own."""
-
-    def node_of(resource: Any) -> tuple[str | None, bool]:
-        attrs = {kv.key: kv.value.string_value for kv in resource.attributes}
-        return attrs.get("k8s.node.name") or attrs.get("host.name"), "service.name" in attrs
-
+    parsed: list[tuple[Record, Any]] = []
     by_node: dict[tuple[str, int], list[Any]] = {}
     for r in records:
-        if r.topic != "otlp_metrics":
-            continue
-        request = ExportMetricsServiceRequest()
-        request.ParseFromString(r.value)
-        for rm in request.resource_metrics:
-            node, owned = node_of(rm.resource)
-            if node is None or owned:
-                continue
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    points = metric.gauge.data_points or metric.sum.data_points
-                    times = {dp.time_unix_nano for dp in points}
-                    for t in times:
-                        by_node.setdefault((node, t), []).append(metric)
+        request = None
+        if r.topic == "otlp_metrics":
+            request = ExportMetricsServiceRequest()
+            request.ParseFromString(r.value)
+            for rm in request.resource_metrics:
+                node, owned = _node_of(rm.resource)
+                if node is not None and not owned:
+                    for metric in (m for sm in rm.scope_metrics for m in sm.metrics):
+                        for t in _times(metric):
+                            by_node.setdefault((node, t), []).append(metric)
+        parsed.append((r, request))
     out = []
-    for r in records:
-        if r.topic != "otlp_metrics":
+    for r, request in parsed:
+        if request is None:
             out.append(r)
             continue
-        request = ExportMetricsServiceRequest()
-        request.ParseFromString(r.value)
         kept = []
         for rm in request.resource_metrics:
-            node, owned = node_of(rm.resource)
+            node, owned = _node_of(rm.resource)
             if node is not None and not owned:
                 continue  # the node's own export: now carried by its pods
             if node is not None and rm.scope_metrics:
-                times = {
-                    dp.time_unix_nano
-                    for metric in rm.scope_metrics[0].metrics
-                    for dp in (metric.gauge.data_points or metric.sum.data_points)
-                }
-                for t in sorted(times):
-                    rm.scope_metrics[0].metrics.extend(by_node.get((node, t), []))
+                scope = rm.scope_metrics[0]
+                for t in sorted({t for m in scope.metrics for t in _times(m)}):
+                    scope.metrics.extend(by_node.get((node, t), []))
             kept.append(rm)
         if kept:
             del request.resource_metrics[:]
             request.resource_metrics.extend(kept)
             out.append(replace(r, value=request.SerializeToString()))
     return out
+
+
+def _node_of(resource: Any) -> tuple[str | None, bool]:
+    """The node a metrics resource names (if any), and whether it names a service too."""
+    attrs = {kv.key: kv.value.string_value for kv in resource.attributes}
+    return attrs.get("k8s.node.name") or attrs.get("host.name"), "service.name" in attrs
+
+
+def _times(metric: Any) -> set[int]:
+    """The instants of a gauge's or a sum's points."""
+    return {dp.time_unix_nano for dp in (metric.gauge.data_points or metric.sum.data_points)}
 
 
 def sampled_spans(value: bytes, every: int = TRACE_SAMPLE_EVERY) -> bytes:

@@ -333,11 +333,13 @@ BILLING_VIEW = ("service:billing", f"edge.latency_p95_ms{{peer={DB}}}")
 def _shared_database_model(
     billing: dict[tuple[str, str], float | Callable[[int], float]],
     silent: frozenset[tuple[str, str]] = frozenset(),
+    calm: tuple[str, ...] = (),
 ) -> WorldModel:
     """frontend -> checkout and billing, both -> the (uninstrumented) database; checkout's view
     of it slows 5x, and the frontend and checkout with it; ``billing``: how billing's series
     move (its view of the database, how much it calls it); ``silent``: series of billing's that
-    stop reporting when the fault begins."""
+    stop reporting when the fault begins; ``calm``: further callers of the database, whose
+    views of it stay steady."""
     series = {
         ("service:frontend", "span.latency_p95_ms"): 10.0,
         ("service:checkout", "span.latency_p95_ms"): 8.0,
@@ -345,6 +347,7 @@ def _shared_database_model(
         ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
         BILLING_VIEW: 4.0,
         ("service:billing", f"edge.rate_per_s{{peer={DB}}}"): 20.0,
+        **{(c, f"edge.latency_p95_ms{{peer={DB}}}"): 4.0 for c in calm},
     }
     faults: dict[tuple[str, str], float | Callable[[int], float]] = {
         ("service:frontend", "span.latency_p95_ms"): 3.0,
@@ -357,6 +360,7 @@ def _shared_database_model(
         ("service:frontend", "service:billing"),
         ("service:checkout", DB),
         ("service:billing", DB),
+        *(edge for c in calm for edge in (("service:frontend", c), (c, DB))),
     ]
     return _given_model(series, faults, edges, seed=11, silent=silent)
 
@@ -526,21 +530,31 @@ def test_a_latency_rise_its_callers_did_not_wait_for_ranks_below_one_they_did() 
     assert not any(signal.startswith("edge.") for _, signal in flagged)
 
 
-def test_a_caller_that_sees_all_its_dependencies_slow_at_once_is_the_cause() -> None:
-    # checkout is starved of CPU: every call it makes looks slower from its side (payment and
-    # shipping both), while neither dependency's own spans move: what the two views share is
-    # checkout's side of the calls
+def _starved_checkout_model(
+    extra: dict[tuple[str, str], float | Callable[[int], float]] | None = None,
+) -> WorldModel:
+    """checkout starved of CPU: its own latency and CPU rise, and its calls to payment and to
+    shipping look 4x slower from its side, while neither dependency's own spans move (unless
+    ``extra``, further faults, moves them)."""
     pay = "operation:hipstershop.PaymentService/Charge"
     ship = "operation:hipstershop.ShippingService/GetQuote"
-    model = _rpc_model(
+    return _rpc_model(
         {
             ("service:frontend", "span.latency_p95_ms"): 2.0,
             ("service:checkout", "span.latency_p95_ms"): 2.5,
             ("service:checkout", "process.cpu.utilization"): 3.0,
             ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 4.0,
             ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 4.0,
+            **(extra or {}),
         }
     )
+
+
+def test_a_caller_that_sees_all_its_dependencies_slow_at_once_is_the_cause() -> None:
+    # checkout is starved of CPU: every call it makes looks slower from its side (payment and
+    # shipping both), while neither dependency's own spans move: what the two views share is
+    # checkout's side of the calls
+    model = _starved_checkout_model()
     result = _search(model)
     assert result.causes and result.causes[0].entity == "service:checkout"
     local = {r.entity for r in result.ruled_out if "side of the call" in r.reason}
@@ -552,17 +566,8 @@ def test_a_dependency_harmed_later_than_its_caller_saw_it_is_still_the_callers_v
     # checkout is starved of CPU and sees payment and shipping slow at once; eight minutes
     # later payment's own spans slow too (a harm of its own, later): that later harm is not
     # what checkout saw, so both views are still checkout's side of the calls
-    pay = "operation:hipstershop.PaymentService/Charge"
-    ship = "operation:hipstershop.ShippingService/GetQuote"
-    model = _rpc_model(
-        {
-            ("service:frontend", "span.latency_p95_ms"): 2.0,
-            ("service:checkout", "span.latency_p95_ms"): 2.5,
-            ("service:checkout", "process.cpu.utilization"): 3.0,
-            ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 4.0,
-            ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 4.0,
-            ("service:payment", "span.latency_p95_ms"): lambda i: 2.0 if i >= FAULT + 8 else 1.0,
-        }
+    model = _starved_checkout_model(
+        {("service:payment", "span.latency_p95_ms"): lambda i: 2.0 if i >= FAULT + 8 else 1.0}
     )
     result = _search(model)
     assert result.causes and result.causes[0].entity == "service:checkout"
@@ -617,26 +622,16 @@ def test_one_of_many_callers_rising_once_leaves_the_others_witnesses_of_health()
     # billing's view rises in one interval, ledger's and audit's stay calm. A slow database
     # is slow for every caller: the others, taken together, see it healthy (with many
     # callers, one crossing once is noise), so the fault is on checkout's side of the calls
-    others = ("service:billing", "service:ledger", "service:audit")
-    series = {
-        ("service:frontend", "span.latency_p95_ms"): 10.0,
-        ("service:checkout", "span.latency_p95_ms"): 8.0,
-        ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
-        **{(o, f"edge.latency_p95_ms{{peer={DB}}}"): 4.0 for o in others},
-    }
-    faults: dict[tuple[str, str], float | Callable[[int], float]] = {
-        ("service:frontend", "span.latency_p95_ms"): 3.0,
-        ("service:checkout", "span.latency_p95_ms"): 4.0,
-        ("service:checkout", f"edge.latency_p95_ms{{peer={DB}}}"): 5.0,
-        BILLING_VIEW: lambda i: 1.2 if i == FAULT + 2 else 1.0,
-    }
-    edges = [
-        ("service:frontend", "service:checkout"),
-        *(("service:frontend", o) for o in others),
-        ("service:checkout", DB),
-        *((o, DB) for o in others),
-    ]
-    model = _given_model(series, faults, edges, seed=11)
+    model = _shared_database_model(
+        {BILLING_VIEW: lambda i: 1.3 if i == FAULT + 2 else 1.0},
+        calm=("service:ledger", "service:audit"),
+    )
+    search = CausalSearch(model)
+    candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
+    batch = search.hypotheses(candidates, T0 + END * MIN)
+    ev = evaluate(batch, SearchConfig())
+    row = batch.series.index(BILLING_VIEW)
+    assert ev.strength[row] < SearchConfig().z_min <= ev.peak[row]  # it crossed, once
     result = _search(model)
     assert any(r.entity == DB and "side of the call" in r.reason for r in result.ruled_out)
     assert result.causes and result.causes[0].entity == "service:checkout", result.causes
@@ -658,17 +653,7 @@ def test_a_caller_seen_through_several_dependencies_has_as_many_views() -> None:
     from jobs.causal.search.evidence import entity_evidence
     from jobs.causal.search.rules import caller_local
 
-    pay = "operation:hipstershop.PaymentService/Charge"
-    ship = "operation:hipstershop.ShippingService/GetQuote"
-    model = _rpc_model(
-        {
-            ("service:frontend", "span.latency_p95_ms"): 2.0,
-            ("service:checkout", "span.latency_p95_ms"): 2.5,
-            ("service:checkout", "process.cpu.utilization"): 3.0,
-            ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 4.0,
-            ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 4.0,
-        }
-    )
+    model = _starved_checkout_model()
     config = SearchConfig()
     search = CausalSearch(model, config)
     candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
