@@ -575,6 +575,52 @@ def test_a_dependency_harmed_later_than_its_caller_saw_it_is_still_the_callers_v
     assert local == {"service:payment", "service:shipping"}
 
 
+def test_a_dependency_harmed_too_little_to_account_for_its_callers_view_is_that_view() -> None:
+    # checkout is starved of CPU and sees payment and shipping 5x slower at once (+12 ms and
+    # +8 ms, its scores at their limit); payment's own spans (0.5 ms) rise with it, by half:
+    # +0.25 ms, a clear deviation of its own, but far too little to be why checkout waits
+    # longer on its calls. Both views are still checkout's side of the calls
+    pay = "operation:hipstershop.PaymentService/Charge"
+    ship = "operation:hipstershop.ShippingService/GetQuote"
+    pay_op = "operation:payment grpc.hipstershop.PaymentService/Charge"
+    series = {
+        ("service:frontend", "span.latency_p95_ms"): 10.0,
+        ("service:checkout", "span.latency_p95_ms"): 8.0,
+        ("service:checkout", "process.cpu.utilization"): 0.3,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 3.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 2.0,
+        (pay_op, "span.latency_p95_ms"): 0.5,
+        ("service:payment", "span.latency_p95_ms"): 0.5,
+        ("operation:shipping /hipstershop.ShippingService/GetQuote", "span.latency_p95_ms"): 1.5,
+        ("service:shipping", "span.latency_p95_ms"): 1.5,
+    }
+    faults: dict[tuple[str, str], float | Callable[[int], float]] = {
+        ("service:frontend", "span.latency_p95_ms"): 2.0,
+        ("service:checkout", "span.latency_p95_ms"): 2.5,
+        ("service:checkout", "process.cpu.utilization"): 3.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 5.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 5.0,
+        ("service:payment", "span.latency_p95_ms"): 1.5,
+        (pay_op, "span.latency_p95_ms"): 1.5,
+    }
+    edges = [
+        ("service:frontend", "service:checkout"),
+        ("service:checkout", "service:payment"),
+        ("service:checkout", "service:shipping"),
+    ]
+    model = _given_model(series, faults, edges, seed=5)
+    search = CausalSearch(model)
+    candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
+    batch = search.hypotheses(candidates, T0 + END * MIN)
+    ev = evaluate(batch, SearchConfig())
+    row = batch.series.index(("service:payment", "span.latency_p95_ms"))
+    assert ev.strength[row] >= SearchConfig().z_min  # a harm of its own, with the view
+    result = _search(model)
+    assert result.causes and result.causes[0].entity == "service:checkout", result.causes
+    local = {r.entity for r in result.ruled_out if "side of the call" in r.reason}
+    assert local == {"service:payment", "service:shipping"}
+
+
 def test_a_caller_at_fault_on_its_side_is_not_explained_by_one_dependency() -> None:
     # checkout is starved of CPU: its calls to shipping and email look slower from its side
     # while neither's own spans move; payment happens to slow at the same time. Payment being
@@ -650,7 +696,7 @@ def test_a_caller_that_stopped_measuring_a_dependency_is_no_witness_of_its_healt
 def test_a_caller_seen_through_several_dependencies_has_as_many_views() -> None:
     # checkout starved of CPU is seen through its calls to payment and through its calls to
     # shipping, two measurements independent of each other, besides its own CPU: three views
-    from jobs.causal.search.evidence import entity_evidence
+    from jobs.causal.search.evidence import _LatencyAccounts, entity_evidence
     from jobs.causal.search.rules import caller_local
 
     model = _starved_checkout_model()
@@ -659,7 +705,7 @@ def test_a_caller_seen_through_several_dependencies_has_as_many_views() -> None:
     candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
     batch = search.hypotheses(candidates, T0 + END * MIN)
     ev = evaluate(batch, config)
-    batch, local = caller_local(config, batch, ev)
+    batch, local = caller_local(config, batch, ev, _LatencyAccounts(model, batch, ev, config))
     assert {caller for _, caller, _ in local} == {"service:checkout"}
     ents = entity_evidence(batch, ev, config)
     # traces and metrics, and the second dependency it is seen through

@@ -178,7 +178,7 @@ class CausalSearch:
         batch.spacing = symptom_spacing(model, symptoms)
         ev = evaluate(batch, config)
         batch, ev = until_symptom_ends(config, symptoms, batch, ev, t_s)
-        batch, local = caller_local(config, batch, ev)
+        batch, local = caller_local(config, batch, ev, _LatencyAccounts(model, batch, ev, config))
         scored_ms = (time.perf_counter() - started) * 1000
         decoupled = latency_decoupled(model, config, batch, ev, graph, symptom_entities, t_s)
         if decoupled.any():

@@ -18,17 +18,25 @@ import networkx as nx
 import numpy as np
 
 from jobs.causal.search.config import SearchConfig
-from jobs.causal.search.evidence import EntityEvidence, Evidence, HypothesisBatch, _harmful
+from jobs.causal.search.evidence import (
+    EntityEvidence,
+    Evidence,
+    HypothesisBatch,
+    _harmful,
+    _LatencyAccounts,
+)
 from jobs.causal.search.result import RuledOut
 from jobs.causal.search.signals import LATENCY_LIKE, _is_failure, _latency_unit, _owner
+from pipeline.worldmodel.baseline import SCORE_LIMIT
 from pipeline.worldmodel.model import WorldModel
 
 
 def caller_local(
-    config: SearchConfig, batch: HypothesisBatch, ev: Evidence
+    config: SearchConfig, batch: HypothesisBatch, ev: Evidence, accounts: _LatencyAccounts
 ) -> tuple[HypothesisBatch, list[tuple[str, str, bool]]]:
     """A dependency that deviates only as one caller measures it, and shows no harm of its own
-    (latency, failures) that began with that view, is not at fault when its other callers
+    (latency, failures) that began with that view and can account for it, is not at fault
+    when its other callers
     measure it healthy, or when that caller sees several such dependencies of its own deviate
     at once: the fault is on that caller's side of the calls (its pool, its CPU, its network),
     which its view of a dependency cannot tell from the dependency's. Its rows from that
@@ -93,9 +101,19 @@ def caller_local(
         if risen and calm <= risen:
             continue
         # harmed on its own side from when the caller saw it deviate (within the onset
-        # tolerance): what the caller saw. A harm of its own that began later is not
+        # tolerance), by enough to account for what the caller saw: a latency of its own that
+        # rose by less than ``explain_fraction`` of the caller's view of it (same statistic,
+        # absolute units) leaves most of the caller's wait on the caller's side. A harm of
+        # its own that began later is not what the caller saw
         with_view = began + batch.interval_s + max(config.onset_tolerance_s, batch.step_s)
-        if any(strong[r] and felt[r] and began <= ev.onset_s[r] <= with_view for r in own_rows):
+        seen_rise = _rises(accounts, view)
+        if any(
+            strong[r]
+            and felt[r]
+            and began <= ev.onset_s[r] <= with_view
+            and _accounts_for(config, accounts, r, seen_rise)
+            for r in own_rows
+        ):
             continue
         views[caller] += 1
         alone.append((k, caller, callers[caller], calm))
@@ -111,6 +129,30 @@ def caller_local(
     if not local:
         return batch, local
     return replace(batch, entity=entity), local
+
+
+def _rises(accounts: _LatencyAccounts, rows: list[int]) -> dict[str, float]:
+    """The largest absolute rise of each latency statistic among ``rows``."""
+    out: dict[str, float] = {}
+    for r in rows:
+        stat = accounts.stats[r]
+        if stat is not None and (x := accounts.excess(r)) is not None:
+            out[stat] = max(out.get(stat, 0.0), x)
+    return out
+
+
+def _accounts_for(
+    config: SearchConfig, accounts: _LatencyAccounts, row: int, seen: dict[str, float]
+) -> bool:
+    """Whether an entity's own deviating row can account for a rise ``seen`` from outside
+    (statistic -> absolute rise): a failure, a statistic not seen, a rise that cannot be
+    measured or a score at its limit can; a latency that rose by less than
+    ``explain_fraction`` of the same statistic's rise seen cannot."""
+    stat = accounts.stats[row]
+    if stat is None or stat not in seen or accounts.ev.peak[row] >= SCORE_LIMIT:
+        return True
+    own = accounts.excess(row)
+    return own is None or own >= config.explain_fraction * seen[stat]
 
 
 def latency_decoupled(
