@@ -101,6 +101,24 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def shift_alerts(payload: dict[str, Any], shift_s: float) -> dict[str, Any]:
+    """The webhook payload with each alert's ``startsAt`` moved by ``shift_s`` seconds (later
+    when positive): the same incidents alerted by a rule that fires sooner or later."""
+    if not shift_s:
+        return payload
+    alerts = []
+    for alert in payload.get("alerts") or []:
+        starts = alert.get("startsAt") if isinstance(alert, dict) else None
+        if isinstance(starts, str):
+            try:
+                moved = dt.datetime.fromisoformat(starts) + dt.timedelta(seconds=shift_s)
+            except ValueError as e:
+                raise BundleError(f"an alert's startsAt is not a time: {starts!r}") from e
+            alert = {**alert, "startsAt": iso(moved.timestamp())}
+        alerts.append(alert)
+    return {**payload, "alerts": alerts}
+
+
 @dataclass
 class Answers:
     """Each alert's first and final record of one method, by fingerprint."""
@@ -193,17 +211,21 @@ def evaluate_bundle(
     workdir: Path | None = None,
     progress: Callable[[str], None] = lambda _m: None,
     variants: Mapping[str, SearchConfig] | None = None,
+    alert_shift_s: float = 0.0,
 ) -> BundleRun:
     """Evaluate worldline (and ``baselines``) on a bundle; see the module docstring. Each of
     ``variants`` (other search configs) answers every incident's first record from the same
-    view of the model as worldline's default one."""
+    view of the model as worldline's default one. ``alert_shift_s`` moves every alert's
+    ``startsAt`` (``shift_alerts``): the answers are then from the data up to the moved time."""
     started = dt.datetime.now(dt.UTC)
     config = config or SearchConfig()
     manifest = read_manifest(bundle)
     alerts = sorted(
         (
             (alert, payload)
-            for payload in read_jsonl(bundle / "alerts.jsonl")
+            for payload in (
+                shift_alerts(p, alert_shift_s) for p in read_jsonl(bundle / "alerts.jsonl")
+            )
             for alert in parse_webhook(payload)
         ),
         key=lambda pair: (pair[0].starts_at_s, pair[0].fingerprint),

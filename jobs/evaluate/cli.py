@@ -445,10 +445,23 @@ DEFAULT_BUNDLE = REPO_ROOT.parent / "shared" / "data" / "nezha-ob"
     "--max-alerts", type=int, default=None, help="Answer only the first N alerts (quick runs)."
 )
 @click.option(
+    "--alert-shift-s",
+    type=click.FloatRange(-3600, 3600),
+    default=0.0,
+    show_default=True,
+    help="Move every alert's startsAt by this many seconds (later when positive) and answer"
+    " from the data up to the moved time: how the answers depend on when an alerting rule"
+    " fires (the Online Boutique alerts fire 60 s after each injection).",
+)
+@click.option(
     "--json", "json_out", type=click.Path(path_type=Path), help="Write scores and answers here."
 )
 def bundle_command(
-    bundle: Path | None, interval_s: float, max_alerts: int | None, json_out: Path | None
+    bundle: Path | None,
+    interval_s: float,
+    max_alerts: int | None,
+    alert_shift_s: float,
+    json_out: Path | None,
 ) -> None:
     """A labelled replay bundle (default ../shared/data/nezha-ob) offline, in event time: its
     records go through ingest and the world model as the stages store and apply them, each alert
@@ -468,7 +481,11 @@ def bundle_command(
         raise click.BadParameter(f"{path} is not a replay bundle (no manifest.json)")
     try:
         run = offline.evaluate_bundle(
-            path, interval_s=interval_s, max_alerts=max_alerts, progress=err.print
+            path,
+            interval_s=interval_s,
+            max_alerts=max_alerts,
+            progress=err.print,
+            alert_shift_s=alert_shift_s,
         )
     except offline.BundleError as e:
         raise click.ClickException(str(e)) from e
@@ -477,6 +494,7 @@ def bundle_command(
         doc = {
             "bundle": str(path),
             "interval_s": interval_s,
+            "alert_shift_s": alert_shift_s,
             "scores": run.scores,
             "answers": {m: {"first": a.first, "final": a.final} for m, a in run.answers.items()},
         }

@@ -20,6 +20,7 @@ from jobs.evaluate.bundle import (
     score,
     services_named,
     settled_record,
+    shift_alerts,
 )
 from pipeline.testing import BASE_NS, metric_request, span_request
 
@@ -103,6 +104,27 @@ def test_every_alert_is_answered_from_the_data_up_to_it(tmp_path: Path) -> None:
     assert set(run.scores) == {"worldline", "baro", "nsigma"}
     assert run.scores["baro"]["first"]["all"]["n"] == 1
     assert run.records == 80
+
+
+def test_alerts_moved_later_are_answered_from_the_data_up_to_their_new_time(
+    tmp_path: Path,
+) -> None:
+    fingerprint, alert_s = _bundle(tmp_path)
+    run = evaluate_bundle(tmp_path, alert_shift_s=120.0, baselines=())
+    first = run.answers["worldline"].first[fingerprint]
+    assert first["coverage"]["alert_at"] == _iso(alert_s + 120.0)
+    assert datetime_of(first["coverage"]["covers_until"]) <= alert_s + 120.0
+    assert datetime_of(first["coverage"]["covers_until"]) > alert_s + 60.0
+    payload = {"alerts": [{"startsAt": "2022-08-22T03:54:54Z", "labels": {}}]}
+    moved = shift_alerts(payload, -30.0)
+    assert moved["alerts"][0]["startsAt"] == "2022-08-22T03:54:24Z"
+    assert payload["alerts"][0]["startsAt"] == "2022-08-22T03:54:54Z"  # the input is kept
+
+
+def datetime_of(text: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(text).timestamp()
 
 
 def test_scores_count_distinct_services_and_abstentions_as_misses() -> None:
