@@ -332,7 +332,12 @@ class Settings(BaseModel):
         description="Event-time interval of derived signals and baselines.",
     )
     checkpoint_every_s: float = Field(
-        default=10.0, gt=0, le=3600, description="How often the world model writes its checkpoint."
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How often the world model writes its checkpoint while segments keep coming;"
+        " sooner (from 1 s after the last) once it has applied every stored segment, since the"
+        " causal stage answers from the checkpoint.",
     )
     answer_wait_s: float = Field(
         default=50.0,

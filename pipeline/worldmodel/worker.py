@@ -6,7 +6,8 @@ counted yet (in offset order per partition); then each notification applies the 
 or triggers the same catch-up if it reveals a gap. Nothing depends on consumer-group commits
 or on the broker's changelog recovery. Changes come from the ``changes`` topic (validated;
 invalid ones go to ``deadletter``). Checkpoints are written atomically every
-``checkpoint_every_s`` of processing and at shutdown.
+``checkpoint_every_s`` of processing, sooner once every stored segment is applied
+(``checkpoint_due``), and at shutdown.
 """
 
 from __future__ import annotations
@@ -210,6 +211,24 @@ def catch_up(
     return applied
 
 
+CAUGHT_UP_OVERHEAD = 0.1
+"""At most this share of the worker's time goes to checkpoints written because it caught up."""
+
+
+def checkpoint_due(
+    since_s: float, every_s: float, caught_up: bool = False, last_took_s: float = 0.0
+) -> bool:
+    """Whether to write the checkpoint ``since_s`` after the last one. Every ``every_s`` while
+    segments keep coming; sooner once the model has applied every stored segment and has
+    something new (``caught_up``): the causal stage answers an alert from the checkpoint that
+    holds its data, so a checkpoint waiting out ``every_s`` then is that much more delay before
+    the answer. Then at least a second apart, and far enough apart that writing them takes at
+    most ``CAUGHT_UP_OVERHEAD`` of the time (``last_took_s``: how long the last one took)."""
+    if since_s >= every_s:
+        return True
+    return caught_up and since_s >= max(1.0, last_took_s / CAUGHT_UP_OVERHEAD)
+
+
 def change_from_record(doc: Any) -> dict[str, Any]:
     """A validated ``changes`` record, with its time as unix nanoseconds for the model."""
     schemas.validate("changes.schema.json", doc)
@@ -226,7 +245,14 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
     store = SegmentStore(settings.data_dir / "segments")
     model = load_model(store, model_config(settings))
     lock = asyncio.Lock()
-    state: dict[str, float] = {"last_checkpoint": time.monotonic()}
+    # ``applied``: segments applied since the last checkpoint; ``took``: how long that took to
+    # write; ``behind``: 1 while the last catch-up left stored segments to apply
+    state: dict[str, float] = {
+        "last_checkpoint": time.monotonic(),
+        "applied": 0.0,
+        "took": 0.0,
+        "behind": 0.0,
+    }
     stats_file = stats_path(settings, STAGE)
     sealed = app.topic(
         settings.topic("segments.sealed"), value_serializer="raw", key_serializer="raw"
@@ -260,9 +286,17 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
             )
             await app.producer.flush()
 
+    def applied(done: int, caught_up: bool) -> None:
+        counters["segments_applied"] += done
+        state["applied"] += done
+        state["behind"] = 0.0 if caught_up else 1.0
+
     async def checkpoint_if_due(force: bool = False) -> None:
         await publish_graph_deltas()
-        if force or time.monotonic() - state["last_checkpoint"] >= settings.checkpoint_every_s:
+        since = time.monotonic() - state["last_checkpoint"]
+        caught_up = not state["behind"] and state["applied"] > 0
+        if force or checkpoint_due(since, settings.checkpoint_every_s, caught_up, state["took"]):
+            started = time.monotonic()
             await asyncio.to_thread(save_model, store, model)
             await asyncio.to_thread(
                 archive_checkpoint,
@@ -272,6 +306,8 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
                 settings.history_keep,
             )
             state["last_checkpoint"] = time.monotonic()
+            state["took"] = state["last_checkpoint"] - started
+            state["applied"] = 0.0
             sampling = await asyncio.to_thread(model.sampling)
             spacing = sampling.get("series_spacing_intervals", 1.0)
             if spacing >= SPARSE_SPACING and not state.get("warned_sparse"):
@@ -322,9 +358,9 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
         async with lock:
             model.sources = sources
             if sources:
-                counters["segments_applied"] += await asyncio.to_thread(
-                    catch_up, store, model, settings.catch_up_chunk
-                )
+                done = await asyncio.to_thread(catch_up, store, model, settings.catch_up_chunk)
+                applied(done, done < settings.catch_up_chunk)
+                await checkpoint_if_due()
 
     @app.task
     async def start_from_store() -> None:
@@ -334,7 +370,7 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
         while True:
             async with lock:
                 done = await asyncio.to_thread(catch_up, store, model, settings.catch_up_chunk)
-                counters["segments_applied"] += done
+                applied(done, done < settings.catch_up_chunk)
                 await checkpoint_if_due()
             if done < settings.catch_up_chunk:
                 break
@@ -357,7 +393,7 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
                         continue
                     gap = True  # the store is the truth: apply in order from it
                 if gap:
-                    counters["segments_applied"] += await asyncio.to_thread(catch_up, store, model)
+                    applied(await asyncio.to_thread(catch_up, store, model), True)
                 await checkpoint_if_due()
 
     @app.agent(changes, name="apply-changes")
@@ -378,7 +414,7 @@ def build_world_model_app(settings: Settings, bootstrap: str) -> Any:
                 counters["changes_applied"] += 1
                 await checkpoint_if_due()
 
-    @app.timer(interval=5.0)
+    @app.timer(interval=1.0)
     async def periodic_checkpoint() -> None:
         async with lock:
             await checkpoint_if_due()
