@@ -36,12 +36,11 @@ def caller_local(
 ) -> tuple[HypothesisBatch, list[tuple[str, str, bool]]]:
     """A dependency that deviates only as one caller measures it, and shows no harm of its own
     (latency, failures) that began with that view and can account for it, is not at fault
-    when its other callers
-    measure it healthy, or when that caller sees several such dependencies of its own deviate
-    at once: the fault is on that caller's side of the calls (its pool, its CPU, its network),
-    which its view of a dependency cannot tell from the dependency's. Its rows from that
-    caller become evidence about the caller. Returns the batch and (dependency, caller, whether
-    other callers see the dependency healthy)."""
+    when its other callers measure it healthy, or when that caller sees several such
+    dependencies of its own deviate at once: the fault is on that caller's side of the calls
+    (its pool, its CPU, its network), which its view of a dependency cannot tell from the
+    dependency's. Its rows from that caller become evidence about the caller. Returns the
+    batch and (dependency, caller, whether other callers see the dependency healthy)."""
     names = batch.entities
     idx = {e: i for i, e in enumerate(names)}
     owners = [_owner(e) for e, _ in batch.series]
