@@ -756,3 +756,47 @@ def test_a_search_long_after_its_time_says_its_scores_are_gone() -> None:
     assert result.abstained and result.causes == []
     assert "no longer held" in (result.abstain_reason or "")
     assert result.stats["intervals_past_held"] == 39.0  # closed after the searched one
+
+
+def _fewer_orders_model(email_from: int) -> WorldModel:
+    """frontend -> checkout -> email; checkout slows by 60 % from ``FAULT`` (its CPU) and,
+    placing fewer orders, sends email 30 % of the confirmation bytes from ``email_from`` on:
+    how much email is asked changes, nothing about how it answers."""
+    series = {
+        ("service:frontend", "span.latency_p95_ms"): 1.6,
+        ("service:checkout", "span.latency_p95_ms"): 1.6,
+        ("service:checkout", "process.cpu.utilization"): 1.6,
+        ("service:email", "pod.network.receive"): 1000.0,
+        ("service:email", "span.latency_p95_ms"): 1.5,
+    }
+    faults: dict[tuple[str, str], float | Callable[[int], float]] = {
+        ("service:frontend", "span.latency_p95_ms"): 1.6,
+        ("service:checkout", "span.latency_p95_ms"): 1.6,
+        ("service:checkout", "process.cpu.utilization"): 1.6,
+        ("service:email", "pod.network.receive"): lambda i: 0.3 if i >= email_from else 1.0,
+    }
+    edges = [("service:frontend", "service:checkout"), ("service:checkout", "service:email")]
+    return _given_model(series, faults, edges, seed=7)
+
+
+def test_a_dependency_asked_less_after_its_caller_was_harmed_is_explained_by_the_caller() -> None:
+    # the SLO alert names the frontend, not a signal; email's traffic fell far more (in its own
+    # spreads) than checkout slowed, and would rank first, but it fell only two intervals
+    # after checkout was harmed: checkout, which calls it, accounts for how much it is asked
+    result = CausalSearch(_fewer_orders_model(FAULT + 2)).run(
+        [("service:frontend", None)], T0 + END * MIN
+    )
+    ranked = {c.entity: c for c in result.causes}
+    assert result.causes and result.causes[0].entity == "service:checkout", result.causes
+    assert "only how much it is asked changed" in ranked["service:email"].explanation
+
+
+def test_a_dependency_asked_less_as_its_caller_was_harmed_is_not_explained_by_it() -> None:
+    # email's traffic fell in the same interval checkout slowed: nothing says which came
+    # first, so checkout does not account for it
+    result = CausalSearch(_fewer_orders_model(FAULT)).run(
+        [("service:frontend", None)], T0 + END * MIN
+    )
+    ranked = {c.entity: c for c in result.causes}
+    assert "service:email" in ranked
+    assert "only how much it is asked changed" not in ranked["service:email"].explanation

@@ -14,6 +14,10 @@ RULES: dict[str, str] = {
     "explain_needs_precedence": "a dependency explains a dependent only when its deviation"
     " began no later (without the onset tolerance): one that began an interval after the"
     " dependent is its consequence",
+    "asked_by_harmed_caller": "a dependency whose only deviation is how much it is asked (no"
+    " latency, errors or saturation of its own), from an interval after a caller of it was"
+    " harmed in a way that caller's callers feel, is explained by that caller: callers decide"
+    " how much they call",
     "shift_spares_failing": "load shifted from another dependency explains a candidate only"
     " when the candidate does not fail: a failing one's extra requests are its callers"
     " retrying what failed",

@@ -1,7 +1,8 @@
 """Explaining away: which candidate's deviation another candidate accounts for.
 
-A dependency that deviated no later explains its dependent; an uninstrumented leaf harmed with
-an instrumented sibling is the caller's view of it; load shifted from one dependency onto another
+A dependency that deviated no later explains its dependent; a caller harmed before a
+dependency's traffic changed explains the dependency, when that is all that changed about it; an
+uninstrumented leaf harmed with an instrumented sibling is the caller's view of it; load shifted from one dependency onto another
 is explained by the first, and so is what the shifted one would have explained. What follows for
 the odds of a candidate another accounts for is the model's (``model.explained_away``): it stays
 ranked, below what accounts for it. What a candidate accounts for on its paths to the symptom
@@ -209,6 +210,41 @@ def explained_by_dependencies(
     return explained_by
 
 
+def explained_by_callers(
+    config: SearchConfig,
+    alive: np.ndarray,
+    graph: nx.MultiDiGraph,
+    idx: dict[str, int],
+    names: list[str],
+    ents: EntityEvidence,
+    tolerance: float,
+    symptom_ids: set[int],
+) -> dict[int, int]:
+    """Dependency -> a caller that accounts for it: the dependency deviates only in how much
+    it is asked (no directed harm of its own: a request rate, bytes received), and the caller
+    was harmed in a way its own callers feel (latency, failures) from an earlier interval
+    than that began, and still was then. A caller that slows or fails calls its dependencies
+    less (or retries them more); the alerted entity's own dependencies are no exception,
+    but the alerted entity is never the one explained."""
+    out: dict[int, int] = {}
+    for i in map(int, np.flatnonzero(alive)):
+        node = names[i]
+        if i in symptom_ids or node not in graph or ents.harm_strength[i] >= config.z_min:
+            continue
+        for caller in sorted(set(graph.predecessors(node))):
+            j = idx.get(caller)
+            if (
+                j is not None
+                and j != i
+                and ents.felt_strength[j] >= config.z_min
+                and ents.felt_onset[j] < ents.onset[i]
+                and ents.last_dev[j] >= ents.onset[i] - tolerance
+            ):
+                out[i] = j
+                break
+    return out
+
+
 def explained_through_shifted(
     config: SearchConfig,
     alive: np.ndarray,
@@ -276,7 +312,8 @@ def explain_away(
     callers_at_fault: frozenset[int] = frozenset(),
 ) -> list[tuple[int, int, str]]:
     """(candidate, the candidate accounting for it, why) for each candidate among ``alive``
-    that another explains: by a dependency, as a sibling's view, by shifted load, and through
+    that another explains: by a dependency, by a harmed caller when only how much it is asked
+    changed, as a sibling's view, by shifted load, and through
     the dependency a shifted load fell on. Each step considers the candidates no step before
     it accounted for. ``callers_at_fault``: candidates whose own side of their calls is at
     fault (``rules.caller_local``): their views of other dependencies deviate, which no one
@@ -298,6 +335,18 @@ def explain_away(
         for j in deps:
             accounted(
                 i, j, f"explained by {names[j]}, which it depends on and which deviated no later"
+            )
+    # how much a dependency is asked is its callers' doing: one that deviates in nothing else,
+    # from after a caller of it was harmed, is that caller's consequence
+    if config.on("asked_by_harmed_caller"):
+        callers = explained_by_callers(
+            config, alive, graph, idx, names, ents, tolerance, set(symptom_ids)
+        )
+        for i, j in sorted(callers.items()):
+            accounted(
+                i,
+                j,
+                f"only how much it is asked changed, after {names[j]}, which calls it, was harmed",
             )
     # a leaf (a dependency that calls nothing known: a load balancer, an uninstrumented
     # endpoint) harmed together with an instrumented sibling, the same way and at the same

@@ -39,8 +39,9 @@ propagation(c)
     accounts for the anomalies on its propagation paths.
 explaining away
     When d accounts for c's deviation (``explain``: a dependency of c whose harm, felt by its
-    callers and large enough, began no later; a sibling c is the caller's view of; load
-    shifted onto c from d), "d is the cause" and "c is the cause" explain the same deviations
+    callers and large enough, began no later; a caller of c harmed before c's only change,
+    how much it is asked, began; a sibling c is the caller's view of; load shifted onto c
+    from d), "d is the cause" and "c is the cause" explain the same deviations
     but d's own: under "c is the cause" d's deviation is a coincidence, as unlikely as d's
     evidence says it is in normal time. So c's odds against d are at most those of d's
     evidence term: ``logit(c) <= logit(d) - w_strength * log1p(s_d)`` (``explained_away``),
