@@ -93,7 +93,7 @@ class SearchConfig:
     # the published top probability: intercept, then one weight per ``calibration.FEATURES``
     # (``worldline evaluate lodo`` fits it on every dataset family and judges it on each one
     # left out)
-    calibration: tuple[float, ...] = (0.907, 0.322, 1.088, -0.333)
+    calibration: tuple[float, ...] = (1.182, 0.267, 1.075, -0.404)
     abstain_below: float = 0.35  # top probability under this: abstain, name what would separate
     chronic_weight: float = 0.25  # deviations older than the window count this much
     warmup_intervals: int = 15  # scores of a series' first intervals are not evidence
