@@ -440,10 +440,12 @@ def test_without_a_graph_a_dependency_seen_only_by_its_callers_is_a_candidate() 
 
 
 def _rpc_model(
-    faults: dict[tuple[str, str], float | Callable[[int], float]], email: bool = False
+    faults: dict[tuple[str, str], float | Callable[[int], float]],
+    email: bool = False,
+    levels: dict[tuple[str, str], float] | None = None,
 ) -> WorldModel:
     """frontend -> checkout -> payment and shipping (gRPC), and email with ``email``, given as
-    the graph. checkout's client spans name no peer attribute, so its views of its dependencies
+    the graph; ``levels``: other normal levels for some series. checkout's client spans name no peer attribute, so its views of its dependencies
     are named by the method they call (``edge.*{peer=operation:hipstershop.PaymentService/Charge}``);
     payment and shipping answer them in server spans named by their instrumentation
     (``grpc.hipstershop.PaymentService/Charge``, ``/hipstershop.ShippingService/GetQuote``)."""
@@ -470,6 +472,7 @@ def _rpc_model(
         series[(f"operation:email /{MAIL.removeprefix('operation:')}", "span.latency_p95_ms")] = 1.5
         series[("service:email", "span.latency_p95_ms")] = 1.5
         edges.append(("service:checkout", "service:email"))
+    series.update(levels or {})
     return _given_model(series, faults, edges, seed=5)
 
 
@@ -583,32 +586,16 @@ def test_a_dependency_harmed_too_little_to_account_for_its_callers_view_is_that_
     pay = "operation:hipstershop.PaymentService/Charge"
     ship = "operation:hipstershop.ShippingService/GetQuote"
     pay_op = "operation:payment grpc.hipstershop.PaymentService/Charge"
-    series = {
-        ("service:frontend", "span.latency_p95_ms"): 10.0,
-        ("service:checkout", "span.latency_p95_ms"): 8.0,
-        ("service:checkout", "process.cpu.utilization"): 0.3,
-        ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 3.0,
-        ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 2.0,
-        (pay_op, "span.latency_p95_ms"): 0.5,
-        ("service:payment", "span.latency_p95_ms"): 0.5,
-        ("operation:shipping /hipstershop.ShippingService/GetQuote", "span.latency_p95_ms"): 1.5,
-        ("service:shipping", "span.latency_p95_ms"): 1.5,
-    }
+    own = {(pay_op, "span.latency_p95_ms"), ("service:payment", "span.latency_p95_ms")}
     faults: dict[tuple[str, str], float | Callable[[int], float]] = {
         ("service:frontend", "span.latency_p95_ms"): 2.0,
         ("service:checkout", "span.latency_p95_ms"): 2.5,
         ("service:checkout", "process.cpu.utilization"): 3.0,
         ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 5.0,
         ("service:checkout", f"edge.latency_p95_ms{{peer={ship}}}"): 5.0,
-        ("service:payment", "span.latency_p95_ms"): 1.5,
-        (pay_op, "span.latency_p95_ms"): 1.5,
+        **{key: 1.5 for key in own},
     }
-    edges = [
-        ("service:frontend", "service:checkout"),
-        ("service:checkout", "service:payment"),
-        ("service:checkout", "service:shipping"),
-    ]
-    model = _given_model(series, faults, edges, seed=5)
+    model = _rpc_model(faults, levels={key: 0.5 for key in own})
     search = CausalSearch(model)
     candidates, _ = search.candidates(["service:frontend"], T0 + END * MIN)
     batch = search.hypotheses(candidates, T0 + END * MIN)

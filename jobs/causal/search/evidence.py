@@ -225,6 +225,26 @@ class _LatencyAccounts:
             self._excess[key] = value
         return self._excess[key]
 
+    def rises(self, rows: list[int]) -> dict[str, float]:
+        """The largest absolute rise of each latency statistic among ``rows``."""
+        out: dict[str, float] = {}
+        for r in rows:
+            stat = self.stats[r]
+            if stat is not None and (x := self.excess(r)) is not None:
+                out[stat] = max(out.get(stat, 0.0), x)
+        return out
+
+    def can_account(self, row: int, seen: dict[str, float]) -> bool:
+        """Whether an entity's own deviating row can account for a rise ``seen`` from outside
+        (statistic -> absolute rise, ``rises``): a failure, a statistic not seen, a rise that
+        cannot be measured or a score at its limit can; a latency that rose by less than
+        ``explain_fraction`` of the same statistic's rise seen cannot."""
+        stat = self.stats[row]
+        if stat is None or stat not in seen or self.ev.peak[row] >= SCORE_LIMIT:
+            return True
+        own = self.excess(row)
+        return own is None or own >= self.config.explain_fraction * seen[stat]
+
     def for_(self, dependency: int, dependent: int) -> bool:
         if self.fails[dependency] and self.fails[dependent]:
             return True  # failures account for failures (and for the time spent on them)

@@ -1,12 +1,12 @@
 """Explaining away: which candidate's deviation another candidate accounts for.
 
 A dependency that deviated no later explains its dependent; a caller harmed before a
-dependency's traffic changed explains the dependency, when that is all that changed about it; an
-uninstrumented leaf harmed with an instrumented sibling is the caller's view of it; load shifted from one dependency onto another
-is explained by the first, and so is what the shifted one would have explained. What follows for
-the odds of a candidate another accounts for is the model's (``model.explained_away``): it stays
-ranked, below what accounts for it. What a candidate accounts for on its paths to the symptom
-(``explained_between``) raises its rank.
+dependency's traffic changed explains the dependency, when that is all that changed about it;
+an uninstrumented leaf harmed with an instrumented sibling is the caller's view of it; load
+shifted from one dependency onto another is explained by the first, and so is what the shifted
+one would have explained. What follows for the odds of a candidate another accounts for is the
+model's (``model.explained_away``): it stays ranked, below what accounts for it. What a
+candidate accounts for on its paths to the symptom (``explained_between``) raises its rank.
 """
 
 from __future__ import annotations
@@ -313,9 +313,8 @@ def explain_away(
 ) -> list[tuple[int, int, str]]:
     """(candidate, the candidate accounting for it, why) for each candidate among ``alive``
     that another explains: by a dependency, by a harmed caller when only how much it is asked
-    changed, as a sibling's view, by shifted load, and through
-    the dependency a shifted load fell on. Each step considers the candidates no step before
-    it accounted for. ``callers_at_fault``: candidates whose own side of their calls is at
+    changed, as a sibling's view, by shifted load, and through the dependency a shifted load
+    fell on. Each step considers the candidates no step before it accounted for. ``callers_at_fault``: candidates whose own side of their calls is at
     fault (``rules.caller_local``): their views of other dependencies deviate, which no one
     dependency of theirs accounts for, so none explains them."""
     names = batch.entities

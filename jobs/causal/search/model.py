@@ -41,11 +41,11 @@ explaining away
     When d accounts for c's deviation (``explain``: a dependency of c whose harm, felt by its
     callers and large enough, began no later; a caller of c harmed before c's only change,
     how much it is asked, began; a sibling c is the caller's view of; load shifted onto c
-    from d), "d is the cause" and "c is the cause" explain the same deviations
-    but d's own: under "c is the cause" d's deviation is a coincidence, as unlikely as d's
-    evidence says it is in normal time. So c's odds against d are at most those of d's
-    evidence term: ``logit(c) <= logit(d) - w_strength * log1p(s_d)`` (``explained_away``),
-    applied along chains from the candidates nothing accounts for. c stays ranked, below d.
+    from d), "d is the cause" and "c is the cause" explain the same deviations but d's own:
+    under "c is the cause" d's deviation is a coincidence, as unlikely as d's evidence says it
+    is in normal time. So c's odds against d are at most those of d's evidence term:
+    ``logit(c) <= logit(d) - w_strength * log1p(s_d)`` (``explained_away``), applied along
+    chains from the candidates nothing accounts for. c stays ranked, below d.
 timing(c)
     ``w_late`` per interval c's onset follows the symptom's (within the onset tolerance; later
     than that c is ruled out, ``rules``). For an alert with no onset to time against (an SLO,

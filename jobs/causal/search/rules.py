@@ -27,7 +27,6 @@ from jobs.causal.search.evidence import (
 )
 from jobs.causal.search.result import RuledOut
 from jobs.causal.search.signals import LATENCY_LIKE, _is_failure, _latency_unit, _owner
-from pipeline.worldmodel.baseline import SCORE_LIMIT
 from pipeline.worldmodel.model import WorldModel
 
 
@@ -105,15 +104,13 @@ def caller_local(
         # absolute units) leaves most of the caller's wait on the caller's side. A harm of
         # its own that began later is not what the caller saw
         with_view = began + batch.interval_s + max(config.onset_tolerance_s, batch.step_s)
-        seen_rise = _rises(accounts, view)
-        if any(
-            strong[r]
-            and felt[r]
-            and began <= ev.onset_s[r] <= with_view
-            and _accounts_for(config, accounts, r, seen_rise)
-            for r in own_rows
-        ):
-            continue
+        own_harm = [
+            r for r in own_rows if strong[r] and felt[r] and began <= ev.onset_s[r] <= with_view
+        ]
+        if own_harm:
+            seen = accounts.rises(view)
+            if any(accounts.can_account(r, seen) for r in own_harm):
+                continue
         views[caller] += 1
         alone.append((k, caller, callers[caller], calm))
     entity = batch.entity.copy()
@@ -128,30 +125,6 @@ def caller_local(
     if not local:
         return batch, local
     return replace(batch, entity=entity), local
-
-
-def _rises(accounts: _LatencyAccounts, rows: list[int]) -> dict[str, float]:
-    """The largest absolute rise of each latency statistic among ``rows``."""
-    out: dict[str, float] = {}
-    for r in rows:
-        stat = accounts.stats[r]
-        if stat is not None and (x := accounts.excess(r)) is not None:
-            out[stat] = max(out.get(stat, 0.0), x)
-    return out
-
-
-def _accounts_for(
-    config: SearchConfig, accounts: _LatencyAccounts, row: int, seen: dict[str, float]
-) -> bool:
-    """Whether an entity's own deviating row can account for a rise ``seen`` from outside
-    (statistic -> absolute rise): a failure, a statistic not seen, a rise that cannot be
-    measured or a score at its limit can; a latency that rose by less than
-    ``explain_fraction`` of the same statistic's rise seen cannot."""
-    stat = accounts.stats[row]
-    if stat is None or stat not in seen or accounts.ev.peak[row] >= SCORE_LIMIT:
-        return True
-    own = accounts.excess(row)
-    return own is None or own >= config.explain_fraction * seen[stat]
 
 
 def latency_decoupled(
