@@ -149,16 +149,47 @@ def services_named(record: dict[str, Any] | None, pod_to_service: dict[str, str]
     return out
 
 
+def on_incident_evidence(
+    record: dict[str, Any] | None, label: dict[str, Any], interval_s: float
+) -> bool | None:
+    """Whether the record's first cause deviates from the labelled incident on: its onset no
+    earlier than the interval before the one the fault was injected in (an onset is the
+    start of its interval, known to within one). None when either time is unknown (the label
+    has no ``inject_time``, the cause no onset)."""
+    injected = _seconds(label.get("inject_time"))
+    causes = (record or {}).get("causes") or []
+    onset = _seconds(causes[0].get("onset")) if causes else None
+    if injected is None or onset is None:
+        return None
+    return onset >= (injected // interval_s - 1) * interval_s
+
+
+def _seconds(text: object) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def score(
     answers: dict[str, dict[str, Any]],
     labels: list[dict[str, Any]],
     pod_to_service: dict[str, str],
+    interval_s: float = 60.0,
 ) -> dict[str, Any]:
-    """AS@k, Avg@5, abstention and top-1 calibration overall and per fault type."""
+    """AS@k, Avg@5, abstention and top-1 calibration overall and per fault type, and
+    ``AS@1 own``: the share named first on evidence of the incident itself (``on_incident_
+    evidence``). A first cause whose deviation began before the fault was injected (an
+    earlier incident's, still going on) names the right service only by coincidence when
+    faults follow each other on one service; NaN for a method whose causes carry no onset
+    or labels without injection times."""
 
     def block(rows: list[dict[str, Any]]) -> dict[str, Any]:
         hits = {k: 0 for k in KS}
         abstained = 0
+        own, timed = 0, 0
         probs, right = [], []
         for label in rows:
             record = answers.get(label["alert_fingerprint"])
@@ -171,10 +202,14 @@ def score(
             if named and record and isinstance(record["causes"][0].get("probability"), float):
                 probs.append(record["causes"][0]["probability"])
                 right.append(named[0] == truth)
+            fresh = on_incident_evidence(record, label, interval_s)
+            timed += fresh is not None
+            own += bool(fresh) and named[:1] == [truth]
         n = len(rows)
         out: dict[str, Any] = {"n": n, "abstained": abstained / n if n else math.nan}
         for k in KS:
             out[f"AS@{k}"] = hits[k] / n if n else math.nan
+        out["AS@1 own"] = own / n if n and timed else math.nan
         out["Avg@5"] = float(np.mean([out[f"AS@{k}"] for k in KS])) if n else math.nan
         out["ece"] = calibration.ece(probs, right)
         return out
@@ -360,13 +395,14 @@ def evaluate_bundle(
     seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
     scores = {
         method: {
-            "first": score(run.first, labels, pod_to_service),
-            "final": score(run.final, labels, pod_to_service),
+            "first": score(run.first, labels, pod_to_service, interval_s),
+            "final": score(run.final, labels, pod_to_service, interval_s),
         }
         for method, run in runs.items()
     }
     variant_scores = {
-        name: score(first, labels, pod_to_service) for name, first in variant_first.items()
+        name: score(first, labels, pod_to_service, interval_s)
+        for name, first in variant_first.items()
     }
     return BundleRun(runs, scores, seconds, segments, records, variant_first, variant_scores)
 
@@ -376,7 +412,7 @@ def render(run: BundleRun, name: str) -> str:
     lines = [
         f"{name}: {run.records:,} records, {run.segments:,} segments, {run.seconds:.0f} s",
         f"{'method':<10} {'record':<6} {'AS@1':>6} {'AS@3':>6} {'AS@5':>6} {'Avg@5':>6}"
-        f" {'abstain':>8} {'ECE':>6}",
+        f" {'abstain':>8} {'ECE':>6} {'AS@1 own':>8}",
     ]
     for method, by_pick in run.scores.items():
         for pick, blocks in by_pick.items():
@@ -386,6 +422,7 @@ def render(run: BundleRun, name: str) -> str:
             lines.append(
                 f"{method:<10} {pick:<6} {s['AS@1']:>6.3f} {s['AS@3']:>6.3f} {s['AS@5']:>6.3f}"
                 f" {s['Avg@5']:>6.3f} {s['abstained']:>8.3f} {_num(s['ece']):>6}"
+                f" {_num(s['AS@1 own']):>8}"
             )
     types = [t for t in run.scores["worldline"]["first"] if t != "all"]
     if types:
@@ -393,6 +430,11 @@ def render(run: BundleRun, name: str) -> str:
         for t in types:
             cells = " ".join(f"{run.scores[m]['first'][t]['AS@1']:.2f}" for m in run.scores)
             lines.append(f"  {t:<16} n={run.scores['worldline']['first'][t]['n']:<3} {cells}")
+    lines.append(
+        "AS@1 own: named first with the cause's onset no earlier than the interval before the"
+        " fault's injection (labels' inject_time): not an earlier incident's deviation still"
+        " going on"
+    )
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ replay tool scores answers."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from jobs.evaluate.bundle import (
     MAGIC,
     TOPIC_CODES,
     evaluate_bundle,
+    on_incident_evidence,
     read_manifest,
     read_stream,
     score,
@@ -150,6 +152,33 @@ def test_scores_count_distinct_services_and_abstentions_as_misses() -> None:
     assert s["all"]["abstained"] == 1 / 3
     assert s["cpu"]["AS@1"] == 0.5 and s["delay"]["AS@5"] == 0.0
     assert abs(s["all"]["ece"] - 0.4) < 1e-9  # p 0.9, right once in two
+
+
+def test_a_first_cause_that_began_before_the_injection_is_not_the_incidents_evidence() -> None:
+    labels = [
+        {"alert_fingerprint": f, "root_cause_service": "cart", "inject_time": t}
+        for f, t in (("a", "2022-08-22T04:52:55Z"), ("b", "2022-08-22T04:52:55Z"))
+    ]
+
+    def named(name: str, onset: str | None) -> dict[str, object]:
+        cause = {"entity": {"name": name}, "probability": 0.9, "onset": onset}
+        return {"abstained": False, "causes": [cause]}
+
+    # the injection's interval began 04:52; an onset is known to within an interval
+    assert on_incident_evidence(named("cart", "2022-08-22T04:51:00Z"), labels[0], 60.0)
+    # cart's deviation since 04:44 is an earlier incident's, still going on
+    assert not on_incident_evidence(named("cart", "2022-08-22T04:44:00Z"), labels[0], 60.0)
+    assert on_incident_evidence(named("cart", None), labels[0], 60.0) is None
+    assert on_incident_evidence(named("cart", "x"), {"inject_time": None}, 60.0) is None
+    answers = {
+        "a": named("cart", "2022-08-22T04:53:00Z"),
+        "b": named("cart", "2022-08-22T04:44:00Z"),
+    }
+    s = score(answers, labels, {})
+    assert s["all"]["AS@1"] == 1.0 and s["all"]["AS@1 own"] == 0.5
+    # no injection times: nothing to judge the evidence by
+    untimed = [{k: v for k, v in label.items() if k != "inject_time"} for label in labels]
+    assert math.isnan(score(answers, untimed, {})["all"]["AS@1 own"])
 
 
 def test_a_final_re_search_that_finds_nothing_keeps_the_first_answer() -> None:
