@@ -280,6 +280,37 @@ def test_inbound_traffic_alone_ranks_below_a_slow_dependency() -> None:
     assert _top(_search(world, "latency.average", traffic_weight=1.0)) == "service:lambda"
 
 
+def test_a_cause_shows_why_its_evidence_counts_less_and_its_logit_adds_up() -> None:
+    levels = _levels({"front": 0.2, "app": 0.08, "lambda": 0.05})
+    world = _world(
+        [("front", "app"), ("front", "lambda")],
+        levels,
+        {
+            ("front", "latency", "Average"): 0.06,
+            ("app", "latency", "Average"): 0.03,
+            ("app", "latency", "p50"): 0.03,
+            ("lambda", "requests", "Sum"): 3000.0,
+        },
+    )
+    config = SearchConfig()
+    lam = next(c for c in _search(world, "latency.average").causes if c.entity == "service:lambda")
+    ranked = next(e for e in lam.evidence if "discounts" in e)
+    assert ranked["signal"].startswith("requests")
+    reasons = [d["reason"] for d in ranked["discounts"]]
+    assert "traffic" in reasons
+    traffic = ranked["discounts"][reasons.index("traffic")]
+    assert traffic["factor"] == config.traffic_weight and traffic["weight"] < 0
+    # the surprise of the deviation itself, then what each discount takes from it: the
+    # weights of a cause's evidence add up to its logit
+    deviation = min(abs(ranked["score"]), config.z_cap)
+    assert ranked["weight"] == pytest.approx(config.w_strength * math.log1p(deviation), abs=1e-3)
+    total = sum(e.get("weight", 0.0) for e in lam.evidence) + sum(
+        d["weight"] for d in ranked["discounts"]
+    )
+    assert total == pytest.approx(lam.logit, abs=0.01)
+    assert "inbound traffic only -" in lam.explanation
+
+
 def _app_slows_front(
     also: dict[tuple[str, str, str], float],
 ) -> dict[tuple[str, str, str], float]:
@@ -1084,8 +1115,11 @@ def test_a_causes_odds_are_published_term_by_term() -> None:
         ranked = [e for e in weighted if e.get("signal") == cause.signal]
         assert len(ranked) == 1 and ranked[0]["weight"] > 0, cause.evidence
         if "further views" not in cause.explanation:
-            # every other term is an item: the weights add up to the logit
-            assert sum(e["weight"] for e in weighted) == pytest.approx(cause.logit, abs=0.01)
+            # every other term is an item, and what discounts the ranked series one of its
+            # discounts: the weights add up to the logit
+            discounts = [d["weight"] for e in weighted for d in e.get("discounts", [])]
+            total_weight = sum(e["weight"] for e in weighted) + sum(discounts)
+            assert total_weight == pytest.approx(cause.logit, abs=0.01)
     app = next(c for c in result.causes if c.entity == "service:app")
     topology = [e for e in app.evidence if e["type"] == "topology"]
     assert topology and topology[0]["summary"] == "1 hop(s) from the symptom"

@@ -242,7 +242,7 @@ class CausalSearch:
             model, config, alive, idx, ents.onset, onset_s, t_s
         )
         ruled += changes_ruled
-        weighted = rank_weights(
+        weighting = rank_weights(
             config,
             symptoms,
             batch,
@@ -264,7 +264,7 @@ class CausalSearch:
             batch,
             ev,
             ents,
-            weighted,
+            weighting,
             alive,
             candidates,
             graph,

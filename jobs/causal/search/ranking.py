@@ -17,6 +17,7 @@ from jobs.causal.search.evidence import EntityEvidence, Evidence, HypothesisBatc
 from jobs.causal.search.explain import explained_between
 from jobs.causal.search.model import TERMS, explained_away, probabilities, terms, total
 from jobs.causal.search.result import Cause, build_cause
+from jobs.causal.search.weights import Weighting
 from pipeline.worldmodel.model import WorldModel
 
 
@@ -41,7 +42,7 @@ def rank(
     batch: HypothesisBatch,
     ev: Evidence,
     ents: EntityEvidence,
-    weighted: np.ndarray,
+    weighting: Weighting,
     alive: np.ndarray,
     candidates: dict[str, int],
     graph: nx.MultiDiGraph,
@@ -60,7 +61,7 @@ def rank(
     its calibrated probability is computed from (empty without causes). ``accounted``:
     (candidate, the candidate accounting for its deviation, why), from ``explain``."""
     names = batch.entities
-    rank_strength, best_row = best_rows(batch, weighted)
+    rank_strength, best_row = best_rows(batch, weighting.weighted)
     survivors = np.flatnonzero(alive)
     explains = explained_between(
         config, survivors, graph, names, idx, symptom_ids, ents.best_strength, ents.onset
@@ -113,6 +114,7 @@ def rank(
                 why.get(i),
                 sorted(names[e] for e in nx.descendants(relation, i)) if i in relation else [],
                 {name: float(parts[name][rank_i]) for name in (*TERMS, "explained_away")},
+                weighting.factors,
             )
         )
     stats: dict[str, float] = {}

@@ -13,6 +13,7 @@ import numpy as np
 from jobs.causal.search.config import SearchConfig
 from jobs.causal.search.evidence import Evidence, HypothesisBatch
 from jobs.causal.search.signals import fault_class
+from jobs.causal.search.weights import DISCOUNTS
 from pipeline.worldmodel.model import WorldModel
 
 
@@ -64,6 +65,7 @@ def build_cause(
     accounted_for: str | None = None,
     accounts_for: list[str] | None = None,
     terms: dict[str, float] | None = None,
+    factors: dict[str, np.ndarray] | None = None,
 ) -> Cause:
     """Candidate ``i`` as a cause: its strongest evidence rows as ranked (``best_row`` names
     the one it is ranked by), the change before its deviation, its path to the symptom, and
@@ -71,8 +73,20 @@ def build_cause(
     the candidates whose deviations it accounts for (``accounts_for``). ``terms``: what each
     term of the model (``model.TERMS``, then ``explained_away``) adds to its logit; the ranked
     evidence, the change and the terms of timing, topology and explaining away then carry
-    their ``weight`` in logits."""
+    their ``weight`` in logits. ``factors``: per reason, what each row's strength is
+    multiplied by when ranking (``weights.Weighting``); the deviation term is then published
+    as the surprise of the row's own deviation and what each reason takes from it."""
     row = int(best_row[i])
+    discounts = discounted(config, ev, row, factors) if terms is not None else []
+    if terms is not None and discounts:
+        # the same logit, its deviation term split: the surprise of the deviation itself,
+        # then what each reason it counts less for takes from it
+        deviation = terms["surprise"] - sum(w for _, _, w in discounts)
+        terms = (
+            {"surprise": deviation}
+            | {f"discount:{name}": w for name, _, w in discounts}
+            | {k: v for k, v in terms.items() if k != "surprise"}
+        )
     series_entity, signal = batch.series[row]
     rows = np.flatnonzero((batch.entity == i) & (ev.strength >= config.z_min))
     rows = rows[np.argsort(-ev.strength[rows], kind="stable")][:5]
@@ -110,6 +124,16 @@ def build_cause(
             item["observed"] = round(float(expected + ev.peak[r] * spread), 6)
         if terms is not None and r == row:
             item["weight"] = round(terms["surprise"], 3)
+            if discounts:
+                item["discounts"] = [
+                    {
+                        "reason": name,
+                        "summary": _discount_summary(batch, row, name, factor),
+                        "factor": round(factor, 6),
+                        "weight": round(weight, 3),
+                    }
+                    for name, factor, weight in discounts
+                ]
         evidence.append(item)
     change = change_for.get(i)
     if change is not None:
@@ -157,6 +181,17 @@ def build_cause(
     )
 
 
+DISCOUNT_NAMES = {
+    "older": "earlier condition",
+    "too_small": "too small for the symptom",
+    "traffic": "inbound traffic only",
+    "harmed_no_one": "harmed no one",
+    "standing": "standing before the symptom",
+    "not_far": "not far beyond normal",
+    "often": "deviates often",
+}
+"""How a cause's explanation names each reason its evidence counts less (``DISCOUNTS``)."""
+
 TERM_NAMES = {
     "surprise": "deviation",
     "sources": "further views",
@@ -170,9 +205,44 @@ TERM_NAMES = {
 }
 
 
+def _discount_summary(batch: HypothesisBatch, row: int, reason: str, factor: float) -> str:
+    what = DISCOUNTS[reason]
+    if reason == "often" and batch.episode_rate is not None:
+        what += f" (episodes begin in {float(batch.episode_rate[row]):.2%} of its intervals)"
+    return f"{what}: its strength counts {factor:.2g} times"
+
+
+def discounted(
+    config: SearchConfig, ev: Evidence, row: int, factors: dict[str, np.ndarray] | None
+) -> list[tuple[str, float, float]]:
+    """Why ``row`` counts less than its deviation when ranking: (reason of ``DISCOUNTS``,
+    factor, logits it takes), in the order the factors apply. Each takes what the surprise
+    term ``w_strength * log1p(s)`` loses when the strength s is multiplied by its factor, so
+    the deviation term is the surprise of the row's own deviation plus them all."""
+    peak = min(abs(float(ev.peak[row])), config.z_cap)
+    strength = peak * math.sqrt(float(ev.persistence[row]))
+    steps: list[tuple[str, float]] = []
+    if strength > 0 and float(ev.strength[row]) < strength * (1 - 1e-9):
+        steps.append(("older", float(ev.strength[row]) / strength))
+    for name, per_row in (factors or {}).items():
+        if float(per_row[row]) != 1.0:
+            steps.append((name, float(per_row[row])))
+    out = []
+    s = strength
+    for name, factor in steps:
+        taken = config.w_strength * (math.log1p(s * factor) - math.log1p(s))
+        out.append((name, factor, taken))
+        s *= factor
+    return out
+
+
 def _breakdown(terms: dict[str, float]) -> str:
     """The non-zero terms and their total, as a cause's explanation reads them."""
-    parts = [f"{TERM_NAMES[k]} {v:+.2f}" for k, v in terms.items() if abs(v) >= 0.005]
+    parts = [
+        f"{TERM_NAMES.get(k) or DISCOUNT_NAMES[k.split(':', 1)[1]]} {v:+.2f}"
+        for k, v in terms.items()
+        if abs(v) >= 0.005
+    ]
     return ", ".join(parts) + f" (total {sum(terms.values()):+.2f})"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -211,6 +212,31 @@ def standing(
     )
 
 
+DISCOUNTS: dict[str, str] = {
+    "older": "it already deviated before the window, or its peak was over long before: an"
+    " earlier condition",
+    "too_small": "its latency rose too little to account for the alerted one",
+    "traffic": "only how much it is asked changed (inbound traffic), which its callers decide",
+    "harmed_no_one": "its saturation or latency did not reach its requests as its callers"
+    " measured them",
+    "standing": "it already held before the symptom began, and the symptom did not follow",
+    "not_far": "the alert is answered for dependencies harmed far beyond their normal; this"
+    " evidence is not among them",
+    "often": "this series deviates often in normal time",
+}
+"""Why evidence counts less when ranking, in the order the factors apply (``Weighting``)."""
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """Each row's strength as it counts when ranking, and the factors that made it so: per
+    reason of ``DISCOUNTS`` (``older`` aside, already in ``Evidence.strength``), one factor
+    per row, 1 where the reason does not apply. ``weighted`` is the strength times them all."""
+
+    weighted: np.ndarray
+    factors: dict[str, np.ndarray]
+
+
 def rank_weights(
     config: SearchConfig,
     symptoms: list[tuple[str, str | None]],
@@ -226,9 +252,15 @@ def rank_weights(
     far: np.ndarray,
     t_s: float,
     alert_s: float | None,
-) -> np.ndarray:
-    """Each row's strength as it counts when ranking."""
+) -> Weighting:
+    """Each row's strength as it counts when ranking, with the factors behind it."""
     ent = batch.entity
+    n = len(batch)
+    factors: dict[str, np.ndarray] = {}
+
+    def discount(reason: str, rows: np.ndarray, factor: float | np.ndarray) -> None:
+        factors[reason] = np.where(rows, factor, 1.0) * np.ones(n)
+
     # latency too small to account for the alerted one: evidence that the candidate
     # changed, weak evidence that it caused the symptom (it may still, another way)
     small = too_small_for_symptom(config, batch, accounts, idx, symptoms)
@@ -236,7 +268,7 @@ def rank_weights(
     symptom_row = np.isin(ent, np.array(symptom_ids, dtype=np.int64))
     traffic = (
         np.array([bool(TRAFFIC.search(_bare(sig))) for _, sig in batch.series], dtype=bool).reshape(
-            len(batch)
+            n
         )
         & ~ents.directed
     )
@@ -245,9 +277,10 @@ def rank_weights(
     # evidence in the same way: the entity changed, or the time was lost before reaching it
     outside = outside_view(config, batch)
     quiet = unfelt(config, batch, ev, ents, outside) | outside | unseen_by_callers(config, batch)
-    weighted = ev.strength * np.where(
-        ((traffic | quiet) & ~symptom_row) | small, config.traffic_weight, 1.0
-    )
+    # one factor for the three, named by the first that applies
+    discount("too_small", small, config.traffic_weight)
+    discount("traffic", ~small & traffic & ~symptom_row, config.traffic_weight)
+    discount("harmed_no_one", ~small & ~traffic & quiet & ~symptom_row, config.traffic_weight)
     if symptom_onset is not None:
         held = standing(config, symptoms, batch, ev, idx, symptom_onset, tolerance)
     elif uncorroborated and ev.chronic is not None:
@@ -258,16 +291,17 @@ def rank_weights(
         fired = t_s if alert_s is None else alert_s
         held = standing(config, symptoms, batch, ev, idx, fired, 0.0) & ev.chronic
     else:
-        held = np.zeros(len(batch), dtype=bool)
-    held &= ~symptom_row
-    if held.any():
-        weighted = np.where(held, weighted * config.standing_weight, weighted)
+        held = np.zeros(n, dtype=bool)
+    discount("standing", held & ~symptom_row, config.standing_weight)
     if uncorroborated:
         # the alert is answered because of the dependencies harmed far beyond their normal
         # (``far``): evidence that alone would not have answered it ranks behind theirs
-        weighted = np.where(far[ent], weighted, weighted * config.traffic_weight)
+        discount("not_far", ~far[ent], config.traffic_weight)
     if config.episode_rate_ref > 0 and batch.episode_rate is not None:
         # a series that often deviates is weaker evidence when it deviates now
         rarity = np.log(batch.episode_rate) / math.log(config.episode_rate_ref)
-        weighted = weighted * np.clip(rarity, 0.0, 1.0)
-    return weighted
+        discount("often", np.ones(n, dtype=bool), np.clip(rarity, 0.0, 1.0))
+    weighted = ev.strength.copy()
+    for factor in factors.values():
+        weighted = weighted * factor
+    return Weighting(weighted, factors)
