@@ -81,37 +81,49 @@ def rpc_method(operation: str) -> str | None:
     return f"{found.group(1)}/{found.group(2)}" if found else None
 
 
-def operation_servers(entities: Iterable[str]) -> dict[str, str]:
-    """RPC method (``rpc_method``) -> the server operation entity answering it
-    (``operation:<service> <name>``), for the methods exactly one service serves.
+def operation_servers(entities: Iterable[str]) -> dict[str, dict[str, str]]:
+    """RPC method (``rpc_method``) -> the services serving it (``service:<name>``) -> the
+    server operation entity answering it there (``operation:<service> <name>``, the first
+    spelling).
 
     A client span that names no peer attribute is named by its operation
     (``operation:hipstershop.CartService/GetCart``); the service whose server spans carry the
     same method is the dependency it called, even when no trace pairs the two spans (the
-    callee's traces were sampled out or lost)."""
-    servers: dict[str, dict[str, str]] = {}  # method -> service -> its operation (the first)
+    callee's traces were sampled out or lost). Several services may serve one method (two
+    versions of a service side by side, copies per tenant or shard): ``peer_entity`` then
+    picks among them by whom the caller is known to call."""
+    servers: dict[str, dict[str, str]] = {}
     for entity in sorted({e for e in entities if e.startswith("operation:")}):
         service, sep, name = entity.removeprefix("operation:").partition(" ")
         method = rpc_method(name) if sep else None
         if method is not None:
-            servers.setdefault(method, {}).setdefault(service, entity)
-    return {m: next(iter(s.values())) for m, s in servers.items() if len(s) == 1}
+            servers.setdefault(method, {}).setdefault(f"service:{service}", entity)
+    return servers
 
 
 def peer_entity(
     peer: str,
     known_services: set[str] | frozenset[str],
-    operations: Mapping[str, str] | None = None,
+    operations: Mapping[str, Mapping[str, str]] | None = None,
+    callees: Iterable[str] = (),
 ) -> str:
     """The entity a caller's peer is, seen from both sides: an ``external:<name>`` peer that
     is a known service is that service (its server metrics or spans name it); an
-    ``operation:<method>`` peer is the server operation answering that RPC method, when
-    ``operations`` (``operation_servers``) knows exactly one."""
+    ``operation:<method>`` peer is the server operation answering that RPC method
+    (``operations``, from ``operation_servers``) when one service serves it, or when exactly
+    one of those serving it is among ``callees``, the services the caller is known to call
+    (its dependencies in the graph, learned from traces that pair its client spans with the
+    server spans answering them)."""
     kind, _, name = peer.partition(":")
     if kind == "external" and f"service:{name}" in known_services:
         return f"service:{name}"
     if kind == "operation" and operations:
         method = rpc_method(name)
-        if method is not None and method in operations:
-            return operations[method]
+        servers = operations.get(method) if method is not None else None
+        if servers:
+            if len(servers) == 1:
+                return next(iter(servers.values()))
+            called = [op for service, op in servers.items() if service in set(callees)]
+            if len(called) == 1:
+                return called[0]
     return peer

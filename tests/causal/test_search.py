@@ -443,9 +443,10 @@ def _rpc_model(
     faults: dict[tuple[str, str], float | Callable[[int], float]],
     email: bool = False,
     levels: dict[tuple[str, str], float] | None = None,
+    edges: list[tuple[str, str]] | None = None,
 ) -> WorldModel:
     """frontend -> checkout -> payment and shipping (gRPC), and email with ``email``, given as
-    the graph; ``levels``: other normal levels for some series. checkout's client spans name no peer attribute, so its views of its dependencies
+    the graph with ``edges``; ``levels``: other normal levels for some series. checkout's client spans name no peer attribute, so its views of its dependencies
     are named by the method they call (``edge.*{peer=operation:hipstershop.PaymentService/Charge}``);
     payment and shipping answer them in server spans named by their instrumentation
     (``grpc.hipstershop.PaymentService/Charge``, ``/hipstershop.ShippingService/GetQuote``)."""
@@ -462,7 +463,7 @@ def _rpc_model(
         ("operation:shipping /hipstershop.ShippingService/GetQuote", "span.latency_p95_ms"): 1.5,
         ("service:shipping", "span.latency_p95_ms"): 1.5,
     }
-    edges = [
+    graph = [
         ("service:frontend", "service:checkout"),
         ("service:checkout", "service:payment"),
         ("service:checkout", "service:shipping"),
@@ -471,9 +472,9 @@ def _rpc_model(
         series[("service:checkout", f"edge.latency_p95_ms{{peer={MAIL}}}")] = 2.0
         series[(f"operation:email /{MAIL.removeprefix('operation:')}", "span.latency_p95_ms")] = 1.5
         series[("service:email", "span.latency_p95_ms")] = 1.5
-        edges.append(("service:checkout", "service:email"))
+        graph.append(("service:checkout", "service:email"))
     series.update(levels or {})
-    return _given_model(series, faults, edges, seed=5)
+    return _given_model(series, faults, [*graph, *(edges or [])], seed=5)
 
 
 def test_a_call_named_by_its_rpc_method_is_evidence_about_the_service_serving_it() -> None:
@@ -491,6 +492,33 @@ def test_a_call_named_by_its_rpc_method_is_evidence_about_the_service_serving_it
     result = _search(model)
     assert result.causes and result.causes[0].entity == "service:payment"
     assert result.causes[0].signal.startswith("edge.latency")
+    assert not any(c.entity.startswith("operation:") for c in result.causes)
+
+
+def test_a_method_several_services_serve_is_the_one_its_caller_calls() -> None:
+    # a second payment service (another version, side by side) serves the same Charge method
+    # for another caller; checkout calls only the first. checkout's slow calls to Charge are
+    # evidence about the payment service it calls, not about a method of no service
+    pay = "operation:hipstershop.PaymentService/Charge"
+    model = _rpc_model(
+        {
+            ("service:frontend", "span.latency_p95_ms"): 2.0,
+            ("service:checkout", "span.latency_p95_ms"): 2.5,
+            ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 5.0,
+        },
+        levels={
+            (
+                "operation:payment-v2 grpc.hipstershop.PaymentService/Charge",
+                "span.latency_p95_ms",
+            ): (2.5),
+            ("service:payment-v2", "span.latency_p95_ms"): 2.5,
+            ("service:batch", f"edge.latency_p95_ms{{peer={pay}}}"): 3.0,
+        },
+        edges=[("service:batch", "service:payment-v2")],
+    )
+    result = _search(model)
+    assert result.causes and result.causes[0].entity == "service:payment"
+    assert result.causes[0].signal == f"edge.latency_p95_ms{{peer={pay}}}"
     assert not any(c.entity.startswith("operation:") for c in result.causes)
 
 

@@ -528,20 +528,29 @@ def test_rpc_methods_are_matched_across_instrumentations() -> None:
             "operation:cart hipstershop.CartService/AddItem",
             "operation:cart /hipstershop.CartService/AddItem",  # one service, two spellings
             "operation:a grpc.health.v1.Health/Check",
-            "operation:b grpc.health.v1.Health/Check",  # served by two: no match
+            "operation:b grpc.health.v1.Health/Check",  # served by two
             "service:cart",
         ]
     )
     assert servers == {
-        "CartService/GetCart": "operation:cart grpc.hipstershop.CartService/GetCart",
-        "CartService/AddItem": "operation:cart /hipstershop.CartService/AddItem",
+        "CartService/GetCart": {
+            "service:cart": "operation:cart grpc.hipstershop.CartService/GetCart"
+        },
+        "CartService/AddItem": {"service:cart": "operation:cart /hipstershop.CartService/AddItem"},
+        "Health/Check": {
+            "service:a": "operation:a grpc.health.v1.Health/Check",
+            "service:b": "operation:b grpc.health.v1.Health/Check",
+        },
     }
     known = {"service:cart"}
     assert (
         peer_entity("operation:/hipstershop.CartService/GetCart", known, servers)
         == "operation:cart grpc.hipstershop.CartService/GetCart"
     )
-    assert (
-        peer_entity("operation:grpc.health.v1.Health/Check", known, servers)
-        == "operation:grpc.health.v1.Health/Check"
+    # served by two: the one the caller is known to call, else no match
+    health = "operation:grpc.health.v1.Health/Check"
+    assert peer_entity(health, known, servers) == health
+    assert peer_entity(health, known, servers, ["service:b", "service:cart"]) == (
+        "operation:b grpc.health.v1.Health/Check"
     )
+    assert peer_entity(health, known, servers, ["service:a", "service:b"]) == health

@@ -119,9 +119,15 @@ class CausalSearch:
         return _candidates.candidates(self.model, self.config, symptoms, t_s)
 
     def hypotheses(
-        self, candidates: dict[str, int], t_s: float, warmup_intervals: int | None = None
+        self,
+        candidates: dict[str, int],
+        t_s: float,
+        warmup_intervals: int | None = None,
+        graph: nx.MultiDiGraph | None = None,
     ) -> HypothesisBatch:
-        return _candidates.hypotheses(self.model, self.config, candidates, t_s, warmup_intervals)
+        return _candidates.hypotheses(
+            self.model, self.config, candidates, t_s, warmup_intervals, graph
+        )
 
     def run(
         self, symptoms: list[tuple[str, str | None]], t_s: float, alert_s: float | None = None
@@ -174,7 +180,7 @@ class CausalSearch:
         model, config = self.model, self.config
         symptom_entities = [e for e, _ in symptoms]
         candidates, graph = self.candidates(symptom_entities, t_s)
-        batch = self.hypotheses(candidates, t_s, 0 if cold else None)
+        batch = self.hypotheses(candidates, t_s, 0 if cold else None, graph)
         batch.spacing = symptom_spacing(model, symptoms)
         ev = evaluate(batch, config)
         batch, ev = until_symptom_ends(config, symptoms, batch, ev, t_s)

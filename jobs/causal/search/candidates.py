@@ -60,17 +60,24 @@ def candidates(
     # external API in their client metrics or edges): it has no series of its own
     services = {e for e, _ in keys if e.startswith("service:")}
     operations = operation_servers(e for e, _ in keys)
-    served = set(operations.values())
-    for _entity, signal in keys:
+    served = {op for by_service in operations.values() for op in by_service.values()}
+    for caller, signal in keys:
         peer = described_peer(signal)
         if peer is not None:
-            target = _peer_entity(peer, services, operations)
+            target = _peer_entity(peer, services, operations, _callees(graph, caller))
             if target in served:
                 continue  # a server operation: evidence about its service
             out.setdefault(target, unplaced)
     for symptom in symptoms:
         out.setdefault(symptom, 0)
     return out, graph
+
+
+def _callees(graph: nx.MultiDiGraph | None, caller: str) -> list[str]:
+    """The services ``caller`` calls in the dependency graph."""
+    if graph is None or caller not in graph:
+        return []
+    return [n for n in graph.successors(caller) if n.startswith("service:")]
 
 
 def described_peer(signal: str) -> str | None:
@@ -88,8 +95,11 @@ def hypotheses(
     candidates: dict[str, int],
     t_s: float,
     warmup_intervals: int | None = None,
+    graph: nx.MultiDiGraph | None = None,
 ) -> HypothesisBatch:
-    """Every (candidate, series) pair, with the series' robust scores over the window."""
+    """Every (candidate, series) pair, with the series' robust scores over the window.
+    ``graph``: the dependency graph the candidates come from, which names the service a
+    caller's edge reaches when several serve its RPC method."""
     warmup = config.warmup_intervals if warmup_intervals is None else warmup_intervals
     interval = model.config.interval_s
     w = config.window_intervals
@@ -108,7 +118,9 @@ def hypotheses(
             peer = PEER.search(signal)
             if peer is None:
                 continue
-            target = _peer_entity(peer.group(1), known_services, operations)
+            target = _peer_entity(
+                peer.group(1), known_services, operations, _callees(graph, entity)
+            )
         else:
             described = client_metric_peer(signal)
             if described is not None:
