@@ -377,7 +377,7 @@ class WorldModel:
             peer = client_metric_peer(signal)
             if peer is None:
                 continue
-            target = peer_entity(peer, services)
+            target = peer_entity(peer, services, answered_by=self.graph.peer_services)
             if target == entity:
                 continue
             key = (entity, target, "publishes_to" if target.startswith("queue:") else "calls")

@@ -106,6 +106,7 @@ def peer_entity(
     known_services: set[str] | frozenset[str],
     operations: Mapping[str, Mapping[str, str]] | None = None,
     callees: Iterable[str] = (),
+    answered_by: Mapping[str, str] | None = None,
 ) -> str:
     """The entity a caller's peer is, seen from both sides: an ``external:<name>`` peer that
     is a known service is that service (its server metrics or spans name it); an
@@ -113,10 +114,16 @@ def peer_entity(
     (``operations``, from ``operation_servers``) when one service serves it, or when exactly
     one of those serving it is among ``callees``, the services the caller is known to call
     (its dependencies in the graph, learned from traces that pair its client spans with the
-    server spans answering them)."""
+    server spans answering them). A peer that traces showed a known service answering
+    (``answered_by``, the graph's ``peer_services``: a client span's peer name, such as its
+    ``peer.service`` or an address, paired with the server span of the service that answered
+    it) is that service, whatever name the caller gave it."""
     kind, _, name = peer.partition(":")
     if kind == "external" and f"service:{name}" in known_services:
         return f"service:{name}"
+    answering = (answered_by or {}).get(peer)
+    if answering is not None and f"service:{answering}" in known_services:
+        return f"service:{answering}"
     if kind == "operation" and operations:
         method = rpc_method(name)
         servers = operations.get(method) if method is not None else None

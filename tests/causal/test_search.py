@@ -522,6 +522,36 @@ def test_a_method_several_services_serve_is_the_one_its_caller_calls() -> None:
     assert not any(c.entity.startswith("operation:") for c in result.causes)
 
 
+def test_a_peer_traces_showed_a_service_answering_is_that_service() -> None:
+    # checkout's client spans name payment by the peer.service it was given ("payments-api"),
+    # not by payment's own service.name; traces that paired those calls with payment's
+    # server spans taught the graph who answers that name
+    peer = "external:payments-api"
+    series = {
+        ("service:frontend", "span.latency_p95_ms"): 10.0,
+        ("service:checkout", "span.latency_p95_ms"): 8.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={peer}}}"): 3.0,
+        ("service:payment", "span.latency_p95_ms"): 2.5,
+    }
+    faults = {
+        ("service:frontend", "span.latency_p95_ms"): 2.0,
+        ("service:checkout", "span.latency_p95_ms"): 2.5,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={peer}}}"): 5.0,
+    }
+    edges = [("service:frontend", "service:checkout"), ("service:checkout", "service:payment")]
+    model = _given_model(series, faults, edges, seed=5)
+    unpaired = _search(model)
+    # without it the calls are evidence about a peer of no service, and payment deviates in
+    # nothing of its own
+    assert peer in [c.entity for c in unpaired.causes]
+    assert "service:payment" in [r.entity for r in unpaired.ruled_out]
+    model.graph.peer_services[peer] = "payment"
+    result = _search(model)
+    assert result.causes and result.causes[0].entity == "service:payment"
+    assert result.causes[0].signal == f"edge.latency_p95_ms{{peer={peer}}}"
+    assert peer not in [c.entity for c in result.causes]
+
+
 def test_a_latency_rise_its_callers_did_not_wait_for_ranks_below_one_they_did() -> None:
     # payment reports its own requests ten times slower, while checkout, its one caller,
     # measures its calls to payment as fast as ever: the rise reached no request checkout

@@ -64,7 +64,9 @@ def candidates(
     for caller, signal in keys:
         peer = described_peer(signal)
         if peer is not None:
-            target = _peer_entity(peer, services, operations, _callees(graph, caller))
+            target = _peer_entity(
+                peer, services, operations, _callees(graph, caller), model.graph.peer_services
+            )
             if target in served:
                 continue  # a server operation: evidence about its service
             out.setdefault(target, unplaced)
@@ -119,12 +121,18 @@ def hypotheses(
             if peer is None:
                 continue
             target = _peer_entity(
-                peer.group(1), known_services, operations, _callees(graph, entity)
+                peer.group(1),
+                known_services,
+                operations,
+                _callees(graph, entity),
+                model.graph.peer_services,
             )
         else:
             described = client_metric_peer(signal)
             if described is not None:
-                target = _peer_entity(described, known_services)
+                target = _peer_entity(
+                    described, known_services, answered_by=model.graph.peer_services
+                )
         if target not in index and target.startswith("operation:"):
             # an operation that is no candidate of its own is evidence about its service
             # (an SLO alert on a service measures its routes)
