@@ -22,7 +22,8 @@ import zstandard
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from pipeline.caps import adopt_caps
-from pipeline.ingest.spans import UNKNOWN_SERVICE, any_value
+from pipeline.ingest.resource import service_of
+from pipeline.ingest.spans import any_value
 from pipeline.logs.templates import MinerConfig, TemplateMiner
 from schemas.segments import LOG_TEMPLATES, LOGS
 
@@ -127,7 +128,7 @@ class LogColumns:
         added = 0
         for rl in request.resource_logs:
             resource = {kv.key: any_value(kv.value) for kv in rl.resource.attributes}
-            service = str(resource.get("service.name") or UNKNOWN_SERVICE)
+            service = service_of(resource)
             res_json = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS).decode()
             for sl in rl.scope_logs:
                 for rec in sl.log_records:

@@ -19,7 +19,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
-from pipeline.ingest.spans import UNKNOWN_SERVICE, any_value
+from pipeline.ingest.resource import service_of
+from pipeline.ingest.spans import any_value
 from schemas.segments import METRIC_POINTS, METRIC_SERIES
 
 
@@ -72,7 +73,7 @@ class MetricColumns:
             ("unit", unit or None),
             ("temporality", temporality),
             ("monotonic", monotonic),
-            ("service", str(resource.get("service.name") or UNKNOWN_SERVICE)),
+            ("service", service_of(resource)),
             ("attributes", orjson.dumps(attrs, option=orjson.OPT_SORT_KEYS).decode()),
             ("resource_attributes", resource_json),
         ):

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from pipeline.ingest.resource import service_of
 from schemas.segments import SPANS
 
 # column -> attribute keys that fill it, preferred first
@@ -42,7 +43,6 @@ RESOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
     "pod_name": ("k8s.pod.name",),
 }
 INT_COLUMNS = {"http_status_code", "server_port"}
-UNKNOWN_SERVICE = "unknown_service"
 
 _KEY_TO_COLUMN = {key: col for col, keys in SPAN_ATTRIBUTE_COLUMNS.items() for key in keys}
 _PRIORITY = {key: i for keys in SPAN_ATTRIBUTE_COLUMNS.values() for i, key in enumerate(keys)}
@@ -192,7 +192,7 @@ class SpanColumns:
                     (
                         run_start,
                         row - run_start,
-                        str(resource.get("service.name") or UNKNOWN_SERVICE),
+                        service_of(resource),
                         _first(resource, RESOURCE_COLUMNS["service_version"]),
                         _first(resource, RESOURCE_COLUMNS["host_name"]),
                         _first(resource, RESOURCE_COLUMNS["pod_name"]),

@@ -6,6 +6,13 @@ Follows the OpenTelemetry Prometheus compatibility rules that apply to remote_wr
 label is a data point attribute. remote_write 1.0 carries no metric types, so every sample is a
 gauge point under its original name (``*_total`` names are recognised as counters downstream).
 Prometheus staleness markers become points flagged ``FLAG_NO_RECORDED_VALUE``.
+
+A series about a Kubernetes pod that is not the scrape target (cAdvisor's container series under
+the kubelet's ``job``, kube-state-metrics', a pod label relabelled onto every target) carries
+the pod in its ``pod`` and ``namespace`` labels: its resource is that pod
+(``k8s.pod.name``, ``k8s.namespace.name``), its ``service.name`` the workload the pod's
+generated name says it belongs to (``ingest.resource.workload_of_pod``), and ``job`` stays a
+resource attribute of its own. Otherwise a node's every pod would be one service, the kubelet.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import DataPointFlags
 
+from pipeline.ingest.resource import workload_of_pod
 from pipeline.receivers import protos
 from pipeline.receivers.refusals import Refusal
 
@@ -27,6 +35,8 @@ SCOPE_NAME = "worldline.receivers.remote_write"
 # the NaN bit pattern Prometheus writes to mark a series as stale
 STALE_NAN_BITS = 0x7FF0000000000002
 RESOURCE_LABELS = {"job": "service.name", "instance": "service.instance.id"}
+POD_LABELS = {"pod": "k8s.pod.name", "namespace": "k8s.namespace.name"}
+"""Labels naming the pod a series is about, and the resource attributes they become."""
 
 
 def is_stale_marker(value: float) -> bool:
@@ -50,10 +60,10 @@ class Translation:
 
 
 def to_otlp_metrics(write_request: Any) -> Translation:
-    """One ResourceMetrics per (job, instance), one gauge per metric name within it."""
+    """One ResourceMetrics per (job, instance) and pod, one gauge per metric name within it."""
     export = ExportMetricsServiceRequest()
-    resources: dict[tuple[str, str], Any] = {}
-    gauges: dict[tuple[str, str, str], Any] = {}
+    resources: dict[tuple[str, str, str, str], Any] = {}
+    gauges: dict[tuple[str, str, str, str, str], Any] = {}
     samples = 0
     without_name = 0
     for series in write_request.timeseries:
@@ -64,21 +74,34 @@ def to_otlp_metrics(write_request: Any) -> Translation:
             continue
         job = labels.pop("job", "")
         instance = labels.pop("instance", "")
-        scope_metrics = resources.get((job, instance))
+        pod = labels.pop("pod", "") if labels.get("pod") else ""
+        namespace = labels.pop("namespace", "") if pod else ""
+        resource_key = (job, instance, pod, namespace)
+        scope_metrics = resources.get(resource_key)
         if scope_metrics is None:
             resource_metrics = export.resource_metrics.add()
-            for label, value in (("job", job), ("instance", instance)):
+            if pod:
+                attributes = {
+                    "service.name": workload_of_pod(pod),
+                    "service.instance.id": instance,
+                    POD_LABELS["pod"]: pod,
+                    POD_LABELS["namespace"]: namespace,
+                    "job": job,
+                }
+            else:
+                attributes = {RESOURCE_LABELS["job"]: job, RESOURCE_LABELS["instance"]: instance}
+            for key, value in attributes.items():
                 if value:
-                    attribute = resource_metrics.resource.attributes.add(key=RESOURCE_LABELS[label])
+                    attribute = resource_metrics.resource.attributes.add(key=key)
                     attribute.value.string_value = value
             scope_metrics = resource_metrics.scope_metrics.add()
             scope_metrics.scope.name = SCOPE_NAME
-            resources[(job, instance)] = scope_metrics
-        gauge = gauges.get((job, instance, name))
+            resources[resource_key] = scope_metrics
+        gauge = gauges.get((*resource_key, name))
         if gauge is None:
             metric = scope_metrics.metrics.add(name=name)
             gauge = metric.gauge
-            gauges[(job, instance, name)] = gauge
+            gauges[(*resource_key, name)] = gauge
         for sample in series.samples:
             point = gauge.data_points.add(time_unix_nano=max(0, sample.timestamp) * 1_000_000)
             if is_stale_marker(sample.value):

@@ -44,6 +44,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
+from pipeline.ingest.resource import is_unnamed, service_of
 from pipeline.worldmodel.graph import dependency_key_expr
 
 SERVER_KINDS = (2, 5)  # OTLP SpanKind server, consumer
@@ -388,14 +389,14 @@ class MetricDeriver:
     def _names(info: dict[str, object]) -> tuple[str, str]:
         resource = orjson.loads(str(info.get("resource_attributes") or "{}"))
         attrs = orjson.loads(str(info.get("attributes") or "{}"))
-        service = resource.get("service.name")
+        service = service_of(resource)
         host = resource.get("host.name") or resource.get("k8s.node.name")
         entity = (
             f"service:{service}"
-            if service
+            if not is_unnamed(service)
             else f"host:{host}"
             if host
-            else "service:unknown_service"
+            else f"service:{service}"
         )
         qualifier = ",".join(f"{k}={attrs[k]}" for k in sorted(attrs))
         base = str(info["name"]) + (f"{{{qualifier}}}" if qualifier else "")

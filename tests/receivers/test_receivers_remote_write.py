@@ -99,6 +99,57 @@ def test_series_become_gauges_grouped_by_job_and_instance(receiver: ReceiverHarn
     assert receiver.health()["rejected_items"]["/api/v1/write"] >= 1  # the nameless series
 
 
+def test_a_series_about_a_pod_is_that_pods_workload(receiver: ReceiverHarness) -> None:
+    # cAdvisor's series come under the kubelet's job; each is about the pod its labels name
+    cpu = "container_cpu_usage_seconds_total"
+    body = write_request(
+        [
+            (
+                {
+                    "__name__": cpu,
+                    "job": "kubelet",
+                    "instance": "node-1:10250",
+                    "namespace": "shop",
+                    "pod": f"cartservice-{pod}",
+                    "container": "server",
+                },
+                [(1.5, 1_700_000_000_000)],
+            )
+            for pod in ("579f59597d-wc2lz", "579f59597d-x8k2q")
+        ]
+        + [
+            (
+                {
+                    "__name__": cpu,
+                    "job": "kubelet",
+                    "instance": "node-1:10250",
+                    "namespace": "shop",
+                    "pod": "redis-cart-0",
+                    "container": "redis",
+                },
+                [(0.5, 1_700_000_000_000)],
+            ),
+            ({"__name__": "up", "job": "kubelet", "instance": "node-1:10250"}, [(1.0, 1)]),
+        ]
+    )
+    answer = receiver.post("/api/v1/write", body, HEADERS)
+    assert answer.status == 204, answer.body
+    (record,) = receiver.take("otlp_metrics", 1)
+    request: Any = otlp.from_proto(record.value or b"", METRICS.message_type)
+    resources = [attributes(rm.resource) for rm in request.resource_metrics]
+    assert sorted((r["service.name"], r.get("k8s.pod.name", "")) for r in resources) == [
+        ("cartservice", "cartservice-579f59597d-wc2lz"),
+        ("cartservice", "cartservice-579f59597d-x8k2q"),
+        ("kubelet", ""),
+        ("redis-cart", "redis-cart-0"),
+    ]
+    pods = [r for r in resources if "k8s.pod.name" in r]
+    assert all(r["job"] == "kubelet" and r["k8s.namespace.name"] == "shop" for r in pods)
+    assert all(r["service.instance.id"] == "node-1:10250" for r in pods)
+    point = request.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points[0]
+    assert attributes(point) == {"container": "server"}
+
+
 def test_large_remote_write_is_split_into_records(receiver: ReceiverHarness) -> None:
     series = [
         (
