@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import schemas
+from pipeline.ingest.resource import workload_names
 
 FIRING_ENDS_AT = "0001-01-01T00:00:00Z"
 
@@ -44,17 +45,6 @@ ENTITY_LABELS = (
 # label names that name a pod: the pod when worldline knows it, else the workload that owns it
 POD_LABELS = ("pod", "pod_name", "k8s.pod.name", "k8s_pod_name", "kubernetes_pod_name")
 HOST_LABELS = ("host", "hostname", "host.name", "node", "instance")
-# the suffixes Kubernetes appends to a workload's name to name its pods, most specific first: a
-# Deployment's ReplicaSet hash then the pod's own five characters, the five characters alone (a
-# DaemonSet, a bare ReplicaSet), or a StatefulSet's ordinal. The generated characters come from
-# an alphabet without vowels, so a word of the workload's own name is not taken for one
-_GENERATED = "[bcdfghjklmnpqrstvwxz2456789]"
-POD_SUFFIXES = (
-    re.compile(rf"-{_GENERATED}{{6,10}}-{_GENERATED}{{5}}$"),
-    re.compile(rf"-{_GENERATED}{{5}}$"),
-    re.compile(r"-\d+$"),
-)
-
 # words in the alert's name, labels or summary -> the signal of the symptom
 SIGNAL_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"latenc|duration|slow|response.?time|p9[059]", re.I), "span.latency_p95_ms"),
@@ -171,7 +161,7 @@ class SymptomMapper:
         for label in POD_LABELS:
             if label in labels:
                 pod = labels[label].strip().split("/")[-1]
-                workloads = (p.sub("", pod) for p in POD_SUFFIXES if p.search(pod))
+                workloads = workload_names(pod)
                 found = (
                     self._lookup_kind("pod", pod)
                     or next((k for w in workloads if (k := self._lookup(w))), None)

@@ -29,13 +29,16 @@ WORKLOAD_ATTRIBUTES = (
 """Resource attributes naming the workload a pod belongs to (OpenTelemetry's k8s semantic
 conventions, as the k8sattributes processor sets them), the most specific owner first."""
 
-# Kubernetes generates a ReplicaSet's name as its Deployment's plus a hash of the pod template
-# (letters without vowels and digits without 0, 1 and 3, up to 10 of them), and a pod's name as
-# its ReplicaSet's plus 5 more of the same
-_SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
-DEPLOYMENT_POD = re.compile(rf"^(?P<owner>[a-z0-9][-a-z0-9.]*?)-{_SAFE}{{5,10}}-{_SAFE}{{5}}$")
-REPLICA_SET = re.compile(rf"^(?P<owner>[a-z0-9][-a-z0-9.]*?)-{_SAFE}{{5,10}}$")
-STATEFUL_POD = re.compile(r"^(?P<owner>[a-z0-9][-a-z0-9.]*?)-(?:0|[1-9][0-9]*)$")
+# the suffixes Kubernetes appends to a workload's name to name its pods, most specific first: a
+# Deployment's ReplicaSet hash then the pod's own five characters, the five characters alone (a
+# DaemonSet, a bare ReplicaSet), or a StatefulSet's ordinal. The generated characters come from
+# an alphabet without vowels, so a word of the workload's own name is not taken for one
+_GENERATED = "[bcdfghjklmnpqrstvwxz2456789]"
+DEPLOYMENT_SUFFIX = re.compile(rf"-{_GENERATED}{{6,10}}-{_GENERATED}{{5}}$")
+DAEMON_SUFFIX = re.compile(rf"-{_GENERATED}{{5}}$")
+ORDINAL_SUFFIX = re.compile(r"-(?:0|[1-9][0-9]*)$")
+POD_SUFFIXES = (DEPLOYMENT_SUFFIX, DAEMON_SUFFIX, ORDINAL_SUFFIX)
+REPLICA_SET_SUFFIX = re.compile(rf"-{_GENERATED}{{6,10}}$")
 
 
 def is_unnamed(service: object) -> bool:
@@ -44,14 +47,20 @@ def is_unnamed(service: object) -> bool:
     return not service or str(service).split(":", 1)[0] == UNKNOWN_SERVICE
 
 
+def workload_names(pod: str) -> list[str]:
+    """The workloads a pod's generated name may say it belongs to, most specific first (to
+    look up among known names: a DaemonSet's five characters alone could be a word of a name
+    of its own)."""
+    return [suffix.sub("", pod) for suffix in POD_SUFFIXES if suffix.search(pod)]
+
+
 def workload_of_pod(pod: str) -> str:
     """The Deployment or StatefulSet a pod's generated name says it belongs to; the pod's own
     name when it follows neither pattern (a bare pod, a DaemonSet's, whose suffix alone cannot
     be told from a name's own last word)."""
-    for pattern in (DEPLOYMENT_POD, STATEFUL_POD):
-        found = pattern.match(pod)
-        if found:
-            return found.group("owner")
+    for suffix in (DEPLOYMENT_SUFFIX, ORDINAL_SUFFIX):
+        if suffix.search(pod):
+            return suffix.sub("", pod)
     return pod
 
 
@@ -67,8 +76,7 @@ def service_of(resource: Mapping[str, Any]) -> str:
             return str(resource[key])
     replica_set = resource.get("k8s.replicaset.name")
     if replica_set:
-        found = REPLICA_SET.match(str(replica_set))
-        return found.group("owner") if found else str(replica_set)
+        return REPLICA_SET_SUFFIX.sub("", str(replica_set))
     pod = resource.get("k8s.pod.name")
     if pod:
         return workload_of_pod(str(pod))

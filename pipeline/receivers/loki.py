@@ -19,11 +19,14 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.logs.v1 import logs_pb2
 
+from pipeline.ingest.resource import workload_of_pod
 from pipeline.receivers import protos
 from pipeline.receivers.refusals import Refusal
 
 SCOPE_NAME = "worldline.receivers.loki"
 SERVICE_LABELS = ("service_name", "service", "job", "app")
+"""Labels naming the service a stream is from, first found first; without them, a ``pod``
+label names its workload."""
 UNKNOWN_SERVICE = "unknown_service"
 LEVEL_KEYS = ("detected_level", "level", "severity", "lvl", "loglevel")
 MAX_TIMESTAMP_NS = 2**64 - 1
@@ -167,8 +170,12 @@ def to_otlp_logs(streams: list[LokiStream], observed_unix_nano: int) -> ExportLo
         resource_logs = export.resource_logs.add()
         labels = dict(stream.labels)
         service = labels.get("service.name") or next(
-            (labels[k] for k in SERVICE_LABELS if labels.get(k)), UNKNOWN_SERVICE
+            (labels[k] for k in SERVICE_LABELS if labels.get(k)), ""
         )
+        if not service and labels.get("pod"):
+            # a log shipper's stream of a pod's containers: the workload the pod belongs to
+            service = workload_of_pod(labels["pod"])
+        service = service or UNKNOWN_SERVICE
         own_labels = [(k, v) for k, v in stream.labels if k != "service.name"]
         for key, value in (("service.name", service), *own_labels):
             attribute = resource_logs.resource.attributes.add(key=key)

@@ -42,6 +42,10 @@ def test_json_push_becomes_otlp_logs(receiver: ReceiverHarness, coding: str) -> 
                 ],
             },
             {"stream": {"service_name": "auth", "job": "ignored-job"}, "values": [[str(T0), "ok"]]},
+            {
+                "stream": {"pod": "cartservice-579f59597d-wc2lz", "container": "server"},
+                "values": [[str(T0), "GetCart"]],
+            },
         ]
     }
     body = orjson.dumps(push)
@@ -52,7 +56,7 @@ def test_json_push_becomes_otlp_logs(receiver: ReceiverHarness, coding: str) -> 
     assert answer.status == 204, answer.body
 
     request = published_logs(receiver)
-    cart, auth = request.resource_logs
+    cart, auth, pod = request.resource_logs
     assert attributes(cart.resource) == {
         "service.name": "cart",
         "app": "cart",
@@ -60,6 +64,8 @@ def test_json_push_becomes_otlp_logs(receiver: ReceiverHarness, coding: str) -> 
         "level": "warn",
     }
     assert attributes(auth.resource)["service.name"] == "auth"
+    # a stream naming only its pod is from the workload the pod belongs to
+    assert attributes(pod.resource)["service.name"] == "cartservice"
     slow, failed = cart.scope_logs[0].log_records
     assert (slow.body.string_value, slow.time_unix_nano) == ("cart is slow", T0)
     assert (slow.severity_number, slow.severity_text) == (13, "warn")
