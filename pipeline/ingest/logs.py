@@ -23,6 +23,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from pipeline.caps import adopt_caps
 from pipeline.ingest.resource import service_of
+from pipeline.ingest.severity import inferred_severity
 from pipeline.ingest.spans import any_value
 from pipeline.logs.templates import MinerConfig, TemplateMiner
 from schemas.segments import LOG_TEMPLATES, LOGS
@@ -149,7 +150,9 @@ class LogColumns:
                     c["time_unix_nano"].append(t)
                     c["observed_unix_nano"].append(rec.observed_time_unix_nano or None)
                     c["service"].append(service)
-                    c["severity_number"].append(rec.severity_number)
+                    c["severity_number"].append(
+                        inferred_severity(rec.severity_number, rec.severity_text, body)
+                    )
                     c["severity_text"].append(rec.severity_text or None)
                     c["template_id"].append(tid)
                     c["params"].append(list(match.params))

@@ -10,16 +10,16 @@ label or structured-metadata field when one is present.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.logs.v1 import logs_pb2
 
 from pipeline.ingest.resource import workload_of_pod
+from pipeline.ingest.severity import severity_number
 from pipeline.receivers import protos
 from pipeline.receivers.refusals import Refusal
 
@@ -31,25 +31,6 @@ UNKNOWN_SERVICE = "unknown_service"
 LEVEL_KEYS = ("detected_level", "level", "severity", "lvl", "loglevel")
 MAX_TIMESTAMP_NS = 2**64 - 1
 
-SEVERITIES: Mapping[str, int] = {
-    "trace": logs_pb2.SEVERITY_NUMBER_TRACE,
-    "debug": logs_pb2.SEVERITY_NUMBER_DEBUG,
-    "dbug": logs_pb2.SEVERITY_NUMBER_DEBUG,
-    "info": logs_pb2.SEVERITY_NUMBER_INFO,
-    "information": logs_pb2.SEVERITY_NUMBER_INFO,
-    "notice": logs_pb2.SEVERITY_NUMBER_INFO2,
-    "warn": logs_pb2.SEVERITY_NUMBER_WARN,
-    "warning": logs_pb2.SEVERITY_NUMBER_WARN,
-    "error": logs_pb2.SEVERITY_NUMBER_ERROR,
-    "err": logs_pb2.SEVERITY_NUMBER_ERROR,
-    "eror": logs_pb2.SEVERITY_NUMBER_ERROR,
-    "critical": logs_pb2.SEVERITY_NUMBER_FATAL,
-    "crit": logs_pb2.SEVERITY_NUMBER_FATAL,
-    "fatal": logs_pb2.SEVERITY_NUMBER_FATAL,
-    "panic": logs_pb2.SEVERITY_NUMBER_FATAL,
-    "alert": logs_pb2.SEVERITY_NUMBER_FATAL2,
-    "emergency": logs_pb2.SEVERITY_NUMBER_FATAL3,
-}
 
 _LABEL_PAIR = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|$)')
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
@@ -160,7 +141,7 @@ def _severity(pairs: Iterable[tuple[str, str]]) -> tuple[int, str] | None:
     for key in LEVEL_KEYS:
         if key in found:
             text = found[key]
-            return SEVERITIES.get(text.strip().lower(), 0), text
+            return severity_number(text), text
     return None
 
 

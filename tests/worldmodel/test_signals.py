@@ -117,6 +117,26 @@ def test_log_signals_and_new_templates() -> None:
     assert new_templates(table, known={t for t, _, _ in fresh}) == []
 
 
+def test_raw_lines_without_a_severity_count_as_errors_when_they_say_so() -> None:
+    # a filelog receiver without a severity parser: every line unspecified (0)
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    attribute = resource_logs.resource.attributes.add(key="k8s.pod.name")
+    attribute.value.string_value = "cartservice-579f59597d-wc2lz"
+    records = resource_logs.scope_logs.add().log_records
+    lines = ["2022-08-22 03:54:00 ERROR charge failed", "2022-08-22 03:54:01 INFO cart read"] * 3
+    for i, line in enumerate(lines):
+        records.add(time_unix_nano=BASE_NS + i * 10**9).body.string_value = line
+    builder = LogColumns(TemplateMiner(), 0)
+    builder.add_request(request)
+    table = builder.logs_table()
+    assert table["severity_number"].to_pylist() == [17, 9] * 3
+    frame = log_signals(table, interval_s=60)
+    assert _value(frame, "service:cartservice", "log.error_rate_per_s") == [pytest.approx(3 / 60)]
+
+
 def test_metric_rates_quantiles_and_resets() -> None:
     series, points = metrics_tables([metric_request(1, points=6)])
     deriver = MetricDeriver(interval_s=15)
