@@ -31,9 +31,11 @@ evidence(c)
     window ``chronic_weight``; one over long ago ``stale_weight``; a series that often
     deviates less. Under the same tail, a factor f on a large strength is a likelihood ratio
     of f ** w_strength: such a deviation is that much more common when c is not the cause
-    (0.25 makes it about 9 times, 0.1 about 40 times). Plus ``w_sources`` per independent
-    view beyond the first (traces, logs, metrics, each further caller measuring c, and for a
-    caller at fault on its side, each further dependency it is seen through).
+    (0.25 makes it about 9 times, 0.1 about 40 times). Each cause publishes the term split:
+    the surprise of its ranked series' own deviation, then what each factor takes from it
+    (``result.discounted``, the ranked evidence's ``discounts``). Plus ``w_sources`` per
+    independent view beyond the first (traces, logs, metrics, each further caller measuring
+    c, and for a caller at fault on its side, each further dependency it is seen through).
 propagation(c)
     ``w_explains * log1p(n)``, n the deviating entities between c and the symptom: a cause
     accounts for the anomalies on its propagation paths.
