@@ -150,9 +150,11 @@ def to_otlp_logs(streams: list[LokiStream], observed_unix_nano: int) -> ExportLo
     for stream in streams:
         resource_logs = export.resource_logs.add()
         labels = dict(stream.labels)
-        service = labels.get("service.name") or next(
-            (labels[k] for k in SERVICE_LABELS if labels.get(k)), ""
-        )
+        label = next((k for k in SERVICE_LABELS if labels.get(k)), None)
+        service = labels.get("service.name") or (labels[label] if label else "")
+        if label == "job" and not labels.get("service.name"):
+            # Promtail's Kubernetes jobs are "<namespace>/<app>"
+            service = service.rsplit("/", 1)[-1]
         if not service and labels.get("pod"):
             # a log shipper's stream of a pod's containers: the workload the pod belongs to
             service = workload_of_pod(labels["pod"])

@@ -46,6 +46,7 @@ def test_json_push_becomes_otlp_logs(receiver: ReceiverHarness, coding: str) -> 
                 "stream": {"pod": "cartservice-579f59597d-wc2lz", "container": "server"},
                 "values": [[str(T0), "GetCart"]],
             },
+            {"stream": {"job": "shop/checkout", "pod": "x"}, "values": [[str(T0), "placed"]]},
         ]
     }
     body = orjson.dumps(push)
@@ -56,7 +57,7 @@ def test_json_push_becomes_otlp_logs(receiver: ReceiverHarness, coding: str) -> 
     assert answer.status == 204, answer.body
 
     request = published_logs(receiver)
-    cart, auth, pod = request.resource_logs
+    cart, auth, pod, promtail = request.resource_logs
     assert attributes(cart.resource) == {
         "service.name": "cart",
         "app": "cart",
@@ -66,6 +67,8 @@ def test_json_push_becomes_otlp_logs(receiver: ReceiverHarness, coding: str) -> 
     assert attributes(auth.resource)["service.name"] == "auth"
     # a stream naming only its pod is from the workload the pod belongs to
     assert attributes(pod.resource)["service.name"] == "cartservice"
+    # Promtail names a Kubernetes stream's job "<namespace>/<app>"
+    assert attributes(promtail.resource)["service.name"] == "checkout"
     slow, failed = cart.scope_logs[0].log_records
     assert (slow.body.string_value, slow.time_unix_nano) == ("cart is slow", T0)
     assert (slow.severity_number, slow.severity_text) == (13, "warn")
