@@ -29,6 +29,7 @@ fault-free runs.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import pickle
 import tempfile
@@ -41,6 +42,7 @@ import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -100,6 +102,9 @@ REALISM = {
     "node-metrics-on-pods": "each node's metrics exported with every pod it runs (the pod's"
     " service in their resource), as exports that join node metrics to pods deliver them:"
     " every service on a busy node shows its CPU, and the node has no series of its own",
+    "pod-telemetry": "metrics and logs name their pod, not their service (a Collector's"
+    " kubeletstats and filelog receivers without the k8sattributes processor); only the"
+    " traces' SDKs name the service",
 }
 """What real deployments look like, as variations of the same simulated incidents."""
 TRACE_WINDOW_EVERY = 3  # trace-windows: one minute of traces kept in this many
@@ -323,6 +328,11 @@ def realistic(records: list[Record], realism: str) -> list[Record]:
         ]
     if realism == "node-metrics-on-pods":
         return node_metrics_on_pods(records)
+    if realism == "pod-telemetry":
+        return [
+            replace(r, value=pod_telemetry(r.topic, r.value)) if r.topic in POD_TOPICS else r
+            for r in records
+        ]
     if realism in COARSE_SCRAPE_S:
         # scrapes are stamped at their own time: the first in every COARSE_SCRAPE_S is kept
         every_ms = COARSE_SCRAPE_S[realism] * 1000
@@ -384,6 +394,48 @@ def _node_of(resource: Any) -> tuple[str | None, bool]:
 def _times(metric: Any) -> set[int]:
     """The instants of a gauge's or a sum's points."""
     return {dp.time_unix_nano for dp in (metric.gauge.data_points or metric.sum.data_points)}
+
+
+POD_TOPICS: dict[str, tuple[Any, str]] = {
+    "otlp_spans": (ExportTraceServiceRequest, "resource_spans"),
+    "otlp_metrics": (ExportMetricsServiceRequest, "resource_metrics"),
+    "otlp_logs": (ExportLogsServiceRequest, "resource_logs"),
+}
+SERVICE_ATTRIBUTES = ("service.", "k8s.deployment.name", "telemetry.sdk.")
+"""pod-telemetry: what a resource gathered about a pod lacks (the SDK's and the workload's)."""
+_GENERATED = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def kubernetes_pod_name(pod: str, service: str) -> str:
+    """The name Kubernetes gives a Deployment's pod (``<deployment>-<template hash>-<five>``,
+    characters of its vowel-free alphabet), the same for the same simulated pod."""
+    digest = hashlib.sha1(pod.encode()).digest()
+    chars = "".join(_GENERATED[b % len(_GENERATED)] for b in digest)
+    return f"{service}-{chars[:10]}-{chars[10:15]}"
+
+
+def pod_telemetry(topic: str, value: bytes) -> bytes:
+    """An OTLP export as a Collector gathering it about pods delivers it: every pod named as
+    Kubernetes names it, and metrics and logs naming no service (spans keep their SDK's)."""
+    message, field_name = POD_TOPICS[topic]
+    request = message()
+    request.ParseFromString(value)
+    for resource in (r.resource for r in getattr(request, field_name)):
+        attrs = {kv.key: kv.value.string_value for kv in resource.attributes}
+        pod, service = attrs.get("k8s.pod.name"), attrs.get("service.name")
+        if not pod or not service:
+            continue  # a node's own
+        kept = [
+            kv
+            for kv in resource.attributes
+            if topic == "otlp_spans" or not kv.key.startswith(SERVICE_ATTRIBUTES)
+        ]
+        del resource.attributes[:]
+        resource.attributes.extend(kept)
+        for kv in resource.attributes:
+            if kv.key in ("k8s.pod.name", "service.instance.id"):
+                kv.value.string_value = kubernetes_pod_name(pod, service)
+    return request.SerializeToString()
 
 
 def sampled_spans(value: bytes, every: int = TRACE_SAMPLE_EVERY) -> bytes:

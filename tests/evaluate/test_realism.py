@@ -185,3 +185,49 @@ def test_node_metrics_on_pods_carry_each_nodes_metrics_in_its_pods() -> None:
         ("ads", "cpu", 0.2),
         ("ads", "system.cpu", 2.5),
     ]
+
+
+def test_pod_telemetry_names_pods_as_kubernetes_does_and_no_service() -> None:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from pipeline.ingest.resource import service_of
+
+    pod = {
+        "service.name": "cart",
+        "service.instance.id": "cart-1",
+        "k8s.deployment.name": "cart",
+        "k8s.pod.name": "cart-1",
+        "k8s.node.name": "n1",
+    }
+    node = {"host.name": "n1", "k8s.node.name": "n1"}
+    metrics = _metrics_record(T0_MS, [(pod, "cpu", 0.1), (node, "system.cpu", 0.5)])
+    spans = ExportTraceServiceRequest()
+    spans.resource_spans.add().resource.CopyFrom(
+        ExportMetricsServiceRequest.FromString(metrics.value).resource_metrics[0].resource
+    )
+    records = [metrics, Record("otlp_spans", None, spans.SerializeToString(), T0_MS)]
+    out = realistic(records, "pod-telemetry")
+
+    def attrs(resource: object) -> dict[str, str]:
+        return {kv.key: kv.value.string_value for kv in resource.attributes}  # type: ignore[attr-defined]
+
+    pod_metrics, node_metrics = (
+        attrs(rm.resource)
+        for rm in ExportMetricsServiceRequest.FromString(out[0].value).resource_metrics
+    )
+    (pod_spans,) = (
+        attrs(rs.resource)
+        for rs in ExportTraceServiceRequest.FromString(out[1].value).resource_spans
+    )
+    assert node_metrics == node  # a node's own stay as they were
+    assert set(pod_metrics) == {"k8s.pod.name", "k8s.node.name"}
+    name = pod_metrics["k8s.pod.name"]
+    assert (
+        name != "cart-1" and name == pod_spans["k8s.pod.name"] == pod_spans["service.instance.id"]
+    )
+    assert pod_spans["service.name"] == "cart"  # the SDK still names its service
+    # what ingest reads: the pod's Deployment, the service its traces name
+    assert service_of(pod_metrics) == "cart"
