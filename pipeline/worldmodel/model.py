@@ -66,7 +66,10 @@ COUNTED_RATES = SPAN_COUNTED_RATES + LOG_COUNTED_RATES
 fills only its own (a span interval closing must not add a 0 to a log rate of the same interval:
 the baseline averages the values of an interval, so that 0 would halve the real rate)."""
 ZERO_FILL_MAX_INTERVALS = 10_080
-_DESCRIBES_PEER = r"server\.address=|db\.system|messaging\.system=|peer\.service="
+_DESCRIBES_PEER = (
+    r"server\.address=|db\.system|messaging\.system=|peer\.service=|destination_workload="
+    r"|destination_service_name="
+)
 """Attributes that name a client metric's peer (``worldmodel.peers``): a cheap filter first."""
 
 

@@ -2,7 +2,8 @@
 
 OpenTelemetry client metrics (``db.client.*``, ``http.client.*``, ``rpc.client.*``,
 ``messaging.*``) carry their peer in their attributes (``db.system``, ``db.namespace``,
-``server.address``, ``peer.service``, ``messaging.destination.name``). A series of such a metric
+``server.address``, ``peer.service``, ``messaging.destination.name``); a service mesh's request
+metrics as the calling side reports them, in ``destination_workload``. A series of such a metric
 is the caller's view of that dependency: evidence about it for the causal search, and evidence
 of the dependency itself for the graph when no trace shows it (a metrics-only deployment).
 
@@ -63,6 +64,11 @@ def client_metric_peer(signal: str) -> str | None:
         return f"database:{system}:{part}" if part else f"database:{system}"
     if q.get("peer.service"):
         return f"external:{q['peer.service']}"
+    mesh = q.get("destination_workload") or q.get("destination_service_name")
+    if mesh and mesh != "unknown" and q.get("reporter", "source") == "source":
+        # a service mesh's request metrics as the caller's sidecar reports them (Istio's
+        # reporter="source"); the callee's sidecar reports the same requests as its own
+        return f"external:{mesh}"
     if host and (signal.startswith(("http.client", "rpc.client")) or ".client." in signal):
         return f"external:{host}"
     return None

@@ -423,6 +423,15 @@ def test_client_metrics_describe_the_dependency_graph_without_traces() -> None:
             "service:worker",
             "messaging.process.duration{messaging.destination.name=orders,messaging.system=kafka}.p95",
         ),
+        # a mesh's sidecars: the caller's reports name the callee, the callee's its own requests
+        (
+            "service:worker",
+            "istio_request_duration_milliseconds{destination_workload=cart,reporter=source}.p95",
+        ),
+        (
+            "service:cart",
+            "istio_request_duration_milliseconds{destination_workload=cart,reporter=destination}.p95",
+        ),
     ]
     rows = pl.DataFrame(
         {
@@ -443,6 +452,7 @@ def test_client_metrics_describe_the_dependency_graph_without_traces() -> None:
         ("service:front", "external:payments.example.com", "calls"): ["client_metric"],
         ("service:cart", "database:postgresql:orders", "calls"): ["client_metric"],
         ("service:cart", "queue:kafka:orders", "publishes_to"): ["client_metric"],
+        ("service:worker", "service:cart", "calls"): ["client_metric"],
     }
     upstream = {
         r.key: h
