@@ -39,7 +39,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from jobs.causal import calibration
-from jobs.causal.alerts import IncidentBook, SymptomMapper, parse_webhook
+from jobs.causal.alerts import IncidentBook, SymptomMapper, parse_time, parse_webhook
 from jobs.causal.followup import supersedes
 from jobs.causal.record import iso
 from jobs.causal.search import SearchConfig
@@ -165,10 +165,9 @@ def on_incident_evidence(
 
 
 def _seconds(text: object) -> float | None:
-    if not isinstance(text, str):
-        return None
+    """A label's or a record's time in unix seconds; None when absent or not a time."""
     try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        return parse_time(text) if isinstance(text, str) else None
     except ValueError:
         return None
 

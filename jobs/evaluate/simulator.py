@@ -65,6 +65,7 @@ from jobs.evaluate.baselines import baro, nsigma
 from jobs.simulator.bundle import BundleWriter
 from jobs.simulator.scenarios import SCENARIOS
 from jobs.simulator.simulation import Record, RunConfig, Simulation
+from pipeline.ingest.resource import GENERATED_CHARACTERS
 from pipeline.segments.store import SegmentStore
 from pipeline.settings import Settings
 from pipeline.worldmodel import reads
@@ -403,14 +404,13 @@ POD_TOPICS: dict[str, tuple[Any, str]] = {
 }
 SERVICE_ATTRIBUTES = ("service.", "k8s.deployment.name", "telemetry.sdk.")
 """pod-telemetry: what a resource gathered about a pod lacks (the SDK's and the workload's)."""
-_GENERATED = "bcdfghjklmnpqrstvwxz2456789"
 
 
 def kubernetes_pod_name(pod: str, service: str) -> str:
     """The name Kubernetes gives a Deployment's pod (``<deployment>-<template hash>-<five>``,
     characters of its vowel-free alphabet), the same for the same simulated pod."""
     digest = hashlib.sha1(pod.encode()).digest()
-    chars = "".join(_GENERATED[b % len(_GENERATED)] for b in digest)
+    chars = "".join(GENERATED_CHARACTERS[b % len(GENERATED_CHARACTERS)] for b in digest)
     return f"{service}-{chars[:10]}-{chars[10:15]}"
 
 

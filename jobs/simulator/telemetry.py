@@ -32,6 +32,7 @@ from jobs.simulator.engine import (
     SpanBatch,
     World,
 )
+from pipeline.ingest.resource import GENERATED_CHARACTERS
 
 MAX_RECORD_BYTES = 512 * 1024
 HTTP_DURATION_BOUNDS = (
@@ -286,7 +287,7 @@ class _SpanTemplate:
 def pod_name(base: str, service: str, version: str) -> str:
     """Kubernetes-style pod name: a deploy rolls the pods, so the name carries a template hash."""
     digest = hashlib.sha1(f"{service}:{version}".encode()).digest()
-    template_hash = "".join("bcdfghjklmnpqrstvwxz2456789"[b % 27] for b in digest[:10])
+    template_hash = "".join(GENERATED_CHARACTERS[b % 27] for b in digest[:10])
     return f"{service}-{template_hash}-{base.rsplit('-', 1)[-1]}"
 
 

@@ -33,7 +33,8 @@ conventions, as the k8sattributes processor sets them), the most specific owner 
 # Deployment's ReplicaSet hash then the pod's own five characters, the five characters alone (a
 # DaemonSet, a bare ReplicaSet), or a StatefulSet's ordinal. The generated characters come from
 # an alphabet without vowels, so a word of the workload's own name is not taken for one
-_GENERATED = "[bcdfghjklmnpqrstvwxz2456789]"
+GENERATED_CHARACTERS = "bcdfghjklmnpqrstvwxz2456789"
+_GENERATED = f"[{GENERATED_CHARACTERS}]"
 DEPLOYMENT_SUFFIX = re.compile(rf"-{_GENERATED}{{6,10}}-{_GENERATED}{{5}}$")
 DAEMON_SUFFIX = re.compile(rf"-{_GENERATED}{{5}}$")
 ORDINAL_SUFFIX = re.compile(r"-(?:0|[1-9][0-9]*)$")

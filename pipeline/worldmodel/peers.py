@@ -136,7 +136,8 @@ def peer_entity(
         if servers:
             if len(servers) == 1:
                 return next(iter(servers.values()))
-            called = [op for service, op in servers.items() if service in set(callees)]
+            calls = set(callees)
+            called = [op for service, op in servers.items() if service in calls]
             if len(called) == 1:
                 return called[0]
     return peer

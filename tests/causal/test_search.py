@@ -477,18 +477,20 @@ def _rpc_model(
     return _given_model(series, faults, [*graph, *(edges or [])], seed=5)
 
 
+PAY = "operation:hipstershop.PaymentService/Charge"
+SLOW_CHARGE: dict[tuple[str, str], float | Callable[[int], float]] = {
+    ("service:frontend", "span.latency_p95_ms"): 2.0,
+    ("service:checkout", "span.latency_p95_ms"): 2.5,
+    ("service:checkout", f"edge.latency_p95_ms{{peer={PAY}}}"): 5.0,
+}
+"""checkout's calls to Charge 5x slower, and checkout and the frontend with them."""
+
+
 def test_a_call_named_by_its_rpc_method_is_evidence_about_the_service_serving_it() -> None:
     # payment's network is slow: checkout sees its calls to Charge take 5x longer while
     # payment's own server spans (which do not include the network) stay normal. The calls are
     # named by their method only; the one service serving that method is payment
-    pay = "operation:hipstershop.PaymentService/Charge"
-    model = _rpc_model(
-        {
-            ("service:frontend", "span.latency_p95_ms"): 2.0,
-            ("service:checkout", "span.latency_p95_ms"): 2.5,
-            ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 5.0,
-        }
-    )
+    model = _rpc_model(SLOW_CHARGE)
     result = _search(model)
     assert result.causes and result.causes[0].entity == "service:payment"
     assert result.causes[0].signal.startswith("edge.latency")
@@ -499,26 +501,21 @@ def test_a_method_several_services_serve_is_the_one_its_caller_calls() -> None:
     # a second payment service (another version, side by side) serves the same Charge method
     # for another caller; checkout calls only the first. checkout's slow calls to Charge are
     # evidence about the payment service it calls, not about a method of no service
-    pay = "operation:hipstershop.PaymentService/Charge"
     model = _rpc_model(
-        {
-            ("service:frontend", "span.latency_p95_ms"): 2.0,
-            ("service:checkout", "span.latency_p95_ms"): 2.5,
-            ("service:checkout", f"edge.latency_p95_ms{{peer={pay}}}"): 5.0,
-        },
+        SLOW_CHARGE,
         levels={
             (
                 "operation:payment-v2 grpc.hipstershop.PaymentService/Charge",
                 "span.latency_p95_ms",
             ): (2.5),
             ("service:payment-v2", "span.latency_p95_ms"): 2.5,
-            ("service:batch", f"edge.latency_p95_ms{{peer={pay}}}"): 3.0,
+            ("service:batch", f"edge.latency_p95_ms{{peer={PAY}}}"): 3.0,
         },
         edges=[("service:batch", "service:payment-v2")],
     )
     result = _search(model)
     assert result.causes and result.causes[0].entity == "service:payment"
-    assert result.causes[0].signal == f"edge.latency_p95_ms{{peer={pay}}}"
+    assert result.causes[0].signal == f"edge.latency_p95_ms{{peer={PAY}}}"
     assert not any(c.entity.startswith("operation:") for c in result.causes)
 
 

@@ -261,28 +261,11 @@ def test_what_runs_behind_an_asynchronous_hop_cannot_fail_the_callers_requests()
     assert _top(sync) == "service:worker"
 
 
-def test_inbound_traffic_alone_ranks_below_a_slow_dependency() -> None:
+def _lambda_asked_more() -> tuple[WorldModel, float]:
+    """front slows with app (~9 sigma of app's latency) while lambda is called 100 sigma more,
+    as fast as ever."""
     levels = _levels({"front": 0.2, "app": 0.08, "lambda": 0.05})
-    world = _world(
-        [("front", "app"), ("front", "lambda")],
-        levels,
-        {
-            ("front", "latency", "Average"): 0.06,
-            ("app", "latency", "Average"): 0.03,  # ~9 sigma
-            ("app", "latency", "p50"): 0.03,
-            ("lambda", "requests", "Sum"): 3000.0,  # 100 sigma more calls, same latency
-        },
-    )
-    result = _search(world, "latency.average")
-    assert _top(result) == "service:app"
-    assert "service:lambda" in [c.entity for c in result.causes]
-    # counted like any other evidence, the far larger traffic deviation would win
-    assert _top(_search(world, "latency.average", traffic_weight=1.0)) == "service:lambda"
-
-
-def test_a_cause_shows_why_its_evidence_counts_less_and_its_logit_adds_up() -> None:
-    levels = _levels({"front": 0.2, "app": 0.08, "lambda": 0.05})
-    world = _world(
+    return _world(
         [("front", "app"), ("front", "lambda")],
         levels,
         {
@@ -292,8 +275,21 @@ def test_a_cause_shows_why_its_evidence_counts_less_and_its_logit_adds_up() -> N
             ("lambda", "requests", "Sum"): 3000.0,
         },
     )
+
+
+def test_inbound_traffic_alone_ranks_below_a_slow_dependency() -> None:
+    world = _lambda_asked_more()
+    result = _search(world, "latency.average")
+    assert _top(result) == "service:app"
+    assert "service:lambda" in [c.entity for c in result.causes]
+    # counted like any other evidence, the far larger traffic deviation would win
+    assert _top(_search(world, "latency.average", traffic_weight=1.0)) == "service:lambda"
+
+
+def test_a_cause_shows_why_its_evidence_counts_less_and_its_logit_adds_up() -> None:
     config = SearchConfig()
-    lam = next(c for c in _search(world, "latency.average").causes if c.entity == "service:lambda")
+    result = _search(_lambda_asked_more(), "latency.average")
+    lam = next(c for c in result.causes if c.entity == "service:lambda")
     ranked = next(e for e in lam.evidence if "discounts" in e)
     assert ranked["signal"].startswith("requests")
     reasons = [d["reason"] for d in ranked["discounts"]]
