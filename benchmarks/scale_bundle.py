@@ -22,30 +22,19 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import zstandard
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.evaluate.bundle import (  # noqa: E402
     HEADER,
     MAGIC,
+    OTLP_EXPORTS,
     TOPIC_CODES,
     read_manifest,
     read_stream,
 )
-
-EXPORTS: dict[str, tuple[Any, str]] = {
-    "otlp_spans": (ExportTraceServiceRequest, "resource_spans"),
-    "otlp_metrics": (ExportMetricsServiceRequest, "resource_metrics"),
-    "otlp_logs": (ExportLogsServiceRequest, "resource_logs"),
-}
 
 
 def _changed(ident: bytes, copy: int) -> bytes:
@@ -54,7 +43,7 @@ def _changed(ident: bytes, copy: int) -> bytes:
 
 def copied(topic: str, value: bytes, copy: int) -> bytes:
     """The export with its resources renamed ``~copy`` and its trace and span ids changed."""
-    message, field = EXPORTS[topic]
+    message, field = OTLP_EXPORTS[topic]
     request = message()
     request.ParseFromString(value)
     for block in getattr(request, field):
@@ -89,7 +78,7 @@ def scale(source: Path, out: Path, copies: int) -> dict[str, int]:
         for record in read_stream(source, manifest):
             read += 1
             values = [record.value]
-            if record.topic in EXPORTS:
+            if record.topic in OTLP_EXPORTS:
                 values += [copied(record.topic, record.value, k) for k in range(1, copies)]
             for value in values:
                 frame = HEADER.pack(

@@ -34,9 +34,11 @@ from typing import Any
 
 import numpy as np
 import zstandard
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from jobs.causal import calibration
 from jobs.causal.alerts import IncidentBook, SymptomMapper, parse_time, parse_webhook
@@ -55,6 +57,12 @@ MAGIC = b"HOB1"
 HEADER = struct.Struct("<BqiI")  # topic code, timestamp ms, key length (-1: null), value length
 TOPIC_CODES = ("otlp_spans", "otlp_metrics", "otlp_logs", "changes")
 OTLP_TOPICS = ("otlp_spans", "otlp_metrics", "otlp_logs")
+OTLP_EXPORTS: dict[str, tuple[Any, str]] = {
+    "otlp_spans": (ExportTraceServiceRequest, "resource_spans"),
+    "otlp_metrics": (ExportMetricsServiceRequest, "resource_metrics"),
+    "otlp_logs": (ExportLogsServiceRequest, "resource_logs"),
+}
+"""Each telemetry topic's OTLP export request, and the field holding its resources' blocks."""
 SEAL_RECORDS = 200  # records per topic between seals: a few seconds of a busy Collector
 KS = (1, 2, 3, 4, 5)
 IDLE_S = 30.0  # as the live setting idle_partition_s, in event time

@@ -42,7 +42,6 @@ import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -62,6 +61,7 @@ from jobs.causal.search import (
 )
 from jobs.demo import label_matches
 from jobs.evaluate.baselines import baro, nsigma
+from jobs.evaluate.bundle import OTLP_EXPORTS
 from jobs.simulator.bundle import BundleWriter
 from jobs.simulator.scenarios import SCENARIOS
 from jobs.simulator.simulation import Record, RunConfig, Simulation
@@ -331,7 +331,7 @@ def realistic(records: list[Record], realism: str) -> list[Record]:
         return node_metrics_on_pods(records)
     if realism == "pod-telemetry":
         return [
-            replace(r, value=pod_telemetry(r.topic, r.value)) if r.topic in POD_TOPICS else r
+            replace(r, value=pod_telemetry(r.topic, r.value)) if r.topic in OTLP_EXPORTS else r
             for r in records
         ]
     if realism in COARSE_SCRAPE_S:
@@ -397,11 +397,6 @@ def _times(metric: Any) -> set[int]:
     return {dp.time_unix_nano for dp in (metric.gauge.data_points or metric.sum.data_points)}
 
 
-POD_TOPICS: dict[str, tuple[Any, str]] = {
-    "otlp_spans": (ExportTraceServiceRequest, "resource_spans"),
-    "otlp_metrics": (ExportMetricsServiceRequest, "resource_metrics"),
-    "otlp_logs": (ExportLogsServiceRequest, "resource_logs"),
-}
 SERVICE_ATTRIBUTES = ("service.", "k8s.deployment.name", "telemetry.sdk.")
 """pod-telemetry: what a resource gathered about a pod lacks (the SDK's and the workload's)."""
 
@@ -417,7 +412,7 @@ def kubernetes_pod_name(pod: str, service: str) -> str:
 def pod_telemetry(topic: str, value: bytes) -> bytes:
     """An OTLP export as a Collector gathering it about pods delivers it: every pod named as
     Kubernetes names it, and metrics and logs naming no service (spans keep their SDK's)."""
-    message, field_name = POD_TOPICS[topic]
+    message, field_name = OTLP_EXPORTS[topic]
     request = message()
     request.ParseFromString(value)
     for resource in (r.resource for r in getattr(request, field_name)):

@@ -68,7 +68,7 @@ def workload_of_pod(pod: str) -> str:
 def service_of(resource: Mapping[str, Any]) -> str:
     """The service a resource's telemetry is about: its ``service.name``; without one (or
     with an SDK's default), its Kubernetes workload, named by the resource or by its pod's
-    generated name; else ``unknown_service``."""
+    generated name; else the SDK's default, or ``unknown_service``."""
     named = resource.get("service.name")
     if not is_unnamed(named):
         return str(named)
