@@ -46,6 +46,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from jobs.backfill import backfill_bundle
 from jobs.causal.alerts import Alert, SymptomMapper, parse_webhook
@@ -106,6 +107,10 @@ REALISM = {
     "pod-telemetry": "metrics and logs name their pod, not their service (a Collector's"
     " kubeletstats and filelog receivers without the k8sattributes processor); only the"
     " traces' SDKs name the service",
+    "bare-spans": "spans with names, kinds, parents and times only, as traces rebuilt from"
+    " span files deliver them: no attributes and no status; a call is a client span only"
+    " when a span of another service is its child (a call to a database or an external API"
+    " is an internal span), and client spans name their HTTP verb, not what they call",
 }
 """What real deployments look like, as variations of the same simulated incidents."""
 TRACE_WINDOW_EVERY = 3  # trace-windows: one minute of traces kept in this many
@@ -334,6 +339,8 @@ def realistic(records: list[Record], realism: str) -> list[Record]:
             replace(r, value=pod_telemetry(r.topic, r.value)) if r.topic in OTLP_EXPORTS else r
             for r in records
         ]
+    if realism == "bare-spans":
+        return bare_spans(records)
     if realism in COARSE_SCRAPE_S:
         # scrapes are stamped at their own time: the first in every COARSE_SCRAPE_S is kept
         every_ms = COARSE_SCRAPE_S[realism] * 1000
@@ -431,6 +438,50 @@ def pod_telemetry(topic: str, value: bytes) -> bytes:
             if kv.key in ("k8s.pod.name", "service.instance.id"):
                 kv.value.string_value = kubernetes_pod_name(pod, service)
     return request.SerializeToString()
+
+
+def bare_spans(records: list[Record]) -> list[Record]:
+    """The span exports with every attribute, event and status dropped, and a client or
+    producer span that no span of another service has as its parent made internal: what a
+    trace keeps when only its spans' names, kinds, parents and times were recorded."""
+    requests: list[ExportTraceServiceRequest | None] = []
+    service_of: dict[bytes, str] = {}
+    children: list[tuple[bytes, str]] = []
+    for r in records:
+        request = None
+        if r.topic == "otlp_spans":
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(r.value)
+            for rs in request.resource_spans:
+                service = next(
+                    (
+                        kv.value.string_value
+                        for kv in rs.resource.attributes
+                        if kv.key == "service.name"
+                    ),
+                    "",
+                )
+                for span in (s for ss in rs.scope_spans for s in ss.spans):
+                    service_of[span.span_id] = service
+                    if span.parent_span_id:
+                        children.append((span.parent_span_id, service))
+        requests.append(request)
+    called = {parent for parent, service in children if service_of.get(parent, service) != service}
+    out = []
+    for r, request in zip(records, requests, strict=True):
+        if request is None:
+            out.append(r)
+            continue
+        for span in (s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans):
+            del span.attributes[:]
+            del span.events[:]
+            span.ClearField("status")
+            if span.kind in (Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_PRODUCER) and (
+                span.span_id not in called
+            ):
+                span.kind = Span.SPAN_KIND_INTERNAL
+        out.append(replace(r, value=request.SerializeToString()))
+    return out
 
 
 def sampled_spans(value: bytes, every: int = TRACE_SAMPLE_EVERY) -> bytes:

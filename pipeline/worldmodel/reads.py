@@ -8,6 +8,7 @@ values are recomputed from the stored segments, so every number can be checked a
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import orjson
@@ -131,6 +132,11 @@ def recent_values(
     ref = entity_ref(entity)
     service = ref.name.split(" ", 1)[0] if ref.kind in ("service", "operation") else None
     services = [service] if service else None
+    peer = re.search(r"\{peer=(?:operation|service):([^ }]+)", signal)
+    if services and peer:
+        # an edge named by the service or operation that answered its calls: the pairing
+        # that named it needs that service's spans too
+        services.append(peer.group(1))
     frames: list[pl.DataFrame] = []
     spans = store.select(
         "spans", start_unix_nano=since_unix_nano, end_unix_nano=until_unix_nano, services=services

@@ -138,22 +138,62 @@ PEER_COLUMNS = (
 )
 
 
-def default_callee(frame: pl.DataFrame) -> pl.Series:
-    """Entity key of what each client span calls, named as the dependency graph names it; the
-    span name when the span names no peer at all."""
+def default_callee(frame: pl.DataFrame, spans: pl.DataFrame | None = None) -> pl.Series:
+    """Entity key of what each client span of ``frame`` calls.
+
+    A span that names its peer (``peer.service``, an address, a database, a queue) calls that,
+    named as the dependency graph names it. One that names none is known by who answered it:
+    the operation (``operation:<service> <name>``) of the span of another service that is its
+    child among ``spans``, the table it came in with; else the one operation that answered
+    every paired span of the same caller and name there. A client span's name alone may say
+    what it calls (an RPC method) or not (``GET``, ``HTTP POST``, whatever a caller calls with
+    it), so only when no span of the table answers it, nor any of its caller's spans of the
+    same name, is it known by its name (``operation:<name>``)."""
     frame = frame.with_columns(
         [pl.col(c).cast(pl.String) for c in PEER_COLUMNS if c in frame.columns]
     )
     named = dependency_key_expr()
-    return frame.select(
-        pl.coalesce(named, pl.lit("operation:") + pl.col("name")).alias("callee")
+    by_name = pl.lit("operation:") + pl.col("name")
+    if spans is None or "parent_span_id" not in spans.columns or frame.height == 0:
+        return frame.select(pl.coalesce(named, by_name).alias("callee")).to_series()
+    answers = spans.filter(pl.col("parent_span_id").is_not_null()).select(
+        "trace_id",
+        pl.col("parent_span_id").alias("span_id"),
+        pl.col("service").cast(pl.String).alias("answered_by"),
+        (
+            pl.lit("operation:")
+            + pl.col("service").cast(pl.String)
+            + " "
+            + pl.col("name").cast(pl.String)
+        ).alias("answer"),
+    )
+    rows = frame.with_row_index("_row")
+    answered = (
+        rows.select("_row", "trace_id", "span_id", "service")
+        .join(answers, on=["trace_id", "span_id"])
+        .filter(pl.col("answered_by") != pl.col("service"))
+        .group_by("_row")
+        .agg(pl.col("answer").sort().first())
+    )
+    paired = rows.join(answered, on="_row", how="left").sort("_row")
+    # the one operation answering a caller's spans of a name, where the table shows only one
+    only = (
+        paired.filter(pl.col("answer").is_not_null())
+        .group_by("service", "name")
+        .agg(pl.col("answer").unique())
+        .filter(pl.col("answer").list.len() == 1)
+        .select("service", "name", pl.col("answer").list.first().alias("only"))
+    )
+    paired = paired.join(only, on=["service", "name"], how="left").sort("_row")
+    return paired.select(
+        pl.coalesce(named, pl.col("answer"), pl.col("only"), by_name).alias("callee")
     ).to_series()
 
 
 def span_signals(
     table: pa.Table,
     interval_s: float = 60.0,
-    callee: Callable[[pl.DataFrame], pl.Series] = default_callee,
+    callee: Callable[[pl.DataFrame, pl.DataFrame], pl.Series] = default_callee,
 ) -> pl.DataFrame:
     """Service, operation and edge signals of a span table, per interval."""
     if table.num_rows == 0:
@@ -199,7 +239,7 @@ def span_signals(
         )
     client = spans.filter(pl.col("kind").is_in(CLIENT_KINDS))
     if client.height:
-        client = client.with_columns(callee(client).alias("callee"))
+        client = client.with_columns(callee(client, spans).alias("callee"))
         per_edge = client.group_by("interval_start_unix_nano", "service", "callee").agg(
             _request_stats(interval_s)
         )

@@ -549,6 +549,29 @@ def test_a_peer_traces_showed_a_service_answering_is_that_service() -> None:
     assert peer not in [c.entity for c in result.causes]
 
 
+def test_an_http_route_answering_a_callers_calls_is_evidence_about_its_service() -> None:
+    # checkout's client spans name no peer ("GET"): the world model names its edge by the
+    # operation that answered them (``default_callee``), an HTTP route of payment, not an
+    # RPC method. That route is evidence about payment, not a candidate of its own
+    route = "operation:payment GET /api/charge"
+    series = {
+        ("service:frontend", "span.latency_p95_ms"): 10.0,
+        ("service:checkout", "span.latency_p95_ms"): 8.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={route}}}"): 3.0,
+        ("service:payment", "span.rate_per_s"): 5.0,
+    }
+    faults = {
+        ("service:frontend", "span.latency_p95_ms"): 2.0,
+        ("service:checkout", "span.latency_p95_ms"): 2.5,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={route}}}"): 5.0,
+    }
+    edges = [("service:frontend", "service:checkout"), ("service:checkout", "service:payment")]
+    result = _search(_given_model(series, faults, edges, seed=5))
+    assert result.causes and result.causes[0].entity == "service:payment"
+    assert result.causes[0].signal == f"edge.latency_p95_ms{{peer={route}}}"
+    assert not any(c.entity.startswith("operation:") for c in result.causes)
+
+
 def test_a_latency_rise_its_callers_did_not_wait_for_ranks_below_one_they_did() -> None:
     # payment reports its own requests ten times slower, while checkout, its one caller,
     # measures its calls to payment as fast as ever: the rise reached no request checkout

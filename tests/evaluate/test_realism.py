@@ -231,3 +231,48 @@ def test_pod_telemetry_names_pods_as_kubernetes_does_and_no_service() -> None:
     assert pod_spans["service.name"] == "cart"  # the SDK still names its service
     # what ingest reads: the pod's Deployment, the service its traces name
     assert service_of(pod_metrics) == "cart"
+
+
+def test_bare_spans_keep_names_kinds_parents_and_times_only() -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+    def export(service: str, spans: list[tuple[bytes, bytes, str, int]]) -> Record:
+        request = ExportTraceServiceRequest()
+        rs = request.resource_spans.add()
+        attr = rs.resource.attributes.add()
+        attr.key, attr.value.string_value = "service.name", service
+        for span_id, parent, name, kind in spans:
+            span = rs.scope_spans.add().spans.add()
+            span.trace_id, span.span_id, span.parent_span_id = b"t" * 16, span_id, parent
+            span.name, span.kind, span.start_time_unix_nano = name, kind, T0_MS * 10**6
+            span.status.code = Status.STATUS_CODE_ERROR
+            peer = span.attributes.add()
+            peer.key, peer.value.string_value = "server.address", "somewhere"
+        return Record("otlp_spans", None, request.SerializeToString(), T0_MS)
+
+    client, server, internal = Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_SERVER, Span.SPAN_KIND_INTERNAL
+    records = [
+        # the gateway calls orders (its child is an orders span) and a database (no child)
+        export("gateway", [(b"g" * 8, b"", "/*", server), (b"c" * 8, b"g" * 8, "GET", client)]),
+        export("gateway", [(b"d" * 8, b"g" * 8, "SELECT orders", client)]),
+        export("orders", [(b"o" * 8, b"c" * 8, "/api/orders", server)]),
+        Record("otlp_metrics", None, b"kept as it is", T0_MS),
+    ]
+    out = realistic(records, "bare-spans")
+    assert out[3] == records[3]
+    spans = [
+        (span.name, span.kind, span.parent_span_id, span.start_time_unix_nano)
+        for r in out[:3]
+        for rs in ExportTraceServiceRequest.FromString(r.value).resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+        if not span.attributes and span.status.code == Status.STATUS_CODE_UNSET
+    ]
+    at = T0_MS * 10**6
+    assert spans == [
+        ("/*", server, b"", at),
+        ("GET", client, b"g" * 8, at),
+        ("SELECT orders", internal, b"g" * 8, at),  # no service answered it
+        ("/api/orders", server, b"c" * 8, at),
+    ]

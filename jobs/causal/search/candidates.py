@@ -60,15 +60,14 @@ def candidates(
     # external API in their client metrics or edges): it has no series of its own
     services = {e for e, _ in keys if e.startswith("service:")}
     operations = operation_servers(e for e, _ in keys)
-    served = {op for by_service in operations.values() for op in by_service.values()}
     for caller, signal in keys:
         peer = described_peer(signal)
         if peer is not None:
             target = _peer_entity(
                 peer, services, operations, _callees(graph, caller), model.graph.peer_services
             )
-            if target in served:
-                continue  # a server operation: evidence about its service
+            if target.startswith("operation:") and _owner(target) in services:
+                continue  # an operation a known service serves: evidence about that service
             out.setdefault(target, unplaced)
     for symptom in symptoms:
         out.setdefault(symptom, 0)
