@@ -572,6 +572,29 @@ def test_an_http_route_answering_a_callers_calls_is_evidence_about_its_service()
     assert not any(c.entity.startswith("operation:") for c in result.causes)
 
 
+def test_a_call_named_by_its_verb_that_no_span_answered_is_its_callers_view() -> None:
+    # checkout's "GET" calls were answered by no span worldline received (the callee's were
+    # lost): the name says nothing of what was called, so the slow calls are checkout's view
+    # of its own calls, not evidence about an entity called "GET"
+    peer = "operation:GET"
+    series = {
+        ("service:frontend", "span.latency_p95_ms"): 10.0,
+        ("service:checkout", "span.latency_p95_ms"): 8.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={peer}}}"): 3.0,
+        ("service:payment", "span.rate_per_s"): 5.0,
+    }
+    faults = {
+        ("service:frontend", "span.latency_p95_ms"): 2.0,
+        ("service:checkout", "span.latency_p95_ms"): 2.5,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={peer}}}"): 5.0,
+    }
+    edges = [("service:frontend", "service:checkout"), ("service:checkout", "service:payment")]
+    result = _search(_given_model(series, faults, edges, seed=5))
+    assert result.causes and result.causes[0].entity == "service:checkout"
+    assert result.causes[0].signal == f"edge.latency_p95_ms{{peer={peer}}}"
+    assert not any(c.entity.startswith("operation:") for c in result.causes)
+
+
 def test_a_latency_rise_its_callers_did_not_wait_for_ranks_below_one_they_did() -> None:
     # payment reports its own requests ten times slower, while checkout, its one caller,
     # measures its calls to payment as fast as ever: the rise reached no request checkout

@@ -29,7 +29,7 @@ from jobs.causal.search.signals import (
 )
 from pipeline.worldmodel.graph import EntityRef
 from pipeline.worldmodel.model import WorldModel
-from pipeline.worldmodel.peers import operation_servers
+from pipeline.worldmodel.peers import operation_servers, rpc_method
 
 
 def candidates(
@@ -66,12 +66,23 @@ def candidates(
             target = _peer_entity(
                 peer, services, operations, _callees(graph, caller), model.graph.peer_services
             )
-            if target.startswith("operation:") and _owner(target) in services:
-                continue  # an operation a known service serves: evidence about that service
+            if target.startswith("operation:") and (
+                _owner(target) in services or not names_a_dependency(target)
+            ):
+                # an operation a known service serves is evidence about that service; a call
+                # named by nothing that says what it calls, the caller's view of its own calls
+                continue
             out.setdefault(target, unplaced)
     for symptom in symptoms:
         out.setdefault(symptom, 0)
     return out, graph
+
+
+def names_a_dependency(operation: str) -> bool:
+    """Whether an ``operation:<name>`` a client span was named by says what it calls: an RPC
+    method names its service (``hipstershop.CartService/GetCart``), an HTTP verb or a
+    free-form name does not."""
+    return rpc_method(operation.removeprefix("operation:")) is not None
 
 
 def _callees(graph: nx.MultiDiGraph | None, caller: str) -> list[str]:
@@ -134,8 +145,10 @@ def hypotheses(
                 )
         if target not in index and target.startswith("operation:"):
             # an operation that is no candidate of its own is evidence about its service
-            # (an SLO alert on a service measures its routes)
-            target = _owner(target)
+            # (an SLO alert on a service measures its routes); a call whose name says
+            # nothing of what it calls (``GET``), and no span answered, about its caller
+            owner = _owner(target)
+            target = owner if owner in index or names_a_dependency(target) else entity
         if target in index:
             entity_ids.append(index[target])
             series.append(key)
