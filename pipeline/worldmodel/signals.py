@@ -154,8 +154,10 @@ def default_callee(frame: pl.DataFrame, spans: pl.DataFrame | None = None) -> pl
     )
     named = dependency_key_expr()
     by_name = pl.lit("operation:") + pl.col("name")
-    if spans is None or "parent_span_id" not in spans.columns or frame.height == 0:
-        return frame.select(pl.coalesce(named, by_name).alias("callee")).to_series()
+    plain = frame.select(pl.coalesce(named, by_name).alias("callee")).to_series()
+    unnamed = frame.select(named.is_null().any()).item()
+    if spans is None or "parent_span_id" not in spans.columns or not unnamed:
+        return plain
     answers = spans.filter(pl.col("parent_span_id").is_not_null()).select(
         "trace_id",
         pl.col("parent_span_id").alias("span_id"),
