@@ -144,8 +144,9 @@ def default_callee(frame: pl.DataFrame, spans: pl.DataFrame | None = None) -> pl
     A span that names its peer (``peer.service``, an address, a database, a queue) calls that,
     named as the dependency graph names it. One that names none is known by who answered it:
     the operation (``operation:<service> <name>``) of the span of another service that is its
-    child among ``spans``, the table it came in with; else the one operation that answered
-    every paired span of the same caller and name there. A client span's name alone may say
+    child among ``spans``, the table it came in with; else, when its answer may lie beyond the
+    table's end, the one operation that answered every paired span of the same caller and name
+    there. A client span's name alone may say
     what it calls (an RPC method) or not (``GET``, ``HTTP POST``, whatever a caller calls with
     it), so only when no span of the table answers it, nor any of its caller's spans of the
     same name, is it known by its name (``operation:<name>``)."""
@@ -186,9 +187,16 @@ def default_callee(frame: pl.DataFrame, spans: pl.DataFrame | None = None) -> pl
         .filter(pl.col("answer").list.len() == 1)
         .select("service", "name", pl.col("answer").list.first().alias("only"))
     )
+    # an unanswered call may have been answered after the table's end (a span that began
+    # before its last start and ended after it); one that ended before was not answered by
+    # a span worldline received (the callee is not instrumented, its spans were lost)
+    last_start = spans.get_column("start_unix_nano").max()
     paired = paired.join(only, on=["service", "name"], how="left").sort("_row")
+    straddles = (pl.col("start_unix_nano") + pl.col("duration_ns")) > pl.lit(last_start)
     return paired.select(
-        pl.coalesce(named, pl.col("answer"), pl.col("only"), by_name).alias("callee")
+        pl.coalesce(
+            named, pl.col("answer"), pl.when(straddles).then(pl.col("only")), by_name
+        ).alias("callee")
     ).to_series()
 
 
