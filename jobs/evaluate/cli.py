@@ -506,8 +506,7 @@ def bundle_command(
 @click.option(
     "--realism",
     "modes",
-    default="full,unobserved-alert,trace-windows,trace-sampled,metrics-1s,metrics-60s,"
-    "metrics-300s,metrics-only,standing-condition,node-metrics-on-pods",
+    default=",".join(simulator.REALISM),
     show_default=True,
     help="Simulator realism modes, comma separated ('' for none).",
 )
