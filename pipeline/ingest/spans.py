@@ -34,7 +34,7 @@ SPAN_ATTRIBUTE_COLUMNS: dict[str, tuple[str, ...]] = {
     "messaging_system": ("messaging.system",),
     "messaging_destination": ("messaging.destination.name", "messaging.destination"),
     "peer_service": ("peer.service",),
-    "server_address": ("server.address", "net.peer.name"),
+    "server_address": ("server.address", "net.peer.name", "peer.hostname"),
     "server_port": ("server.port", "net.peer.port"),
 }
 RESOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -276,10 +276,36 @@ class SpanColumns:
                 columns[name] = pa.array(self.attributes, type=field.type)
             else:
                 columns[name] = sparse(name, field)
+        columns["server_address"] = _with_url_hosts(
+            columns["server_address"], columns["attributes"], columns["kind"]
+        )
         table = pa.Table.from_arrays([columns[f.name] for f in SPANS], schema=SPANS)
         if n < 2:
             return table
         return table.take(pa.array(_trace_order(columns["trace_id"], start)))
+
+
+URL_HOST = (
+    r'"(?:url\.full|http\.url)":"[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/"]*@)?'
+    r'(?P<host>\[[^\]"]*\]|[^:/?#"]+)'
+)
+"""The host of a call's URL (``url.full``, or ``http.url`` in older conventions and
+OpenTracing's), as the attributes' JSON holds it."""
+
+
+def _with_url_hosts(address: pa.Array, attributes: pa.Array, kind: pa.Array) -> pa.Array:
+    """``server_address`` of client and producer spans that name no peer address, taken from
+    the host of their URL: a call instrumented with its URL alone still names what it calls.
+    The URL itself stays in the attributes."""
+    missing = pc.and_(
+        pc.is_null(address), pc.is_in(kind, value_set=pa.array([3, 4], type=kind.type))
+    )
+    if not pc.any(missing).as_py():
+        return address
+    found = pc.extract_regex(pc.if_else(missing, attributes, None), URL_HOST)
+    host = pc.struct_field(found, [0])
+    text = pc.if_else(missing, host, address.cast(pa.string()))
+    return text.dictionary_encode().cast(address.type)
 
 
 def _fixed_ids(values: list[bytes], width: int, *, null_if_invalid: bool) -> pa.Array:

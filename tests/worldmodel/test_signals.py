@@ -605,3 +605,44 @@ def test_a_client_span_naming_no_peer_is_known_by_the_span_that_answered_it() ->
         "edge.rate_per_s{peer=operation:GET}": 1,
         "edge.rate_per_s{peer=operation:POST}": 1,
     }
+
+
+def test_a_call_instrumented_with_its_url_alone_names_the_urls_host() -> None:
+    # OpenTracing and older conventions put the called URL in http.url, without server.address;
+    # the URL's host is the peer (and the URL stays in the attributes)
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    attr = rs.resource.attributes.add()
+    attr.key, attr.value.string_value = "service.name", "checkout"
+    ss = rs.scope_spans.add()
+    urls = [
+        ("http.url", "http://payments.example.com:8443/v1/charge?id=1"),
+        ("url.full", "https://key@api.stripe.com/v1/charges"),
+        ("peer.hostname", "ledger"),  # OpenTracing's name of the peer's host
+    ]
+    for k, (key, url) in enumerate(urls):
+        span = ss.spans.add()
+        span.trace_id, span.span_id = bytes([k + 1]) * 16, bytes([k + 1]) * 8
+        span.name, span.kind = "GET", 3
+        span.start_time_unix_nano = BASE_NS + k * 10**9
+        span.end_time_unix_nano = span.start_time_unix_nano + 5_000_000
+        kv = span.attributes.add()
+        kv.key, kv.value.string_value = key, url
+    table = spans_table([request])
+    assert table.column("server_address").to_pylist() == [
+        "payments.example.com",
+        "api.stripe.com",
+        "ledger",
+    ]
+    assert "charge?id=1" in table.column("attributes")[0].as_py()
+    frame = span_signals(table, interval_s=60)
+    peers = set(frame.filter(pl.col("signal").str.starts_with("edge.rate_per_s"))["signal"])
+    assert peers == {
+        "edge.rate_per_s{peer=external:payments.example.com}",
+        "edge.rate_per_s{peer=external:api.stripe.com}",
+        "edge.rate_per_s{peer=external:ledger}",
+    }
