@@ -595,6 +595,33 @@ def test_a_call_named_by_its_verb_that_no_span_answered_is_its_callers_view() ->
     assert not any(c.entity.startswith("operation:") for c in result.causes)
 
 
+def test_a_dependency_whose_harm_began_with_its_callers_explains_it() -> None:
+    # checkout's calls to stripe slow down a little from FAULT on (their median: felt by
+    # checkout at once) and far more from the next interval on (their p95): stripe's strongest
+    # evidence began an interval after checkout slowed, but the harm checkout felt from it
+    # began with checkout's own, so stripe accounts for checkout
+    peer = "external:stripe"
+    series = {
+        ("service:frontend", "span.latency_p95_ms"): 40.0,
+        ("service:checkout", "span.latency_p95_ms"): 30.0,
+        ("service:checkout", f"edge.latency_p50_ms{{peer={peer}}}"): 10.0,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={peer}}}"): 20.0,
+    }
+    faults: dict[tuple[str, str], float | Callable[[int], float]] = {
+        ("service:frontend", "span.latency_p95_ms"): 1.5,
+        ("service:checkout", "span.latency_p95_ms"): 1.5,
+        ("service:checkout", f"edge.latency_p50_ms{{peer={peer}}}"): 1.5,
+        ("service:checkout", f"edge.latency_p95_ms{{peer={peer}}}"): lambda i: (
+            4.0 if i > FAULT else 1.0
+        ),
+    }
+    edges = [("service:frontend", "service:checkout"), ("service:checkout", peer)]
+    result = _search(_given_model(series, faults, edges, seed=5))
+    assert result.causes and result.causes[0].entity == peer
+    checkout = next(c for c in result.causes if c.entity == "service:checkout")
+    assert "explained by external:stripe" in checkout.explanation
+
+
 def test_a_latency_rise_its_callers_did_not_wait_for_ranks_below_one_they_did() -> None:
     # payment reports its own requests ten times slower, while checkout, its one caller,
     # measures its calls to payment as fast as ever: the rise reached no request checkout

@@ -13,7 +13,8 @@ OFF_GRAPH = -2
 RULES: dict[str, str] = {
     "explain_needs_precedence": "a dependency explains a dependent only when its deviation"
     " began no later (without the onset tolerance): one that began an interval after the"
-    " dependent is its consequence",
+    " dependent is its consequence. For a dependency, its deviation began with its strongest"
+    " evidence or with the first harm its callers felt from it, whichever came first",
     "asked_by_harmed_caller": "a dependency whose only deviation is how much it is asked (no"
     " latency, errors or saturation of its own), from an interval after a caller of it was"
     " harmed in a way that caller's callers feel, is explained by that caller: callers decide"

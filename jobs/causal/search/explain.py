@@ -184,7 +184,9 @@ def explained_by_dependencies(
 ) -> dict[int, list[int]]:
     """Dependent -> the dependencies that explain its deviation (in name order).
 
-    A dependency whose harmful deviation began no later, and was still going on when the
+    A dependency whose harmful deviation began no later (its strong evidence, or the first
+    harm its callers felt from it: a dependency's strongest evidence may come later than the
+    first of its harm, a tail that grows after the median moved), and was still going on when the
     dependent's began, explains the dependent's deviation when the harm its callers feel
     began within the tolerance before it: calls propagate a harm at once, so a dependent that
     turned abnormal long after is abnormal for another reason. Its deviation must also be
@@ -199,8 +201,9 @@ def explained_by_dependencies(
             j = idx.get(dep)
             if j is None or j == i or ents.felt_strength[j] < config.z_min:
                 continue
+            began = min(onset[j], ents.felt_onset[j])
             if (
-                onset[j] <= onset[i] + (0.0 if config.on("explain_needs_precedence") else tolerance)
+                began <= onset[i] + (0.0 if config.on("explain_needs_precedence") else tolerance)
                 and onset[i] - ents.felt_onset[j] <= tolerance
                 and last_dev[j] >= onset[i] - tolerance
                 and not (node in graph.successors(dep) and onset[i] < onset[j])
