@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jobs.causal.search import CausalSearch, SearchConfig, SearchResult
+from jobs.causal.search.result import _iso
 from jobs.evaluate.petshop import INTERVAL_S, Frame, apply_frame, new_model
 from pipeline.worldmodel.model import WorldModel
 
@@ -1050,6 +1051,60 @@ def test_a_candidate_another_accounts_for_has_at_most_the_odds_of_a_coincidence(
     # one ruled out (not a survivor: entity 7) holds no one below it
     out = explained_away(config, logits, survivors, strength, nx.DiGraph([(7, 1), (2, 0)]))
     assert out[1] == 6.0 and out[0] == pytest.approx(3.0 - evidence(2))
+
+
+def test_an_undated_alert_is_less_likely_about_a_harm_over_before_it_fired() -> None:
+    """An SLO alert: the store's memory jumped far (30 spreads) for two intervals and was back
+    to normal ten minutes before the alert; app slowed down with it and is still slow. Alerts
+    fire while their harm holds: a harm over before the alert's grace is less likely what it
+    fired for, and app ranks first."""
+    memory = ("store", "memory", "usage")
+    slow = [("app", "latency", "Average"), ("app", "latency", "p50")]
+    front = ("front", "latency", "Average")
+    levels = _levels({"front": 0.2, "app": 0.08}, {memory: (40.0, 0.005)})
+    fault = {memory: 6.0, front: 0.06, **dict.fromkeys(slow, 0.04)}
+    # every fault from the incident window's first row to its last
+    frame = _frame(levels, fault, fault_rows=INCIDENT_ROWS, delays=dict.fromkeys(fault, -FAULT_ROW))
+    frame.values[NORMAL_ROWS + 2 :, frame.columns.index(memory)] -= 6.0
+    model = new_model([("front", "app"), ("front", "store")], T0)
+    offset = apply_frame(model, frame.rows(0, NORMAL_ROWS), "rules", 0)
+    apply_frame(model, frame.rows(NORMAL_ROWS, len(frame)), "rules", offset)
+    t_s = float(frame.timestamps[-1]) + INTERVAL_S
+    result = CausalSearch(model, SearchConfig()).run([("service:front", None)], t_s)
+    assert result.symptom_onset_s is None
+    # (weak evidence both, abstained on: the ranking is the point)
+    assert result.causes[0].entity == "service:app"
+    store = next(c for c in result.causes if c.entity == "service:store")
+    over = next(
+        e for e in store.evidence if e.get("summary", "").startswith("its evidence was over")
+    )
+    # back to normal 15 minutes before the alert: 6 minutes beyond the grace (4 minutes and
+    # the 5-minute interval its end is known to within)
+    assert over["weight"] == pytest.approx(6 * SearchConfig().w_early)
+    # without the term, the larger deviation ranks first
+    flat = CausalSearch(model, SearchConfig(w_early=0.0)).run([("service:front", None)], t_s)
+    assert flat.causes[0].entity == "service:store"
+
+
+def test_a_cause_is_published_with_the_onset_of_the_deviation_it_is_ranked_by() -> None:
+    """app's traffic fell two intervals before its latency rose: it is ranked by its latency,
+    and its onset is when that began, not its earliest deviation in the window."""
+    requests = ("app", "requests", "Sum")
+    slow = [("app", "latency", "Average"), ("app", "latency", "p50"), ("app", "latency", "p99")]
+    front = [("front", "latency", "Average"), ("front", "latency", "p99")]
+    levels = _levels({"front": 0.2, "app": 0.08})
+    fault = {requests: -550.0, **dict.fromkeys(slow, 0.2), **dict.fromkeys(front, 0.2)}
+    world = _world(
+        [("front", "app")], levels, fault, fault_rows=INCIDENT_ROWS, delays={requests: -2}
+    )
+    result = _search(world, "latency.average")
+    app = next(c for c in result.causes if c.entity == "service:app")
+    assert app.signal.startswith("latency")
+    ranked = next(e for e in app.evidence if e.get("signal") == app.signal and "weight" in e)
+    traffic = next(e for e in app.evidence if e.get("signal", "").startswith("requests"))
+    assert traffic["onset"] < ranked["onset"]
+    assert app.onset_s is not None and _iso(app.onset_s) == ranked["onset"]
+    assert f"from {ranked['onset']}" in app.explanation
 
 
 def test_how_long_a_harm_held_before_an_undated_alert_counts_in_time_not_intervals() -> None:

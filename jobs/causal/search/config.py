@@ -83,8 +83,10 @@ class SearchConfig:
     # enough to page, and alerts fire minutes into a harm: + w_early*(minutes from the onset
     # of a candidate's ranked evidence to the alert, beyond early_grace_s and the interval an
     # onset is known to within). A harm that held that long without the alert firing is less
-    # likely what it fired for (an earlier incident's deviation still standing). In time, not
-    # intervals: how long alerts wait does not depend on the model's interval
+    # likely what it fired for (an earlier incident's deviation still standing). The same per
+    # minute a candidate's evidence was measured back to normal before the alert beyond the
+    # grace: alerts fire while their harm holds (an earlier incident's deviation, over). In
+    # time, not intervals: how long alerts wait does not depend on the model's interval
     w_early: float = -0.2
     early_grace_s: float = 240.0
     # the "no cause" option (below it, weak evidence loses to "nothing") and the softmax

@@ -58,6 +58,9 @@ class Evidence:
     end_s: np.ndarray | None = None  # start of the last interval of the deviating run
     # the run already deviates at the window's first known interval: older than the window
     chronic: np.ndarray | None = None
+    # start of the first calm interval measured after the run: it was over by then; nan while
+    # the run lasts to the last value measured (a gap after it is no evidence of calm)
+    calm_s: np.ndarray | None = None
 
 
 def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
@@ -108,7 +111,8 @@ def evaluate(batch: HypothesisBatch, config: SearchConfig) -> Evidence:
     chronic = valid & (start <= first_known)
     strength = np.where(chronic, strength * config.chronic_weight, strength)
     strength = np.where(stale[rows, peak_idx], strength * config.stale_weight, strength)
-    return Evidence(peak_z, strength, onset, persistence, end, chronic)
+    calm_at = np.where(valid & (calm_after < w), batch.t0_s + calm_after * batch.interval_s, np.nan)
+    return Evidence(peak_z, strength, onset, persistence, end, chronic, calm_at)
 
 
 def _own_mask(batch: HypothesisBatch) -> np.ndarray:

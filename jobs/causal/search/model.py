@@ -53,7 +53,11 @@ timing(c)
     than that c is ruled out, ``rules``). For an alert with no onset to time against (an SLO,
     a probe), ``w_early`` per minute c's evidence held before the alert beyond
     ``early_grace_s`` and one interval (what an onset is known to within): alerts fire
-    minutes into a harm, whatever the model's interval.
+    minutes into a harm, whatever the model's interval. And ``w_early`` per minute its
+    evidence was measured back to normal before the alert, beyond the same grace: an alert
+    fires while its harm holds, so a cause over before then had to leave a harm that outlasted
+    it by that much. Both measure the deviation c is ranked by: the hypothesis is c, that
+    signal, its onset, and the cause is published with that onset.
 
 A softmax at ``temperature`` over the survivors' logits and ``null_logit`` gives the model's
 probabilities (``model_probability`` for the top one); abstention is decided on them. The null
@@ -77,7 +81,17 @@ import numpy as np
 from jobs.causal.search.config import OFF_GRAPH, SearchConfig
 from jobs.causal.search.evidence import EntityEvidence
 
-TERMS = ("surprise", "sources", "change", "depth", "propagation", "off_graph", "late", "early")
+TERMS = (
+    "surprise",
+    "sources",
+    "change",
+    "depth",
+    "propagation",
+    "off_graph",
+    "late",
+    "early",
+    "over",
+)
 """The terms of a candidate's logit, in the order ``total`` adds them (explaining away comes after);
 each cause publishes them (``result.build_cause``)."""
 
@@ -95,6 +109,7 @@ def terms(
     step_s: float,
     ranked_onset: np.ndarray | None = None,
     fired_s: float | None = None,
+    ranked_calm: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Each term of the survivors' logits (``TERMS``, ``SearchConfig``'s weights applied);
     their sum is the logit. ``ranked_onset``: per survivor, the onset of the evidence it ranks
@@ -111,17 +126,28 @@ def terms(
         "propagation": config.w_explains * np.log1p(explains),
         "late": np.zeros(n),
         "early": np.zeros(n),
+        "over": np.zeros(n),
     }
     if symptom_onset is not None and config.w_late:
         after = np.clip((ents.onset[survivors] - symptom_onset) / step_s, 0.0, None)
         out["late"] = config.w_late * np.where(np.isfinite(after), after, 0.0)
     if symptom_onset is None and ranked_onset is not None and fired_s is not None:
-        # no onset of the alerted deviation: the alert's time is all there is to time against
-        # an onset is known to within an interval: the grace is that much longer
-        held = (fired_s - ranked_onset - config.early_grace_s - step_s) / 60.0
-        held = np.clip(np.where(np.isfinite(held), held, 0.0), 0.0, None)
-        out["early"] = config.w_early * held
+        out["early"] = before_alert(config, ranked_onset, fired_s, step_s)
+        if ranked_calm is not None:
+            out["over"] = before_alert(config, ranked_calm, fired_s, step_s)
     return out
+
+
+def before_alert(
+    config: SearchConfig, at_s: np.ndarray, fired_s: float, step_s: float
+) -> np.ndarray:
+    """``w_early`` per minute ``at_s`` came before an alert fired at ``fired_s`` beyond
+    ``early_grace_s`` and the interval a time is known to within (0 where nan), for an
+    alert whose symptom has no onset: the alert's time is all there is to time against. Of
+    a deviation's onset, the ``early`` term; of the time it was seen over, the ``over``
+    term."""
+    held = (fired_s - at_s - config.early_grace_s - step_s) / 60.0
+    return config.w_early * np.clip(np.where(np.isfinite(held), held, 0.0), 0.0, None)
 
 
 def total(parts: dict[str, np.ndarray]) -> np.ndarray:

@@ -36,6 +36,11 @@ def best_rows(batch: HypothesisBatch, weighted: np.ndarray) -> tuple[np.ndarray,
     return rank_strength, best_row
 
 
+def _at_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values`` of ``rows``, nan where a row is -1 (an entity without rows)."""
+    return np.array([values[r] if r >= 0 else np.nan for r in rows], dtype=float)
+
+
 def rank(
     model: WorldModel,
     config: SearchConfig,
@@ -77,8 +82,9 @@ def rank(
         explains,
         symptom_onset,
         batch.step_s,
-        np.array([ev.onset_s[r] if r >= 0 else np.nan for r in best_row[survivors]], dtype=float),
+        _at_rows(ev.onset_s, best_row[survivors]),
         alert_s if alert_s is not None else t_s,
+        None if ev.calm_s is None else _at_rows(ev.calm_s, best_row[survivors]),
     )
     scores = total(parts)
     # who accounts for whom; through chains, a database slowing checkout, which slows the

@@ -153,7 +153,10 @@ def build_cause(
         if change is not None and change["kind"] in ("deploy", "config", "feature_flag")
         else fault_class(signal, float(ev.peak[row]))
     )
-    onset_s = None if not math.isfinite(onset[i]) else float(onset[i])
+    # the hypothesis is (entity, signal, onset): the onset of the deviation it is ranked by,
+    # not the entity's earliest in the window (an earlier incident's, over or still standing)
+    at = float(ev.onset_s[row]) if row >= 0 and math.isfinite(ev.onset_s[row]) else onset[i]
+    onset_s = None if not math.isfinite(at) else float(at)
     explanation = (
         f"{names[i]}: {signal} deviated {ev.peak[row]:+.1f} sigma"
         + (f" from {_iso(onset_s)}" if onset_s else "")
@@ -201,6 +204,7 @@ TERM_NAMES = {
     "propagation": "propagation",
     "late": "began late",
     "early": "held before the alert",
+    "over": "over before the alert",
     "explained_away": "explained away",
 }
 
@@ -278,6 +282,12 @@ def model_terms(config: SearchConfig, terms: dict[str, float]) -> list[dict[str,
             "timing",
             "early",
             f"its evidence held {terms['early'] / config.w_early:.1f} min before the alert"
+            " beyond the grace",
+        )
+        add(
+            "timing",
+            "over",
+            f"its evidence was over {terms['over'] / config.w_early:.1f} min before the alert"
             " beyond the grace",
         )
     add("explaining_away", "explained_away", "less likely than what accounts for its deviation")
