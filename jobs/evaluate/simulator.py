@@ -101,6 +101,9 @@ REALISM = {
     "standing-condition": "as unobserved-alert, and another service's heap grew to a new level"
     " 10 minutes before the fault and stays there, harmlessly (what an earlier incident or"
     " change leaves behind)",
+    "earlier-incident": "as unobserved-alert, and a busy call between two other services"
+    " slowed down for 3 minutes, over 6 minutes before the fault began (an earlier incident,"
+    " whose deviations are still in the window when the fault's alert fires)",
     "node-metrics-on-pods": "each node's metrics exported with every pod it runs (the pod's"
     " service in their resource), as exports that join node metrics to pods deliver them:"
     " every service on a busy node shows its CPU, and the node has no series of its own",
@@ -118,6 +121,9 @@ TRACE_SAMPLE_EVERY = 10  # trace-sampled: one trace kept in this many
 COARSE_SCRAPE_S = {"metrics-60s": 60.0, "metrics-300s": 300.0}
 FINE_SCRAPE_S = {"metrics-1s": 1.0}  # simulated at this scrape interval (15 s otherwise)
 STANDING_CONDITION_S = 600.0  # standing-condition: how long before the fault it began
+EARLIER_INCIDENT_S = 540.0  # earlier-incident: how long before the fault it began (3 min long)
+UNOBSERVED = ("unobserved-alert", "standing-condition", "earlier-incident")
+"""Modes whose alert names a signal worldline does not receive."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,7 @@ class SuiteConfig:
             standing_condition_s=(
                 STANDING_CONDITION_S if self.realism == "standing-condition" else None
             ),
+            earlier_incident_s=EARLIER_INCIDENT_S if self.realism == "earlier-incident" else None,
         )
 
 
@@ -285,6 +292,9 @@ def prepare(
         for r in records
         if r.topic == "alerts" and (doc := orjson.loads(r.value)).get("status") == "firing"
     ]
+    if run.earlier_incident_s is not None:
+        # the alert answered is the fault's: the earlier incident's fired before it began
+        firing = [(r, doc) for r, doc in firing if parse_webhook(doc)[0].starts_at_s >= run.onset_s]
     records = realistic(records, suite.realism)
     if firing and labels["faults"]:
         record, payload = min(firing, key=lambda x: x[0].timestamp_ms)
@@ -304,7 +314,7 @@ def prepare(
     backfill_bundle(bundle, settings, now=dt.datetime.fromtimestamp(cut_ms / 1000, tz=dt.UTC))
     store = SegmentStore(settings.data_dir / "segments")
     model = reads.load(store)
-    if suite.realism in ("unobserved-alert", "standing-condition"):
+    if suite.realism in UNOBSERVED:
         payload = unobserved(payload)
     [alert] = parse_webhook(payload)
     symptoms = mapped_symptoms(model, alert)

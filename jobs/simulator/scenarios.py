@@ -230,3 +230,30 @@ def standing_condition(
     }
     services = [s for s in busy_services(world) if world.topo.services[s].name not in named]
     return f.HeapGrowth(start_s, service=_pick(rng, services))
+
+
+EARLIER_INCIDENT_DURATION_S = 180.0
+"""How long an earlier incident lasts (``earlier_incident``)."""
+
+
+def earlier_incident(
+    world: World, rng: np.random.Generator, start_s: float, faults: list[f.Fault]
+) -> f.Fault:
+    """A real incident beginning at ``start_s`` between two services that no fault names,
+    over after ``EARLIER_INCIDENT_DURATION_S``: one of the busy calls slows down (its callers
+    slow down with it), then recovers. When faults follow each other, the previous one's
+    deviations are still in the window when the next one's alert fires."""
+    named = {
+        str(e["name"]) for fault in faults for e in [fault.entity(world), *fault.acceptable(world)]
+    }
+    calls = []
+    for i in busy_calls(world, to_service=True):
+        c = world.topo.calls[i]
+        caller = int(world.call_service[c.index])
+        callee = world.topo.operations[c.target_operation or 0].service
+        if not {world.topo.services[caller].name, world.topo.services[callee].name} & named:
+            calls.append((caller, callee))
+    caller, callee = calls[int(rng.integers(len(calls)))]
+    return f.NetworkLatency(
+        start_s, duration_s=EARLIER_INCIDENT_DURATION_S, caller=caller, callee=callee
+    )

@@ -69,6 +69,10 @@ class RunConfig:
     """Seconds before the fault at which a harmless condition begins on another busy service
     and stays (``scenarios.standing_condition``); None: there is none. A fault-free run has
     none either."""
+    earlier_incident_s: float | None = None
+    """Seconds before the fault at which an earlier incident began on another busy service,
+    over before the fault (``scenarios.earlier_incident``); None: there is none. A fault-free
+    run has none either."""
     """Topology change: seconds after ``start_s`` at which a call that did not exist before
     begins (a release wires a service to a new callee). The call is chosen from the topology by
     ``topology.new_call_candidate`` (no randomness); None: the topology never changes."""
@@ -121,6 +125,16 @@ class Simulation:
                     self.world,
                     rng_standing,
                     config.onset_s - config.standing_condition_s,
+                    self.faults,
+                )
+            ]
+        self.earlier: list[Fault] = []
+        if config.earlier_incident_s is not None and self.faults:
+            self.earlier = [
+                scenarios.earlier_incident(
+                    self.world,
+                    rng_standing,
+                    config.onset_s - config.earlier_incident_s,
                     self.faults,
                 )
             ]
@@ -189,6 +203,12 @@ class Simulation:
                 if self.standing
                 else {}
             ),
+            # over before the fault began: naming one of them is a wrong answer
+            **(
+                {"earlier_incidents": [e.label(self.world) for e in self.earlier]}
+                if self.earlier
+                else {}
+            ),
             **self._topology_change_labels(),
             "expected": "cause" if self.faults else "no cause",
             "red_herrings": [
@@ -238,7 +258,7 @@ class Simulation:
                 extra_logs.extend(self._apply_change(change))
             effects = Effects.neutral(self.topology)
             ctx = SliceContext(self.world, t0, c.slice_s, effects, self.cron)
-            for fault in self.faults + self.standing:
+            for fault in self.faults + self.standing + self.earlier:
                 fault.apply(ctx)
             effects.dep_extra_load[self.cron.database] += self.cron.extra_load(t0 + c.slice_s / 2)
             extra_logs.extend(ctx.logs)

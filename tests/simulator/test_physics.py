@@ -260,3 +260,44 @@ def test_a_standing_condition_raises_one_services_memory_and_harms_nothing() -> 
             assert (memory < 0.8 * limit).all(), "below where collection slows requests"
             grew = True
     assert grew
+
+
+def test_an_earlier_incident_slows_one_call_and_is_over_before_the_fault() -> None:
+    base = {"start_s": START_S, "services": 14, "warmup_s": 600.0, "duration_s": 60.0}
+    config = RunConfig(scenario="memory-leak", seed=3, peak_rate=30.0, **base)
+    with_earlier = Simulation(replace(config, earlier_incident_s=420.0))
+    without = Simulation(config)
+    [earlier] = with_earlier.earlier
+    [fault] = with_earlier.faults
+    world = with_earlier.world
+    assert isinstance(earlier, faults.NetworkLatency)
+    assert {earlier.caller, earlier.callee}.isdisjoint({fault.service})  # type: ignore[attr-defined]
+    assert earlier.onset_s == config.onset_s - 420.0
+    assert earlier.onset_s + scenarios.EARLIER_INCIDENT_DURATION_S < fault.onset_s
+    [label] = with_earlier.labels()["earlier_incidents"]  # type: ignore[misc]
+    assert label["entity"] == earlier.entity(world)
+    assert label["end"] is not None
+    assert "earlier_incidents" not in without.labels()
+    n_ops = len(world.topo.operations)
+    slowed = [
+        n_ops + c.index
+        for c in world.topo.calls
+        if world.call_service[c.index] == earlier.caller
+        and c.target_operation is not None
+        and world.topo.operations[c.target_operation].service == earlier.callee
+    ]
+
+    def mean_ms(batch: Any) -> float:
+        on = np.isin(batch.span_key, slowed)
+        return float(((batch.end_ns[on] - batch.start_ns[on]) / 1e6).mean())
+
+    during, after = [], []
+    for a, b in zip(with_earlier.slices(), without.slices(), strict=True):
+        end = earlier.onset_s + earlier.duration_s
+        if earlier.onset_s <= a.t0_s < end:
+            during.append(mean_ms(a.spans) - mean_ms(b.spans))
+        elif a.t0_s >= end + 30.0:
+            after.append(mean_ms(a.spans) / mean_ms(b.spans))
+    # its calls are slower while it lasts, as fast as without it after
+    assert during and min(during) > 100.0
+    assert after and max(abs(x - 1.0) for x in after) < 0.2
