@@ -7,6 +7,7 @@ same OTLP -> MetricColumns -> WorldModel path as any metrics source."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -1180,3 +1181,24 @@ def test_a_causes_odds_are_published_term_by_term() -> None:
     away = [e for e in front.evidence if e["type"] == "explaining_away"]
     assert len(away) == 1 and away[0]["weight"] < 0
     assert front.logit < app.logit
+
+
+def test_among_rows_at_the_cap_a_cause_is_ranked_by_its_best_timed_one() -> None:
+    """Scores at the cap tie: which of them a cause is ranked and published by is decided by
+    their timing terms (an undated alert: the one that began later, or is not over), not by
+    the order of the series."""
+    from types import SimpleNamespace
+
+    from jobs.causal.search.ranking import best_rows
+
+    batch: Any = SimpleNamespace(entities=["service:a", "service:b"], entity=np.array([0, 0, 0, 1]))
+    weighted = np.array([30.0, 30.0, 12.0, 5.0])
+    timing = np.array([-2.0, 0.0, 0.0, -1.0])  # row 0 began long before the alert
+    strength, rows = best_rows(batch, weighted, timing)
+    assert rows.tolist() == [1, 3]
+    assert strength.tolist() == [30.0, 5.0]
+    # without timing (a dated alert): the first of the tied rows
+    assert best_rows(batch, weighted)[1].tolist() == [0, 3]
+    # a stronger row is the cause row whatever its timing
+    weighted[0] = 31.0
+    assert best_rows(batch, weighted, timing)[1].tolist() == [0, 3]

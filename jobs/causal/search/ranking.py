@@ -15,21 +15,32 @@ from jobs.causal.calibration import Calibration
 from jobs.causal.search.config import SearchConfig
 from jobs.causal.search.evidence import EntityEvidence, Evidence, HypothesisBatch
 from jobs.causal.search.explain import explained_between
-from jobs.causal.search.model import TERMS, explained_away, probabilities, terms, total
+from jobs.causal.search.model import (
+    TERMS,
+    before_alert,
+    explained_away,
+    probabilities,
+    terms,
+    total,
+)
 from jobs.causal.search.result import Cause, build_cause
 from jobs.causal.search.weights import Weighting
 from pipeline.worldmodel.model import WorldModel
 
 
-def best_rows(batch: HypothesisBatch, weighted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def best_rows(
+    batch: HypothesisBatch, weighted: np.ndarray, timing: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per entity: its ranked strength (its strongest weighted row) and its cause row (the
-    row of that strength; -1 for an entity without rows)."""
+    row of that strength; -1 for an entity without rows). Among rows equally strong (scores
+    at the cap), the cause row is the one whose ``timing`` terms are the best."""
     n_ent = len(batch.entities)
     ent = batch.entity
     rank_strength = np.zeros(n_ent)
     np.maximum.at(rank_strength, ent, weighted)
     best_row = np.full(n_ent, -1)
-    order = np.lexsort((-weighted, ent))
+    keys = (-weighted, ent) if timing is None else (-timing, -weighted, ent)
+    order = np.lexsort(keys)
     first = np.ones(len(order), dtype=bool)
     first[1:] = ent[order][1:] != ent[order][:-1]
     best_row[ent[order][first]] = order[first]
@@ -66,7 +77,13 @@ def rank(
     its calibrated probability is computed from (empty without causes). ``accounted``:
     (candidate, the candidate accounting for its deviation, why), from ``explain``."""
     names = batch.entities
-    rank_strength, best_row = best_rows(batch, weighting.weighted)
+    fired = alert_s if alert_s is not None else t_s
+    timing = None
+    if symptom_onset is None:
+        timing = before_alert(config, ev.onset_s, fired, batch.step_s)
+        if ev.calm_s is not None:
+            timing = timing + before_alert(config, ev.calm_s, fired, batch.step_s)
+    rank_strength, best_row = best_rows(batch, weighting.weighted, timing)
     survivors = np.flatnonzero(alive)
     explains = explained_between(
         config, survivors, graph, names, idx, symptom_ids, ents.best_strength, ents.onset
