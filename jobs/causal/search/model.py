@@ -113,7 +113,8 @@ def terms(
 ) -> dict[str, np.ndarray]:
     """Each term of the survivors' logits (``TERMS``, ``SearchConfig``'s weights applied);
     their sum is the logit. ``ranked_onset``: per survivor, the onset of the evidence it ranks
-    with; ``fired_s``: when the alert fired."""
+    with; ``ranked_calm``: when that evidence was measured back to normal (nan while it
+    lasts); ``fired_s``: when the alert fired."""
     n = len(survivors)
     depth = np.array([max(candidates.get(names[i], 0), 0) for i in survivors], dtype=float)
     off_graph = np.array([candidates.get(names[i]) == OFF_GRAPH for i in survivors], dtype=float)
