@@ -225,11 +225,16 @@ def standing_condition(
 ) -> f.Fault:
     """A harmless condition beginning at ``start_s`` on a busy service that no fault names:
     what an earlier incident or change leaves standing when the next incident begins."""
-    named = {
-        str(e["name"]) for fault in faults for e in [fault.entity(world), *fault.acceptable(world)]
-    }
+    named = _named(world, faults)
     services = [s for s in busy_services(world) if world.topo.services[s].name not in named]
     return f.HeapGrowth(start_s, service=_pick(rng, services))
+
+
+def _named(world: World, faults: list[f.Fault]) -> set[str]:
+    """The entities ``faults`` name as their cause or accept as one."""
+    return {
+        str(e["name"]) for fault in faults for e in [fault.entity(world), *fault.acceptable(world)]
+    }
 
 
 EARLIER_INCIDENT_DURATION_S = 180.0
@@ -243,9 +248,7 @@ def earlier_incident(
     over after ``EARLIER_INCIDENT_DURATION_S``: one of the busy calls slows down (its callers
     slow down with it), then recovers. When faults follow each other, the previous one's
     deviations are still in the window when the next one's alert fires."""
-    named = {
-        str(e["name"]) for fault in faults for e in [fault.entity(world), *fault.acceptable(world)]
-    }
+    named = _named(world, faults)
     calls = []
     for i in busy_calls(world, to_service=True):
         c = world.topo.calls[i]

@@ -65,17 +65,17 @@ class RunConfig:
     logs: bool = True
     alerts: bool = True
     new_call_after_s: float | None = None
+    """Topology change: seconds after ``start_s`` at which a call that did not exist before
+    begins (a release wires a service to a new callee). The call is chosen from the topology by
+    ``topology.new_call_candidate`` (no randomness); None: the topology never changes."""
     standing_condition_s: float | None = None
     """Seconds before the fault at which a harmless condition begins on another busy service
     and stays (``scenarios.standing_condition``); None: there is none. A fault-free run has
     none either."""
     earlier_incident_s: float | None = None
-    """Seconds before the fault at which an earlier incident began on another busy service,
-    over before the fault (``scenarios.earlier_incident``); None: there is none. A fault-free
-    run has none either."""
-    """Topology change: seconds after ``start_s`` at which a call that did not exist before
-    begins (a release wires a service to a new callee). The call is chosen from the topology by
-    ``topology.new_call_candidate`` (no randomness); None: the topology never changes."""
+    """Seconds before the fault at which an earlier incident began on a busy call between two
+    other services, over before the fault (``scenarios.earlier_incident``); None: there is
+    none. A fault-free run has none either."""
 
     @property
     def onset_s(self) -> float:
