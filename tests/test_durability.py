@@ -99,7 +99,18 @@ def _wait(what: str, ok: Callable[[], bool], proc: subprocess.Popen[str], timeou
 def _running(data_dir: Path, proc: subprocess.Popen[str], stages: int) -> str:
     """Wait until `up` runs its broker and ``stages`` stage processes; its bootstrap servers."""
     runtime = data_dir / "runtime" / "broker.json"
-    _wait("running", lambda: runtime.exists() and len(_children(proc.pid)) == 1 + stages, proc, 60)
+
+    def up() -> bool:
+        # a child just forked still shows its parent's command line until it execs: a stage is
+        # counted once it reads as one
+        children = _children(proc.pid)
+        return (
+            runtime.exists()
+            and len(children) == 1 + stages
+            and sum(map(_is_stage, children)) == stages
+        )
+
+    _wait("running", up, proc, 60)
     return str(orjson.loads(runtime.read_bytes())["bootstrap_servers"])
 
 
